@@ -1,0 +1,147 @@
+"""`rollback-bot` command line: the entry point and composition root.
+
+Settings are read here, once, and handed down. Errors a person can fix are one line on stderr and a
+non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from pydantic import SecretStr
+
+from core.errors import ConfigError, RollbackError
+from core.settings import Settings, load_settings
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _settings_with_database(settings: Settings, *, ensure_local: bool) -> Settings:
+    """DATABASE_URL defaults to the project's private local cluster (see bot/localpg.py)."""
+    if settings.database_url is not None:
+        return settings
+    from bot import localpg
+
+    if ensure_local:
+        url = localpg.ensure().url("rollback_bot")
+    else:
+        url = localpg.existing_url("rollback_bot")
+        if url is None:
+            raise ConfigError(
+                "DATABASE_URL is not set and no local PostgreSQL cluster is running (`make demo` starts one)"
+            )
+    return settings.model_copy(update={"database_url": SecretStr(url)})
+
+
+def build_services(settings: Settings):
+    from core.db import Database, migrate
+    from core.services import Services
+
+    dsn = settings.database_dsn()
+    migrate(dsn)
+    db = Database(dsn, max_size=settings.db_pool_max).open()
+    return Services(settings, db)
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from core.settings import SERVE_REQUIRED
+
+    settings = _settings_with_database(settings, ensure_local=False)
+    settings.require(*SERVE_REQUIRED)
+    if settings.slack_app_token is None:
+        settings.require("slack_signing_secret")
+    from bot.app import build_app
+    from bot.server import build_web_app, serve_http
+
+    services = build_services(settings)
+    app = build_app(settings, services)
+    if settings.slack_app_token is not None:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        logging.getLogger("rollback_bot").info("starting in Socket Mode")
+        SocketModeHandler(app, settings.slack_app_token.get_secret_value(), web_client=app.client).start()
+        return 0
+    logging.getLogger("rollback_bot").info("serving HTTP on port %s", settings.port)
+    serve_http(build_web_app(app, services), host=args.host, port=settings.port)
+    return 0
+
+
+def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from core.db import migrate
+
+    settings = _settings_with_database(settings, ensure_local=False)
+    applied = migrate(settings.database_dsn())
+    print("applied: " + ", ".join(applied) if applied else "the database schema is up to date")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from bot import text
+
+    services = build_services(_settings_with_database(settings, ensure_local=False))
+    print(text.status(services.status()))
+    return 0
+
+
+def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
+    from bot import text
+
+    services = build_services(_settings_with_database(settings, ensure_local=False))
+    print(text.backups(services.backups(model=args.model)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rollback-bot", description="Emergency model rollback, as a Slack bot.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the Slack app (HTTP, or Socket Mode when SLACK_APP_TOKEN is set)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (HTTP mode)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("db", help="database administration")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    m = dbsub.add_parser("migrate", help="apply the bot's schema migrations (idempotent)")
+    m.set_defaults(func=cmd_db_migrate)
+
+    p = sub.add_parser("status", help="break-glass: production models, open incidents, trading state")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("backups", help="break-glass: the backups of one model and the recommended target")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_backups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    func: Callable[[argparse.Namespace, Settings], int] = args.func
+    try:
+        settings = load_settings()
+        return func(args, settings)
+    except ConfigError as exc:
+        print(f"rollback-bot: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RollbackError as exc:
+        print(f"rollback-bot: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The composition root for Slack: ``build_app(settings, services)`` wires listeners onto a Bolt ``App``."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+
+from core.services import Services
+from core.settings import Settings
+from handlers import commands, errors, home
+
+log = logging.getLogger("rollback_bot")
+
+
+def build_client(settings: Settings) -> WebClient:
+    """The Web API client: slack_sdk's own retry handlers for 429 (Retry-After), 5xx and connection resets."""
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    return WebClient(
+        token=token,
+        base_url=settings.slack_api_url,
+        timeout=10,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=3),
+            ServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+def build_app(settings: Settings, services: Services, *, client: WebClient | None = None) -> App:
+    """A Bolt App that acks before doing slow work (process_before_response + lazy listeners)."""
+    secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
+    app = App(
+        client=client or build_client(settings),
+        signing_secret=secret,
+        request_verification_enabled=secret is not None,
+        token_verification_enabled=False,
+        process_before_response=True,
+        logger=logging.getLogger("rollback_bot.bolt"),
+    )
+    errors.register(app)
+    commands.register(app, services)
+    home.register(app, services)
+    return app

@@ -1,0 +1,115 @@
+"""HTTP serving: aiohttp (a production-grade asyncio server) in front of the synchronous Bolt App.
+
+``POST /slack/events`` turns the request into a ``BoltRequest`` and dispatches it on a thread pool, so the
+event loop never blocks and many requests are acked concurrently; ``GET /healthz`` answers 200 only when the
+database answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+from slack_bolt import App, BoltRequest, BoltResponse
+
+from core.services import Services
+
+log = logging.getLogger("rollback_bot.server")
+
+EVENTS_PATH = "/slack/events"
+MAX_BODY = 1 << 20
+
+
+def _to_aiohttp(resp: BoltResponse) -> web.Response:
+    headers = {k: v[0] for k, v in resp.headers.items() if v and k.lower() not in ("content-length", "content-type")}
+    content_type = resp.headers.get("content-type", ["text/plain"])[0].split(";")[0]
+    return web.Response(status=resp.status, body=resp.body.encode("utf-8"), headers=headers, content_type=content_type)
+
+
+def build_web_app(app: App, services: Services, *, workers: int = 32) -> web.Application:
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bolt")
+
+    async def slack_events(request: web.Request) -> web.Response:
+        body = (await request.read()).decode("utf-8", errors="replace")
+        bolt_req = BoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
+        loop = asyncio.get_running_loop()
+        resp = await loop.run_in_executor(executor, app.dispatch, bolt_req)
+        return _to_aiohttp(resp)
+
+    async def healthz(_: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(executor, services.db.ping)
+        return web.json_response({"ok": ok, "database": "up" if ok else "down"}, status=200 if ok else 503)
+
+    async def on_cleanup(_: web.Application) -> None:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    web_app = web.Application(client_max_size=MAX_BODY)
+    web_app.router.add_post(EVENTS_PATH, slack_events)
+    web_app.router.add_get("/healthz", healthz)
+    web_app.on_cleanup.append(on_cleanup)
+    return web_app
+
+
+def serve_http(web_app: web.Application, *, host: str, port: int) -> None:
+    """Run until SIGINT/SIGTERM (aiohttp installs the handlers and shuts down gracefully)."""
+    web.run_app(web_app, host=host, port=port, access_log=None, print=None, handle_signals=True)
+
+
+class BackgroundServer:
+    """The same HTTP app on its own event loop in a thread (tests, demo, console)."""
+
+    def __init__(self, web_app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.web_app = web_app
+        self.host = host
+        self.port = port
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> BackgroundServer:
+        import threading
+
+        ready = threading.Event()
+
+        async def boot() -> None:
+            self._runner = web.AppRunner(self.web_app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.host, self.port)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(boot())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="http-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the HTTP server did not start")
+        return self
+
+    def stop(self) -> None:
+        async def down() -> None:
+            if self._runner:
+                await self._runner.cleanup()
+
+        fut = asyncio.run_coroutine_threadsafe(down(), self._loop)
+        fut.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(5)
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

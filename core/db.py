@@ -1,0 +1,131 @@
+"""PostgreSQL access: a connection pool, a unit of work, and the bot's versioned migrations.
+
+The bot's own tables live in the schema ``rollback_bot``; the platform's tables (``model_deployment_log``,
+``clients``, ``client_settings``, ``daily_bars``, ``ml_training_features``, ``trades``) are found through the
+connection's normal ``search_path`` and never altered in shape. The bot may connect as an ordinary role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from importlib import resources
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from core.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "rollback_bot"
+
+
+class Database:
+    """A psycopg_pool pool with a unit-of-work helper. Rows come back as dicts."""
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0) -> None:
+        self._dsn = dsn
+        self.pool = ConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            kwargs={"row_factory": dict_row, "autocommit": False},
+            check=ConnectionPool.check_connection,
+            open=False,
+            name="rollback-bot",
+        )
+
+    def open(self, wait: bool = True, timeout: float = 10.0) -> Database:
+        try:
+            self.pool.open(wait=wait, timeout=timeout)
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable(f"PostgreSQL does not answer: {_reason(exc)}") from None
+        return self
+
+    def close(self) -> None:
+        self.pool.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """Unit of work: one connection, one transaction; committed on success, rolled back on error."""
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise DatabaseUnavailable(f"PostgreSQL does not answer: {_reason(exc)}") from None
+
+    def connect(self, **kwargs) -> psycopg.Connection:
+        """A dedicated connection outside the pool (advisory locks held for a whole rollback, LISTEN)."""
+        return _connect(self._dsn, **kwargs)
+
+    def ping(self) -> bool:
+        try:
+            with self.pool.connection(timeout=2.0) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except Exception:  # noqa: BLE001 - health check: any failure means "not healthy"
+            return False
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@retry(
+    retry=retry_if_exception_type(psycopg.OperationalError),
+    stop=stop_after_attempt(4),
+    wait=wait_exponential(multiplier=0.2, max=2),
+    reraise=True,
+)
+def _connect_with_retry(dsn: str, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(dsn, row_factory=dict_row, connect_timeout=5, **kwargs)
+
+
+def _connect(dsn: str, **kwargs) -> psycopg.Connection:
+    try:
+        return _connect_with_retry(dsn, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"PostgreSQL does not answer: {_reason(exc)}") from None
+
+
+# --------------------------------------------------------------------------------------------- migrations
+
+
+def _migration_files() -> list[tuple[int, str, str]]:
+    out = []
+    for entry in resources.files("core.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:3].isdigit():
+            out.append((int(name[:3]), name, entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+def migrate(dsn: str) -> list[str]:
+    """Apply pending migrations of the bot's schema; idempotent and safe to run concurrently."""
+    applied: list[str] = []
+    with _connect(dsn, autocommit=False) as conn:
+        # One migrator at a time, across processes.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.migrate'))")
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
+            " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in conn.execute(f"SELECT version FROM {SCHEMA}.schema_migrations")}
+        for version, name, sql in _migration_files():
+            if version in done:
+                continue
+            log.info("applying migration %s", name)
+            conn.execute(sql)
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)", (version, name)
+            )
+            applied.append(name)
+        conn.commit()
+    return applied

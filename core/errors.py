@@ -1,0 +1,73 @@
+"""Domain errors of the service layer.
+
+Every error a person can cause or must be told about derives from ``RollbackError``;
+its ``str()`` is a sentence fit to show in Slack or on a terminal. The tree::
+
+    RollbackError
+    ├── ConfigError              a setting is missing or malformed
+    ├── InvalidName              a model or backup name with '/', '\\', '..', NUL, absolute, escaping symlink
+    ├── UnknownModel             no such model under MODELS_DIR
+    ├── UnknownBackup            no such backup of that model
+    ├── BackupCorrupt            a backup's files do not load or its metadata is bad
+    ├── PreflightFailed          a target failed pre-flight checks (nothing was changed)
+    ├── NotAuthorized            the user may not do this
+    ├── InvalidTransition        the incident is not in a state that allows this step
+    ├── Conflict                 another open incident / a concurrent action got there first
+    ├── VerificationFailed       the restored model failed verification
+    ├── UnknownIncident          no such incident
+    └── DatabaseUnavailable      PostgreSQL does not answer
+"""
+
+from __future__ import annotations
+
+
+class RollbackError(Exception):
+    """Base of every domain error; the message is meant for people."""
+
+
+class ConfigError(RollbackError):
+    pass
+
+
+class InvalidName(RollbackError):
+    pass
+
+
+class UnknownModel(RollbackError):
+    pass
+
+
+class UnknownBackup(RollbackError):
+    pass
+
+
+class BackupCorrupt(RollbackError):
+    pass
+
+
+class PreflightFailed(RollbackError):
+    pass
+
+
+class NotAuthorized(RollbackError):
+    pass
+
+
+class InvalidTransition(RollbackError):
+    pass
+
+
+class Conflict(RollbackError):
+    pass
+
+
+class VerificationFailed(RollbackError):
+    pass
+
+
+class UnknownIncident(RollbackError):
+    pass
+
+
+class DatabaseUnavailable(RollbackError):
+    pass

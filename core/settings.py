@@ -1,0 +1,137 @@
+"""Settings, read once at the entry point (pydantic-settings: environment variables or a `.env` file).
+
+Nothing else in the code base reads ``os.environ``: the composition root builds a ``Settings`` and hands it
+down. ``load_settings(require=...)`` turns a pydantic validation error into a ``ConfigError`` whose message is
+one line naming the variable, so start-up stops cleanly instead of with a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.errors import ConfigError
+
+IdList = Annotated[list[str], NoDecode]
+
+
+def _split_ids(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            parsed = json.loads(text)
+            if not isinstance(parsed, list):
+                raise ValueError("expected a list")
+            return [str(v).strip() for v in parsed if str(v).strip()]
+        return [part.strip() for part in text.replace(";", ",").replace(" ", ",").split(",") if part.strip()]
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+class Settings(BaseSettings):
+    """Every setting of the bot; names are the environment variables (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    database_url: SecretStr | None = None
+    models_dir: Path = Path("./models")
+    incidents_dir: Path = Path("./incidents")
+    incident_channel: str | None = None
+    operators: IdList = Field(default_factory=list)
+    approvers: IdList = Field(default_factory=list)
+    stakeholders: IdList = Field(default_factory=list)
+    stakeholder_emails: IdList = Field(default_factory=list)
+    smtp_url: SecretStr | None = None
+    escalation_contacts: IdList = Field(default_factory=list)
+    escalate_after_minutes: float = Field(default=120, gt=0)
+    loss_escalation_threshold: float | None = Field(default=None, ge=0)
+    port: int = Field(default=3000, ge=1, le=65535)
+
+    # Beyond the contract's table: operational knobs with safe defaults.
+    approval_timeout_minutes: float = Field(default=15, gt=0)
+    monitor_minutes: float = Field(default=30, ge=0)
+    trades_table: str = "trades"
+    trades_time_column: str = "executed_at"
+    trading_log: Path | None = None
+    trading_stop_command: list[str] | None = None
+    trading_stop_timeout_seconds: float = Field(default=30, gt=0)
+    training_log: Path | None = None
+    db_pool_max: int = Field(default=10, ge=2, le=100)
+
+    @field_validator(
+        "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
+    )
+    @classmethod
+    def _ids(cls, value: Any) -> list[str]:
+        return _split_ids(value)
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _bot_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xoxb-"):
+            raise ValueError("must be a bot token starting with xoxb-")
+        return value
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xapp-"):
+            raise ValueError("must be an app-level token starting with xapp-")
+        return value
+
+    @field_validator("trades_table", "trades_time_column")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        parts = value.split(".")
+        if not 1 <= len(parts) <= 2 or not all(p.replace("_", "a").isalnum() and not p[0].isdigit() for p in parts):
+            raise ValueError("must be a plain SQL identifier, optionally schema-qualified")
+        return value
+
+    def require(self, *names: str) -> None:
+        """Raise ConfigError naming the first of ``names`` that is unset or empty."""
+        for name in names:
+            value = getattr(self, name)
+            if value is None or value == [] or (isinstance(value, SecretStr) and not value.get_secret_value()):
+                raise ConfigError(f"{name.upper()} is required but not set")
+
+    def database_dsn(self) -> str:
+        self.require("database_url")
+        assert self.database_url is not None
+        return self.database_url.get_secret_value()
+
+
+SERVE_REQUIRED = ("slack_bot_token", "incident_channel", "approvers", "database_url")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment (and .env); a bad value becomes one ConfigError line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]).upper() if err.get("loc") else "settings"
+        msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+        raise ConfigError(f"{name} is malformed: {msg}") from None

@@ -1,0 +1,195 @@
+"""Trading controls (runbook step 2 and step 6), done right.
+
+* Halt: for every active client, save its own ``auto_rebalance`` / ``require_manual_approval`` and set
+  ``false`` / ``true``, in ONE transaction with the halt record (``rollback_bot.trading_halts``, the flag the
+  platform reads through ``rollback_bot.trading_state``).
+* A halt has holders (an incident, or a person's manual halt). A second holder joins the active halt
+  instead of saving the already-halted values over the real ones.
+* Resume: a holder lets go; when the last one does, each client's saved values are written back exactly
+  (never a blanket true/false). A client whose settings a person changed during the halt is left as the
+  person set it, and reported.
+* Optional stop command (an argument list, no shell, with a timeout) instead of the runbook's ``pkill -f``.
+* Verification: no trade executed after the halt time, read from a trades table or a trading log.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from core.errors import RollbackError
+
+
+@dataclass(frozen=True)
+class HaltResult:
+    halt_id: int
+    halted_at: datetime
+    joined: bool  # True: trading was already halted, this holder joined it
+    clients: int
+
+
+@dataclass(frozen=True)
+class ResumeResult:
+    resumed: bool  # False: other holders keep trading halted
+    halt_id: int | None
+    restored: int = 0
+    left_alone: list[str] = field(default_factory=list)
+    remaining_holders: list[str] = field(default_factory=list)
+
+
+def active_halt(conn: psycopg.Connection) -> dict[str, Any] | None:
+    return conn.execute(
+        "SELECT id, halted_at, halted_by, reason FROM rollback_bot.trading_halts WHERE resumed_at IS NULL"
+    ).fetchone()
+
+
+def holders(conn: psycopg.Connection, halt_id: int) -> list[str]:
+    return [r["holder"] for r in conn.execute(
+        "SELECT holder FROM rollback_bot.halt_holders WHERE halt_id = %s ORDER BY since", (halt_id,)
+    )]
+
+
+def halt(conn: psycopg.Connection, *, holder: str, actor: str, reason: str) -> HaltResult:
+    """Halt automated trading for ``holder``, inside the caller's transaction. Idempotent per holder."""
+    # Serialise halts/resumes across processes for the rest of this transaction.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.trading'))")
+    current = active_halt(conn)
+    if current is not None:
+        conn.execute(
+            "INSERT INTO rollback_bot.halt_holders (halt_id, holder) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (current["id"], holder),
+        )
+        n = conn.execute(
+            "SELECT count(*) AS n FROM rollback_bot.saved_client_settings WHERE halt_id = %s", (current["id"],)
+        ).fetchone()["n"]
+        return HaltResult(current["id"], current["halted_at"], True, n)
+    row = conn.execute(
+        "INSERT INTO rollback_bot.trading_halts (halted_by, reason) VALUES (%s, %s) RETURNING id, halted_at",
+        (actor, reason),
+    ).fetchone()
+    halt_id = row["id"]
+    conn.execute("INSERT INTO rollback_bot.halt_holders (halt_id, holder) VALUES (%s, %s)", (halt_id, holder))
+    # Lock the active clients' settings rows, remember them, then halt them.
+    saved = conn.execute(
+        "INSERT INTO rollback_bot.saved_client_settings (halt_id, client_id, auto_rebalance, require_manual_approval) "
+        "SELECT %s, s.client_id, s.auto_rebalance, s.require_manual_approval "
+        "FROM client_settings s JOIN clients c ON c.client_id = s.client_id WHERE c.active "
+        "RETURNING client_id",
+        (halt_id,),
+    ).fetchall()
+    conn.execute(
+        "UPDATE client_settings s SET auto_rebalance = false, require_manual_approval = true "
+        "FROM rollback_bot.saved_client_settings v "
+        "WHERE v.halt_id = %s AND v.client_id = s.client_id",
+        (halt_id,),
+    )
+    return HaltResult(halt_id, row["halted_at"], False, len(saved))
+
+
+def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = False) -> ResumeResult:
+    """``holder`` lets go of the halt; the last one out restores every client's own settings exactly."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.trading'))")
+    current = active_halt(conn)
+    if current is None:
+        return ResumeResult(False, None)
+    halt_id = current["id"]
+    if force:
+        conn.execute("DELETE FROM rollback_bot.halt_holders WHERE halt_id = %s", (halt_id,))
+    else:
+        conn.execute("DELETE FROM rollback_bot.halt_holders WHERE halt_id = %s AND holder = %s", (halt_id, holder))
+    remaining = holders(conn, halt_id)
+    if remaining:
+        return ResumeResult(False, halt_id, remaining_holders=remaining)
+    # Clients whose settings somebody changed during the halt keep that person's choice.
+    left = [
+        r["client_id"]
+        for r in conn.execute(
+            "SELECT v.client_id FROM rollback_bot.saved_client_settings v "
+            "JOIN client_settings s ON s.client_id = v.client_id "
+            "WHERE v.halt_id = %s AND NOT v.restored AND "
+            "(s.auto_rebalance IS DISTINCT FROM false OR s.require_manual_approval IS DISTINCT FROM true)",
+            (halt_id,),
+        )
+    ]
+    restored = conn.execute(
+        "UPDATE client_settings s SET auto_rebalance = v.auto_rebalance, "
+        "require_manual_approval = v.require_manual_approval "
+        "FROM rollback_bot.saved_client_settings v "
+        "WHERE v.halt_id = %s AND v.client_id = s.client_id AND NOT v.restored "
+        "AND s.auto_rebalance IS NOT DISTINCT FROM false AND s.require_manual_approval IS NOT DISTINCT FROM true",
+        (halt_id,),
+    ).rowcount
+    conn.execute("UPDATE rollback_bot.saved_client_settings SET restored = true WHERE halt_id = %s", (halt_id,))
+    conn.execute(
+        "UPDATE rollback_bot.trading_halts SET resumed_at = clock_timestamp(), resumed_by = %s WHERE id = %s",
+        (actor, halt_id),
+    )
+    return ResumeResult(True, halt_id, restored=restored, left_alone=left)
+
+
+def is_halted(conn: psycopg.Connection) -> bool:
+    return bool(conn.execute("SELECT halted FROM rollback_bot.trading_state").fetchone()["halted"])
+
+
+def run_stop_command(argv: list[str] | None, timeout: float) -> str | None:
+    """Run the configured stop command (no shell). Returns a note, or raises RollbackError on failure."""
+    if not argv:
+        return None
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, shell=False, check=False)
+    except subprocess.TimeoutExpired:
+        raise RollbackError(f"the trading stop command did not finish within {timeout:g} s") from None
+    except OSError as exc:
+        raise RollbackError(f"the trading stop command could not run: {exc.strerror}") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+        raise RollbackError(f"the trading stop command exited with {proc.returncode}: {tail[0][:200]}")
+    return f"stop command exited 0 ({argv[0]})"
+
+
+def trades_after(
+    conn: psycopg.Connection, since: datetime, *, table: str, time_column: str, log_path: Path | None = None
+) -> int:
+    """Trades executed after ``since``: from the trades table, or (when configured) the trading log too."""
+    parts = table.split(".")
+    count = 0
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS ok", (table,)).fetchone()["ok"]
+    if exists:
+        query = sql.SQL("SELECT count(*) AS n FROM {} WHERE {} > %s").format(
+            sql.Identifier(*parts), sql.Identifier(time_column)
+        )
+        count += conn.execute(query, (since,)).fetchone()["n"]
+    if log_path is not None:
+        count += _log_trades_after(log_path, since)
+    return count
+
+
+def _log_trades_after(path: Path, since: datetime) -> int:
+    """Count lines of the trading log that record an executed trade stamped after ``since``.
+
+    A line is a trade when it contains "TRADE" or "EXECUTED" and starts with an ISO-8601 timestamp.
+    """
+    if not path.is_file():
+        return 0
+    n = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            upper = line.upper()
+            if "TRADE" not in upper and "EXECUTED" not in upper:
+                continue
+            stamp = line.split(" ", 1)[0].strip().replace("Z", "+00:00")
+            try:
+                at = datetime.fromisoformat(stamp)
+            except ValueError:
+                continue
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=since.tzinfo)
+            if at > since:
+                n += 1
+    return n

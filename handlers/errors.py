@@ -1,0 +1,60 @@
+"""One place that turns errors into what a person sees.
+
+Domain errors (``RollbackError``) become a clear ephemeral message. Anything else is logged with a short
+error id, and the person is told that id so they can quote it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt import App, BoltResponse
+
+from core.errors import RollbackError
+from handlers.views import error_blocks
+
+log = logging.getLogger("rollback_bot.handlers")
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, RollbackError):
+        return str(exc)
+    error_id = uuid.uuid4().hex[:8]
+    log.error("unexpected error %s", error_id, exc_info=exc)
+    return f"Something went wrong (error id {error_id}). Nothing further was done; quote this id to the bot's owners."
+
+
+def register(app: App) -> None:
+    @app.error
+    def on_error(error: Exception, body: dict, respond: Callable | None = None) -> BoltResponse | None:
+        message = describe(error)
+        if respond is not None and body.get("response_url"):
+            try:
+                respond(text=message, blocks=error_blocks(message), response_type="ephemeral", replace_original=False)
+            except Exception:  # noqa: BLE001 - reporting must not raise
+                log.warning("could not deliver an error message")
+        return BoltResponse(status=200, body="")
+
+
+def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
+    """For lazy listeners (Bolt only logs their errors): report failures to the person via ``respond``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported to the person
+            message = describe(exc)
+            respond = kwargs.get("respond")
+            if respond is not None:
+                try:
+                    respond(text=message, blocks=error_blocks(message), response_type="ephemeral", replace_original=False)
+                except Exception:  # noqa: BLE001
+                    log.warning("could not deliver an error message")
+            return None
+
+    return wrapper

@@ -1,0 +1,40 @@
+"""Every callback, block and action id the app uses, in one place."""
+
+from enum import StrEnum
+
+
+class Command(StrEnum):
+    ROLLBACK = "/rollback"
+
+
+class Action(StrEnum):
+    APPROVE = "rollback_approve"
+    DENY = "rollback_deny"
+    RESUME = "trading_resume"
+    ADD_ROOT_CAUSE = "add_root_cause"
+    REFRESH_HOME = "home_refresh"
+    FIX_REFRESH_VIEW = "fix_refresh_view"
+    FIX_RESTORE_MODEL = "fix_restore_model"
+    MODAL_MODEL_SELECT = "start_model_select"
+
+
+class View(StrEnum):
+    START = "rollback_start_modal"
+    DENY = "rollback_deny_modal"
+    ROOT_CAUSE = "root_cause_modal"
+
+
+class Block(StrEnum):
+    MODEL = "model_block"
+    BACKUP = "backup_block"
+    REASON = "reason_block"
+    SEVERITY = "severity_block"
+    LOSS = "loss_block"
+    KEEP_HALTED = "keep_halted_block"
+    DENY_REASON = "deny_reason_block"
+    ROOT_CAUSE = "root_cause_block"
+    DECISION = "decision_block"
+
+
+class Event(StrEnum):
+    APP_HOME_OPENED = "app_home_opened"

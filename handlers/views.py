@@ -1,0 +1,187 @@
+"""Block Kit views: pure functions from service-layer values to ``slack_sdk.models`` blocks.
+
+slack_sdk checks section text (3000), button text (75), header (150) and action counts when blocks are
+serialised; it does not check a message's 50-block limit or a field's 2000 characters, so ``finish`` and
+``_field`` do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime
+
+from slack_sdk.models.blocks import (
+    Block,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+from core.registry import BackupInfo
+from core.services import BackupsReport, StatusReport
+
+MAX_BLOCKS = 50
+MAX_FIELD = 2000
+MAX_SECTION = 3000
+
+
+def esc(text: object) -> str:
+    """Escape text for Slack mrkdwn (&, <, >), so user input can never form links or mentions."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def num(value: float | None, digits: int) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:+.{digits}f}" if digits == 4 else f"{value:.{digits}f}"
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "n/a"
+
+
+def md(text: str) -> MarkdownTextObject:
+    return MarkdownTextObject(text=clip(text, MAX_SECTION))
+
+
+def _field(text: str) -> MarkdownTextObject:
+    return MarkdownTextObject(text=clip(text, MAX_FIELD))
+
+
+def section(text: str) -> SectionBlock:
+    return SectionBlock(text=md(text))
+
+
+def context(text: str) -> ContextBlock:
+    return ContextBlock(elements=[md(text)])
+
+
+def finish(blocks: Sequence[Block], *, more_hint: str = "") -> list[dict]:
+    """Serialise, cutting to Slack's 50-block message limit with a note of how much was left out."""
+    blocks = list(blocks)
+    if len(blocks) > MAX_BLOCKS:
+        hidden = len(blocks) - (MAX_BLOCKS - 1)
+        blocks = blocks[: MAX_BLOCKS - 1] + [context(f"…and {hidden} more blocks not shown. {more_hint}".strip())]
+    return [b.to_dict() for b in blocks]
+
+
+# ------------------------------------------------------------------------------------------ views
+
+
+HELP = (
+    "*`/rollback` — emergency model rollback*\n"
+    "• `/rollback status` — production models, their metrics, open incidents, trading state\n"
+    "• `/rollback backups MODEL` — a model's backups with metrics and a recommended target\n"
+    "• `/rollback start [MODEL [BACKUP]] [reason…]` — request a rollback (a second person approves)\n"
+    "• `/rollback halt [reason…]` / `/rollback resume` — stop / restart automated trading\n"
+    "• `/rollback incidents` — open and recent incidents\n"
+    "• `/rollback report INCIDENT` — post an incident's report again\n"
+    "• `/rollback diagnose MODEL` — root-cause diagnostics\n"
+    "• `/rollback help` — this text"
+)
+
+
+def help_blocks() -> list[dict]:
+    return finish([section(HELP)])
+
+
+def error_blocks(message: str) -> list[dict]:
+    return finish([section(f":warning: {esc(message)}")])
+
+
+def status_blocks(report: StatusReport) -> list[dict]:
+    blocks: list[Block] = [HeaderBlock(text="Production models")]
+    if report.trading_halted:
+        blocks.append(
+            section(
+                f":octagonal_sign: *Automated trading is HALTED* since {when(report.halted_since)}"
+                f" — {esc(report.halt_reason or 'no reason given')}"
+            )
+        )
+    else:
+        blocks.append(context(":large_green_circle: Automated trading is running."))
+    if not report.models:
+        blocks.append(section("No production models found in `model_deployment_log` or MODELS_DIR."))
+    for m in report.models:
+        dep = m.deployment
+        files = m.production_files
+        title = f"*{esc(m.name)}*"
+        if dep:
+            title += f"  version `{esc(dep.version)}`" + ("  _(rollback)_" if dep.is_rollback else "")
+        fields = [
+            _field(f"*Deployed*\n{when(dep.deployed_at) if dep else 'n/a'}"),
+            _field(f"*By*\n{esc(dep.deployed_by or 'n/a') if dep else 'n/a'}"),
+            _field(f"*Spearman IC*\n{num(dep.spearman_ic if dep else None, 4)}"),
+            _field(f"*Sharpe*\n{num(dep.sharpe_ratio if dep else None, 2)}"),
+        ]
+        if files and files.training_date:
+            fields.append(_field(f"*Trained*\n{files.training_date.isoformat()}"))
+        blocks.append(SectionBlock(text=md(title), fields=fields))
+        if m.problems:
+            blocks.append(context(":warning: " + esc("; ".join(m.problems))))
+    blocks.append(DividerBlock())
+    if report.incidents:
+        lines = [
+            f"• *INC-{i.id}* {esc(i.kind)} `{esc(i.model_name or '-')}` — {esc(i.state)} (by <@{esc(i.requested_by)}>)"
+            for i in report.incidents
+        ]
+        blocks.append(section("*Open incidents*\n" + "\n".join(lines[:30])))
+    else:
+        blocks.append(context("No open incidents."))
+    return finish(blocks, more_hint="Use `/rollback status` in the App Home for the full list.")
+
+
+def _backup_line(b: BackupInfo, recommended: str | None) -> str:
+    mark = " :star: *recommended*" if b.name == recommended else ""
+    if b.metadata is None:
+        return f"`{esc(b.name)}` — :warning: {esc('; '.join(b.problems) or 'unreadable')}"
+    text = (
+        f"`{esc(b.name)}`{mark}\ntrained {b.training_date}  ·  IC {num(b.spearman_ic, 4)}"
+        f"  ·  Sharpe {num(b.sharpe_ratio, 2)}"
+    )
+    if b.problems:
+        text += f"\n:warning: {esc('; '.join(b.problems))}"
+    return text
+
+
+def backups_blocks(report: BackupsReport) -> list[dict]:
+    prod = report.production
+    rec = report.recommendation.backup
+    blocks: list[Block] = [HeaderBlock(text=clip(f"Backups of {report.model}", 150))]
+    dep = report.deployment
+    blocks.append(
+        section(
+            f"*Production*: `{esc(dep.version) if dep else 'unknown'}`  trained {prod.training_date or 'n/a'}"
+            f"  ·  IC {num(prod.spearman_ic, 4)}  ·  Sharpe {num(prod.sharpe_ratio, 2)}"
+        )
+    )
+    if rec:
+        blocks.append(
+            section(
+                f":star: *Recommended target: `{esc(rec.name)}`* — Sharpe {num(rec.sharpe_ratio, 2)},"
+                f" IC {num(rec.spearman_ic, 4)}\n_Rule: {esc(report.recommendation.rule)}._\n"
+                f"Request it with `/rollback start {esc(report.model)} {esc(rec.name)} <reason>`"
+            )
+        )
+    else:
+        blocks.append(section(":warning: *No backup qualifies as a rollback target.*"))
+    blocks.append(DividerBlock())
+    if not report.backups:
+        blocks.append(section("This model has no `backup_*` folders."))
+    shown = report.backups[:40]
+    for b in shown:
+        line = _backup_line(b, rec.name if rec else None)
+        reason = report.recommendation.rejected.get(b.name)
+        if reason and not b.problems:
+            line += f"\n_not a candidate: {esc(reason)}_"
+        blocks.append(section(line))
+    if len(report.backups) > len(shown):
+        blocks.append(context(f"…and {len(report.backups) - len(shown)} older backups not shown."))
+    return finish(blocks)
