@@ -29,7 +29,8 @@ def _settings_with_database(settings: Settings, *, ensure_local: bool) -> Settin
     if ensure_local:
         url = localpg.ensure().url("rollback_bot")
     else:
-        url = localpg.existing_url("rollback_bot")
+        local = localpg.cluster()
+        url = local.url("rollback_bot") if local.port is not None and local.is_running() else None
         if url is None:
             raise ConfigError(
                 "DATABASE_URL is not set and no local PostgreSQL cluster is running (`make demo` starts one)"

@@ -5,11 +5,14 @@ Slack handlers, the CLI and the demo all call these; none of this module knows a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from core.db import Database
+from core.engine import Engine, _no_fault, utcnow
+from core.worker import Worker
 from core.errors import UnknownModel
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
@@ -59,10 +62,32 @@ CLOSED_STATES = ("resolved", "denied", "failed", "cancelled")
 class Services:
     """Composition of the service layer, built once at the entry point."""
 
-    def __init__(self, settings: Settings, db: Database, registry: ModelRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        registry: ModelRegistry | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        fault_hook: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.registry = registry or ModelRegistry(settings.models_dir)
+        self.engine = Engine(settings, db, self.registry, clock=clock or utcnow, fault_hook=fault_hook or _no_fault)
+        self.worker = Worker(self.engine)
+        self._background = False
+
+    def start_background(self) -> None:
+        """Recover interrupted rollbacks, then run queued jobs and timers until ``stop_background``."""
+        if not self._background:
+            self.worker.start()
+            self._background = True
+
+    def stop_background(self) -> None:
+        if self._background:
+            self.worker.stop()
+            self._background = False
 
     # ------------------------------------------------------------------ queries
 

@@ -1,0 +1,1005 @@
+"""The rollback engine: a persisted, journaled state machine for runbook steps 2 to 6.
+
+States of a rollback incident::
+
+    requested → approved → halting → halted → backing_up → restoring → recording → verifying
+              ↘ denied    ↘ failed (pre-flight; nothing changed)                      │
+              ↘ cancelled                                                             ├→ resuming → monitoring → resolved
+                                                                                      └→ verified (keep halted) → resuming
+    any swap state (backing_up … verifying) → reverting → failed   (original model back, trading stays halted)
+
+Rules kept here, not in the Slack layer:
+
+* Every transition is checked against ``TRANSITIONS`` with a conditional UPDATE (``WHERE state = %s``), so
+  two processes (or two clicks) can never both make the same move.
+* Each step is journaled in ``rollback_bot.steps`` (start, end, actor, outcome, error) and is idempotent:
+  after a crash it can simply run again. Database changes of a step commit in the same transaction as the
+  state change that records them.
+* Execution holds a session-level advisory lock on the incident: a second process cannot run the same
+  rollback, and when a process dies PostgreSQL releases the lock, so ``recover()`` elsewhere (or after a
+  restart) can take over. The partial unique index on ``incidents`` keeps one open rollback per model.
+* Trading never resumes on a model that was not verified: ``_resume`` re-checks the journal and the file's
+  checksum before it lets go of the halt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import socket
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from core import trading
+from core.db import Database
+from core.errors import (
+    BackupCorrupt,
+    Conflict,
+    DatabaseUnavailable,
+    InvalidTransition,
+    NotAuthorized,
+    PreflightFailed,
+    RollbackError,
+    UnknownIncident,
+    VerificationFailed,
+)
+from core.modelio import (
+    METADATA_FILE,
+    MODEL_FILE,
+    MODEL_FILES,
+    atomic_copy,
+    copy_folder_atomically,
+    load_booster,
+    predict,
+    read_metadata,
+    sha256_file,
+)
+from core.platform import feature_columns, feature_rows
+from core.registry import EMERGENCY_PREFIX, ModelRegistry, validate_name
+from core.settings import Settings
+
+log = logging.getLogger("rollback_bot.engine")
+
+# ----------------------------------------------------------------------------------------------- states
+
+REQUESTED, APPROVED, HALTING, HALTED = "requested", "approved", "halting", "halted"
+BACKING_UP, RESTORING, RECORDING, VERIFYING = "backing_up", "restoring", "recording", "verifying"
+VERIFIED, RESUMING, MONITORING, RESOLVED = "verified", "resuming", "monitoring", "resolved"
+DENIED, FAILED, CANCELLED, REVERTING = "denied", "failed", "cancelled", "reverting"
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    REQUESTED: frozenset({APPROVED, DENIED, CANCELLED}),
+    APPROVED: frozenset({HALTING, FAILED, CANCELLED}),
+    HALTING: frozenset({HALTED, FAILED}),
+    HALTED: frozenset({BACKING_UP, FAILED}),
+    BACKING_UP: frozenset({RESTORING, REVERTING}),
+    RESTORING: frozenset({RECORDING, REVERTING}),
+    RECORDING: frozenset({VERIFYING, REVERTING}),
+    VERIFYING: frozenset({RESUMING, VERIFIED, REVERTING}),
+    VERIFIED: frozenset({RESUMING}),
+    RESUMING: frozenset({MONITORING}),
+    MONITORING: frozenset({RESOLVED, FAILED}),
+    REVERTING: frozenset({FAILED}),
+    RESOLVED: frozenset(),
+    DENIED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+# Trading-only incidents (`/rollback halt`): halting → halted → resolved (on resume).
+HALT_TRANSITIONS: dict[str, frozenset[str]] = {HALTING: frozenset({HALTED}), HALTED: frozenset({RESOLVED})}
+CLOSED = frozenset({RESOLVED, DENIED, FAILED, CANCELLED})
+# States in which the production files or the deployment log may differ from both "before" and "after".
+SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING})
+# States the executor drives forward without a person.
+RUNNABLE = frozenset({APPROVED, HALTING, HALTED, BACKING_UP, RESTORING, RECORDING, VERIFYING, RESUMING, REVERTING})
+MAX_STEP_ATTEMPTS = 3
+
+# The runbook's recovery timeline (minutes after the incident opened).
+RUNBOOK_TARGETS = {"halted": 2, "rolled_back": 5, "verified": 7, "resumed": 10}
+
+
+def check_transition(current: str, new: str, kind: str = "rollback") -> None:
+    table = HALT_TRANSITIONS if kind == "halt" else TRANSITIONS
+    if new not in table.get(current, frozenset()):
+        raise InvalidTransition(f"An incident in state '{current}' cannot move to '{new}'.")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: int
+    kind: str
+    model_name: str | None
+    target_backup: str | None
+    from_version: str | None
+    state: str
+    reason: str
+    severity: str
+    estimated_loss: float | None
+    keep_halted: bool
+    requested_by: str
+    approved_by: str | None
+    decided_by: str | None
+    decision_note: str | None
+    source: str
+    channel: str | None
+    message_ts: str | None
+    thread_ts: str | None
+    emergency_backup: str | None
+    target_sha256: str | None
+    deployed_at: datetime | None
+    previous_rows: Any
+    plan: dict
+    error: str | None
+    root_cause: str | None
+    created_at: datetime
+    approved_at: datetime | None
+    expires_at: datetime | None
+    halted_at: datetime | None
+    resumed_at: datetime | None
+    resolved_at: datetime | None
+    updated_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"INC-{self.id}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state not in CLOSED
+
+
+@dataclass(frozen=True)
+class Step:
+    id: int
+    incident_id: int
+    step: str
+    actor: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    detail: dict
+    error: str | None
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    model: str
+    backup: str
+    sha256: str
+    training_date: str
+    spearman_ic: float
+    sharpe_ratio: float
+    features: list[str]
+    prediction_day: str | None
+    prediction_rows: int
+    checks: list[str]
+
+
+class Event:
+    """What the engine tells the outside world (Slack progress, notifications). Plain values only."""
+
+    def __init__(self, kind: str, incident: Incident, step: str | None = None, detail: dict | None = None,
+                 error: str | None = None) -> None:
+        self.kind = kind  # "state" | "step" | "warning"
+        self.incident = incident
+        self.step = step
+        self.detail = detail or {}
+        self.error = error
+
+
+Listener = Callable[[Event], None]
+FaultHook = Callable[[str], None]
+
+
+def _no_fault(_: str) -> None:
+    return None
+
+
+class Engine:
+    """Drives rollbacks; shared by the Slack app, the worker, the break-glass CLI and the demo."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        registry: ModelRegistry,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        fault_hook: FaultHook = _no_fault,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.registry = registry
+        self.clock = clock
+        self.fault = fault_hook
+        self.listeners: list[Listener] = []
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    # ---------------------------------------------------------------------------------------- events
+
+    def subscribe(self, listener: Listener) -> None:
+        self.listeners.append(listener)
+
+    def _emit(self, event: Event) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a listener (Slack, e-mail) must never break a rollback
+                log.exception("event listener failed for %s", event.incident.ref)
+
+    # ---------------------------------------------------------------------------------------- reading
+
+    def get(self, incident_id: int, conn: psycopg.Connection | None = None, *, lock: bool = False) -> Incident:
+        query = "SELECT * FROM rollback_bot.incidents WHERE id = %s" + (" FOR UPDATE" if lock else "")
+        if conn is None:
+            with self.db.transaction() as c:
+                row = c.execute(query, (incident_id,)).fetchone()
+        else:
+            row = conn.execute(query, (incident_id,)).fetchone()
+        if row is None:
+            raise UnknownIncident(f"There is no incident INC-{incident_id}.")
+        return Incident(**row)
+
+    def open_incident_for(self, model: str) -> Incident | None:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND model_name = %s "
+                "AND state <> ALL(%s) ORDER BY id DESC LIMIT 1",
+                (model, list(CLOSED)),
+            ).fetchone()
+        return Incident(**row) if row else None
+
+    def steps(self, incident_id: int) -> list[Step]:
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT * FROM rollback_bot.steps WHERE incident_id = %s ORDER BY id", (incident_id,)
+            ).fetchall()
+        return [Step(**r) for r in rows]
+
+    def list_incidents(self, *, open_only: bool = False, limit: int = 20) -> list[Incident]:
+        with self.db.transaction() as conn:
+            if open_only:
+                rows = conn.execute(
+                    "SELECT * FROM rollback_bot.incidents WHERE state <> ALL(%s) ORDER BY id DESC LIMIT %s",
+                    (list(CLOSED), limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT * FROM rollback_bot.incidents ORDER BY id DESC LIMIT %s", (limit,)
+                ).fetchall()
+        return [Incident(**r) for r in rows]
+
+    # ---------------------------------------------------------------------------------------- audit
+
+    def audit(self, conn: psycopg.Connection | None, *, actor: str, action: str, outcome: str,
+              incident_id: int | None = None, **detail: Any) -> None:
+        query = (
+            "INSERT INTO rollback_bot.audit_log (actor, action, outcome, incident_id, detail) VALUES (%s,%s,%s,%s,%s)"
+        )
+        params = (actor, action, outcome, incident_id, Jsonb(detail))
+        if conn is None:
+            with self.db.transaction() as c:
+                c.execute(query, params)
+        else:
+            conn.execute(query, params)
+
+    # ------------------------------------------------------------------------------------ pre-flight
+
+    def preflight(self, *, model: str, backup: str) -> PreflightReport:
+        """Check a target before anything changes: it loads, its metadata parses, its features exist in
+        ``ml_training_features`` and a prediction on the latest rows is finite and not constant."""
+        validate_name(model, "model")
+        validate_name(backup, "backup")
+        folder = self.registry.backup_dir(model, backup)
+        checks: list[str] = []
+        try:
+            meta = read_metadata(folder)
+            checks.append("metadata.json parses")
+            booster = load_booster(folder / MODEL_FILE)
+            checks.append("model.json loads with xgboost")
+        except BackupCorrupt as exc:
+            raise PreflightFailed(f"Backup {backup} of {model} fails pre-flight: {exc}") from None
+        if booster.num_features() != len(meta.features):
+            raise PreflightFailed(
+                f"Backup {backup} of {model} fails pre-flight: the model expects {booster.num_features()} features,"
+                f" metadata lists {len(meta.features)}."
+            )
+        if booster.feature_names and list(booster.feature_names) != list(meta.features):
+            raise PreflightFailed(
+                f"Backup {backup} of {model} fails pre-flight: the model's feature names differ from metadata.json."
+            )
+        with self.db.transaction() as conn:
+            available = feature_columns(conn)
+            missing = [f for f in meta.features if f not in available]
+            if missing:
+                raise PreflightFailed(
+                    f"Backup {backup} of {model} fails pre-flight: ml_training_features lacks "
+                    f"{', '.join(missing[:8])}."
+                )
+            checks.append("features match ml_training_features")
+            day, _, rows = feature_rows(conn, meta.features)
+        self._check_prediction(booster, meta.features, rows, what=f"Backup {backup} of {model} fails pre-flight")
+        checks.append(f"prediction on {len(rows)} rows of {day} is finite and varies")
+        return PreflightReport(
+            model=model,
+            backup=backup,
+            sha256=sha256_file(folder / MODEL_FILE),
+            training_date=meta.training_date.isoformat(),
+            spearman_ic=meta.performance.spearman_ic,
+            sharpe_ratio=meta.performance.sharpe_ratio,
+            features=list(meta.features),
+            prediction_day=day.isoformat() if day else None,
+            prediction_rows=len(rows),
+            checks=checks,
+        )
+
+    @staticmethod
+    def _check_prediction(booster: Any, features: list[str], rows: list, *, what: str) -> None:
+        import numpy as np
+
+        if len(rows) < 2:
+            raise PreflightFailed(f"{what}: ml_training_features has no recent rows to predict on.")
+        preds = np.asarray(predict(booster, features, rows), dtype=float)
+        if not np.all(np.isfinite(preds)):
+            raise PreflightFailed(f"{what}: the prediction on recent rows has non-finite values.")
+        if float(np.std(preds)) <= 0.0:
+            raise PreflightFailed(f"{what}: the prediction on recent rows is constant ({preds[0]:.6g}).")
+
+    # -------------------------------------------------------------------------------------- requests
+
+    def request_rollback(
+        self,
+        *,
+        model: str,
+        backup: str,
+        reason: str,
+        requested_by: str,
+        severity: str = "high",
+        estimated_loss: float | None = None,
+        keep_halted: bool = False,
+        source: str = "slack",
+        channel: str | None = None,
+    ) -> tuple[Incident, PreflightReport]:
+        """Open a rollback request after pre-flight. A second open request for the model is a Conflict."""
+        reason = (reason or "").strip()
+        if not reason:
+            raise PreflightFailed("A reason is required for a rollback.")
+        if estimated_loss is not None and (not math.isfinite(estimated_loss) or estimated_loss < 0):
+            raise PreflightFailed("The estimated loss must be a non-negative number.")
+        validate_name(model, "model")
+        existing = self.open_incident_for(model)
+        if existing:
+            raise Conflict(
+                f"{model} already has an open rollback, {existing.ref} ({existing.state}, requested by "
+                f"{existing.requested_by}); nothing new was posted."
+            )
+        report = self.preflight(model=model, backup=backup)
+        now = self.clock()
+        with self.db.transaction() as conn:
+            prod = conn.execute(
+                "SELECT version FROM model_deployment_log WHERE model_name = %s AND is_production "
+                "ORDER BY deployed_at DESC LIMIT 1",
+                (model,),
+            ).fetchone()
+            try:
+                row = conn.execute(
+                    "INSERT INTO rollback_bot.incidents (kind, model_name, target_backup, from_version, state, reason,"
+                    " severity, estimated_loss, keep_halted, requested_by, source, channel, target_sha256, plan,"
+                    " created_at, updated_at, expires_at) VALUES ('rollback', %s, %s, %s, 'requested', %s, %s, %s, %s,"
+                    " %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                    (
+                        model, backup, prod["version"] if prod else None, reason[:2000], severity, estimated_loss,
+                        keep_halted, requested_by, source, channel, report.sha256,
+                        Jsonb({"preflight": report.__dict__}), now, now,
+                        now + timedelta(minutes=self.settings.approval_timeout_minutes),
+                    ),
+                ).fetchone()
+            except psycopg.errors.UniqueViolation:
+                conn.rollback()
+                other = self.open_incident_for(model)
+                ref = other.ref if other else "another request"
+                raise Conflict(f"{model} already has an open rollback, {ref}; nothing new was posted.") from None
+            incident = Incident(**row)
+            self._journal_done(conn, incident.id, "requested", requested_by, detail={"backup": backup, "reason": reason})
+            self.audit(conn, actor=requested_by, action="request", outcome="ok", incident_id=incident.id,
+                       model=model, backup=backup)
+        self._emit(Event("state", incident))
+        return incident, report
+
+    def approve(self, *, incident_id: int, approver: str, allowed: bool = True) -> Incident:
+        """Two-person rule and exactly-once: the first valid approval wins, every other is told who acted."""
+        with self.db.transaction() as conn:
+            inc = self.get(incident_id, conn, lock=True)
+            refusal = None
+            if not allowed:
+                refusal = NotAuthorized("Only approvers may approve a rollback.")
+            elif inc.state != REQUESTED:
+                who = inc.approved_by or inc.decided_by
+                refusal = Conflict(
+                    f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else ".")
+                )
+            elif approver == inc.requested_by:
+                refusal = NotAuthorized("You cannot approve your own request: a second person must approve it.")
+            elif inc.expires_at is not None and self.clock() > inc.expires_at:
+                conn.execute(
+                    "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = 'approval window expired',"
+                    " updated_at = %s, resolved_at = %s WHERE id = %s AND state = 'requested'",
+                    (self.clock(), self.clock(), incident_id),
+                )
+                self._journal_done(conn, incident_id, "expired", "rollback-bot", outcome="skipped")
+                refusal = InvalidTransition(f"{inc.ref} expired before it was approved; request it again.")
+            if refusal is not None:
+                conn.commit()
+                self.audit(None, actor=approver, action="approve", outcome="refused", incident_id=incident_id,
+                           reason=str(refusal))
+                raise refusal
+            now = self.clock()
+            row = conn.execute(
+                "UPDATE rollback_bot.incidents SET state = 'approved', approved_by = %s, decided_by = %s,"
+                " approved_at = %s, updated_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
+                (approver, approver, now, now, incident_id),
+            ).fetchone()
+            incident = Incident(**row)
+            self._journal_done(conn, incident_id, "approved", approver)
+            self.audit(conn, actor=approver, action="approve", outcome="ok", incident_id=incident_id)
+            enqueue(conn, "execute", incident_id=incident_id, dedupe_key=f"execute:{incident_id}")
+        self._emit(Event("state", incident))
+        return incident
+
+    def deny(self, *, incident_id: int, user: str, note: str, allowed: bool = True) -> Incident:
+        with self.db.transaction() as conn:
+            inc = self.get(incident_id, conn, lock=True)
+            if not allowed:
+                refusal: RollbackError | None = NotAuthorized("Only approvers or the requester may deny a rollback.")
+            elif inc.state != REQUESTED:
+                who = inc.approved_by or inc.decided_by
+                refusal = Conflict(f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else "."))
+            else:
+                refusal = None
+            if refusal:
+                conn.commit()
+                self.audit(None, actor=user, action="deny", outcome="refused", incident_id=incident_id,
+                           reason=str(refusal))
+                raise refusal
+            now = self.clock()
+            new_state = CANCELLED if user == inc.requested_by else DENIED
+            row = conn.execute(
+                "UPDATE rollback_bot.incidents SET state = %s, decided_by = %s, decision_note = %s, updated_at = %s,"
+                " resolved_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
+                (new_state, user, (note or "").strip()[:2000], now, now, incident_id),
+            ).fetchone()
+            incident = Incident(**row)
+            self._journal_done(conn, incident_id, new_state, user, detail={"note": note})
+            self.audit(conn, actor=user, action="deny", outcome="ok", incident_id=incident_id, note=note)
+        self._emit(Event("state", incident))
+        return incident
+
+    def expire_requests(self) -> list[Incident]:
+        """Cancel requests whose approval window has passed (run by the worker)."""
+        now = self.clock()
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = 'approval window expired',"
+                " updated_at = %s, resolved_at = %s WHERE state = 'requested' AND expires_at < %s RETURNING *",
+                (now, now, now),
+            ).fetchall()
+            for r in rows:
+                self._journal_done(conn, r["id"], "expired", "rollback-bot", outcome="skipped")
+        out = [Incident(**r) for r in rows]
+        for inc in out:
+            self._emit(Event("state", inc))
+        return out
+
+    def set_message(self, incident_id: int, *, channel: str, message_ts: str, thread_ts: str | None = None) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE rollback_bot.incidents SET channel = %s, message_ts = %s, thread_ts = coalesce(%s, %s)"
+                " WHERE id = %s",
+                (channel, message_ts, thread_ts, message_ts, incident_id),
+            )
+
+    # ------------------------------------------------------------------------------------- journal
+
+    def _journal_start(self, conn: psycopg.Connection, incident_id: int, step: str, actor: str) -> int:
+        return conn.execute(
+            "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at) VALUES (%s, %s, %s, %s) RETURNING id",
+            (incident_id, step, actor, self.clock()),
+        ).fetchone()["id"]
+
+    def _journal_finish(self, conn: psycopg.Connection, step_id: int, outcome: str, detail: dict | None = None,
+                        error: str | None = None) -> None:
+        conn.execute(
+            "UPDATE rollback_bot.steps SET finished_at = %s, outcome = %s, detail = detail || %s, error = %s WHERE id = %s",
+            (self.clock(), outcome, Jsonb(detail or {}), error, step_id),
+        )
+
+    def _journal_done(self, conn: psycopg.Connection, incident_id: int, step: str, actor: str, *,
+                      outcome: str = "ok", detail: dict | None = None, error: str | None = None) -> None:
+        now = self.clock()
+        conn.execute(
+            "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at, finished_at, outcome, detail, error)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (incident_id, step, actor, now, now, outcome, Jsonb(detail or {}), error),
+        )
+
+    def _attempts(self, incident_id: int, step: str) -> int:
+        with self.db.transaction() as conn:
+            return conn.execute(
+                "SELECT count(*) AS n FROM rollback_bot.steps WHERE incident_id = %s AND step = %s",
+                (incident_id, step),
+            ).fetchone()["n"]
+
+    def _move(self, conn: psycopg.Connection, inc: Incident, new: str, **columns: Any) -> Incident:
+        """Checked, conditional state change inside the caller's transaction."""
+        check_transition(inc.state, new, inc.kind)
+        now = self.clock()
+        sets = ["state = %s", "updated_at = %s"]
+        params: list[Any] = [new, now]
+        for key, value in columns.items():
+            sets.append(f"{key} = %s")
+            params.append(Jsonb(value) if isinstance(value, (dict, list)) else value)
+        if new in CLOSED:
+            sets.append("resolved_at = coalesce(resolved_at, %s)")
+            params.append(now)
+        params += [inc.id, inc.state]
+        row = conn.execute(
+            f"UPDATE rollback_bot.incidents SET {', '.join(sets)} WHERE id = %s AND state = %s RETURNING *", params
+        ).fetchone()
+        if row is None:
+            raise Conflict(f"{inc.ref} changed state while this step ran; another process is handling it.")
+        return Incident(**row)
+
+    # ------------------------------------------------------------------------------------- execute
+
+    def lock_key(self, incident_id: int) -> int:
+        return 0x524F4C4C0000 + incident_id  # "ROLL" namespace
+
+    def execute(self, incident_id: int, *, actor: str = "rollback-bot") -> Incident:
+        """Run the incident from its current state as far as it goes without a person. Safe to call again."""
+        lock_conn = self.db.connect(autocommit=True)
+        try:
+            got = lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (self.lock_key(incident_id),)).fetchone()
+            if not got["ok"]:
+                return self.get(incident_id)  # another process is running it
+            return self._run(incident_id, actor)
+        finally:
+            lock_conn.close()  # releases the advisory lock
+
+    def _run(self, incident_id: int, actor: str) -> Incident:
+        inc = self.get(incident_id)
+        while inc.state in RUNNABLE:
+            step = inc.state
+            if step not in (APPROVED, REVERTING) and self._attempts(incident_id, step) >= MAX_STEP_ATTEMPTS:
+                inc = self._fail_or_revert(inc, f"step '{step}' was interrupted {MAX_STEP_ATTEMPTS} times")
+                continue
+            handler = getattr(self, f"_step_{step}")
+            self.fault(f"before:{step}")
+            try:
+                inc = handler(inc, actor)
+            except (DatabaseUnavailable, psycopg.OperationalError):
+                raise  # transient: leave the state as it is; the step runs again when the database is back
+            except Exception as exc:  # noqa: BLE001 - every failure is journaled and handled below
+                message = str(exc) if isinstance(exc, RollbackError) else f"{type(exc).__name__}: {exc}"
+                log.warning("%s step %s failed: %s", inc.ref, step, message)
+                current = self.get(incident_id)
+                if current.state != step:
+                    inc = current
+                    continue
+                inc = self._fail_or_revert(current, message)
+            self.fault(f"after:{step}")
+        return inc
+
+    def _fail_or_revert(self, inc: Incident, message: str) -> Incident:
+        with self.db.transaction() as conn:
+            inc = self.get(inc.id, conn, lock=True)
+            if inc.state in SWAP_STATES and inc.state != REVERTING:
+                new = self._move(conn, inc, REVERTING, error=message[:2000])
+            elif inc.state in (APPROVED, HALTING, HALTED, MONITORING):
+                new = self._move(conn, inc, FAILED, error=message[:2000])
+            elif inc.state == REVERTING:
+                # Reverting itself keeps failing: stop, keep trading halted, a person must look.
+                new = self._move(conn, inc, FAILED, error=((inc.error or "") + f"; revert failed: {message}")[:2000])
+            else:  # resuming: the model is verified; retry later rather than undo a good rollback
+                raise RollbackError(message)
+            self._journal_done(conn, inc.id, "error", "rollback-bot", outcome="failed", error=message[:2000])
+        self._emit(Event("state", new, error=message))
+        return new
+
+    def _begin(self, inc: Incident, step: str, actor: str) -> int:
+        with self.db.transaction() as conn:
+            return self._journal_start(conn, inc.id, step, actor)
+
+    def _finish(self, step_id: int, outcome: str, detail: dict | None = None, error: str | None = None) -> None:
+        with self.db.transaction() as conn:
+            self._journal_finish(conn, step_id, outcome, detail, error)
+
+    # -- approved: pre-flight again, right before the first change ----------------------------------
+
+    def _step_approved(self, inc: Incident, actor: str) -> Incident:
+        sid = self._begin(inc, "preflight", actor)
+        try:
+            report = self.preflight(model=inc.model_name, backup=inc.target_backup)
+            if inc.target_sha256 and report.sha256 != inc.target_sha256:
+                raise PreflightFailed(
+                    f"Backup {inc.target_backup} changed on disk after the request; nothing was changed."
+                )
+        except RollbackError as exc:
+            self._finish(sid, "failed", error=str(exc))
+            with self.db.transaction() as conn:
+                new = self._move(conn, self.get(inc.id, conn, lock=True), FAILED, error=str(exc)[:2000])
+            self._emit(Event("state", new, error=str(exc)))
+            return new
+        self._finish(sid, "ok", {"checks": report.checks})
+        with self.db.transaction() as conn:
+            new = self._move(conn, self.get(inc.id, conn, lock=True), HALTING)
+        self._emit(Event("state", new))
+        return new
+
+    # -- halting: client settings saved and halted, halt flag set, in one transaction ----------------
+
+    def _step_halting(self, inc: Incident, actor: str) -> Incident:
+        sid = self._begin(inc, "halt", actor)
+        with self.db.transaction() as conn:
+            cur = self.get(inc.id, conn, lock=True)
+            result = trading.halt(conn, holder=f"incident:{inc.id}", actor=inc.approved_by or actor,
+                                  reason=f"{inc.ref} rollback of {inc.model_name}: {inc.reason}"[:500])
+            detail = {"halt_id": result.halt_id, "clients": result.clients, "joined": result.joined}
+            new = self._move(conn, cur, HALTED, halted_at=result.halted_at,
+                             plan={**cur.plan, "halt_id": result.halt_id})
+            self._journal_finish(conn, sid, "ok", detail)
+        self._emit(Event("step", new, "halt", detail))
+        self._emit(Event("state", new))
+        return new
+
+    # -- halted: stop command, verify no trades after the halt, then take the emergency backup -------
+
+    def _step_halted(self, inc: Incident, actor: str) -> Incident:
+        sid = self._begin(inc, "verify_halt", actor)
+        try:
+            note = trading.run_stop_command(self.settings.trading_stop_command,
+                                            self.settings.trading_stop_timeout_seconds)
+        except RollbackError as exc:
+            self._finish(sid, "failed", error=str(exc))
+            raise
+        with self.db.transaction() as conn:
+            n = trading.trades_after(conn, inc.halted_at, table=self.settings.trades_table,
+                                     time_column=self.settings.trades_time_column,
+                                     log_path=self.settings.trading_log)
+        detail = {"trades_after_halt": n, "stop_command": note}
+        if n:
+            self._finish(sid, "warning", detail, error=f"{n} trade(s) executed after the halt")
+            self._emit(Event("warning", inc, "verify_halt", detail, error=f"{n} trade(s) executed after the halt"))
+        else:
+            self._finish(sid, "ok", detail)
+        self._emit(Event("step", inc, "verify_halt", detail))
+        name = inc.emergency_backup or self._emergency_name(inc)
+        with self.db.transaction() as conn:
+            new = self._move(conn, self.get(inc.id, conn, lock=True), BACKING_UP, emergency_backup=name)
+        self._emit(Event("state", new))
+        return new
+
+    def _emergency_name(self, inc: Incident) -> str:
+        folder = self.registry.model_dir(inc.model_name)
+        base = f"{EMERGENCY_PREFIX}{self.clock():%Y-%m-%d_%H-%M-%S}"
+        name, n = base, 1
+        while (folder / name).exists():
+            n += 1
+            name = f"{base}_{n}"
+        return name
+
+    # -- backing_up: copy the current model into backup_emergency_*/ (appears complete or not at all) -
+
+    def _step_backing_up(self, inc: Incident, actor: str) -> Incident:
+        sid = self._begin(inc, "emergency_backup", actor)
+        folder = self.registry.model_dir(inc.model_name)
+        dest = folder / inc.emergency_backup
+        _clean_temporaries(folder)
+        if not dest.exists():
+            copy_folder_atomically([folder / f for f in MODEL_FILES], dest)
+        sums = {f: sha256_file(dest / f) for f in MODEL_FILES}
+        detail = {"backup": inc.emergency_backup, "model_sha256": sums[MODEL_FILE]}
+        with self.db.transaction() as conn:
+            cur = self.get(inc.id, conn, lock=True)
+            new = self._move(conn, cur, RESTORING, plan={**cur.plan, "original_sha256": sums[MODEL_FILE],
+                                                         "original_metadata_sha256": sums[METADATA_FILE]})
+            self._journal_finish(conn, sid, "ok", detail)
+        self._emit(Event("step", new, "emergency_backup", detail))
+        self._emit(Event("state", new))
+        return new
+
+    # -- restoring: atomic replace of both files ------------------------------------------------------
+
+    def _step_restoring(self, inc: Incident, actor: str) -> Incident:
+        sid = self._begin(inc, "restore", actor)
+        folder = self.registry.model_dir(inc.model_name)
+        source = self.registry.backup_dir(inc.model_name, inc.target_backup)
+        if sha256_file(source / MODEL_FILE) != inc.target_sha256:
+            raise VerificationFailed(f"Backup {inc.target_backup} changed on disk after approval.")
+        for name in (METADATA_FILE, MODEL_FILE):
+            if not (folder / name).exists() or sha256_file(folder / name) != sha256_file(source / name):
+                atomic_copy(source / name, folder / name)
+                self.fault(f"restored:{name}")
+        detail = {"from": inc.target_backup, "sha256": inc.target_sha256}
+        with self.db.transaction() as conn:
+            new = self._move(conn, self.get(inc.id, conn, lock=True), RECORDING)
+            self._journal_finish(conn, sid, "ok", detail)
+        self._emit(Event("step", new, "restore", detail))
+        self._emit(Event("state", new))
+        return new
+
+    # -- recording: one transaction, old rows un-marked BEFORE the new row is inserted ----------------
+
+    def _step_recording(self, inc: Incident, actor: str) -> Incident:
+        sid = self._begin(inc, "record", actor)
+        meta = read_metadata(self.registry.backup_dir(inc.model_name, inc.target_backup))
+        with self.db.transaction() as conn:
+            cur = self.get(inc.id, conn, lock=True)
+            # Serialise writers of this model's deployment rows.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.deploy:' || %s))", (inc.model_name,))
+            previous = conn.execute(
+                "SELECT version, deployed_at FROM model_deployment_log WHERE model_name = %s AND is_production",
+                (inc.model_name,),
+            ).fetchall()
+            conn.execute(
+                "UPDATE model_deployment_log SET is_production = false WHERE model_name = %s AND is_production",
+                (inc.model_name,),
+            )
+            deployed_at = self.clock()
+            by = inc.requested_by if not inc.approved_by else f"{inc.requested_by} (approved by {inc.approved_by})"
+            conn.execute(
+                "INSERT INTO model_deployment_log (model_name, version, deployed_at, deployed_by, deployment_reason,"
+                " is_production, is_rollback, spearman_ic, sharpe_ratio) VALUES (%s, %s, %s, %s, %s, true, true, %s, %s)",
+                (inc.model_name, inc.target_backup, deployed_at, by[:200], f"{inc.ref}: {inc.reason}"[:2000],
+                 meta.performance.spearman_ic, meta.performance.sharpe_ratio),
+            )
+            prev = [{"version": r["version"], "deployed_at": r["deployed_at"].isoformat()} for r in previous]
+            new = self._move(conn, cur, VERIFYING, deployed_at=deployed_at, previous_rows=prev)
+            self._journal_finish(conn, sid, "ok", {"version": inc.target_backup, "previous": prev})
+        self._emit(Event("step", new, "record", {"version": inc.target_backup}))
+        self._emit(Event("state", new))
+        return new
+
+    # -- verifying: the file in place loads, is the target, has sane metadata, predicts ---------------
+
+    def _step_verifying(self, inc: Incident, actor: str) -> Incident:
+        sid = self._begin(inc, "verify", actor)
+        try:
+            detail = self.verify_in_place(inc)
+        except RollbackError as exc:
+            self._finish(sid, "failed", error=str(exc))
+            raise VerificationFailed(f"Verification failed: {exc}") from None
+        with self.db.transaction() as conn:
+            cur = self.get(inc.id, conn, lock=True)
+            new = self._move(conn, cur, VERIFIED if cur.keep_halted else RESUMING,
+                             plan={**cur.plan, "verified_sha256": detail["sha256"]})
+            self._journal_finish(conn, sid, "ok", detail)
+        self._emit(Event("step", new, "verify", detail))
+        self._emit(Event("state", new))
+        return new
+
+    def verify_in_place(self, inc: Incident) -> dict:
+        folder = self.registry.model_dir(inc.model_name)
+        sha = sha256_file(folder / MODEL_FILE)
+        if sha != inc.target_sha256:
+            raise VerificationFailed("the model file in place is not the approved backup (checksum differs)")
+        try:
+            meta = read_metadata(folder)
+            booster = load_booster(folder / MODEL_FILE)
+        except BackupCorrupt as exc:
+            raise VerificationFailed(str(exc)) from None
+        target_meta = read_metadata(self.registry.backup_dir(inc.model_name, inc.target_backup))
+        if meta.model_dump() != target_meta.model_dump():
+            raise VerificationFailed("metadata.json in place differs from the backup's")
+        with self.db.transaction() as conn:
+            day, _, rows = feature_rows(conn, meta.features)
+        self._check_prediction(booster, meta.features, rows, what="Verification")
+        return {"sha256": sha, "prediction_day": day.isoformat() if day else None, "rows": len(rows),
+                "training_date": meta.training_date.isoformat()}
+
+    # -- resuming: only a verified model, each client's own settings back ------------------------------
+
+    def _step_resuming(self, inc: Incident, actor: str) -> Incident:
+        sid = self._begin(inc, "resume", actor)
+        self._assert_verified(inc)
+        with self.db.transaction() as conn:
+            cur = self.get(inc.id, conn, lock=True)
+            trades = trading.trades_after(conn, cur.halted_at, table=self.settings.trades_table,
+                                          time_column=self.settings.trades_time_column,
+                                          log_path=self.settings.trading_log) if cur.halted_at else 0
+            result = trading.release(conn, holder=f"incident:{inc.id}", actor=actor)
+            now = self.clock()
+            new = self._move(conn, cur, MONITORING, resumed_at=now)
+            detail = {"resumed": result.resumed, "restored_clients": result.restored,
+                      "left_alone": result.left_alone, "still_held_by": result.remaining_holders,
+                      "trades_during_halt": trades}
+            self._journal_finish(conn, sid, "warning" if trades else "ok", detail,
+                                 error=f"{trades} trade(s) executed during the halt" if trades else None)
+            enqueue(conn, "monitor_end", incident_id=inc.id, dedupe_key=f"monitor_end:{inc.id}",
+                    run_at=now + timedelta(minutes=self.settings.monitor_minutes))
+        self._emit(Event("step", new, "resume", detail))
+        self._emit(Event("state", new))
+        return new
+
+    def _assert_verified(self, inc: Incident) -> None:
+        with self.db.transaction() as conn:
+            ok = conn.execute(
+                "SELECT 1 FROM rollback_bot.steps WHERE incident_id = %s AND step = 'verify' AND outcome = 'ok'",
+                (inc.id,),
+            ).fetchone()
+        folder = self.registry.model_dir(inc.model_name)
+        if not ok or sha256_file(folder / MODEL_FILE) != inc.target_sha256:
+            raise VerificationFailed("refusing to resume trading: the model in place was not verified")
+
+    def resume_verified(self, *, incident_id: int, actor: str) -> Incident:
+        """For a rollback that was asked to keep trading halted: an approver resumes it."""
+        with self.db.transaction() as conn:
+            inc = self.get(incident_id, conn, lock=True)
+            if inc.state != VERIFIED:
+                raise InvalidTransition(f"{inc.ref} is {inc.state}, not waiting to resume.")
+            new = self._move(conn, inc, RESUMING)
+        self._emit(Event("state", new))
+        return self.execute(incident_id, actor=actor)
+
+    # -- monitoring → resolved -------------------------------------------------------------------------
+
+    def resolve(self, *, incident_id: int, actor: str = "rollback-bot", note: str | None = None) -> Incident:
+        with self.db.transaction() as conn:
+            inc = self.get(incident_id, conn, lock=True)
+            if inc.state == RESOLVED:
+                return inc
+            new = self._move(conn, inc, RESOLVED)
+            self._journal_done(conn, incident_id, "resolved", actor, detail={"note": note} if note else None)
+        self._emit(Event("state", new))
+        return new
+
+    # -- reverting: original model back, deployment log back, trading stays halted ---------------------
+
+    def _step_reverting(self, inc: Incident, actor: str) -> Incident:
+        sid = self._begin(inc, "revert", actor)
+        folder = self.registry.model_dir(inc.model_name)
+        restored_files = []
+        if inc.emergency_backup and (folder / inc.emergency_backup).is_dir():
+            backup = folder / inc.emergency_backup
+            for name in (METADATA_FILE, MODEL_FILE):
+                if sha256_file(folder / name) != sha256_file(backup / name):
+                    atomic_copy(backup / name, folder / name)
+                    restored_files.append(name)
+        with self.db.transaction() as conn:
+            cur = self.get(inc.id, conn, lock=True)
+            reverted_log = False
+            if cur.deployed_at is not None:
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.deploy:' || %s))", (inc.model_name,))
+                ours = conn.execute(
+                    "UPDATE model_deployment_log SET is_production = false WHERE model_name = %s AND version = %s"
+                    " AND deployed_at = %s AND is_rollback AND is_production",
+                    (inc.model_name, inc.target_backup, cur.deployed_at),
+                ).rowcount
+                if ours:
+                    for prev in cur.previous_rows or []:
+                        conn.execute(
+                            "UPDATE model_deployment_log SET is_production = true WHERE model_name = %s AND version = %s"
+                            " AND deployed_at = %s",
+                            (inc.model_name, prev["version"], datetime.fromisoformat(prev["deployed_at"])),
+                        )
+                    reverted_log = True
+            detail = {"restored_files": restored_files, "deployment_log_reverted": reverted_log,
+                      "trading": "stays halted"}
+            new = self._move(conn, cur, FAILED)
+            self._journal_finish(conn, sid, "ok", detail)
+        self._emit(Event("step", new, "revert", detail))
+        self._emit(Event("state", new, error=new.error))
+        return new
+
+    # ------------------------------------------------------------------------------------- recovery
+
+    def recover(self, *, actor: str = "rollback-bot (recovery)") -> list[Incident]:
+        """Finish or undo every rollback left mid-way by a crash (those whose executor's lock is gone)."""
+        with self.db.transaction() as conn:
+            ids = [r["id"] for r in conn.execute(
+                "SELECT id FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s) ORDER BY id",
+                (list(RUNNABLE),),
+            )]
+        out = []
+        for incident_id in ids:
+            out.append(self.execute(incident_id, actor=actor))
+        return out
+
+    def break_glass(self, *, model: str, backup: str, reason: str, by: str) -> Incident:
+        """The CLI path for when Slack is down: same pre-flight, engine and journal; the operator at the
+        host's shell is the approval, recorded as such."""
+        by = (by or "").strip()
+        if not by:
+            raise NotAuthorized("--by NAME is required: break-glass rollbacks are audited by name.")
+        inc, _ = self.request_rollback(model=model, backup=backup, reason=reason, requested_by=by, source="cli")
+        now = self.clock()
+        with self.db.transaction() as conn:
+            cur = self.get(inc.id, conn, lock=True)
+            new = self._move(conn, cur, APPROVED, approved_by=f"{by} (break-glass CLI)",
+                             decided_by=by, approved_at=now)
+            self._journal_done(conn, inc.id, "approved", by, detail={"break_glass": True})
+            self.audit(conn, actor=by, action="break_glass_rollback", outcome="ok", incident_id=inc.id)
+        self._emit(Event("state", new))
+        return self.execute(inc.id, actor=by)
+
+    # ------------------------------------------------------------------------------- trading only
+
+    def halt_trading(self, *, user: str, reason: str) -> Incident:
+        """A manual halt (``/rollback halt``), journaled as an incident of kind 'halt'."""
+        now = self.clock()
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "INSERT INTO rollback_bot.incidents (kind, state, reason, requested_by, created_at, updated_at)"
+                " VALUES ('halt', 'halting', %s, %s, %s, %s) RETURNING *",
+                ((reason or "manual halt").strip()[:2000], user, now, now),
+            ).fetchone()
+            inc = Incident(**row)
+            sid = self._journal_start(conn, inc.id, "halt", user)
+            result = trading.halt(conn, holder=f"incident:{inc.id}", actor=user, reason=inc.reason)
+            new = self._move(conn, inc, HALTED, halted_at=result.halted_at, plan={"halt_id": result.halt_id})
+            self._journal_finish(conn, sid, "ok", {"halt_id": result.halt_id, "clients": result.clients,
+                                                  "joined": result.joined})
+            self.audit(conn, actor=user, action="halt", outcome="ok", incident_id=inc.id)
+        self._emit(Event("state", new))
+        return new
+
+    def resume_trading(self, *, user: str) -> trading.ResumeResult:
+        """``/rollback resume``: refuse while any swap is under way or a failed rollback awaits a person's
+        look; resume rollbacks kept halted after verification; then let go of every manual halt."""
+        with self.db.transaction() as conn:
+            busy = conn.execute(
+                "SELECT id, state FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s)",
+                (list(RUNNABLE - {RESUMING}),),
+            ).fetchall()
+        if busy:
+            refs = ", ".join(f"INC-{r['id']} ({r['state']})" for r in busy)
+            self.audit(None, actor=user, action="resume", outcome="refused", reason=f"rollbacks under way: {refs}")
+            raise InvalidTransition(f"Trading cannot resume while a rollback is under way: {refs}.")
+        for inc in self.list_incidents(open_only=True, limit=100):
+            if inc.kind == "rollback" and inc.state == VERIFIED:
+                self.resume_verified(incident_id=inc.id, actor=user)
+        with self.db.transaction() as conn:
+            manual = conn.execute(
+                "SELECT * FROM rollback_bot.incidents WHERE kind = 'halt' AND state = 'halted' FOR UPDATE"
+            ).fetchall()
+            result = trading.release(conn, holder="", actor=user, force=True)
+            for row in manual:
+                self._move(conn, Incident(**row), RESOLVED, resumed_at=self.clock())
+            self.audit(conn, actor=user, action="resume", outcome="ok", resumed=result.resumed)
+        return result
+
+
+
+JOBS_CHANNEL = "rollback_bot_jobs"
+
+
+def enqueue(conn: psycopg.Connection, kind: str, *, incident_id: int | None = None, payload: dict | None = None,
+            run_at: datetime | None = None, dedupe_key: str | None = None) -> None:
+    """Queue background work for whichever bot process claims it first (in the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO rollback_bot.jobs (kind, incident_id, payload, run_at, dedupe_key)"
+        " VALUES (%s, %s, %s, coalesce(%s, clock_timestamp()), %s) ON CONFLICT (dedupe_key) DO NOTHING",
+        (kind, incident_id, Jsonb(payload or {}), run_at, dedupe_key),
+    )
+    conn.execute(f"NOTIFY {JOBS_CHANNEL}")
+
+
+def _clean_temporaries(folder: Path) -> None:
+    """Remove leftovers of an interrupted atomic write (never visible under a real name)."""
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)

@@ -1,0 +1,146 @@
+"""Shared fixtures: a real PostgreSQL (one database for the run, each test isolated inside it), real XGBoost
+models trained once on generated data and copied per test, and the real app served over HTTP against the
+Slack stand-in.
+
+PostgreSQL comes from ``TEST_DATABASE_URL`` when given, else from the project's private local cluster
+(bot/localpg.py), which is started if needed. If neither works the run FAILS: nothing here skips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from bot import demo_world, localpg
+from core.db import Database, migrate
+from core.settings import Settings
+
+TEST_DB = "rollback_bot_test"
+# Platform tables a test may change; restored from a snapshot before each test.
+MUTABLE_PLATFORM = ("model_deployment_log", "clients", "client_settings", "trades")
+BOT_TABLES = (
+    "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries", "incidents",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A developer's environment or .env must never leak into a test."""
+    for name in list(os.environ):
+        if name.startswith(("SLACK_", "ROLLBACK_")) or name in {
+            "DATABASE_URL", "MODELS_DIR", "INCIDENTS_DIR", "INCIDENT_CHANNEL", "OPERATORS", "APPROVERS",
+            "STAKEHOLDERS", "STAKEHOLDER_EMAILS", "SMTP_URL", "ESCALATION_CONTACTS", "ESCALATE_AFTER_MINUTES",
+            "LOSS_ESCALATION_THRESHOLD", "PORT",
+        }:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env is read
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    cluster = localpg.ensure(databases=("rollback_bot",))
+    cluster.drop_database(TEST_DB)
+    return cluster.create_database(TEST_DB)
+
+
+@pytest.fixture(scope="session")
+def world_template(database_url: str, tmp_path_factory: pytest.TempPathFactory):
+    """Build the generated platform world once: market, features view, clients, trained models."""
+    models = tmp_path_factory.mktemp("models-template")
+    with psycopg.connect(database_url) as conn:
+        world = demo_world.build_world(conn, models, size="test", seed=7)
+        conn.execute("CREATE SCHEMA IF NOT EXISTS test_snapshot")
+        for table in MUTABLE_PLATFORM:
+            conn.execute(f"DROP TABLE IF EXISTS test_snapshot.{table}")
+            conn.execute(f"CREATE TABLE test_snapshot.{table} AS SELECT * FROM public.{table}")
+        conn.commit()
+    migrate(database_url)
+    return world
+
+
+def reset_database(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute("TRUNCATE " + ", ".join(f"rollback_bot.{t}" for t in BOT_TABLES) + " RESTART IDENTITY CASCADE")
+        for table in MUTABLE_PLATFORM[::-1]:
+            conn.execute(f"DELETE FROM public.{table}")
+        for table in MUTABLE_PLATFORM:
+            conn.execute(f"INSERT INTO public.{table} SELECT * FROM test_snapshot.{table}")
+        conn.commit()
+
+
+@pytest.fixture
+def world(world_template, database_url: str, tmp_path: Path):
+    """A fresh copy of the world for one test: database rows restored, model files copied."""
+    reset_database(database_url)
+    models = tmp_path / "models"
+    shutil.copytree(world_template.models_dir, models, symlinks=True)
+    return dataclasses.replace(world_template, models_dir=models)
+
+
+@pytest.fixture
+def settings(world, database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,
+        database_url=database_url,
+        models_dir=world.models_dir,
+        incidents_dir=tmp_path / "incidents",
+        slack_bot_token="xoxb-test-token-0123456789",
+        slack_signing_secret="test-signing-secret-abcdef",
+        slack_api_url="http://127.0.0.1:9/api/",
+        incident_channel="C0INCIDENT",
+        operators=["U0ALICE", "U0BOB", "U0CAROL"],
+        approvers=["U0BOB", "U0CAROL"],
+        monitor_minutes=30,
+    )
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = Database(settings.database_dsn(), max_size=8).open()
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(database_url, row_factory=dict_row, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+def services(settings: Settings, db: Database):
+    from core.services import Services
+
+    return Services(settings, db)
+
+
+@pytest.fixture
+def standin():
+    from bot.slack_standin import SlackStandIn
+
+    with SlackStandIn() as s:
+        for uid, name in [("U0ALICE", "alice"), ("U0BOB", "bob"), ("U0CAROL", "carol"), ("U0DAVE", "dave")]:
+            s.add_user(uid, name=name, real_name=name.title())
+        yield s
+
+
+@pytest.fixture
+def sandbox(settings: Settings, db: Database, standin):
+    """The real app over HTTP against the stand-in; the background worker is not started (tests drive it)."""
+    from bot.sandbox import Sandbox
+    from core.services import Services
+
+    services = Services(settings.model_copy(update={"slack_api_url": standin.base_url}), db)
+    with Sandbox(services, standin=standin) as box:
+        yield box
