@@ -1,0 +1,37 @@
+"""Assertions about the platform's state shared by the engine tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.modelio import sha256_file
+
+
+def production_rows(conn, model: str) -> list[dict]:
+    return conn.execute(
+        "SELECT * FROM model_deployment_log WHERE model_name = %s AND is_production", (model,)
+    ).fetchall()
+
+
+def client_settings(conn) -> dict[str, tuple]:
+    return {
+        r["client_id"]: (r["auto_rebalance"], r["require_manual_approval"])
+        for r in conn.execute("SELECT client_id, auto_rebalance, require_manual_approval FROM client_settings")
+    }
+
+
+def trading_halted(conn) -> bool:
+    return conn.execute("SELECT halted FROM rollback_bot.trading_state").fetchone()["halted"]
+
+
+def files_equal(a: Path, b: Path) -> bool:
+    return all(sha256_file(a / f) == sha256_file(b / f) for f in ("model.json", "metadata.json"))
+
+
+def assert_consistent(conn, models_dir: Path, model: str) -> str:
+    """Exactly one production row, and it names the files on disk. Returns the production version."""
+    rows = production_rows(conn, model)
+    assert len(rows) == 1, rows
+    version = rows[0]["version"]
+    assert files_equal(models_dir / model, models_dir / model / version), f"files on disk are not {version}"
+    return version

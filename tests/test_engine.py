@@ -1,0 +1,252 @@
+"""Issue 3: the rollback engine against a real PostgreSQL and real model files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core import engine as E
+from core.errors import Conflict, InvalidTransition, NotAuthorized, PreflightFailed
+from tests.helpers import assert_consistent, client_settings, files_equal, production_rows, trading_halted
+
+MODEL = "growth_momentum_large"
+
+
+def target_of(services, model=MODEL):
+    return services.registry.recommend(model).backup.name
+
+
+def test_full_rollback(services, world, conn):
+    before = client_settings(conn)
+    original = assert_consistent(conn, world.models_dir, MODEL)
+    target = target_of(services)
+    inc, report = services.engine.request_rollback(model=MODEL, backup=target, reason="Sharpe collapsed",
+                                                   requested_by="U0ALICE")
+    assert inc.state == "requested" and "model.json loads with xgboost" in report.checks
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    done = services.engine.execute(inc.id)
+    assert done.state == "monitoring", done.error
+    # files: the target in place; the emergency backup holds the original
+    assert files_equal(world.models_dir / MODEL, world.models_dir / MODEL / target)
+    emergency = world.models_dir / MODEL / done.emergency_backup
+    assert done.emergency_backup.startswith("backup_emergency_") and files_equal(emergency, world.models_dir / MODEL / original)
+    # deployment log: one production row, the rollback row, previous not production
+    rows = production_rows(conn, MODEL)
+    assert len(rows) == 1 and rows[0]["version"] == target and rows[0]["is_rollback"]
+    assert "U0ALICE" in rows[0]["deployed_by"] and "U0BOB" in rows[0]["deployed_by"]
+    # trading resumed with each client's own settings
+    assert not trading_halted(conn)
+    assert client_settings(conn) == before
+    steps = [s.step for s in services.engine.steps(inc.id)]
+    for step in ("requested", "approved", "preflight", "halt", "verify_halt", "emergency_backup", "restore",
+                 "record", "verify", "resume"):
+        assert step in steps
+    assert all(s.finished_at is not None for s in services.engine.steps(inc.id))
+    # monitoring ends → resolved, through the job queue
+    services.engine.clock = lambda: E.utcnow() + E.timedelta(minutes=31)
+    services.worker.run_due()
+    assert services.engine.get(inc.id).state == "resolved"
+
+
+def test_halt_saves_and_restores_each_clients_own_settings(services, world, conn):
+    before = client_settings(conn)
+    active = {r["client_id"] for r in conn.execute("SELECT client_id FROM clients WHERE active")}
+    assert len(set(before.values())) > 1, "the world must have mixed settings"
+    inc = services.engine.halt_trading(user="U0ALICE", reason="suspicious fills")
+    now = client_settings(conn)
+    for cid, value in now.items():
+        assert value == ((False, True) if cid in active else before[cid])
+    assert trading_halted(conn)
+    # A person changes one client during the halt: that choice is kept
+    changed = sorted(active)[0]
+    conn.execute("UPDATE client_settings SET auto_rebalance = false, require_manual_approval = false WHERE client_id = %s", (changed,))
+    result = services.engine.resume_trading(user="U0BOB")
+    assert result.resumed and result.left_alone == [changed]
+    after = client_settings(conn)
+    for cid in before:
+        assert after[cid] == ((False, False) if cid == changed else before[cid])
+    assert services.engine.get(inc.id).state == "resolved"
+
+
+def test_nested_halts_keep_trading_halted_until_the_last_holder(services, world, conn):
+    before = client_settings(conn)
+    services.engine.halt_trading(user="U0ALICE", reason="manual")
+    target = target_of(services)
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    done = services.engine.execute(inc.id)
+    assert done.state == "monitoring"
+    assert trading_halted(conn), "the manual halt still holds"
+    assert client_settings(conn) != before
+    services.engine.resume_trading(user="U0BOB")
+    assert not trading_halted(conn) and client_settings(conn) == before
+
+
+def test_preflight_refuses_a_bad_target_and_changes_nothing(services, world, conn):
+    target = target_of(services)
+    (world.models_dir / MODEL / target / "model.json").write_text('{"learner": 1')
+    with pytest.raises(PreflightFailed, match="does not load"):
+        services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
+    assert conn.execute("SELECT count(*) AS n FROM rollback_bot.incidents").fetchone()["n"] == 0
+    assert not trading_halted(conn)
+
+
+def test_preflight_refuses_feature_mismatch(services, world, conn):
+    target = target_of(services)
+    meta_path = world.models_dir / MODEL / target / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["features"][0] = "no_such_feature"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(PreflightFailed):
+        services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
+    assert not trading_halted(conn)
+
+
+def test_preflight_again_after_approval(services, world, conn):
+    """A backup that goes bad between request and approval fails before any change."""
+    target = target_of(services)
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    (world.models_dir / MODEL / target / "model.json").write_text("garbage")
+    done = services.engine.execute(inc.id)
+    assert done.state == "failed" and "pre-flight" in done.error
+    assert not trading_halted(conn)
+    assert not any(p.name.startswith("backup_emergency_") for p in (world.models_dir / MODEL).iterdir())
+
+
+def test_two_person_rule_and_exactly_once(services, world):
+    target = target_of(services)
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
+    with pytest.raises(NotAuthorized, match="own request"):
+        services.engine.approve(incident_id=inc.id, approver="U0ALICE")
+    with pytest.raises(NotAuthorized):
+        services.engine.approve(incident_id=inc.id, approver="U0DAVE", allowed=False)
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    with pytest.raises(Conflict, match="already approved .*U0BOB"):
+        services.engine.approve(incident_id=inc.id, approver="U0CAROL")
+    with pytest.raises(Conflict):
+        services.engine.request_rollback(model=MODEL, backup=target, reason="again", requested_by="U0CAROL")
+
+
+def test_expired_request_cannot_be_approved(services, world):
+    target = target_of(services)
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
+    services.engine.clock = lambda: E.utcnow() + E.timedelta(minutes=16)
+    with pytest.raises(InvalidTransition, match="expired"):
+        services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    assert services.engine.get(inc.id).state == "cancelled"
+
+
+def test_failed_verification_puts_the_original_back_and_keeps_trading_halted(settings, db, world, conn):
+    from core.services import Services
+
+    def corrupt_after_restore(label):
+        if label == "after:restoring":
+            path = world.models_dir / MODEL / "model.json"
+            path.write_bytes(path.read_bytes()[:-50])
+
+    services = Services(settings, db, fault_hook=corrupt_after_restore)
+    original = assert_consistent(conn, world.models_dir, MODEL)
+    target = target_of(services)
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    done = services.engine.execute(inc.id)
+    assert done.state == "failed" and "Verification failed" in done.error
+    assert assert_consistent(conn, world.models_dir, MODEL) == original
+    assert trading_halted(conn), "trading never resumes on a model that was not verified"
+    with pytest.raises(Exception):
+        services.engine._assert_verified(done)
+
+
+def test_runbook_update_after_insert_is_not_copied(services, world, conn):
+    """The new row stays production even when the backup's name equals an older row's version."""
+    target = target_of(services)
+    conn.execute(
+        "INSERT INTO model_deployment_log (model_name, version, deployed_at, deployed_by, deployment_reason,"
+        " is_production, is_rollback) VALUES (%s, %s, now() - interval '400 days', 'x', 'old', false, false)",
+        (MODEL, target),
+    )
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    assert services.engine.execute(inc.id).state == "monitoring"
+    rows = production_rows(conn, MODEL)
+    assert len(rows) == 1 and rows[0]["version"] == target and rows[0]["is_rollback"]
+
+
+def test_keep_halted_waits_for_an_approver_to_resume(services, world, conn):
+    target = target_of(services)
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE",
+                                              keep_halted=True)
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    assert services.engine.execute(inc.id).state == "verified"
+    assert trading_halted(conn)
+    services.engine.resume_trading(user="U0BOB")
+    assert services.engine.get(inc.id).state == "monitoring"
+    assert not trading_halted(conn)
+
+
+def test_resume_is_refused_while_a_swap_is_under_way(settings, db, world, conn):
+    from core.services import Services
+
+    seen = {}
+
+    def try_resume(label):
+        if label == "after:restoring":
+            with pytest.raises(InvalidTransition, match="under way"):
+                services.engine.resume_trading(user="U0BOB")
+            seen["tried"] = trading_halted(conn)
+
+    services = Services(settings, db, fault_hook=try_resume)
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target_of(services), reason="r", requested_by="U0ALICE")
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    assert services.engine.execute(inc.id).state == "monitoring"
+    assert seen == {"tried": True}
+
+
+def test_halt_verification_flags_trades_after_the_halt(services, world, conn):
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target_of(services), reason="r", requested_by="U0ALICE")
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+
+    def rogue_trade(label):
+        if label == "after:halting":
+            conn.execute("INSERT INTO trades (client_id, ticker, side, quantity, price, executed_at)"
+                         " VALUES ('c1', 'AAA', 'buy', 1, 1, clock_timestamp() + interval '1 second')")
+
+    services.engine.fault = rogue_trade
+    services.engine.execute(inc.id)
+    halt_step = next(s for s in services.engine.steps(inc.id) if s.step == "verify_halt")
+    assert halt_step.outcome == "warning" and halt_step.detail["trades_after_halt"] == 1
+
+
+def test_stop_command_runs_without_a_shell(settings, db, world, tmp_path, conn):
+    from core.services import Services
+
+    marker = tmp_path / "stopped"
+    cmd = ["/bin/sh", "-c", f'echo "$0" > {marker}', "arg; rm -rf /"]
+    services = Services(settings.model_copy(update={"trading_stop_command": cmd}), db)
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target_of(services), reason="r", requested_by="U0ALICE")
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    assert services.engine.execute(inc.id).state == "monitoring"
+    assert marker.read_text().strip() == "arg; rm -rf /"
+
+
+def test_failing_stop_command_fails_the_incident_with_trading_halted(settings, db, world, conn):
+    from core.services import Services
+
+    services = Services(settings.model_copy(update={"trading_stop_command": ["/bin/false"]}), db)
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target_of(services), reason="r", requested_by="U0ALICE")
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    done = services.engine.execute(inc.id)
+    assert done.state == "failed" and "stop command" in done.error
+    assert trading_halted(conn)
+    assert_consistent(conn, world.models_dir, MODEL)
+
+
+def test_illegal_transitions_raise():
+    with pytest.raises(InvalidTransition):
+        E.check_transition("requested", "resuming")
+    with pytest.raises(InvalidTransition):
+        E.check_transition("failed", "approved")
+    with pytest.raises(InvalidTransition):
+        E.check_transition("verifying", "resolved")
