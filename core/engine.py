@@ -386,6 +386,13 @@ class Engine:
                 f"{existing.requested_by}); nothing new was posted."
             )
         report = self.preflight(model=model, backup=backup)
+        current = self.registry.production(model)
+        current_info = {
+            "training_date": current.training_date.isoformat() if current.training_date else None,
+            "spearman_ic": current.spearman_ic,
+            "sharpe_ratio": current.sharpe_ratio,
+            "problems": list(current.problems),
+        }
         now = self.clock()
         with self.db.transaction() as conn:
             prod = conn.execute(
@@ -402,7 +409,7 @@ class Engine:
                     (
                         model, backup, prod["version"] if prod else None, reason[:2000], severity, estimated_loss,
                         keep_halted, requested_by, source, channel, report.sha256,
-                        Jsonb({"preflight": report.__dict__}), now, now,
+                        Jsonb({"preflight": report.__dict__, "current": current_info}), now, now,
                         now + timedelta(minutes=self.settings.approval_timeout_minutes),
                     ),
                 ).fetchone()

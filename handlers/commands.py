@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from slack_bolt import Ack, App, Respond
 
 from core.services import Services
-from handlers import views
+from handlers import blocks as views
 from handlers.errors import guarded
 from handlers.ids import Command
 

@@ -15,7 +15,7 @@ from typing import Any
 from slack_bolt import App, BoltResponse
 
 from core.errors import RollbackError
-from handlers.views import error_blocks
+from handlers.blocks import error_blocks
 
 log = logging.getLogger("rollback_bot.handlers")
 

@@ -7,7 +7,7 @@ from slack_sdk import WebClient
 from slack_sdk.models.views import View
 
 from core.services import Services
-from handlers import views
+from handlers import blocks as views
 from handlers.ids import Event
 
 

@@ -1,0 +1,57 @@
+"""Who may do what: OPERATORS request, halt and resume; APPROVERS approve (and resume).
+
+Entries are Slack user IDs (``U…``/``W…``) or user-group IDs (``S…``). Group membership comes from a
+resolver the caller supplies (the Slack layer uses ``usergroups.users.list``) and is cached briefly. An
+empty OPERATORS list means everyone may operate; an empty APPROVERS list means nobody may approve.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+GroupResolver = Callable[[str], Iterable[str]]
+
+
+def is_group(entry: str) -> bool:
+    return entry.startswith("S")
+
+
+class Authorizer:
+    def __init__(
+        self,
+        *,
+        operators: list[str],
+        approvers: list[str],
+        resolve_group: GroupResolver | None = None,
+        ttl_seconds: float = 60.0,
+    ) -> None:
+        self.operators = list(operators)
+        self.approvers = list(approvers)
+        self._resolve = resolve_group
+        self._ttl = ttl_seconds
+        self._cache: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    def _members(self, group: str) -> frozenset[str]:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(group)
+            if hit and now - hit[0] < self._ttl:
+                return hit[1]
+        members = frozenset(self._resolve(group)) if self._resolve else frozenset()
+        with self._lock:
+            self._cache[group] = (now, members)
+        return members
+
+    def _in(self, user: str, entries: list[str]) -> bool:
+        if user in entries:
+            return True
+        return any(is_group(e) and user in self._members(e) for e in entries)
+
+    def is_operator(self, user: str) -> bool:
+        return not self.operators or self._in(user, self.operators) or self._in(user, self.approvers)
+
+    def is_approver(self, user: str) -> bool:
+        return bool(self.approvers) and self._in(user, self.approvers)

@@ -1,0 +1,341 @@
+"""Block Kit for incidents: the request / live status card, thread replies, the start and deny modals."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    CheckboxesElement,
+    ConfirmObject,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    InputBlock,
+    NumberInputElement,
+    Option,
+    PlainTextInputElement,
+    PlainTextObject,
+    SectionBlock,
+    StaticSelectElement,
+)
+from slack_sdk.models.views import View
+
+from core.engine import CLOSED, Incident, Step
+from core.registry import BackupInfo
+from core.timeline import Milestone, fmt_elapsed, milestones
+from handlers.ids import Action, Block as B, View as V
+from handlers.blocks import clip, context, esc, finish, md, num, section
+
+STATE_EMOJI = {
+    "requested": ":hourglass_flowing_sand:",
+    "approved": ":white_check_mark:",
+    "halting": ":octagonal_sign:",
+    "halted": ":octagonal_sign:",
+    "backing_up": ":floppy_disk:",
+    "restoring": ":arrows_counterclockwise:",
+    "recording": ":ledger:",
+    "verifying": ":mag:",
+    "verified": ":pause_button:",
+    "resuming": ":arrow_forward:",
+    "monitoring": ":eyes:",
+    "resolved": ":large_green_circle:",
+    "denied": ":no_entry_sign:",
+    "cancelled": ":heavy_multiplication_x:",
+    "failed": ":red_circle:",
+    "reverting": ":rewind:",
+}
+SEVERITIES = ("critical", "high", "medium", "low")
+
+
+def _tick(m: Milestone, failed: bool) -> str:
+    if m.outcome == "ok":
+        return ":white_check_mark:"
+    if m.outcome == "warning":
+        return ":warning:"
+    if m.outcome == "failed":
+        return ":x:"
+    if m.outcome == "running":
+        return ":hourglass_flowing_sand:" if not failed else ":x:"
+    return ":white_medium_square:"
+
+
+def checklist_text(incident: Incident, steps: list[Step]) -> str:
+    failed = incident.state in ("failed", "reverting")
+    lines = []
+    for m in milestones(incident, steps):
+        if incident.kind != "rollback" and m.key not in ("halted", "resolved"):
+            continue
+        line = f"{_tick(m, failed)} {m.label}"
+        if m.elapsed_seconds is not None:
+            line += f" — {fmt_elapsed(m.elapsed_seconds)}"
+        if m.target_minutes is not None:
+            target = f"target T+{m.target_minutes}m"
+            line += f" ({'missed ' if m.breached else ''}{target})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _model_line(label: str, version: str | None, info: dict | None) -> str:
+    info = info or {}
+    return (
+        f"*{label}*\n`{esc(version or 'unknown')}`\ntrained {esc(info.get('training_date') or 'n/a')}\n"
+        f"IC {num(info.get('spearman_ic'), 4)} · Sharpe {num(info.get('sharpe_ratio'), 2)}"
+    )
+
+
+def incident_title(incident: Incident) -> str:
+    if incident.kind == "rollback":
+        return f"{incident.ref} · Rollback of {incident.model_name}"
+    if incident.kind == "halt":
+        return f"{incident.ref} · Trading halt"
+    return f"{incident.ref} · {incident.kind}"
+
+
+def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
+    """The request message, updated in place as the status card."""
+    emoji = STATE_EMOJI.get(incident.state, "")
+    blocks: list[Block] = [HeaderBlock(text=clip(incident_title(incident), 150))]
+    who = f"Requested by <@{esc(incident.requested_by)}>" if incident.source == "slack" else f"Requested by {esc(incident.requested_by)} (break-glass CLI)"
+    if incident.approved_by:
+        who += f" · approved by <@{esc(incident.approved_by)}>" if incident.source == "slack" else f" · {esc(incident.approved_by)}"
+    blocks.append(
+        section(
+            f"{emoji} *State: {esc(incident.state.replace('_', ' '))}* · severity *{esc(incident.severity)}*\n{who}\n"
+            f"*Reason:* {esc(clip(incident.reason, 1500))}"
+            + (f"\n*Estimated loss:* {incident.estimated_loss:,.0f}" if incident.estimated_loss is not None else "")
+            + ("\n:pause_button: Trading stays halted after the rollback until an approver resumes it." if incident.keep_halted else "")
+        )
+    )
+    if incident.kind == "rollback":
+        plan = incident.plan or {}
+        pre = plan.get("preflight") or {}
+        blocks.append(
+            SectionBlock(
+                fields=[
+                    md(_model_line("Current", incident.from_version, plan.get("current"))),
+                    md(_model_line("Target", incident.target_backup, pre)),
+                ]
+            )
+        )
+        if pre.get("checks"):
+            blocks.append(context(":white_check_mark: Pre-flight passed: " + esc("; ".join(pre["checks"]))))
+    blocks.append(DividerBlock())
+    blocks.append(section(checklist_text(incident, steps)))
+    if incident.error:
+        blocks.append(section(f":red_circle: *{esc(clip(incident.error, 2500))}*"))
+    if incident.state == "failed":
+        blocks.append(context("The original model is in place and trading stays halted; an approver resumes with `/rollback resume` after a look."))
+    if incident.state == "requested":
+        blocks.append(
+            ActionsBlock(
+                block_id=B.DECISION.value,
+                elements=[
+                    ButtonElement(
+                        text="Approve",
+                        action_id=Action.APPROVE.value,
+                        value=str(incident.id),
+                        style="primary",
+                        confirm=ConfirmObject(
+                            title="Approve the rollback?",
+                            text=clip(
+                                f"Halt automated trading, back up {incident.model_name} and restore "
+                                f"{incident.target_backup}. The bot then verifies and resumes trading.",
+                                300,
+                            ),
+                            confirm="Approve",
+                            deny="Cancel",
+                        ),
+                    ),
+                    ButtonElement(text="Deny", action_id=Action.DENY.value, value=str(incident.id), style="danger"),
+                ],
+            )
+        )
+        if incident.expires_at:
+            blocks.append(context(f"Approval window ends {incident.expires_at:%H:%M:%S} UTC. You cannot approve your own request."))
+    elif incident.state in CLOSED or incident.state in ("monitoring", "verified"):
+        blocks.append(ActionsBlock(elements=[ButtonElement(text="Add root cause", action_id=Action.ADD_ROOT_CAUSE.value, value=str(incident.id))]))
+    return finish(blocks)
+
+
+def step_reply(incident: Incident, step: str, detail: dict, error: str | None = None) -> str:
+    """One thread reply per step, with its details."""
+    d = detail or {}
+    if step == "halt":
+        joined = " (joined the halt already in place)" if d.get("joined") else ""
+        return f":octagonal_sign: Automated trading halted for {d.get('clients', 0)} active clients{joined}; each client's own settings are saved."
+    if step == "verify_halt":
+        n = d.get("trades_after_halt", 0)
+        cmd = f" {d['stop_command']}." if d.get("stop_command") else ""
+        if n:
+            return f":warning: {n} trade(s) executed after the halt: the platform did not honour it.{cmd}"
+        return f":white_check_mark: No trade after the halt.{cmd}"
+    if step == "emergency_backup":
+        return f":floppy_disk: Emergency backup `{esc(d.get('backup'))}` taken (sha256 {str(d.get('model_sha256'))[:12]}…)."
+    if step == "restore":
+        return f":arrows_counterclockwise: `{esc(d.get('from'))}` restored atomically into place."
+    if step == "record":
+        return f":ledger: `model_deployment_log`: `{esc(d.get('version'))}` is production (one transaction)."
+    if step == "verify":
+        return (
+            f":mag: Verified: model loads, checksum matches, prediction on {d.get('rows')} rows of "
+            f"{esc(d.get('prediction_day'))} is finite and varies."
+        )
+    if step == "resume":
+        if not d.get("resumed"):
+            held = ", ".join(d.get("still_held_by") or [])
+            return f":pause_button: Rollback done; trading stays halted (also held by {esc(held)})."
+        text = f":arrow_forward: Trading resumed: {d.get('restored_clients', 0)} clients back to their own settings."
+        if d.get("left_alone"):
+            text += f" Left as changed during the halt: {esc(', '.join(d['left_alone']))}."
+        if d.get("trades_during_halt"):
+            text += f" :warning: {d['trades_during_halt']} trade(s) executed during the halt."
+        return text
+    if step == "revert":
+        return (
+            f":rewind: Reverted: original files back ({esc(', '.join(d.get('restored_files') or []) or 'unchanged'})),"
+            f" deployment log {'reverted' if d.get('deployment_log_reverted') else 'unchanged'}; trading stays halted."
+        )
+    return f"{esc(step)}: {esc(json.dumps(d)[:500])}" + (f" — {esc(error)}" if error else "")
+
+
+def state_reply(incident: Incident) -> str | None:
+    s = incident.state
+    if s == "approved":
+        return f":white_check_mark: Approved by <@{esc(incident.approved_by)}>. Running the runbook now."
+    if s == "denied":
+        return f":no_entry_sign: Denied by <@{esc(incident.decided_by)}>: {esc(incident.decision_note or 'no reason given')}"
+    if s == "cancelled":
+        return f":heavy_multiplication_x: Cancelled: {esc(incident.decision_note or 'by the requester')}"
+    if s == "failed":
+        return f":red_circle: *Rollback failed*: {esc(incident.error or 'see the journal')}. The original model is in place and trading stays halted."
+    if s == "verified":
+        return ":pause_button: Verified. Trading stays halted as requested: an approver resumes with `/rollback resume`."
+    if s == "resolved":
+        return ":large_green_circle: Incident resolved."
+    return None
+
+
+# ------------------------------------------------------------------------------------------- modals
+
+
+def _backup_option(b: BackupInfo, recommended: str | None) -> Option:
+    star = "★ " if b.name == recommended else ""
+    label = f"{star}{b.name} · IC {num(b.spearman_ic, 3)} · Sharpe {num(b.sharpe_ratio, 2)}"
+    return Option(text=PlainTextObject(text=clip(label, 75)), value=b.name)
+
+
+def start_modal(*, models: list[str], model: str | None, backups: list[BackupInfo], recommended: str | None,
+                channel: str | None) -> dict:
+    model_select = StaticSelectElement(
+        action_id=Action.MODAL_MODEL_SELECT.value,
+        placeholder="Choose a model",
+        options=[Option(text=PlainTextObject(text=clip(m, 75)), value=m) for m in models[:100]] or [Option(text="(no models)", value="-")],
+        initial_option=Option(text=PlainTextObject(text=clip(model, 75)), value=model) if model in models else None,
+    )
+    blocks: list[Block] = [
+        InputBlock(block_id=B.MODEL.value, label="Model", element=model_select, dispatch_action=True),
+    ]
+    ordered = sorted(backups, key=lambda b: (b.name != recommended,))
+    if model:
+        if ordered:
+            blocks.append(
+                InputBlock(
+                    block_id=B.BACKUP.value,
+                    label="Roll back to",
+                    element=StaticSelectElement(
+                        action_id="backup",
+                        placeholder="Choose a backup",
+                        options=[_backup_option(b, recommended) for b in ordered[:100]],
+                        initial_option=_backup_option(ordered[0], recommended) if recommended else None,
+                    ),
+                    hint="★ marks the recommended target (best Sharpe among backups that pass checks)." if recommended else None,
+                )
+            )
+        else:
+            blocks.append(section(":warning: This model has no backups."))
+    blocks += [
+        InputBlock(block_id=B.REASON.value, label="Reason", element=PlainTextInputElement(action_id="reason", multiline=True, max_length=2000, placeholder="What went wrong? (Sharpe collapsed, losses, crashes, bad data…)")),
+        InputBlock(
+            block_id=B.SEVERITY.value,
+            label="Severity",
+            element=StaticSelectElement(
+                action_id="severity",
+                options=[Option(text=s.title(), value=s) for s in SEVERITIES],
+                initial_option=Option(text="High", value="high"),
+            ),
+        ),
+        InputBlock(block_id=B.LOSS.value, label="Estimated loss (optional)", optional=True, element=NumberInputElement(action_id="loss", is_decimal_allowed=True, min_value="0")),
+        InputBlock(
+            block_id=B.KEEP_HALTED.value,
+            label="After the rollback",
+            optional=True,
+            element=CheckboxesElement(action_id="keep_halted", options=[Option(text="Keep trading halted until an approver resumes it", value="keep")]),
+        ),
+    ]
+    return View(
+        type="modal",
+        callback_id=V.START.value,
+        title="Request a rollback",
+        submit="Request",
+        close="Cancel",
+        private_metadata=json.dumps({"channel": channel, "model": model}),
+        blocks=blocks,
+    ).to_dict()
+
+
+def deny_modal(incident: Incident, *, channel: str | None, message_ts: str | None) -> dict:
+    return View(
+        type="modal",
+        callback_id=V.DENY.value,
+        title="Deny the rollback",
+        submit="Deny",
+        close="Back",
+        private_metadata=json.dumps({"incident": incident.id, "channel": channel, "ts": message_ts}),
+        blocks=[
+            section(f"Deny *{esc(incident_title(incident))}*?"),
+            InputBlock(block_id=B.DENY_REASON.value, label="Why?", element=PlainTextInputElement(action_id="reason", multiline=True, max_length=1000)),
+        ],
+    ).to_dict()
+
+
+def root_cause_modal(incident: Incident) -> dict:
+    return View(
+        type="modal",
+        callback_id=V.ROOT_CAUSE.value,
+        title="Add root cause",
+        submit="Save",
+        close="Cancel",
+        private_metadata=json.dumps({"incident": incident.id}),
+        blocks=[
+            section(f"Root cause of *{esc(incident_title(incident))}*"),
+            InputBlock(
+                block_id=B.ROOT_CAUSE.value,
+                label="Root cause",
+                element=PlainTextInputElement(action_id="text", multiline=True, max_length=2900, initial_value=incident.root_cause or None),
+            ),
+        ],
+    ).to_dict()
+
+
+def incidents_blocks(incidents: list[Incident], now: datetime) -> list[dict]:
+    blocks: list[Block] = [HeaderBlock(text="Incidents")]
+    if not incidents:
+        blocks.append(section("No incidents yet."))
+    open_ = [i for i in incidents if i.is_open]
+    recent = [i for i in incidents if not i.is_open]
+    for title, group in (("Open", open_), ("Recent", recent)):
+        if not group:
+            continue
+        lines = [
+            f"{STATE_EMOJI.get(i.state, '')} *{i.ref}* {esc(i.kind)} `{esc(i.model_name or '-')}` → "
+            f"`{esc(i.target_backup or '-')}` · {esc(i.state)} · {i.created_at:%Y-%m-%d %H:%M} UTC"
+            for i in group[:25]
+        ]
+        blocks.append(section(f"*{title}*\n" + "\n".join(lines)))
+        if len(group) > 25:
+            blocks.append(context(f"…and {len(group) - 25} more."))
+    return finish(blocks)
