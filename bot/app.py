@@ -12,9 +12,12 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
+from core.auth import Authorizer
 from core.services import Services
 from core.settings import Settings
-from handlers import commands, errors, home
+from handlers import actions, commands, errors, home, views
+from handlers.deps import Deps
+from handlers.progress import SlackProgress
 
 log = logging.getLogger("rollback_bot")
 
@@ -34,18 +37,32 @@ def build_client(settings: Settings) -> WebClient:
     )
 
 
+def build_authorizer(settings: Settings, client: WebClient) -> Authorizer:
+    def members(group: str) -> list[str]:
+        return list(client.usergroups_users_list(usergroup=group).get("users") or [])
+
+    return Authorizer(operators=settings.operators, approvers=settings.approvers, resolve_group=members)
+
+
 def build_app(settings: Settings, services: Services, *, client: WebClient | None = None) -> App:
     """A Bolt App that acks before doing slow work (process_before_response + lazy listeners)."""
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
+    client = client or build_client(settings)
     app = App(
-        client=client or build_client(settings),
+        client=client,
         signing_secret=secret,
         request_verification_enabled=secret is not None,
         token_verification_enabled=False,
         process_before_response=True,
         logger=logging.getLogger("rollback_bot.bolt"),
     )
+    deps = Deps(services=services, auth=build_authorizer(settings, client))
+    progress = SlackProgress(client, deps)
+    services.engine.subscribe(progress)
+    app.progress = progress  # type: ignore[attr-defined] - tests and the demo flush it
     errors.register(app)
-    commands.register(app, services)
-    home.register(app, services)
+    commands.register(app, deps, progress)
+    actions.register(app, deps, progress)
+    views.register(app, deps, progress)
+    home.register(app, deps, progress)
     return app

@@ -43,11 +43,22 @@ class Sandbox:
         if settings.slack_signing_secret is None or settings.slack_bot_token is None:
             raise ValueError("sandbox settings need SLACK_SIGNING_SECRET and SLACK_BOT_TOKEN")
         app = build_app(settings, self.services)
+        self.app = app
         self.server = BackgroundServer(build_web_app(app, self.services)).start()
         self.sender = SlackSender(self.server.url + "/slack/events", settings.slack_signing_secret.get_secret_value())
         if self.start_worker and hasattr(self.services, "start_background"):
             self.services.start_background()
         return self
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until every engine event has been shown in Slack."""
+        self.app.progress.flush(timeout)
+
+    def run_worker(self) -> int:
+        """Run every due background job now (tests and the demo drive the worker explicitly)."""
+        n = self.services.worker.run_due()
+        self.settle()
+        return n
 
     def stop(self) -> None:
         if self.start_worker and hasattr(self.services, "stop_background"):

@@ -430,15 +430,15 @@ class Engine:
         with self.db.transaction() as conn:
             inc = self.get(incident_id, conn, lock=True)
             refusal = None
-            if not allowed:
-                refusal = NotAuthorized("Only approvers may approve a rollback.")
-            elif inc.state != REQUESTED:
+            if inc.state != REQUESTED:
                 who = inc.approved_by or inc.decided_by
                 refusal = Conflict(
                     f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else ".")
                 )
             elif approver == inc.requested_by:
                 refusal = NotAuthorized("You cannot approve your own request: a second person must approve it.")
+            elif not allowed:
+                refusal = NotAuthorized("Only approvers may approve a rollback.")
             elif inc.expires_at is not None and self.clock() > inc.expires_at:
                 conn.execute(
                     "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = 'approval window expired',"
@@ -732,6 +732,7 @@ class Engine:
         sid = self._begin(inc, "restore", actor)
         folder = self.registry.model_dir(inc.model_name)
         source = self.registry.backup_dir(inc.model_name, inc.target_backup)
+        _clean_temporaries(folder)  # a copy interrupted by a crash in an earlier attempt
         if sha256_file(source / MODEL_FILE) != inc.target_sha256:
             raise VerificationFailed(f"Backup {inc.target_backup} changed on disk after approval.")
         for name in (METADATA_FILE, MODEL_FILE):
@@ -876,6 +877,7 @@ class Engine:
     def _step_reverting(self, inc: Incident, actor: str) -> Incident:
         sid = self._begin(inc, "revert", actor)
         folder = self.registry.model_dir(inc.model_name)
+        _clean_temporaries(folder)  # a copy interrupted by a crash in an earlier attempt
         restored_files = []
         if inc.emergency_backup and (folder / inc.emergency_backup).is_dir():
             backup = folder / inc.emergency_backup

@@ -13,7 +13,7 @@ from typing import Any
 from core.db import Database
 from core.engine import Engine, _no_fault, utcnow
 from core.worker import Worker
-from core.errors import UnknownModel
+from core.errors import UnknownIncident, UnknownModel
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
 from core.settings import Settings
@@ -57,6 +57,16 @@ class BackupsReport:
 
 
 CLOSED_STATES = ("resolved", "denied", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class StartForm:
+    """What the rollback request modal offers: models, and for the chosen one its backups."""
+
+    models: list[str]
+    model: str | None
+    backups: list[BackupInfo]
+    recommended: str | None
 
 
 class Services:
@@ -145,3 +155,52 @@ class Services:
             backups=backups,
             recommendation=recommendation,
         )
+
+    def start_form(self, *, model: str | None = None) -> StartForm:
+        models = self.registry.list_models()
+        if model is None:
+            return StartForm(models, None, [], None)
+        report = self.backups(model=model)
+        usable = [b for b in report.backups if b.usable]
+        rec = report.recommendation.backup
+        return StartForm(models, model, usable, rec.name if rec else None)
+
+    def open_rollback(self, *, model: str):
+        validate_name(model, "model")
+        self.registry.model_dir(model)
+        return self.engine.open_incident_for(model)
+
+    def claim_delivery(self, key: str) -> bool:
+        """True the first time ``key`` is seen (across every bot process), False for a retry/duplicate."""
+        with self.db.transaction() as conn:
+            return conn.execute(
+                "INSERT INTO rollback_bot.deliveries (key) VALUES (%s) ON CONFLICT DO NOTHING", (key[:500],)
+            ).rowcount == 1
+
+    def set_root_cause(self, *, incident_id: int, text: str, user: str) -> None:
+        """A person's account of the root cause; kept on the incident and used by its report."""
+        with self.db.transaction() as conn:
+            found = conn.execute(
+                "UPDATE rollback_bot.incidents SET root_cause = %s, updated_at = now() WHERE id = %s RETURNING id",
+                (text.strip()[:5000], incident_id),
+            ).fetchone()
+            if not found:
+                raise UnknownIncident(f"There is no incident INC-{incident_id}.")
+            self.engine.audit(conn, actor=user, action="root_cause", outcome="ok", incident_id=incident_id)
+
+    def home_opened(self, *, user_id: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO rollback_bot.home_viewers (user_id) VALUES (%s)"
+                " ON CONFLICT (user_id) DO UPDATE SET opened_at = clock_timestamp()",
+                (user_id,),
+            )
+
+    def recent_home_viewers(self, *, hours: float = 24, limit: int = 50) -> list[str]:
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT user_id FROM rollback_bot.home_viewers WHERE opened_at > now() - make_interval(secs => %s)"
+                " ORDER BY opened_at DESC LIMIT %s",
+                (hours * 3600, limit),
+            ).fetchall()
+        return [r["user_id"] for r in rows]

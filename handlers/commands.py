@@ -1,4 +1,9 @@
-"""`/rollback …` listeners: ack at once, parse, one call into core, render, respond."""
+"""`/rollback …` listeners: ack at once, parse, one call into core, render, respond.
+
+Every command is acked within Bolt's first milliseconds; the work runs in a lazy listener. A delivery is
+handled once: the command's ``trigger_id`` is claimed in PostgreSQL, so Slack retries (and a second bot
+process receiving the same delivery) do nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
 
-from core.services import Services
 from handlers import blocks as views
+from handlers import incident_views as iv
+from handlers.deps import Deps
 from handlers.errors import guarded
 from handlers.ids import Command
+from handlers.progress import SlackProgress
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,7 @@ class ParsedCommand:
     rest: str
     user_id: str
     channel_id: str
+    trigger_id: str
 
     @classmethod
     def from_body(cls, body: dict) -> ParsedCommand:
@@ -31,48 +40,132 @@ class ParsedCommand:
             rest=rest.strip(),
             user_id=body.get("user_id", ""),
             channel_id=body.get("channel_id", ""),
+            trigger_id=body.get("trigger_id", ""),
         )
 
 
-USAGE_BACKUPS = "Usage: `/rollback backups MODEL` (see `/rollback status` for the models)."
+USAGE = {
+    "backups": "Usage: `/rollback backups MODEL` (see `/rollback status` for the models).",
+    "report": "Usage: `/rollback report INCIDENT` (for example `/rollback report INC-12`).",
+    "diagnose": "Usage: `/rollback diagnose MODEL`.",
+}
 
 
-def register(app: App, services: Services) -> None:
-    handlers: dict[str, Callable[[ParsedCommand, Respond], None]] = {}
+def parse_incident_ref(text: str) -> int | None:
+    text = text.strip().upper().removeprefix("INC-").removeprefix("#")
+    return int(text) if text.isdigit() and len(text) < 12 else None
+
+
+def register(app: App, deps: Deps, progress: SlackProgress) -> None:
+    services = deps.services
+    engine = services.engine
+    handlers: dict[str, Callable[[ParsedCommand, Respond, WebClient], None]] = {}
 
     def on(verb: str) -> Callable:
-        def deco(fn: Callable[[ParsedCommand, Respond], None]) -> Callable:
+        def deco(fn: Callable[[ParsedCommand, Respond, WebClient], None]) -> Callable:
             handlers[verb] = fn
             return fn
 
         return deco
 
+    def tell(respond: Respond, text: str) -> None:
+        respond(text=text, blocks=views.error_blocks(text), response_type="ephemeral", replace_original=False)
+
+    def refuse(cmd: ParsedCommand, respond: Respond, action: str, why: str) -> None:
+        engine.audit(None, actor=cmd.user_id, action=action, outcome="refused", reason=why)
+        tell(respond, why)
+
     def ack_command(ack: Ack, body: dict) -> None:
         cmd = ParsedCommand.from_body(body)
         if cmd.verb == "help" or cmd.verb not in handlers:
             prefix = "" if cmd.verb == "help" else f"Unknown subcommand `{views.esc(cmd.verb[:40])}`.\n\n"
-            ack(text=prefix + views.HELP, blocks=views.finish([views.section(prefix + views.HELP)]), response_type="ephemeral")
+            ack(text=prefix + views.HELP, blocks=views.finish([views.section(prefix + views.HELP)]),
+                response_type="ephemeral")
             return
         ack()
 
     @guarded
-    def run_command(body: dict, respond: Respond) -> None:
+    def run_command(body: dict, respond: Respond, client: WebClient) -> None:
         cmd = ParsedCommand.from_body(body)
         handler = handlers.get(cmd.verb)
-        if handler is not None:
-            handler(cmd, respond)
+        if handler is None:
+            return
+        if cmd.trigger_id and not services.claim_delivery(f"command:{cmd.trigger_id}"):
+            return  # a retried or duplicate delivery: already handled once
+        handler(cmd, respond, client)
+
+    # ------------------------------------------------------------------------------------ queries
 
     @on("status")
-    def status(cmd: ParsedCommand, respond: Respond) -> None:
+    def status(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         report = services.status()
         respond(text="Production models", blocks=views.status_blocks(report), response_type="ephemeral")
 
     @on("backups")
-    def backups(cmd: ParsedCommand, respond: Respond) -> None:
+    def backups(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         if len(cmd.args) != 1:
-            respond(text=USAGE_BACKUPS, blocks=views.error_blocks(USAGE_BACKUPS), response_type="ephemeral")
-            return
+            return tell(respond, USAGE["backups"])
         report = services.backups(model=cmd.args[0])
         respond(text=f"Backups of {report.model}", blocks=views.backups_blocks(report), response_type="ephemeral")
 
+    @on("incidents")
+    def incidents(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        items = engine.list_incidents(limit=40)
+        respond(text="Incidents", blocks=iv.incidents_blocks(items, engine.clock()), response_type="ephemeral")
+
+    # ------------------------------------------------------------------------------------ actions
+
+    @on("start")
+    def start(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        if not deps.auth.is_operator(cmd.user_id):
+            return refuse(cmd, respond, "request", "Only operators may request a rollback (OPERATORS).")
+        args = cmd.args
+        model = args[0] if args else None
+        backup = args[1] if len(args) > 1 and args[1].startswith("backup_") else None
+        reason = " ".join(args[2:] if backup else args[1:]).strip()
+        if model is not None:
+            existing = services.open_rollback(model=model)  # validates the name; points to an open one
+            if existing is not None:
+                return tell(respond, f"{model} already has an open rollback, {existing.ref} ({existing.state});"
+                                     " nothing new was posted.")
+        if model and backup and reason:
+            inc, _ = engine.request_rollback(model=model, backup=backup, reason=reason, requested_by=cmd.user_id,
+                                             channel=deps.channel)
+            inc = progress.post_card(inc)
+            link = client.chat_getPermalink(channel=inc.channel, message_ts=inc.message_ts).get("permalink", "")
+            respond(text=f"Rollback request {inc.ref} posted in <#{deps.channel}> for a second person to approve. {link}",
+                    response_type="ephemeral", replace_original=False)
+            return
+        view = services.start_form(model=model)
+        client.views_open(
+            trigger_id=cmd.trigger_id,
+            view=iv.start_modal(models=view.models, model=view.model, backups=view.backups,
+                                recommended=view.recommended, channel=cmd.channel_id),
+        )
+
+    @on("halt")
+    def halt(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        if not deps.auth.is_operator(cmd.user_id):
+            return refuse(cmd, respond, "halt", "Only operators may halt trading (OPERATORS).")
+        inc = engine.halt_trading(user=cmd.user_id, reason=cmd.rest or "manual halt from Slack")
+        inc = progress.post_card(inc)
+        progress.reply(inc, f":octagonal_sign: <@{cmd.user_id}> halted automated trading: {views.esc(inc.reason)}."
+                            " Each client's own settings are saved; `/rollback resume` (an approver) restores them.")
+        respond(text=f"Automated trading halted ({inc.ref}).", response_type="ephemeral", replace_original=False)
+
+    @on("resume")
+    def resume(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        if not deps.auth.is_approver(cmd.user_id):
+            return refuse(cmd, respond, "resume", "Only approvers may resume trading (APPROVERS).")
+        result = engine.resume_trading(user=cmd.user_id)
+        if not result.halt_id:
+            return tell(respond, "Trading is not halted; nothing to resume.")
+        text = (
+            f":arrow_forward: <@{cmd.user_id}> resumed automated trading: {result.restored} clients back to their own settings."
+            + (f" Left as changed during the halt: {', '.join(result.left_alone)}." if result.left_alone else "")
+        )
+        client.chat_postMessage(channel=deps.channel, text=text)
+        respond(text="Trading resumed.", response_type="ephemeral", replace_original=False)
+
     app.command(Command.ROLLBACK.value)(ack=ack_command, lazy=[run_command])
+

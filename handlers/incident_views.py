@@ -195,8 +195,9 @@ def step_reply(incident: Incident, step: str, detail: dict, error: str | None = 
             text += f" :warning: {d['trades_during_halt']} trade(s) executed during the halt."
         return text
     if step == "revert":
+        files = ", ".join(d.get("restored_files") or []) or "unchanged"
         return (
-            f":rewind: Reverted: original files back ({esc(', '.join(d.get('restored_files') or []) or 'unchanged'})),"
+            f":rewind: Reverted: original files back ({esc(files)}),"
             f" deployment log {'reverted' if d.get('deployment_log_reverted') else 'unchanged'}; trading stays halted."
         )
     return f"{esc(step)}: {esc(json.dumps(d)[:500])}" + (f" — {esc(error)}" if error else "")

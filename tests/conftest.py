@@ -26,6 +26,7 @@ TEST_DB = "rollback_bot_test"
 MUTABLE_PLATFORM = ("model_deployment_log", "clients", "client_settings", "trades")
 BOT_TABLES = (
     "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries", "incidents",
+    "home_viewers",
 )
 
 
@@ -43,13 +44,20 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
+def database_url() -> Iterator[str]:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
-        return url
+        yield url
+        return
     cluster = localpg.ensure(databases=("rollback_bot",))
-    cluster.drop_database(TEST_DB)
-    return cluster.create_database(TEST_DB)
+    name = f"{TEST_DB}_{os.getpid()}"  # one per pytest session: parallel sessions never collide
+    cluster.drop_database(name)
+    url = cluster.create_database(name)
+    yield url
+    try:
+        cluster.drop_database(name)
+    except Exception:  # noqa: BLE001 - best effort; the name is unique to this run anyway
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,107 @@
+"""Button listeners: Approve, Deny, Add root cause, and the model picker inside the request modal.
+
+Clicks are acked at once; the decision runs in a lazy listener. Exactly-once is the engine's conditional
+state change in PostgreSQL: of ten approvers clicking together one wins, the others are told who did.
+"""
+
+from __future__ import annotations
+
+import json
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from core.errors import NotAuthorized, RollbackError
+from handlers import incident_views as iv
+from handlers.deps import Deps
+from handlers.errors import describe
+from handlers.ids import Action
+from handlers.progress import SlackProgress
+
+
+def _incident_id(body: dict) -> int | None:
+    try:
+        return int(body["actions"][0]["value"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def register(app: App, deps: Deps, progress: SlackProgress) -> None:
+    services = deps.services
+    engine = services.engine
+
+    def just_ack(ack: Ack) -> None:
+        ack()
+
+    def whisper(client: WebClient, body: dict, text: str) -> None:
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+        user = body["user"]["id"]
+        if channel:
+            client.chat_postEphemeral(channel=channel, user=user, text=text)
+        else:
+            dm = client.conversations_open(users=user)["channel"]["id"]
+            client.chat_postMessage(channel=dm, text=text)
+
+    def first_delivery(body: dict) -> bool:
+        action = (body.get("actions") or [{}])[0]
+        key = f"action:{body.get('trigger_id')}:{action.get('action_ts')}"
+        return services.claim_delivery(key)
+
+    def approve(body: dict, client: WebClient) -> None:
+        incident_id = _incident_id(body)
+        user = body["user"]["id"]
+        if incident_id is None or not first_delivery(body):
+            return
+        try:
+            engine.approve(incident_id=incident_id, approver=user, allowed=deps.auth.is_approver(user))
+        except RollbackError as exc:
+            whisper(client, body, f":no_entry: {describe(exc)}")
+        except Exception as exc:  # noqa: BLE001 - the person is told an error id
+            whisper(client, body, describe(exc))
+
+    def deny(body: dict, client: WebClient) -> None:
+        incident_id = _incident_id(body)
+        user = body["user"]["id"]
+        if incident_id is None or not first_delivery(body):
+            return
+        try:
+            inc = engine.get(incident_id)
+            if not (deps.auth.is_approver(user) or user == inc.requested_by):
+                engine.audit(None, actor=user, action="deny", outcome="refused", incident_id=incident_id,
+                             reason="not an approver")
+                raise NotAuthorized("Only approvers or the requester may deny a rollback.")
+            if inc.state != "requested":
+                who = inc.approved_by or inc.decided_by
+                raise RollbackError(f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else "."))
+            client.views_open(trigger_id=body["trigger_id"], view=iv.deny_modal(
+                inc, channel=(body.get("channel") or {}).get("id"), message_ts=(body.get("message") or {}).get("ts")))
+        except Exception as exc:  # noqa: BLE001
+            whisper(client, body, f":no_entry: {describe(exc)}")
+
+    def add_root_cause(body: dict, client: WebClient) -> None:
+        incident_id = _incident_id(body)
+        if incident_id is None:
+            return
+        try:
+            client.views_open(trigger_id=body["trigger_id"], view=iv.root_cause_modal(engine.get(incident_id)))
+        except Exception as exc:  # noqa: BLE001
+            whisper(client, body, f":no_entry: {describe(exc)}")
+
+    def model_selected(body: dict, client: WebClient) -> None:
+        view = body.get("view") or {}
+        model = ((body.get("actions") or [{}])[0].get("selected_option") or {}).get("value")
+        meta = json.loads(view.get("private_metadata") or "{}")
+        try:
+            form = services.start_form(model=model)
+        except RollbackError:
+            form = services.start_form()
+        client.views_update(
+            view_id=view.get("id"), hash=view.get("hash"),
+            view=iv.start_modal(models=form.models, model=form.model, backups=form.backups,
+                                recommended=form.recommended, channel=meta.get("channel")),
+        )
+
+    app.action(Action.APPROVE.value)(ack=just_ack, lazy=[approve])
+    app.action(Action.DENY.value)(ack=just_ack, lazy=[deny])
+    app.action(Action.ADD_ROOT_CAUSE.value)(ack=just_ack, lazy=[add_root_cause])
+    app.action(Action.MODAL_MODEL_SELECT.value)(ack=just_ack, lazy=[model_selected])

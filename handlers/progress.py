@@ -1,0 +1,102 @@
+"""The engine's events, shown in Slack: the status card updated in place and one thread reply per step.
+
+Subscribed to the engine in every bot process, so whichever process runs a rollback reports it. Events are
+queued and sent in order by one background thread, so Slack's latency never slows a rollback down and a
+Slack failure (after slack_sdk's own retries) is logged, never raised into the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from slack_sdk import WebClient
+
+from core.engine import Event, Incident
+from handlers import incident_views as iv
+from handlers.deps import Deps
+
+log = logging.getLogger("rollback_bot.progress")
+
+
+class SlackProgress:
+    def __init__(self, client: WebClient, deps: Deps) -> None:
+        self.client = client
+        self.deps = deps
+        self.after_change: list[Callable[[Incident], None]] = []
+        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._thread = threading.Thread(target=self._drain, name="slack-progress", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------ engine side
+
+    def __call__(self, event: Event) -> None:
+        with self._idle:
+            self._pending += 1
+        self._queue.put(event)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued event has been shown (tests, demo)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _drain(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                return
+            try:
+                self.show(event)
+            except Exception:  # noqa: BLE001 - Slack being down must not stop the reporting thread
+                log.exception("could not show %s event of %s in Slack", event.kind, event.incident.ref)
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+    # ------------------------------------------------------------------------------ Slack side
+
+    def show(self, event: Event) -> None:
+        inc = self.deps.services.engine.get(event.incident.id)  # freshest row (message ts, state)
+        if inc.channel and inc.message_ts:
+            if event.kind == "step" and event.step:
+                self.reply(inc, iv.step_reply(inc, event.step, event.detail, event.error))
+            elif event.kind == "warning":
+                self.reply(inc, f":warning: {event.error}")
+            elif event.kind == "state":
+                text = iv.state_reply(event.incident)
+                if text:
+                    self.reply(inc, text)
+            self.update_card(inc)
+        if event.kind == "state":
+            for hook in self.after_change:
+                try:
+                    hook(event.incident)
+                except Exception:  # noqa: BLE001
+                    log.exception("after-change hook failed for %s", inc.ref)
+
+    def update_card(self, inc: Incident) -> None:
+        steps = self.deps.services.engine.steps(inc.id)
+        self.client.chat_update(
+            channel=inc.channel, ts=inc.message_ts, text=f"{iv.incident_title(inc)}: {inc.state}",
+            blocks=iv.incident_card(inc, steps),
+        )
+
+    def reply(self, inc: Incident, text: str) -> None:
+        self.client.chat_postMessage(channel=inc.channel, thread_ts=inc.thread_ts or inc.message_ts, text=text)
+
+    def post_card(self, inc: Incident) -> Incident:
+        """Post a new incident's card to INCIDENT_CHANNEL and remember where it is."""
+        steps = self.deps.services.engine.steps(inc.id)
+        resp = self.client.chat_postMessage(
+            channel=self.deps.channel, text=f"{iv.incident_title(inc)}: {inc.state}", blocks=iv.incident_card(inc, steps)
+        )
+        self.deps.services.engine.set_message(inc.id, channel=resp["channel"], message_ts=resp["ts"])
+        return self.deps.services.engine.get(inc.id)

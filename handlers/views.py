@@ -1,0 +1,129 @@
+"""Modal submissions: the rollback request form, the deny reason, the root cause.
+
+Input is validated inside the modal (``response_action="errors"``); slow work (pre-flight loads and runs the
+target model) happens after the ack, and its outcome is posted to the person.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from core.errors import RollbackError
+from handlers.deps import Deps
+from handlers.errors import describe
+from handlers.ids import Block as B, View as V
+from handlers.progress import SlackProgress
+
+
+def _value(values: dict, block: B, action: str):
+    field = (values.get(block.value) or {}).get(action) or {}
+    if "selected_option" in field:
+        return (field.get("selected_option") or {}).get("value")
+    if "selected_options" in field:
+        return [o.get("value") for o in field.get("selected_options") or []]
+    return field.get("value")
+
+
+def parse_start(values: dict) -> tuple[dict, dict]:
+    """The request form's fields, and per-block errors for anything invalid."""
+    errors: dict[str, str] = {}
+    model = _value(values, B.MODEL, "start_model_select")
+    backup = _value(values, B.BACKUP, "backup")
+    reason = (_value(values, B.REASON, "reason") or "").strip()
+    severity = _value(values, B.SEVERITY, "severity") or "high"
+    loss_text = _value(values, B.LOSS, "loss")
+    keep = _value(values, B.KEEP_HALTED, "keep_halted") or []
+    if not model or model == "-":
+        errors[B.MODEL.value] = "Choose a model."
+    if not backup:
+        errors[B.BACKUP.value if model else B.MODEL.value] = "Choose a backup to roll back to."
+    if not reason:
+        errors[B.REASON.value] = "A reason is required."
+    loss = None
+    if loss_text not in (None, ""):
+        try:
+            loss = float(loss_text)
+            if not math.isfinite(loss) or loss < 0:
+                raise ValueError
+        except ValueError:
+            errors[B.LOSS.value] = "Enter a non-negative number."
+    if severity not in ("critical", "high", "medium", "low"):
+        errors[B.SEVERITY.value] = "Choose a severity."
+    fields = dict(model=model, backup=backup, reason=reason, severity=severity, estimated_loss=loss,
+                  keep_halted="keep" in keep)
+    return fields, errors
+
+
+def register(app: App, deps: Deps, progress: SlackProgress) -> None:
+    services = deps.services
+    engine = services.engine
+
+    def start_ack(ack: Ack, body: dict) -> None:
+        fields, errors = parse_start(body["view"]["state"]["values"])
+        user = body["user"]["id"]
+        if not errors and not deps.auth.is_operator(user):
+            errors[B.MODEL.value] = "Only operators may request a rollback (OPERATORS)."
+        if not errors:
+            try:
+                existing = services.open_rollback(model=fields["model"])
+                if existing is not None:
+                    errors[B.MODEL.value] = f"{existing.ref} is already open for this model ({existing.state})."
+            except RollbackError as exc:
+                errors[B.MODEL.value] = str(exc)[:150]
+        if errors:
+            ack(response_action="errors", errors=errors)
+        else:
+            ack()
+
+    def start_submit(body: dict, client: WebClient) -> None:
+        fields, errors = parse_start(body["view"]["state"]["values"])
+        if errors:
+            return
+        user = body["user"]["id"]
+        meta = json.loads(body["view"].get("private_metadata") or "{}")
+        if not services.claim_delivery(f"view:{body['view'].get('id')}:{body['view'].get('hash', '')}:{body.get('trigger_id')}"):
+            return
+        try:
+            inc, _ = engine.request_rollback(requested_by=user, channel=deps.channel, **fields)
+            inc = progress.post_card(inc)
+            text = f"Rollback request {inc.ref} posted in <#{deps.channel}> for a second person to approve."
+        except Exception as exc:  # noqa: BLE001 - the person is told why, nothing was changed
+            text = f":no_entry: {describe(exc)}"
+        channel = meta.get("channel")
+        if channel:
+            client.chat_postEphemeral(channel=channel, user=user, text=text)
+        else:
+            client.chat_postMessage(channel=client.conversations_open(users=user)["channel"]["id"], text=text)
+
+    def deny_ack(ack: Ack, body: dict) -> None:
+        meta = json.loads(body["view"].get("private_metadata") or "{}")
+        note = (_value(body["view"]["state"]["values"], B.DENY_REASON, "reason") or "").strip()
+        user = body["user"]["id"]
+        if not note:
+            return ack(response_action="errors", errors={B.DENY_REASON.value: "Say why the rollback is denied."})
+        try:
+            inc = engine.get(int(meta["incident"]))
+            allowed = deps.auth.is_approver(user) or user == inc.requested_by
+            engine.deny(incident_id=inc.id, user=user, note=note, allowed=allowed)
+        except RollbackError as exc:
+            return ack(response_action="errors", errors={B.DENY_REASON.value: str(exc)[:150]})
+        ack()
+
+    def root_cause_ack(ack: Ack, body: dict) -> None:
+        meta = json.loads(body["view"].get("private_metadata") or "{}")
+        text = (_value(body["view"]["state"]["values"], B.ROOT_CAUSE, "text") or "").strip()
+        if not text:
+            return ack(response_action="errors", errors={B.ROOT_CAUSE.value: "Describe the root cause."})
+        try:
+            services.set_root_cause(incident_id=int(meta["incident"]), text=text, user=body["user"]["id"])
+        except RollbackError as exc:
+            return ack(response_action="errors", errors={B.ROOT_CAUSE.value: str(exc)[:150]})
+        ack()
+
+    app.view(V.START.value)(ack=start_ack, lazy=[start_submit])
+    app.view(V.DENY.value)(deny_ack)
+    app.view(V.ROOT_CAUSE.value)(root_cause_ack)
