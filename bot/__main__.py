@@ -99,6 +99,35 @@ def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    """Break-glass: the same engine and journal as Slack, printing each step as it happens."""
+    from core.engine import Event
+
+    services = build_services(_settings_with_database(settings, ensure_local=False))
+
+    def show(event: Event) -> None:
+        inc = event.incident
+        if event.kind == "step":
+            print(f"  {event.step:<17} ok  {_brief(event.detail)}", flush=True)
+        elif event.kind == "warning":
+            print(f"  WARNING: {event.error}", flush=True)
+        else:
+            print(f"{inc.ref}: {inc.state}" + (f" ({event.error})" if event.error else ""), flush=True)
+
+    services.engine.subscribe(show)
+    inc = services.engine.break_glass(model=args.model, backup=args.to, reason=args.reason, by=args.by)
+    if inc.state in ("monitoring", "verified", "resolved"):
+        print(f"{inc.ref}: {args.model} is now {args.to}; "
+              + ("trading stays halted until `/rollback resume`." if inc.state == "verified" else "trading resumed."))
+        return 0
+    print(f"rollback-bot: {inc.ref} ended {inc.state}: {inc.error or 'see the journal'}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _brief(detail: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, [], {}))[:160]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollback-bot", description="Emergency model rollback, as a Slack bot.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -119,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backups", help="break-glass: the backups of one model and the recommended target")
     p.add_argument("model")
     p.set_defaults(func=cmd_backups)
+
+    p = sub.add_parser("rollback", help="break-glass: roll a model back without Slack (audited, same engine)")
+    p.add_argument("model")
+    p.add_argument("--to", required=True, metavar="BACKUP", help="the backup folder to restore (backup_*)")
+    p.add_argument("--reason", required=True, help="why (kept in the journal and the deployment log)")
+    p.add_argument("--by", required=True, metavar="NAME", help="who is running this (audited)")
+    p.set_defaults(func=cmd_rollback)
     return parser
 
 

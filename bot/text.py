@@ -60,6 +60,9 @@ def backups(report: BackupsReport) -> str:
     rows = []
     for b in report.backups:
         note = "; ".join(b.problems) or report.recommendation.rejected.get(b.name, "")
+        live = report.recommendation.live.get(b.name)
+        if live is not None:
+            note = f"last {live.days}d IC {_num(live.spearman_ic, 4)} Sharpe {_num(live.sharpe_ratio, 2)}"
         rows.append(
             [
                 ("* " if rec and b.name == rec.name else "  ") + b.name,

@@ -26,7 +26,13 @@ The checks and their thresholds (``DiagnosticsConfig``)
   ``train_start``..``train_end`` from metadata.json when present, else the ``reference_days`` (90) feature
   dates before the recent window) and the last N feature dates; 10 bins at the reference's deciles;
   ``PSI = sum((a - e) * ln(a / e))`` with bin shares floored at 1e-4. PSI > 0.25 significant (a warning
-  finding), 0.10-0.25 moderate (listed only).
+  finding), 0.10-0.25 moderate (listed only). The decisive PSI is computed on cross-sectionally centred
+  values (each value minus that day's median over the tickers): return-type features (ret_20d, rsi_14, ...)
+  move together with the market's trend, and on clean data their raw PSI between a 60-day training window
+  and the last 30 days is often above 1 with nothing wrong. Centring removes what every ticker shares on a
+  day and keeps changes in spread and shape (a volatility regime, a feed or unit problem that does not hit
+  every ticker alike). The raw PSI is reported too (``psi_raw``); a shift common to all tickers shows
+  there only.
 * **regime** -- the market return of a day is the cross-sectional mean of the tickers' close-to-close
   returns in ``daily_bars``. Recent 30 trading days against the 120 before them: the volatility ratio
   ``std(recent) / std(prior)`` and Welch's t statistic of the mean shift. Verdict ``regime change`` when the
@@ -44,6 +50,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -80,6 +87,8 @@ __all__ = [
     "check_drift",
     "check_regime",
     "psi",
+    "recent_frame",
+    "recent_predictions",
 ]
 
 CRITICAL, WARNING = "critical", "warning"
@@ -180,7 +189,8 @@ class LogScanSection:
 @dataclass(frozen=True)
 class FeatureDrift:
     feature: str
-    psi: float
+    psi: float        # PSI of the cross-sectionally centred values (decides the level)
+    psi_raw: float    # PSI of the raw values
     level: str        # "significant" | "moderate" | "stable" | "no data"
     reference_rows: int
     recent_rows: int
@@ -389,39 +399,50 @@ def _features_of(conn: psycopg.Connection, meta: Metadata | None, booster: Any =
     return sorted(feature_columns(conn))
 
 
-def recent_predictions(
-    conn: psycopg.Connection, booster: Any, features: list[str], *, days: int, as_of: date | None = None
+def recent_frame(
+    conn: psycopg.Connection, features: list[str], *, days: int, as_of: date | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(dates, predictions, realized)`` for the last ``days`` feature dates that have a next trading day.
+    """``(dates, X, realized)`` for the last ``days`` feature dates that have a next trading day.
 
-    ``realized`` is the ticker's close-to-close return from ``daily_bars`` between the feature date and the
-    next date present in ``daily_bars`` (NaN when either bar is missing). Rows dated after ``as_of`` are not read.
+    ``X`` holds ``features`` in that order (NULL -> NaN). ``realized`` is the ticker's close-to-close return
+    from ``daily_bars`` between the feature date and the next date present in ``daily_bars`` (NaN when either
+    bar is missing). Rows dated after ``as_of`` are not read. Rows are sorted by (date, ticker).
     """
+    empty = (np.empty(0, dtype="datetime64[D]"), np.empty((0, len(features))), np.empty(0))
     recent = _view_dates(conn, as_of, days + 1)
     if not recent:
-        return np.empty(0, dtype=object), np.empty(0), np.empty(0)
+        return empty
     bars = _bar_dates(conn, as_of, since=recent[0])
     nxt = {d: n for d, n in zip(bars, bars[1:])}
     window = [d for d in recent if d in nxt][-days:]
     if not window:
-        return np.empty(0, dtype=object), np.empty(0), np.empty(0)
+        return empty
+    cols = sql.SQL("").join(sql.SQL(", f.") + sql.Identifier(c) for c in features)
     query = sql.SQL(
-        "SELECT f.date, b1.close / NULLIF(b0.close, 0) - 1, {cols}"
+        "SELECT f.date, b1.close / NULLIF(b0.close, 0) - 1{cols}"
         " FROM unnest(%s::date[], %s::date[]) AS w(date, next_date)"
         " JOIN {v} f ON f.date = w.date"
         " LEFT JOIN daily_bars b0 ON b0.ticker = f.ticker AND b0.date = w.date"
         " LEFT JOIN daily_bars b1 ON b1.ticker = f.ticker AND b1.date = w.next_date"
         " ORDER BY f.date, f.ticker"
-    ).format(cols=sql.SQL(", ").join(sql.SQL("f.") + sql.Identifier(c) for c in features),
-             v=sql.Identifier(FEATURE_VIEW))
+    ).format(cols=cols, v=sql.Identifier(FEATURE_VIEW))
     rows = _rows(conn, query, (window, [nxt[d] for d in window]))
     if not rows:
-        return np.empty(0, dtype=object), np.empty(0), np.empty(0)
+        return empty
     dates = np.array([r[0] for r in rows], dtype="datetime64[D]")
     realized = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=np.float64)
     X = np.array([r[2:] for r in rows], dtype=np.float64).reshape(len(rows), len(features))
-    preds = np.asarray(predict(booster, features, X), dtype=np.float64)
-    return dates, preds, realized
+    return dates, X, realized
+
+
+def recent_predictions(
+    conn: psycopg.Connection, booster: Any, features: list[str], *, days: int, as_of: date | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(dates, predictions, realized)`` of ``booster`` over ``recent_frame``."""
+    dates, X, realized = recent_frame(conn, features, days=days, as_of=as_of)
+    if dates.size == 0:
+        return dates, np.empty(0), realized
+    return dates, np.asarray(predict(booster, features, X), dtype=np.float64), realized
 
 
 # --------------------------------------------------------------------------------------------- performance
@@ -620,6 +641,23 @@ def psi(reference: Any, recent: Any, bins: int = 10, floor: float = 1e-4) -> flo
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def _centre_by_date(dates: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Each value minus the median of its column on the same date (rows sorted by date; NaN ignored)."""
+    out = X.copy()
+    if X.size == 0:
+        return out
+    bounds = np.flatnonzero(np.r_[True, dates[1:] != dates[:-1], True])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        block = X[lo:hi]
+        finite = np.isfinite(block)
+        if finite.any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NULL column on a day
+                med = np.nanmedian(np.where(finite, block, np.nan), axis=0)
+            out[lo:hi] = block - np.where(np.isfinite(med), med, 0.0)
+    return out
+
+
 def _train_window(meta: Metadata | None) -> tuple[date, date] | None:
     extra = (meta.model_extra or {}) if meta is not None else {}
     try:
@@ -648,21 +686,24 @@ def check_drift(
         ref_lo, ref_hi = before[0], before[-1]
         source = f"the {len(before)} trading days before the recent window"
     query = sql.SQL(
-        "SELECT date BETWEEN %(rl)s AND %(rh)s, date >= %(lo)s AND date <= %(hi)s, {cols} FROM {v}"
-        " WHERE (date BETWEEN %(rl)s AND %(rh)s) OR (date >= %(lo)s AND date <= %(hi)s)"
+        "SELECT date, date BETWEEN %(rl)s AND %(rh)s, date >= %(lo)s AND date <= %(hi)s, {cols} FROM {v}"
+        " WHERE (date BETWEEN %(rl)s AND %(rh)s) OR (date >= %(lo)s AND date <= %(hi)s) ORDER BY date"
     ).format(cols=sql.SQL(", ").join(sql.Identifier(c) for c in feats), v=sql.Identifier(FEATURE_VIEW))
     rows = _rows(conn, query, {"rl": ref_lo, "rh": ref_hi, "lo": recent[0], "hi": recent[-1]})
     if rows:
-        in_ref = np.array([r[0] for r in rows], dtype=bool)
-        in_recent = np.array([r[1] for r in rows], dtype=bool)
-        X = np.array([r[2:] for r in rows], dtype=np.float64).reshape(len(rows), len(feats))
+        row_dates = np.array([r[0] for r in rows], dtype="datetime64[D]")
+        in_ref = np.array([r[1] for r in rows], dtype=bool)
+        in_recent = np.array([r[2] for r in rows], dtype=bool)
+        X = np.array([r[3:] for r in rows], dtype=np.float64).reshape(len(rows), len(feats))
     else:
+        row_dates = np.empty(0, dtype="datetime64[D]")
         in_ref = in_recent = np.zeros(0, dtype=bool)
         X = np.empty((0, len(feats)))
+    Xc = _centre_by_date(row_dates, X)
     out: list[FeatureDrift] = []
     for j, f in enumerate(feats):
-        ref_x, cur_x = X[in_ref, j], X[in_recent, j]
-        value = psi(ref_x, cur_x, bins=config.psi_bins)
+        value = psi(Xc[in_ref, j], Xc[in_recent, j], bins=config.psi_bins)
+        raw = psi(X[in_ref, j], X[in_recent, j], bins=config.psi_bins)
         if not math.isfinite(value):
             level = "no data"
         elif value > config.psi_significant:
@@ -671,7 +712,8 @@ def check_drift(
             level = "moderate"
         else:
             level = "stable"
-        out.append(FeatureDrift(f, value, level, int(np.isfinite(ref_x).sum()), int(np.isfinite(cur_x).sum())))
+        out.append(FeatureDrift(f, value, raw, level, int(np.isfinite(X[in_ref, j]).sum()),
+                                int(np.isfinite(X[in_recent, j]).sum())))
     out.sort(key=lambda d: -d.psi if math.isfinite(d.psi) else math.inf)
     section = DriftSection((ref_lo, ref_hi), source, (recent[0], recent[-1]), out)
     findings = []

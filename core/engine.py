@@ -101,6 +101,11 @@ SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING}
 # States the executor drives forward without a person.
 RUNNABLE = frozenset({APPROVED, HALTING, HALTED, BACKING_UP, RESTORING, RECORDING, VERIFYING, RESUMING, REVERTING})
 MAX_STEP_ATTEMPTS = 3
+# The journal's name for the step each state runs: what the attempts counter counts.
+STEP_OF_STATE = {
+    APPROVED: "preflight", HALTING: "halt", HALTED: "verify_halt", BACKING_UP: "emergency_backup",
+    RESTORING: "restore", RECORDING: "record", VERIFYING: "verify", RESUMING: "resume", REVERTING: "revert",
+}
 
 # The runbook's recovery timeline (minutes after the incident opened).
 RUNBOOK_TARGETS = {"halted": 2, "rolled_back": 5, "verified": 7, "resumed": 10}
@@ -588,7 +593,8 @@ class Engine:
         inc = self.get(incident_id)
         while inc.state in RUNNABLE:
             step = inc.state
-            if step not in (APPROVED, REVERTING) and self._attempts(incident_id, step) >= MAX_STEP_ATTEMPTS:
+            if (step not in (APPROVED, REVERTING, RESUMING)
+                    and self._attempts(incident_id, STEP_OF_STATE[step]) >= MAX_STEP_ATTEMPTS):
                 inc = self._fail_or_revert(inc, f"step '{step}' was interrupted {MAX_STEP_ATTEMPTS} times")
                 continue
             handler = getattr(self, f"_step_{step}")

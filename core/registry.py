@@ -9,20 +9,24 @@ Layout (the platform's contract)::
 Every name that comes from a person is validated before it touches the file system: a name with ``/``,
 ``\\``, ``..``, a NUL, an absolute path, or one whose folder is a symlink leaving MODELS_DIR is refused.
 
-Recommendation rule: among the backups whose metadata is valid, whose model loads with xgboost, whose
-features are all provided by ``ml_training_features`` and whose model differs from the production one, the
-one with the best Sharpe ratio (ties: better Spearman IC, then newer training date). Emergency backups taken
-by the bot are only considered when nothing else qualifies.
+Recommendation rule: the candidates are the backups whose metadata is valid, whose model loads with
+xgboost, whose features are all provided by ``ml_training_features`` and whose model differs from the
+production one (emergency backups taken by the bot only when nothing else qualifies). Among the first
+``MAX_LIVE_CANDIDATES`` of them by metadata Sharpe, the one with the best long-short Sharpe on the last 20
+trading days of live data wins (its metrics at training time describe a market that may be gone); when
+there is not enough recent data, the best Sharpe in metadata.json (ties: higher IC, then newer).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from core.errors import BackupCorrupt, InvalidName, UnknownBackup, UnknownModel
 from core.modelio import METADATA_FILE, MODEL_FILE, Metadata, load_booster, read_metadata, sha256_file
@@ -91,18 +95,40 @@ class Recommendation:
     backup: BackupInfo | None
     rule: str
     rejected: dict[str, str] = field(default_factory=dict)
+    live: dict[str, Any] = field(default_factory=dict)  # backup name -> core.metrics.Performance | None
 
 
 RECOMMENDATION_RULE = (
-    "best Sharpe among backups that load, whose features the feature view provides and that differ from "
-    "production (ties: higher IC, then newer)"
+    "best Sharpe in metadata among backups that load, whose features the feature view provides and that "
+    "differ from production (ties: higher IC, then newer)"
 )
+LIVE_RULE = (
+    "best long-short Sharpe on the last 20 trading days among backups that load, whose features the feature "
+    "view provides and that differ from production"
+)
+MAX_LIVE_CANDIDATES = 10
+LiveScore = Callable[["BackupInfo"], Any]
 
 
 class ModelRegistry:
     def __init__(self, models_dir: Path) -> None:
         self.models_dir = Path(models_dir)
         self._load_cache: dict[tuple[str, int, int], str | None] = {}
+        self._boosters: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
+
+    def booster(self, folder: Path) -> Any:
+        """The loaded model of ``folder`` (a few recent ones are kept, keyed by size and mtime)."""
+        path = folder / MODEL_FILE
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key in self._boosters:
+            self._boosters.move_to_end(key)
+            return self._boosters[key]
+        booster = load_booster(path)
+        self._boosters[key] = booster
+        while len(self._boosters) > 8:
+            self._boosters.popitem(last=False)
+        return booster
 
     # ------------------------------------------------------------------ paths
 
@@ -202,7 +228,7 @@ class ModelRegistry:
         key = (str(path), st.st_mtime_ns, st.st_size)
         if key not in self._load_cache:
             try:
-                booster = load_booster(path)
+                booster = self.booster(folder)
                 problem = None
                 meta_features = None
                 try:
@@ -228,8 +254,9 @@ class ModelRegistry:
         backups: Iterable[BackupInfo] | None = None,
         *,
         available_features: Callable[[], set[str] | None] | set[str] | None = None,
+        live_score: LiveScore | None = None,
     ) -> Recommendation:
-        """Pick a target by RECOMMENDATION_RULE, checking candidates best-first and stopping at the first good one."""
+        """Pick a target by the module's rule, checking candidates best-first."""
         backups = list(self.list_backups(model) if backups is None else backups)
         features = available_features() if callable(available_features) else available_features
         try:
@@ -243,13 +270,25 @@ class ModelRegistry:
             return (not b.is_emergency, sharpe, ic, b.training_date or date.min)
 
         rejected: dict[str, str] = {}
+        passing: list[BackupInfo] = []
         for b in sorted(backups, key=score, reverse=True):
             reason = self.unusable_reason(b, features=features, production_sha256=prod_sum)
             if reason:
                 rejected[b.name] = reason
                 continue
-            return Recommendation(b, RECOMMENDATION_RULE, rejected)
-        return Recommendation(None, RECOMMENDATION_RULE, rejected)
+            passing.append(b)
+            if live_score is None or len(passing) >= MAX_LIVE_CANDIDATES:
+                break
+        if not passing:
+            return Recommendation(None, RECOMMENDATION_RULE, rejected)
+        if live_score is None:
+            return Recommendation(passing[0], RECOMMENDATION_RULE, rejected)
+        live = {b.name: live_score(b) for b in passing}
+        scored = [b for b in passing if live[b.name] is not None and math.isfinite(live[b.name].sharpe_ratio)]
+        if not scored:
+            return Recommendation(passing[0], RECOMMENDATION_RULE, rejected, live)
+        best = max(scored, key=lambda b: (not b.is_emergency, live[b.name].sharpe_ratio, live[b.name].spearman_ic))
+        return Recommendation(best, LIVE_RULE, rejected, live)
 
     def unusable_reason(
         self, b: BackupInfo, *, features: set[str] | None, production_sha256: str | None = None

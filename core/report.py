@@ -65,6 +65,7 @@ __all__ = [
     "add_root_cause",
     "checklist",
     "find_report",
+    "human_span",
     "journal",
     "milestone_times",
     "render_report",
@@ -265,7 +266,7 @@ def _hms(at: datetime | None) -> str:
     return at.strftime("%H:%M:%S") if at else "-"
 
 
-def _span(delta: timedelta) -> str:
+def human_span(delta: timedelta) -> str:
     seconds = max(0, int(delta.total_seconds()))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
@@ -394,7 +395,7 @@ def _next_steps(incident: Incident, steps: list[Step], targets: list[TargetStatu
         what = ", ".join(f"{t.label.lower()} (T+{t.minutes})" for t in missed)
         text = f"Runbook targets missed: {what}. Review what delayed them"
         if incident.approved_at and incident.approved_at - incident.created_at > timedelta(minutes=2):
-            text += f"; the approval alone took {_span(incident.approved_at - incident.created_at)}"
+            text += f"; the approval alone took {human_span(incident.approved_at - incident.created_at)}"
         out.append(text + ".")
     monitor = _finished(steps, "monitor", ("warning",))
     if monitor is not None:
@@ -454,16 +455,16 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
     md += ["## Impact", ""]
     if inc.halted_at:
         until = inc.resumed_at
-        span = f"from {_utc(inc.halted_at)} to {_utc(until)} ({_span(until - inc.halted_at)})" if until \
-            else f"since {_utc(inc.halted_at)}, still halted ({_span(now - inc.halted_at)} so far)"
+        span = f"from {_utc(inc.halted_at)} to {_utc(until)} ({human_span(until - inc.halted_at)})" if until \
+            else f"since {_utc(inc.halted_at)}, still halted ({human_span(now - inc.halted_at)} so far)"
         md.append(f"- Portfolios halted: {halted_clients} active client(s); automated trading halted {span}.")
     else:
         md.append("- Portfolios halted: none (trading was not halted).")
     if inc.resolved_at:
         md.append(f"- Duration: {_utc(inc.created_at)} → {_utc(inc.resolved_at)} "
-                  f"({_span(inc.resolved_at - inc.created_at)}).")
+                  f"({human_span(inc.resolved_at - inc.created_at)}).")
     else:
-        md.append(f"- Duration: opened {_utc(inc.created_at)}, ongoing ({_span(now - inc.created_at)} so far).")
+        md.append(f"- Duration: opened {_utc(inc.created_at)}, ongoing ({human_span(now - inc.created_at)} so far).")
     if inc.estimated_loss is not None and math.isfinite(inc.estimated_loss):
         md.append(f"- Estimated loss: {_money(inc.estimated_loss)} (as given by the requester).")
     else:
@@ -495,7 +496,7 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
     md += ["## Timeline against the runbook targets", "",
            "| Target | Milestone | Deadline (UTC) | Reached (UTC) | Elapsed | Status |", "|---|---|---|---|---|---|"]
     for t in targets:
-        elapsed = f"T+{_span(t.elapsed)}" if t.elapsed is not None else "-"
+        elapsed = f"T+{human_span(t.elapsed)}" if t.elapsed is not None else "-"
         md.append(f"| T+{t.minutes} | {t.label} | {_hms(t.deadline)} | {_hms(t.reached_at)} | {elapsed} | "
                   f"{t.status} |")
     md.append("")
@@ -536,7 +537,7 @@ def summary_line(incident: Incident, steps: list[Step]) -> str:
     what = (f"rollback of {incident.model_name} to {incident.target_backup}" if incident.kind == "rollback"
             else f"{incident.kind} of automated trading")
     if incident.resolved_at:
-        span = f"closed after {_span(incident.resolved_at - incident.created_at)}"
+        span = f"closed after {human_span(incident.resolved_at - incident.created_at)}"
     else:
         span = "ongoing"
     return f"Incident report {incident.ref} ({what}): {incident.state}, {span}; checklist {done}/{len(applicable)} done."

@@ -14,6 +14,7 @@ from core.db import Database
 from core.engine import Engine, _no_fault, utcnow
 from core.worker import Worker
 from core.errors import UnknownIncident, UnknownModel
+from core.performance import RecentData, evaluate_booster, recent_rows
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
 from core.settings import Settings
@@ -147,7 +148,9 @@ class Services:
         with self.db.transaction() as conn:
             features = feature_columns(conn)
             rows = production_rows(conn, model)
-        recommendation = self.registry.recommend(model, backups, available_features=features or None)
+            recommendation = self.registry.recommend(
+                model, backups, available_features=features or None, live_score=self._live_scorer(conn)
+            )
         return BackupsReport(
             model=model,
             production=production,
@@ -204,3 +207,17 @@ class Services:
                 (hours * 3600, limit),
             ).fetchall()
         return [r["user_id"] for r in rows]
+
+    def _live_scorer(self, conn, days: int = 20):
+        """Score a backup on the last ``days`` trading days of live data (see core.performance)."""
+        cache: dict[tuple[str, ...], RecentData] = {}
+
+        def score(b: BackupInfo):
+            if not b.features:
+                return None
+            key = tuple(b.features)
+            if key not in cache:
+                cache[key] = recent_rows(conn, b.features, days=days)
+            return evaluate_booster(self.registry.booster(b.path), b.features, cache[key])
+
+        return score

@@ -178,6 +178,9 @@ def backups_blocks(report: BackupsReport) -> list[dict]:
     shown = report.backups[:40]
     for b in shown:
         line = _backup_line(b, rec.name if rec else None)
+        live = report.recommendation.live.get(b.name)
+        if live is not None:
+            line += f"\nlast {live.days} days: IC {num(live.spearman_ic, 4)}  ·  Sharpe {num(live.sharpe_ratio, 2)}"
         reason = report.recommendation.rejected.get(b.name)
         if reason and not b.problems:
             line += f"\n_not a candidate: {esc(reason)}_"

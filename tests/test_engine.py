@@ -250,3 +250,30 @@ def test_illegal_transitions_raise():
         E.check_transition("failed", "approved")
     with pytest.raises(InvalidTransition):
         E.check_transition("verifying", "resolved")
+
+
+def test_break_glass_cli(settings, world, conn):
+    from tests.test_skeleton import run_cli
+
+    before = client_settings(conn)
+    env = {"DATABASE_URL": settings.database_dsn(), "MODELS_DIR": str(world.models_dir)}
+    from core.registry import ModelRegistry
+
+    target = ModelRegistry(world.models_dir).recommend(MODEL).backup.name
+    r = run_cli("rollback", MODEL, "--to", "../../etc", "--reason", "x", "--by", "ops", env=env)
+    assert r.returncode == 1 and "Invalid backup name" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("rollback", MODEL, "--to", target, "--reason", "x", env=env)
+    assert r.returncode == 2 and "--by" in r.stderr
+    r = run_cli("rollback", "nope", "--to", target, "--reason", "x", "--by", "ops", env=env)
+    assert r.returncode == 1 and "Unknown model" in r.stderr
+    assert conn.execute("SELECT count(*) AS n FROM rollback_bot.incidents").fetchone()["n"] == 0
+    r = run_cli("rollback", MODEL, "--to", target, "--reason", "Slack is down; Sharpe collapsed", "--by", "oncall-jane",
+                env=env)
+    assert r.returncode == 0, r.stderr
+    assert "restore" in r.stdout and "trading resumed" in r.stdout
+    assert assert_consistent(conn, world.models_dir, MODEL) == target
+    assert client_settings(conn) == before
+    audit = conn.execute("SELECT actor, action FROM rollback_bot.audit_log WHERE outcome = 'ok' ORDER BY id").fetchall()
+    assert {"actor": "oncall-jane", "action": "break_glass_rollback"} in audit
+    inc = conn.execute("SELECT source, requested_by FROM rollback_bot.incidents").fetchone()
+    assert inc == {"source": "cli", "requested_by": "oncall-jane"}

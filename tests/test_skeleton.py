@@ -223,3 +223,19 @@ def test_cli_status_and_backups(settings, world):
     assert r.returncode == 0 and "Recommended target" in r.stdout
     r = run_cli("backups", "../../etc", env=env)
     assert r.returncode == 1 and "Invalid model name" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_recommendation_prefers_live_performance(services, world):
+    from core.registry import LIVE_RULE
+
+    for name, info in world.models.items():
+        report = services.backups(model=name)
+        rec = report.recommendation
+        assert rec.rule == LIVE_RULE
+        live = {k: v for k, v in rec.live.items() if v is not None}
+        assert rec.backup.name in live
+        assert live[rec.backup.name].sharpe_ratio == max(p.sharpe_ratio for p in live.values())
+        # the world's production model broke after the regime change; the pick did not
+        chosen = info.backup(rec.backup.name)
+        assert chosen.post_change.sharpe_ratio > info.production.post_change.sharpe_ratio
+        assert live[rec.backup.name].sharpe_ratio > 0

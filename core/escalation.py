@@ -1,0 +1,267 @@
+"""Escalation: timers kept in PostgreSQL, so they survive a restart and fire once with several bot processes.
+
+Timers are jobs in ``rollback_bot.jobs`` (queued with ``core.engine.enqueue`` and a dedupe key, so each
+exists once however many processes schedule it)::
+
+    escalate_age    escalate-age:{id}             created_at + ESCALATE_AFTER_MINUTES: page if still open
+    runbook_target  target:{id}:{name}            created_at + 2 / 5 / 7 / 10 min: flag a missed runbook target
+    escalate_now    escalate-now:{id}:{key}       at once: estimated loss over the threshold ("loss"),
+                                                  a failed rollback ("failed")
+
+A job is claimed by one worker at a time, but a job whose worker died after paging would run again when its
+lease ran out. So every page and every breach is also claimed once in the database before anyone is told
+(a done marker row ``paged:{id}:{key}`` / ``breach:{id}:{name}`` in the jobs table), then journaled (steps
+``escalate`` / ``target_missed``) and audited (``audit_log`` action ``escalate``). If telling people fails, the
+claim is released and the job retried; if the process dies right after telling them, nobody is told twice.
+
+The decisions are pure functions of the incident, its journal and the time: ``immediate_reasons``,
+``check_target``, ``age_escalation``. Who is paged and how (Slack DMs, a thread mention) is the callbacks'
+business: ``Escalator.register(worker, on_page, on_breach)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from core.engine import CLOSED, Engine, Event, Incident, Step, enqueue
+from core.report import TARGETS, human_span, journal, target_status
+
+__all__ = [
+    "AGE_JOB",
+    "NOW_JOB",
+    "TARGET_JOB",
+    "Breach",
+    "Escalator",
+    "age_escalation",
+    "check_target",
+    "claim_once",
+    "immediate_reasons",
+    "release_once",
+    "schedule_for",
+]
+
+log = logging.getLogger("rollback_bot.escalation")
+
+AGE_JOB = "escalate_age"
+NOW_JOB = "escalate_now"
+TARGET_JOB = "runbook_target"
+_MARKER_KIND = "once"  # never has a handler, and is created done: no worker ever claims it
+_FAILED_LOOKBACK = timedelta(hours=24)
+
+PageCallback = Callable[[Incident, str], None]
+
+
+@dataclass(frozen=True)
+class Breach:
+    """A runbook target whose step was not done by its deadline."""
+
+    incident_id: int
+    target: str        # "halted" | "rolled_back" | "verified" | "resumed"
+    label: str
+    minutes: int
+    deadline: datetime
+    reached_at: datetime | None
+    state: str
+    message: str
+
+
+BreachCallback = Callable[[Incident, Breach], None]
+
+
+# ------------------------------------------------------------------------------------------- decisions
+
+
+def _immediate(incident: Incident, loss_threshold: float | None) -> list[tuple[str, str]]:
+    out = []
+    loss = incident.estimated_loss
+    if loss_threshold is not None and loss is not None and math.isfinite(loss) and loss > loss_threshold:
+        out.append(("loss", f"{incident.ref}: the estimated loss of {loss:,.0f} exceeds the escalation threshold "
+                            f"of {loss_threshold:,.0f}"))
+    if incident.kind == "rollback" and incident.state == "failed":
+        why = " ".join((incident.error or "no error recorded").split())
+        out.append(("failed", f"{incident.ref}: the rollback of {incident.model_name} failed ({why}); the original "
+                              "model is back and trading stays halted"))
+    return out
+
+
+def immediate_reasons(incident: Incident, *, loss_threshold: float | None) -> list[str]:
+    """Reasons to escalate at once: an estimated loss over the threshold, a failed rollback."""
+    return [text for _, text in _immediate(incident, loss_threshold)]
+
+
+def check_target(incident: Incident, steps: list[Step], target_name: str, now: datetime) -> Breach | None:
+    """The runbook target ``target_name`` breached at ``now``: its step not done by the deadline (or done late)."""
+    for t in target_status(incident, steps, now):
+        if t.name != target_name:
+            continue
+        if now < t.deadline or t.status not in ("missed", "overdue"):
+            return None
+        if t.reached_at is not None:
+            message = (f"{incident.ref}: runbook target T+{t.minutes} ({t.label.lower()}) missed: reached at "
+                       f"T+{human_span(t.reached_at - incident.created_at)}")
+        else:
+            message = (f"{incident.ref}: runbook target T+{t.minutes} ({t.label.lower()}) missed: not done after "
+                       f"{human_span(now - incident.created_at)} (state {incident.state})")
+        return Breach(incident.id, t.name, t.label, t.minutes, t.deadline, t.reached_at, incident.state, message)
+    raise ValueError(f"unknown runbook target {target_name!r}")
+
+
+def age_escalation(incident: Incident, now: datetime, minutes: float) -> str | None:
+    """Why to page because the incident is still open after ``minutes`` (None: not yet, or closed)."""
+    if not incident.is_open:
+        return None
+    age = now - incident.created_at
+    if age < timedelta(minutes=minutes):
+        return None
+    return f"{incident.ref} is still open after {human_span(age)} (state {incident.state})"
+
+
+# ------------------------------------------------------------------------------------------- scheduling
+
+
+def schedule_for(conn: psycopg.Connection, incident: Incident, *, escalate_after_minutes: float,
+                 loss_threshold: float | None = None) -> None:
+    """Queue the incident's timers (idempotent): the age escalation, the runbook target checks of a rollback,
+    and an immediate escalation when one is due already. In the caller's transaction."""
+    if incident.is_open:
+        enqueue(conn, AGE_JOB, incident_id=incident.id,
+                run_at=incident.created_at + timedelta(minutes=escalate_after_minutes),
+                dedupe_key=f"escalate-age:{incident.id}")
+        if incident.kind == "rollback":
+            for name, minutes, _, _ in TARGETS:
+                enqueue(conn, TARGET_JOB, incident_id=incident.id, payload={"target": name},
+                        run_at=incident.created_at + timedelta(minutes=minutes),
+                        dedupe_key=f"target:{incident.id}:{name}")
+    for key, _ in _immediate(incident, loss_threshold):
+        enqueue(conn, NOW_JOB, incident_id=incident.id, payload={"key": key}, run_at=incident.updated_at,
+                dedupe_key=f"escalate-now:{incident.id}:{key}")
+
+
+def claim_once(conn: psycopg.Connection, key: str, *, incident_id: int | None, at: datetime,
+               detail: dict | None = None) -> bool:
+    """True for the first caller ever to claim ``key`` (a done marker row in ``rollback_bot.jobs``)."""
+    row = conn.execute(
+        "INSERT INTO rollback_bot.jobs (kind, incident_id, payload, run_at, dedupe_key, done_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        (_MARKER_KIND, incident_id, Jsonb(detail or {}), at, key, at),
+    ).fetchone()
+    return row is not None
+
+
+def release_once(conn: psycopg.Connection, key: str) -> None:
+    conn.execute("DELETE FROM rollback_bot.jobs WHERE dedupe_key = %s AND kind = %s", (key, _MARKER_KIND))
+
+
+# ------------------------------------------------------------------------------------------- the escalator
+
+
+class Escalator:
+    """Schedules and runs the escalation timers; tells people through the callbacks given to ``register``."""
+
+    def __init__(self, engine: Engine, *, escalate_after_minutes: float, loss_threshold: float | None = None) -> None:
+        self.engine = engine
+        self.db = engine.db
+        self.minutes = escalate_after_minutes
+        self.loss_threshold = loss_threshold
+        self.on_page: PageCallback | None = None
+        self.on_breach: BreachCallback | None = None
+
+    # -- scheduling
+
+    def schedule(self, conn: psycopg.Connection, incident: Incident) -> None:
+        schedule_for(conn, incident, escalate_after_minutes=self.minutes, loss_threshold=self.loss_threshold)
+
+    def on_event(self, event: Event) -> None:
+        """Engine listener: an incident that opens (or changes state) gets its timers; a failure escalates."""
+        if event.kind != "state":
+            return
+        inc = event.incident
+        if inc.is_open or _immediate(inc, self.loss_threshold):
+            with self.db.transaction() as conn:
+                self.schedule(conn, inc)
+
+    def sweep(self) -> None:
+        """Safety net run by the worker: timers for open incidents that have none (e.g. the process died
+        between a commit and its event), and the escalation of a recent failure that was never queued."""
+        now = self.engine.clock()
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT i.* FROM rollback_bot.incidents i WHERE"
+                " (i.state <> ALL(%s) AND NOT EXISTS (SELECT 1 FROM rollback_bot.jobs j"
+                "   WHERE j.dedupe_key = 'escalate-age:' || i.id))"
+                " OR (i.kind = 'rollback' AND i.state = 'failed' AND i.updated_at > %s AND NOT EXISTS ("
+                "   SELECT 1 FROM rollback_bot.jobs j WHERE j.dedupe_key = 'escalate-now:' || i.id || ':failed'))",
+                (list(CLOSED), now - _FAILED_LOOKBACK),
+            ).fetchall()
+            for row in rows:
+                self.schedule(conn, Incident(**row))
+
+    def register(self, worker: Any, on_page: PageCallback, on_breach: BreachCallback, *,
+                 subscribe: bool = True) -> None:
+        """Install the job handlers on ``worker``, the sweep among its periodic tasks, and (by default) the
+        listener on its engine."""
+        self.on_page = on_page
+        self.on_breach = on_breach
+        worker.on(AGE_JOB, self._age_job)
+        worker.on(NOW_JOB, self._now_job)
+        worker.on(TARGET_JOB, self._target_job)
+        worker.periodic.append(self.sweep)
+        if subscribe:
+            self.engine.subscribe(self.on_event)
+
+    # -- job handlers
+
+    def _age_job(self, job: dict) -> None:
+        inc = self.engine.get(job["incident_id"])
+        reason = age_escalation(inc, self.engine.clock(), self.minutes)
+        if reason is not None:
+            self._page(inc, "age", reason)
+
+    def _now_job(self, job: dict) -> None:
+        inc = self.engine.get(job["incident_id"])
+        key = job["payload"].get("key")
+        for k, reason in _immediate(inc, self.loss_threshold):
+            if k == key:
+                self._page(inc, k, reason)
+
+    def _target_job(self, job: dict) -> None:
+        inc = self.engine.get(job["incident_id"])
+        name = job["payload"]["target"]
+        breach = check_target(inc, self.engine.steps(inc.id), name, self.engine.clock())
+        if breach is None:
+            return
+        self._tell(inc, f"breach:{inc.id}:{name}", "target_missed", breach.message,
+                   lambda: self.on_breach(inc, breach) if self.on_breach else None, {"target": name})
+
+    def _page(self, inc: Incident, key: str, reason: str) -> None:
+        self._tell(inc, f"paged:{inc.id}:{key}", "escalate", reason,
+                   lambda: self.on_page(inc, reason) if self.on_page else None, {"key": key})
+
+    def _tell(self, inc: Incident, marker: str, step: str, reason: str, tell: Callable[[], Any],
+              extra: dict) -> None:
+        now = self.engine.clock()
+        with self.db.transaction() as conn:
+            if not claim_once(conn, marker, incident_id=inc.id, at=now, detail={"reason": reason}):
+                return  # somebody was told already
+        try:
+            tell()
+        except Exception as exc:
+            with self.db.transaction() as conn:
+                release_once(conn, marker)
+                self.engine.audit(conn, actor="rollback-bot", action="escalate", outcome="failed",
+                                  incident_id=inc.id, reason=reason, error=str(exc)[:500], **extra)
+            raise
+        with self.db.transaction() as conn:
+            journal(conn, incident_id=inc.id, step=step, actor="rollback-bot", at=self.engine.clock(),
+                    detail={"reason": reason, **extra})
+            self.engine.audit(conn, actor="rollback-bot", action="escalate", outcome="ok", incident_id=inc.id,
+                              reason=reason, **extra)
+        log.info("%s: %s", inc.ref, reason)
