@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pydantic import SecretStr
 
@@ -124,6 +125,13 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_FAILED
 
 
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """The embedded demo: never touches DATABASE_URL (it builds platform tables), only the local cluster."""
+    from bot import demo
+
+    return demo.run(root=args.dir.resolve(), size=args.size)
+
+
 def _brief(detail: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, [], {}))[:160]
 
@@ -136,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the Slack app (HTTP, or Socket Mode when SLACK_APP_TOKEN is set)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (HTTP mode)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="play one whole incident against a local Slack stand-in (no workspace needed)")
+    p.add_argument("--dir", type=Path, default=Path(".local/demo"), help="where demo models and reports go")
+    p.add_argument("--size", choices=("demo", "test"), default="demo", help="size of the generated world")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("db", help="database administration")
     dbsub = p.add_subparsers(dest="db_command", required=True)
