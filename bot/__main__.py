@@ -174,14 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from bot.observability import configure_logging
+
+    configure_logging(None, json_format=False, verbose=args.verbose)
     func: Callable[[argparse.Namespace, Settings], int] = args.func
     try:
         settings = load_settings()
+        # JSON lines for the long-running server, readable text for commands a person runs.
+        configure_logging(settings, json_format=args.command == "serve" and settings.log_format == "json",
+                          verbose=args.verbose)
         return func(args, settings)
     except ConfigError as exc:
         print(f"rollback-bot: configuration error: {exc}", file=sys.stderr)

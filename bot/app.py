@@ -12,6 +12,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
+from bot.observability import InstrumentedWebClient, Metrics, counting
 from core.auth import Authorizer
 from core.services import Services
 from core.settings import Settings
@@ -22,19 +23,22 @@ from handlers.progress import SlackProgress
 log = logging.getLogger("rollback_bot")
 
 
-def build_client(settings: Settings) -> WebClient:
-    """The Web API client: slack_sdk's own retry handlers for 429 (Retry-After), 5xx and connection resets."""
+def build_client(settings: Settings, metrics: Metrics | None = None) -> WebClient:
+    """The Web API client: slack_sdk's own retry handlers for 429 (Retry-After), 5xx and connection resets,
+    counted into the metrics; API errors are counted too."""
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    return WebClient(
+    client = InstrumentedWebClient(
         token=token,
         base_url=settings.slack_api_url,
         timeout=10,
         retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=2),
-            RateLimitErrorRetryHandler(max_retry_count=3),
-            ServerErrorRetryHandler(max_retry_count=2),
+            counting(ConnectionErrorRetryHandler, metrics, "connection", max_retry_count=2),
+            counting(RateLimitErrorRetryHandler, metrics, "rate_limited", max_retry_count=3),
+            counting(ServerErrorRetryHandler, metrics, "server_error", max_retry_count=2),
         ],
     )
+    client.metrics = metrics
+    return client
 
 
 def build_authorizer(settings: Settings, client: WebClient) -> Authorizer:
@@ -47,7 +51,9 @@ def build_authorizer(settings: Settings, client: WebClient) -> Authorizer:
 def build_app(settings: Settings, services: Services, *, client: WebClient | None = None) -> App:
     """A Bolt App that acks before doing slow work (process_before_response + lazy listeners)."""
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-    client = client or build_client(settings)
+    metrics = Metrics()
+    metrics.watch(services.engine)
+    client = client or build_client(settings, metrics)
     app = App(
         client=client,
         signing_secret=secret,
@@ -60,6 +66,7 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     progress = SlackProgress(client, deps)
     services.engine.subscribe(progress)
     app.progress = progress  # type: ignore[attr-defined] - tests and the demo flush it
+    app.metrics = metrics  # type: ignore[attr-defined] - served at GET /metrics
     errors.register(app)
     commands.register(app, deps, progress)
     actions.register(app, deps, progress)

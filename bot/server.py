@@ -2,7 +2,7 @@
 
 ``POST /slack/events`` turns the request into a ``BoltRequest`` and dispatches it on a thread pool, so the
 event loop never blocks and many requests are acked concurrently; ``GET /healthz`` answers 200 only when the
-database answers.
+database answers; ``GET /metrics`` serves the Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -43,12 +43,17 @@ def build_web_app(app: App, services: Services, *, workers: int = 32) -> web.App
         ok = await loop.run_in_executor(executor, services.db.ping)
         return web.json_response({"ok": ok, "database": "up" if ok else "down"}, status=200 if ok else 503)
 
+    async def metrics(_: web.Request) -> web.Response:
+        body, content_type = app.metrics.render()  # type: ignore[attr-defined]
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     async def on_cleanup(_: web.Application) -> None:
         executor.shutdown(wait=False, cancel_futures=True)
 
     web_app = web.Application(client_max_size=MAX_BODY)
     web_app.router.add_post(EVENTS_PATH, slack_events)
     web_app.router.add_get("/healthz", healthz)
+    web_app.router.add_get("/metrics", metrics)
     web_app.on_cleanup.append(on_cleanup)
     return web_app
 

@@ -40,6 +40,7 @@ from psycopg.types.json import Jsonb
 
 from core import trading
 from core.db import Database
+from core.logctx import incident_context
 from core.errors import (
     BackupCorrupt,
     Conflict,
@@ -585,7 +586,8 @@ class Engine:
             got = lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (self.lock_key(incident_id),)).fetchone()
             if not got["ok"]:
                 return self.get(incident_id)  # another process is running it
-            return self._run(incident_id, actor)
+            with incident_context(f"INC-{incident_id}"):
+                return self._run(incident_id, actor)
         finally:
             lock_conn.close()  # releases the advisory lock
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     trading_stop_timeout_seconds: float = Field(default=30, gt=0)
     training_log: Path | None = None
     db_pool_max: int = Field(default=10, ge=2, le=100)
+    log_format: Literal["json", "text"] = "json"
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
