@@ -132,6 +132,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return demo.run(root=args.dir.resolve(), size=args.size)
 
 
+def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
+    from bot import console
+
+    return console.run(root=args.dir.resolve(), size=args.size)
+
+
 def _brief(detail: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, [], {}))[:160]
 
@@ -149,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, default=Path(".local/demo"), help="where demo models and reports go")
     p.add_argument("--size", choices=("demo", "test"), default="demo", help="size of the generated world")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("console", help="an interactive shell: act as a person, type /rollback, click buttons")
+    p.add_argument("--dir", type=Path, default=Path(".local/console"), help="where its models and reports go")
+    p.add_argument("--size", choices=("demo", "test"), default="test", help="size of the generated world")
+    p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("db", help="database administration")
     dbsub = p.add_subparsers(dest="db_command", required=True)

@@ -9,10 +9,11 @@ database and on disk.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -157,10 +158,21 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def run(*, root: Path, database_url: str | None = None, out: TextIO = sys.stdout, size: str = "demo") -> int:
-    started = time.monotonic()
+@dataclass
+class Environment:
+    """The demo's world: the app over HTTP with its worker, the Slack stand-in, a database, models."""
+
+    box: Sandbox
+    narrator: Narrator
+    clock: DemoClock
+    world: demo_world.World
+    services: Services
+    url: str
+
+
+@contextlib.contextmanager
+def environment(*, root: Path, database_url: str | None, size: str, out: TextIO) -> Iterator[Environment]:
     say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
-    say("rollback-bot demo: one emergency model rollback, start to finish, without a Slack workspace.")
     say("Setting up: a private PostgreSQL, a generated market with a regime change, XGBoost models with backups…")
     url = prepare_database(database_url)
     root.mkdir(parents=True, exist_ok=True)
@@ -170,7 +182,6 @@ def run(*, root: Path, database_url: str | None = None, out: TextIO = sys.stdout
     say(f"  {len(world.tickers)} tickers × {len(world.trading_days)} trading days; regime change on "
         f"{world.regime_change_start}; models: {', '.join(world.models)}; {len(world.clients)} clients "
         f"({world.build_seconds:.1f} s)")
-
     clock = DemoClock()
     standin = SlackStandIn(channels={"incidents": CHANNEL})
     standin.start()
@@ -179,18 +190,25 @@ def run(*, root: Path, database_url: str | None = None, out: TextIO = sys.stdout
     settings = demo_settings(database_url=url, root=root).model_copy(update={"slack_api_url": standin.base_url})
     db = Database(url, max_size=8).open()
     services = Services(settings, db, clock=clock.now)
-    narrator = Narrator(standin, out)
-    checks: list[Check] = []
-    with psycopg.connect(url, row_factory=dict_row, autocommit=True) as conn:
-        settings_before = _client_settings(conn)
     try:
         with Sandbox(services, standin=standin, start_worker=True) as box:
-            checks += _play(box, narrator, clock, world)
-            with psycopg.connect(url, row_factory=dict_row, autocommit=True) as conn:
-                checks += _verify(conn, services, world, settings_before)
+            yield Environment(box, Narrator(standin, out), clock, world, services, url)
     finally:
         db.close()
         standin.stop()
+
+
+def run(*, root: Path, database_url: str | None = None, out: TextIO = sys.stdout, size: str = "demo") -> int:
+    started = time.monotonic()
+    say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
+    say("rollback-bot demo: one emergency model rollback, start to finish, without a Slack workspace.")
+    checks: list[Check] = []
+    with environment(root=root, database_url=database_url, size=size, out=out) as env:
+        with psycopg.connect(env.url, row_factory=dict_row, autocommit=True) as conn:
+            settings_before = _client_settings(conn)
+        checks += _play(env.box, env.narrator, env.clock, env.world)
+        with psycopg.connect(env.url, row_factory=dict_row, autocommit=True) as conn:
+            checks += _verify(conn, env.services, env.world, settings_before)
     say("\nWhat really happened (checked in PostgreSQL and on disk):")
     for c in checks:
         say(f"  {'✔' if c.ok else '✘'} {c.what}" + (f" — {c.detail}" if c.detail else ""))
