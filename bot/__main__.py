@@ -64,15 +64,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     services = build_services(settings)
     app = build_app(settings, services)
-    if settings.slack_app_token is not None:
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
+    # Background work: recover interrupted rollbacks, then queued jobs, timers and monitoring.
+    services.start_background()
+    try:
+        if settings.slack_app_token is not None:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-        logging.getLogger("rollback_bot").info("starting in Socket Mode")
-        SocketModeHandler(app, settings.slack_app_token.get_secret_value(), web_client=app.client).start()
+            logging.getLogger("rollback_bot").info("starting in Socket Mode")
+            SocketModeHandler(app, settings.slack_app_token.get_secret_value(), web_client=app.client).start()
+            return 0
+        logging.getLogger("rollback_bot").info("serving HTTP on port %s", settings.port)
+        serve_http(build_web_app(app, services), host=args.host, port=settings.port)
         return 0
-    logging.getLogger("rollback_bot").info("serving HTTP on port %s", settings.port)
-    serve_http(build_web_app(app, services), host=args.host, port=settings.port)
-    return 0
+    finally:
+        services.stop_background()
+        app.progress.flush(5)
 
 
 def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -67,6 +67,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         user = body["user"]["id"]
         if not errors and not deps.auth.is_operator(user):
             errors[B.MODEL.value] = "Only operators may request a rollback (OPERATORS)."
+            engine.audit(None, actor=user, action="request", outcome="refused", reason="not an operator")
         if not errors:
             try:
                 existing = services.open_rollback(model=fields["model"])

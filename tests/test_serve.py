@@ -1,0 +1,135 @@
+"""`rollback-bot serve` as real processes: HTTP, /healthz, and two processes on one database behaving as one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bot.slack_signing import SlackSender
+from tests.helpers import client_settings, trading_halted
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "growth_momentum_large"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("serve did not become healthy")
+
+
+@pytest.fixture
+def serve(settings, standin, world, tmp_path):
+    procs: list[subprocess.Popen] = []
+
+    def start() -> str:
+        port = free_port()
+        env = {
+            "PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
+            "SLACK_BOT_TOKEN": settings.slack_bot_token.get_secret_value(),
+            "SLACK_SIGNING_SECRET": settings.slack_signing_secret.get_secret_value(),
+            "SLACK_API_URL": standin.base_url, "DATABASE_URL": settings.database_dsn(),
+            "MODELS_DIR": str(world.models_dir), "INCIDENTS_DIR": str(tmp_path / "incidents"),
+            "INCIDENT_CHANNEL": "C0INCIDENT", "OPERATORS": "U0ALICE,U0BOB,U0CAROL", "APPROVERS": "U0BOB,U0CAROL",
+            "PORT": str(port),
+        }
+        proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1"], env=env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        return url
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_answers_signed_commands_and_stops_cleanly(serve, settings, standin):
+    url = serve()
+    sender = SlackSender(url + "/slack/events", settings.slack_signing_secret.get_secret_value())
+    r = sender.slash_command(text="status", user_id="U0ALICE", channel_id="C1",
+                             response_url=standin.response_url("s", channel="C1", user="U0ALICE"))
+    assert r.status == 200
+    body = standin.wait_for("response_url", lambda c: c.body.get("key") == "s", timeout=10)[0].body
+    assert MODEL in str(body["blocks"])
+    assert sender.slash_command(text="status", user_id="U0ALICE", channel_id="C1", response_url="http://x/",
+                                secret="wrong").status == 401
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        assert b"rollback_bot_rollbacks" in resp.read()
+
+
+def test_two_serve_processes_behave_as_one(serve, settings, standin, conn, world):
+    before = client_settings(conn)
+    urls = [serve(), serve()]
+    secret = settings.slack_signing_secret.get_secret_value()
+    senders = [SlackSender(u + "/slack/events", secret) for u in urls]
+    from core.registry import ModelRegistry
+
+    target = ModelRegistry(world.models_dir).recommend(MODEL).backup.name
+    # the same command delivered to both processes (a retry landing on the other node): one request
+    trigger = "999.888.abc"
+    for i, sender in enumerate(senders):
+        sender.slash_command(text=f"start {MODEL} {target} Sharpe collapsed", user_id="U0ALICE", channel_id="C1",
+                             response_url=standin.response_url("start", channel="C1", user="U0ALICE"),
+                             trigger_id=trigger, retry_num=i or None)
+    standin.wait_for("response_url", lambda c: c.body.get("key") == "start", timeout=15)
+    card = standin.wait_for("chat.postMessage", lambda c: c.body.get("channel") == "C0INCIDENT", timeout=10)[0]
+    time.sleep(0.5)
+    assert conn.execute("SELECT count(*) AS n FROM rollback_bot.incidents").fetchone()["n"] == 1
+    ts = card.response["ts"]
+    message = standin.message("C0INCIDENT", ts).as_slack()
+    # approvers click on both nodes at once: one execution, run by whichever worker claims it
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda s=s, u=u: results.append(
+        s.block_action(user_id=u, action_id="rollback_approve", channel_id="C0INCIDENT", message_ts=ts,
+                       message=message).status))
+        for s in senders for u in ("U0BOB", "U0CAROL", "U0BOB")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 6
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = conn.execute("SELECT state FROM rollback_bot.incidents").fetchone()["state"]
+        if state in ("monitoring", "failed"):
+            break
+        time.sleep(0.1)
+    assert state == "monitoring"
+    counts = conn.execute("SELECT step, count(*) AS n FROM rollback_bot.steps GROUP BY step").fetchall()
+    counts = {r["step"]: r["n"] for r in counts}
+    assert counts["approved"] == 1 and counts["halt"] == 1 and counts["restore"] == 1 and counts["record"] == 1
+    assert not trading_halted(conn) and client_settings(conn) == before
+    standin.wait_for("chat.postEphemeral", lambda c: "already approved" in c.body.get("text", ""), count=5,
+                     timeout=10)
