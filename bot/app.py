@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from slack_bolt import App
 from slack_sdk import WebClient
@@ -14,6 +15,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 
 from bot.observability import InstrumentedWebClient, Metrics, counting
 from core.auth import Authorizer
+from core.watchdog import Proposal
 from core.services import Services
 from core.settings import Settings
 from handlers import actions, commands, errors, home, views
@@ -67,9 +69,31 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     services.engine.subscribe(progress)
     app.progress = progress  # type: ignore[attr-defined] - tests and the demo flush it
     app.metrics = metrics  # type: ignore[attr-defined] - served at GET /metrics
+    services.register_fix_runner()
+    services.register_watchdog(watchdog_poster(services, deps, progress))
     errors.register(app)
     commands.register(app, deps, progress)
     actions.register(app, deps, progress)
     views.register(app, deps, progress)
     home.register(app, deps, progress)
     return app
+
+
+def watchdog_poster(services: Services, deps: Deps, progress: SlackProgress) -> Callable[[Proposal], None]:
+    """The watchdog proposes, people decide: a prefilled rollback request in the incident channel."""
+
+    def propose(p: Proposal) -> None:
+        if not p.recommended:
+            progress.client.chat_postMessage(
+                channel=deps.channel,
+                text=f":dog: Watchdog: {p.model} " + "; ".join(p.reasons) + ". No backup qualifies as a target;"
+                     f" see `/rollback backups {p.model}` and `/rollback diagnose {p.model}`.",
+            )
+            return
+        inc, _ = services.engine.request_rollback(
+            model=p.model, backup=p.recommended, reason=p.reason_text, requested_by="rollback-bot watchdog",
+            source="watchdog", channel=deps.channel,
+        )
+        progress.post_card(inc)
+
+    return propose

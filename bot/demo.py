@@ -136,6 +136,7 @@ def demo_settings(*, database_url: str, root: Path) -> Settings:
         approvers=["U0BOB", "U0CAROL"],
         stakeholders=["U0DAVE", "U0ERIN"],
         monitor_minutes=30,
+        watchdog_every_minutes=0,
     )
 
 

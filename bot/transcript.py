@@ -15,7 +15,8 @@ EMOJI = {
     ":pause_button:": "⏸", ":eyes:": "👀", ":large_green_circle:": "🟢", ":red_circle:": "🔴",
     ":no_entry_sign:": "🚫", ":no_entry:": "⛔", ":heavy_multiplication_x:": "✖", ":rewind:": "⏪",
     ":star:": "★", ":rotating_light:": "🚨", ":bell:": "🔔", ":chart_with_downwards_trend:": "📉",
-    ":page_facing_up:": "📄", ":telephone_receiver:": "📞", ":email:": "✉",
+    ":page_facing_up:": "📄", ":telephone_receiver:": "📞", ":email:": "✉", ":stethoscope:": "🩺",
+    ":dog:": "🐕",
 }
 _MENTION = re.compile(r"<([@#!])([A-Z0-9^|a-z_\-]+)(?:\|([^>]*))?>")
 _LINK = re.compile(r"<(https?://[^|>]+)(?:\|([^>]*))?>")

@@ -19,8 +19,9 @@ The checks and their thresholds (``DiagnosticsConfig``)
   more than ``ticker_drop`` (10%) below the median of the (up to) 20 trading days before it; weekdays
   inside that span without any bars; NULLs per feature column of the view over the last N feature dates;
   the view is stale when its latest date is behind ``daily_bars``'s.
-* **log scan** -- lines of the training log matching ERROR (error/exception/traceback/fatal/critical),
-  WARNING (warn/warning) or NaN (the word nan), case-insensitive; counts and the last 5 matching lines.
+* **log scan** -- lines of the training log matching ERROR (a word ending in error/exception/traceback/fatal/
+  critical, so ``ValueError`` counts), WARNING (ending in warn/warning, so ``UserWarning`` counts) or NaN (the
+  word nan), case-insensitive; counts and the last 5 matching lines.
   Only the last ``log_tail_bytes`` (8 MiB) of the file are read.
 * **drift** -- population stability index per model feature between the reference window (the model's
   ``train_start``..``train_end`` from metadata.json when present, else the ``reference_days`` (90) feature
@@ -33,12 +34,14 @@ The checks and their thresholds (``DiagnosticsConfig``)
   day and keeps changes in spread and shape (a volatility regime, a feed or unit problem that does not hit
   every ticker alike). The raw PSI is reported too (``psi_raw``); a shift common to all tickers shows
   there only.
-* **regime** -- the market return of a day is the cross-sectional mean of the tickers' close-to-close
-  returns in ``daily_bars``. Recent 30 trading days against the 120 before them: the volatility ratio
-  ``std(recent) / std(prior)`` and Welch's t statistic of the mean shift. Verdict ``regime change`` when the
-  ratio is above 1.5 or below 1/1.5, or ``|t| > 3``. Under a stable market the log of the ratio has a
-  standard error of about ``sqrt(1/58 + 1/238) = 0.15``, so 1.5 is ~2.8 standard errors away (false alarm
-  well under 1%), while a doubling of market volatility (ratio ~2) is found.
+* **regime** -- for each day, the market return (the mean of the tickers' close-to-close returns in
+  ``daily_bars``) and the cross-sectional dispersion (their standard deviation). The recent 30 trading days
+  against the 120 before them: the market volatility ratio ``std(recent) / std(prior)``, the dispersion
+  ratio ``mean(recent dispersion) / mean(prior dispersion)`` and Welch's t statistic of the shift in the
+  mean market return. Verdict ``regime change`` when either ratio is above 1.5 or below 1/1.5, or ``|t| > 3``.
+  Under a stable market the log of the volatility ratio has a standard error of about
+  ``sqrt(1/58 + 1/238) = 0.15`` (1.5 is ~2.8 of them away); the dispersion ratio, averaged over many tickers
+  and days, is far tighter. A doubling of volatility (market and stock-specific) is found by both.
 
 ``now`` is an "as of" date: with it every check only reads rows dated on or before it (the recent window
 ends there), so a past day can be diagnosed as it looked then. Platform tables are found through the
@@ -47,6 +50,7 @@ connection's ``search_path``. No Slack here; plain values in, dataclasses out.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -64,7 +68,7 @@ from psycopg.rows import tuple_row
 
 from core import metrics
 from core.errors import BackupCorrupt
-from core.modelio import MODEL_FILE, Metadata, load_booster, predict, read_metadata
+from core.modelio import Metadata, predict, read_metadata
 from core.platform import FEATURE_VIEW, feature_columns
 from core.registry import ModelRegistry
 
@@ -90,6 +94,8 @@ __all__ = [
     "recent_frame",
     "recent_predictions",
 ]
+
+log = logging.getLogger("rollback_bot.diagnostics")
 
 CRITICAL, WARNING = "critical", "warning"
 _SEVERITY_ORDER = {CRITICAL: 0, WARNING: 1}
@@ -219,6 +225,9 @@ class RegimeSection:
     vol_recent: float = math.nan
     vol_prior: float = math.nan
     vol_ratio: float = math.nan
+    dispersion_recent: float = math.nan
+    dispersion_prior: float = math.nan
+    dispersion_ratio: float = math.nan
     mean_recent: float = math.nan
     mean_prior: float = math.nan
     t_stat: float = math.nan
@@ -322,7 +331,9 @@ class DiagnosticsReport:
             top = ", ".join(f"{f.feature} {f.psi:.2f}" for f in dr.features[:3]) or "n/a"
             out.append(f"**Drift** (PSI vs {dr.reference_source}): {top}")
         rg = self.regime
-        out.append(f"**Regime** ({rg.verdict}): vol ratio {_f(rg.vol_ratio)}, mean-shift t {_f(rg.t_stat)}")
+        out.append(f"**Regime** ({rg.verdict}): market vol ratio {_f(rg.vol_ratio)}, dispersion ratio"
+                   f" {_f(rg.dispersion_ratio)}, mean-shift t {_f(rg.t_stat)} (recent {rg.recent_days} vs prior"
+                   f" {rg.prior_days} days)")
         return "\n".join(out)
 
 
@@ -356,6 +367,7 @@ def _guarded(conn: psycopg.Connection, fn: Callable[[], T], on_error: Callable[[
         with conn.transaction():
             return fn()
     except Exception as exc:  # noqa: BLE001 - a section reports its failure instead of crashing the report
+        log.warning("diagnostics section failed", exc_info=True)
         text = str(exc).strip().splitlines()
         return on_error((text[0] if text else type(exc).__name__)[:300])
 
@@ -460,8 +472,8 @@ def check_performance(
     booster = None
     if problem is None:
         try:
-            booster = load_booster(folder / MODEL_FILE)
-        except BackupCorrupt as exc:
+            booster = registry.booster(folder)
+        except (BackupCorrupt, OSError) as exc:
             problem = str(exc).split(": ", 1)[-1]
     if booster is None:
         section = PerformanceSection(False, problem, None, [], math.nan, math.nan, 0, expected_ic, expected_sharpe,
@@ -506,7 +518,8 @@ def check_data_quality(
     counts = _rows(
         conn,
         "SELECT date, count(*) FROM daily_bars WHERE (%(a)s::date IS NULL OR date <= %(a)s::date) AND date >= "
-        "(SELECT min(date) FROM (SELECT DISTINCT date FROM daily_bars WHERE (%(a)s::date IS NULL OR date <= %(a)s::date)"
+        "(SELECT min(date) FROM (SELECT DISTINCT date FROM daily_bars"
+        " WHERE (%(a)s::date IS NULL OR date <= %(a)s::date)"
         " ORDER BY date DESC LIMIT %(n)s) x) GROUP BY date ORDER BY date",
         {"a": as_of, "n": config.count_days + config.trailing_days},
     )
@@ -538,7 +551,9 @@ def check_data_quality(
     null_counts: dict[str, int] = {c: 0 for c in cols}
     worst: dict[str, tuple[date, int]] = {}
     if recent and cols:
-        query = sql.SQL("SELECT date, count(*), {counts} FROM {v} WHERE date >= %s AND date <= %s GROUP BY date").format(
+        query = sql.SQL(
+            "SELECT date, count(*), {counts} FROM {v} WHERE date >= %s AND date <= %s GROUP BY date"
+        ).format(
             counts=sql.SQL(", ").join(sql.SQL("count({})").format(sql.Identifier(c)) for c in cols),
             v=sql.Identifier(FEATURE_VIEW),
         )
@@ -578,13 +593,16 @@ def check_data_quality(
 # --------------------------------------------------------------------------------------------- training log
 
 _LOG_PATTERNS = {
-    "error": re.compile(r"\b(error|errors|exception|traceback|fatal|critical)\b", re.IGNORECASE),
-    "warning": re.compile(r"\b(warn|warning|warnings)\b", re.IGNORECASE),
+    # no \b in front: "ValueError", "XGBoostError", "UserWarning" count too
+    "error": re.compile(r"(error|errors|exception|traceback|fatal|critical)\b", re.IGNORECASE),
+    "warning": re.compile(r"(warn|warning|warnings)\b", re.IGNORECASE),
     "nan": re.compile(r"\bnan\b", re.IGNORECASE),
 }
 
 
-def scan_log(path: Path | None, *, config: DiagnosticsConfig = DiagnosticsConfig()) -> tuple[LogScanSection, list[Finding]]:
+def scan_log(
+    path: Path | None, *, config: DiagnosticsConfig = DiagnosticsConfig()
+) -> tuple[LogScanSection, list[Finding]]:
     """Count ERROR, WARNING and NaN lines of a training log; keep the last few matching lines."""
     if path is None:
         return LogScanSection(None, "not configured"), []
@@ -614,8 +632,8 @@ def scan_log(path: Path | None, *, config: DiagnosticsConfig = DiagnosticsConfig
     if counts["error"] or counts["nan"]:
         latest = next((l for l in reversed(last) if "error" in l.kinds or "nan" in l.kinds), None)
         tail = f"; last: {latest.text[:160]!r}" if latest else ""
-        findings.append(Finding(WARNING, "log", f"training log {path.name}: {counts['error']} error line(s),"
-                                                f" {counts['nan']} NaN line(s), {counts['warning']} warning line(s){tail}"))
+        findings.append(Finding(WARNING, "log", f"training log {path.name}: {counts['error']} error line(s), "
+                                f"{counts['nan']} NaN line(s), {counts['warning']} warning line(s){tail}"))
     return LogScanSection(path, "ok", counts, list(last), n, truncated), findings
 
 
@@ -635,8 +653,9 @@ def psi(reference: Any, recent: Any, bins: int = 10, floor: float = 1e-4) -> flo
     if ref.size == 0 or cur.size == 0:
         return math.nan
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
-    e = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1) / ref.size
-    a = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=edges.size + 1) / cur.size
+    # bins (-inf, q1], (q1, q2], ..., (q_last, inf): a value equal to a cut point goes to the lower bin
+    e = np.bincount(np.searchsorted(edges, ref, side="left"), minlength=edges.size + 1) / ref.size
+    a = np.bincount(np.searchsorted(edges, cur, side="left"), minlength=edges.size + 1) / cur.size
     e, a = np.maximum(e, floor), np.maximum(a, floor)
     return float(np.sum((a - e) * np.log(a / e)))
 
@@ -726,15 +745,21 @@ def check_drift(
 # --------------------------------------------------------------------------------------------- regime
 
 REGIME_TEST = (
-    "market return = cross-sectional mean daily return in daily_bars; recent {r} trading days vs the {p} before: "
-    "volatility ratio (regime change if > {v:g} or < 1/{v:g}) and Welch t of the mean shift (if |t| > {t:g})"
+    "daily market return = mean of the tickers' close-to-close returns in daily_bars, dispersion = their "
+    "cross-sectional standard deviation; the recent {r} trading days against the {p} before: regime change when "
+    "the market volatility ratio or the mean-dispersion ratio is above {v:g} or below 1/{v:g}, or when Welch's t "
+    "of the mean market return's shift exceeds {t:g} in absolute value"
 )
+
+
+def _ratio_off(ratio: float, limit: float) -> bool:
+    return math.isfinite(ratio) and (ratio > limit or ratio < 1 / limit)
 
 
 def check_regime(
     conn: psycopg.Connection, *, as_of: date | None = None, config: DiagnosticsConfig = DiagnosticsConfig(),
 ) -> tuple[RegimeSection, list[Finding]]:
-    """Volatility ratio and mean-shift t statistic of market returns, recent window vs the prior window."""
+    """Volatility and dispersion ratios and the mean-shift t statistic, recent window vs the prior window."""
     r_n, p_n = config.regime_recent_days, config.regime_prior_days
     test = REGIME_TEST.format(r=r_n, p=p_n, v=config.regime_vol_ratio, t=config.regime_t_stat)
     rows = _rows(
@@ -743,34 +768,41 @@ def check_regime(
         " ORDER BY date DESC LIMIT %(n)s),"
         " r AS (SELECT date, close / NULLIF(lag(close) OVER (PARTITION BY ticker ORDER BY date), 0) - 1 AS ret"
         " FROM daily_bars WHERE date >= (SELECT min(date) FROM d) AND (%(a)s::date IS NULL OR date <= %(a)s::date))"
-        " SELECT date, avg(ret) FROM r WHERE ret IS NOT NULL GROUP BY date ORDER BY date",
+        " SELECT date, avg(ret), stddev_samp(ret) FROM r WHERE ret IS NOT NULL GROUP BY date ORDER BY date",
         {"a": as_of, "n": r_n + p_n + 1},
     )
-    rows = [(d, float(m)) for d, m in rows if m is not None and math.isfinite(m)]
+    rows = [(d, float(m), math.nan if sd is None else float(sd)) for d, m, sd in rows
+            if m is not None and math.isfinite(m)]
     recent, prior = rows[-r_n:], rows[:-r_n][-p_n:]
     if len(recent) < min(10, r_n) or len(prior) < min(20, p_n):
         return RegimeSection(test, recent_days=len(recent), prior_days=len(prior)), []
-    x = np.array([m for _, m in recent])
-    y = np.array([m for _, m in prior])
+    x, y = np.array([r[1] for r in recent]), np.array([r[1] for r in prior])
+    dx, dy = np.array([r[2] for r in recent]), np.array([r[2] for r in prior])
+    dx, dy = dx[np.isfinite(dx)], dy[np.isfinite(dy)]
+    disp_x = float(dx.mean()) if dx.size else math.nan
+    disp_y = float(dy.mean()) if dy.size else math.nan
+    disp_ratio = disp_x / disp_y if math.isfinite(disp_y) and disp_y > 0 else math.nan
     sx, sy = float(x.std(ddof=1)), float(y.std(ddof=1))
     ratio = sx / sy if sy > 0 else math.inf
     se = math.sqrt(sx * sx / x.size + sy * sy / y.size)
     t = (float(x.mean()) - float(y.mean())) / se if se > 0 else 0.0
-    vr = config.regime_vol_ratio
-    changed = ratio > vr or ratio < 1 / vr or abs(t) > config.regime_t_stat
+    limit = config.regime_vol_ratio
+    why = []
+    if _ratio_off(ratio, limit):
+        why.append(f"market volatility {ratio:.2f}x that of the prior {len(prior)} days ({sx:.2%} vs {sy:.2%} a day)")
+    if _ratio_off(disp_ratio, limit):
+        why.append(f"cross-sectional dispersion {disp_ratio:.2f}x ({disp_x:.2%} vs {disp_y:.2%} a day)")
+    if abs(t) > config.regime_t_stat:
+        why.append(f"mean market return shifted ({x.mean():+.3%} vs {y.mean():+.3%} a day, t = {t:.1f})")
     section = RegimeSection(
         test, (recent[0][0], recent[-1][0]), (prior[0][0], prior[-1][0]), len(recent), len(prior), sx, sy, ratio,
-        float(x.mean()), float(y.mean()), t, "regime change" if changed else "no regime change",
+        disp_x, disp_y, disp_ratio, float(x.mean()), float(y.mean()), t,
+        "regime change" if why else "no regime change",
     )
     findings = []
-    if changed:
-        why = []
-        if ratio > vr or ratio < 1 / vr:
-            why.append(f"market volatility {ratio:.2f}x that of the prior {len(prior)} days"
-                       f" ({sx:.2%} vs {sy:.2%} a day)")
-        if abs(t) > config.regime_t_stat:
-            why.append(f"mean market return shifted ({x.mean():+.3%} vs {y.mean():+.3%} a day, t = {t:.1f})")
-        findings.append(Finding(WARNING, "regime", f"regime change since {recent[0][0].isoformat()}: " + "; ".join(why)))
+    if why:
+        since = recent[0][0].isoformat()
+        findings.append(Finding(WARNING, "regime", f"regime change since {since}: " + "; ".join(why)))
     return section, findings
 
 

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
+from core import fixes
 from core.db import Database
-from core.engine import Engine, _no_fault, utcnow
-from core.worker import Worker
-from core.errors import UnknownIncident, UnknownModel
+from core.diagnostics import DiagnosticsReport, run_diagnostics
+from core.engine import Engine, Event, _no_fault, enqueue, utcnow
+from core.errors import PreflightFailed, UnknownIncident, UnknownModel
 from core.performance import RecentData, evaluate_booster, recent_rows
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
 from core.settings import Settings
+from core.watchdog import Proposal, Watchdog
+from core.worker import Worker
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,9 @@ class Services:
         self.engine = Engine(settings, db, self.registry, clock=clock or utcnow, fault_hook=fault_hook or _no_fault)
         self.worker = Worker(self.engine)
         self._background = False
+        # Runbook step 8: every rollback runs diagnostics right after the halt (a job, so any process may).
+        self.engine.subscribe(self._diagnose_after_halt)
+        self.worker.on("diagnose", self._run_incident_diagnostics)
 
     def start_background(self) -> None:
         """Recover interrupted rollbacks, then run queued jobs and timers until ``stop_background``."""
@@ -221,3 +229,74 @@ class Services:
             return evaluate_booster(self.registry.booster(b.path), b.features, cache[key])
 
         return score
+
+    # ------------------------------------------------------------------------------ diagnostics & fixes
+
+    def diagnose(self, *, model: str) -> DiagnosticsReport:
+        validate_name(model, "model")
+        self.registry.model_dir(model)
+        with self.db.transaction() as conn:
+            return run_diagnostics(conn, self.registry, model=model, days=self.settings.diagnostics_days,
+                                   training_log=self.settings.training_log)
+
+    def _diagnose_after_halt(self, event: Event) -> None:
+        inc = event.incident
+        if event.kind == "step" and event.step == "halt" and inc.kind == "rollback":
+            with self.db.transaction() as conn:
+                enqueue(conn, "diagnose", incident_id=inc.id, dedupe_key=f"diagnose:{inc.id}")
+
+    def _run_incident_diagnostics(self, job: dict) -> None:
+        inc = self.engine.get(job["incident_id"])
+        report = self.diagnose(model=inc.model_name)
+        detail = {"summary": report.summary(), "markdown": report.to_markdown(), "likely_cause": report.likely_cause,
+                  "findings": len(report.findings)}
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s",
+                (Jsonb({"diagnostics": detail}), inc.id),
+            )
+            conn.execute(
+                "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at, finished_at, outcome, detail)"
+                " VALUES (%s, 'diagnostics', 'rollback-bot', %s, %s, 'ok', %s)",
+                (inc.id, self.engine.clock(), self.engine.clock(), Jsonb({"likely_cause": report.likely_cause})),
+            )
+        self.engine.publish(Event("step", self.engine.get(inc.id), "diagnostics", detail))
+
+    def request_fix(self, *, fix: str, requested_by: str, model: str | None = None, channel: str | None = None):
+        return fixes.request_fix(self.db, fix=fix, requested_by=requested_by, model=model, channel=channel,
+                                 clock=self.engine.clock)
+
+    def approve_fix(self, *, incident_id: int, approver: str, allowed: bool):
+        inc = fixes.approve_fix(self.db, incident_id=incident_id, approver=approver, allowed=allowed,
+                                clock=self.engine.clock)
+        self.engine.publish(Event("state", inc))
+        return inc
+
+    def deny_fix(self, *, incident_id: int, user: str, note: str, allowed: bool):
+        inc = fixes.deny_fix(self.db, incident_id=incident_id, user=user, note=note, allowed=allowed,
+                             clock=self.engine.clock)
+        self.engine.publish(Event("state", inc))
+        return inc
+
+    def request_model_restore(self, *, model: str, requested_by: str, channel: str | None = None):
+        """Quick fix for a production model.json that does not load: a rollback request to the best backup."""
+        validate_name(model, "model")
+        with self.db.transaction() as conn:
+            proposal = fixes.propose_model_restore(self.registry, conn, model=model, engine=self.engine)
+        if proposal is None:
+            raise PreflightFailed(f"The production model.json of {model} loads: there is nothing to restore.")
+        inc, _ = fixes.request_restore(self.engine, proposal, requested_by, channel=channel)
+        return inc
+
+    def register_fix_runner(self) -> None:
+        fixes.register(self.worker, on_done=lambda outcome: self.engine.publish(Event("state", outcome.incident)))
+
+    def register_watchdog(self, on_proposal: Callable[[Proposal], None]) -> Watchdog | None:
+        s = self.settings
+        if s.watchdog_every_minutes <= 0:
+            return None
+        dog = Watchdog(self.engine, self.registry, ic_threshold=s.watchdog_ic_threshold,
+                       sharpe_threshold=s.watchdog_sharpe_threshold, days=s.watchdog_days,
+                       min_days=s.watchdog_min_days, cooldown=timedelta(minutes=s.watchdog_cooldown_minutes))
+        dog.register(self.worker, every_minutes=s.watchdog_every_minutes, on_proposal=on_proposal)
+        return dog

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     training_log: Path | None = None
     db_pool_max: int = Field(default=10, ge=2, le=100)
     log_format: Literal["json", "text"] = "json"
+    diagnostics_days: int = Field(default=30, ge=5, le=365)
+    watchdog_every_minutes: float = Field(default=60, ge=0)  # 0 turns the watchdog off
+    watchdog_ic_threshold: float = 0.01
+    watchdog_sharpe_threshold: float = 0.5
+    watchdog_days: int = Field(default=20, ge=5, le=365)
+    watchdog_min_days: int = Field(default=10, ge=3, le=365)
+    watchdog_cooldown_minutes: float = Field(default=1440, ge=0)
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"

@@ -53,7 +53,10 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         if incident_id is None or not first_delivery(body):
             return
         try:
-            engine.approve(incident_id=incident_id, approver=user, allowed=deps.auth.is_approver(user))
+            if engine.get(incident_id).kind == "fix":
+                services.approve_fix(incident_id=incident_id, approver=user, allowed=deps.auth.is_approver(user))
+            else:
+                engine.approve(incident_id=incident_id, approver=user, allowed=deps.auth.is_approver(user))
         except RollbackError as exc:
             whisper(client, body, f":no_entry: {describe(exc)}")
         except Exception as exc:  # noqa: BLE001 - the person is told an error id
@@ -101,7 +104,30 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                                 recommended=form.recommended, channel=meta.get("channel")),
         )
 
+    def quick_fix(body: dict, client: WebClient) -> None:
+        """A quick-fix button from `/rollback diagnose`: it opens a request that a second person approves."""
+        action = (body.get("actions") or [{}])[0]
+        user = body["user"]["id"]
+        model = action.get("value") or None
+        if not first_delivery(body):
+            return
+        try:
+            if not deps.auth.is_operator(user):
+                engine.audit(None, actor=user, action="fix_request", outcome="refused", reason="not an operator")
+                raise NotAuthorized("Only operators may request a quick fix (OPERATORS).")
+            if action.get("action_id") == Action.FIX_RESTORE_MODEL.value:
+                inc = services.request_model_restore(model=model, requested_by=user, channel=deps.channel)
+            else:
+                inc = services.request_fix(fix="refresh_feature_view", requested_by=user, model=model,
+                                           channel=deps.channel)
+            inc = progress.post_card(inc)
+            whisper(client, body, f"{inc.ref} posted in <#{deps.channel}> for a second person to approve.")
+        except Exception as exc:  # noqa: BLE001
+            whisper(client, body, f":no_entry: {describe(exc)}")
+
     app.action(Action.APPROVE.value)(ack=just_ack, lazy=[approve])
+    app.action(Action.FIX_REFRESH_VIEW.value)(ack=just_ack, lazy=[quick_fix])
+    app.action(Action.FIX_RESTORE_MODEL.value)(ack=just_ack, lazy=[quick_fix])
     app.action(Action.DENY.value)(ack=just_ack, lazy=[deny])
     app.action(Action.ADD_ROOT_CAUSE.value)(ack=just_ack, lazy=[add_root_cause])
     app.action(Action.MODAL_MODEL_SELECT.value)(ack=just_ack, lazy=[model_selected])

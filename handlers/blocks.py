@@ -8,6 +8,7 @@ serialised; it does not check a message's 50-block limit or a field's 2000 chara
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -45,6 +46,21 @@ def num(value: float | None, digits: int) -> str:
 
 def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value else "n/a"
+
+
+def mrkdwn_from_markdown(text: str) -> str:
+    """Slack's mrkdwn from the Markdown that core renders (reports, diagnostics): escape, then restyle."""
+    out = []
+    for line in esc(text).splitlines():
+        stripped = line.lstrip("#").strip() if line.startswith("#") else None
+        if stripped is not None:
+            out.append(f"*{stripped}*")
+            continue
+        line = re.sub(r"\*\*(.+?)\*\*", r"*\1*", line)
+        if line.startswith("- "):
+            line = "• " + line[2:]
+        out.append(line)
+    return "\n".join(out)
 
 
 def md(text: str) -> MarkdownTextObject:
@@ -187,4 +203,28 @@ def backups_blocks(report: BackupsReport) -> list[dict]:
         blocks.append(section(line))
     if len(report.backups) > len(shown):
         blocks.append(context(f"…and {len(report.backups) - len(shown)} older backups not shown."))
+    return finish(blocks)
+
+
+def diagnostics_blocks(report, *, offer_fixes: bool = True) -> list[dict]:
+    """``/rollback diagnose MODEL``: the compact report, and quick-fix buttons where they apply."""
+    from slack_sdk.models.blocks import ActionsBlock, ButtonElement
+
+    from handlers.ids import Action
+
+    blocks: list[Block] = [HeaderBlock(text=clip(f"Diagnostics of {report.model}", 150))]
+    body = mrkdwn_from_markdown("\n".join(report.to_markdown().splitlines()[1:]))
+    for i in range(0, len(body), MAX_SECTION - 100):
+        blocks.append(section(body[i : i + MAX_SECTION - 100]))
+    buttons = []
+    if offer_fixes and report.data_quality.stale:
+        buttons.append(ButtonElement(text="Refresh feature view", action_id=Action.FIX_REFRESH_VIEW.value,
+                                     value=report.model))
+    if offer_fixes and report.performance.loads is False:
+        buttons.append(ButtonElement(text="Restore corrupt model file", action_id=Action.FIX_RESTORE_MODEL.value,
+                                     value=report.model, style="danger"))
+    if buttons:
+        blocks.append(ActionsBlock(elements=buttons))
+        blocks.append(context("Quick fixes that change the platform are approved by a second person, like a rollback."))
+    blocks.append(context(f"Computed in {report.elapsed_seconds:.2f} s."))
     return finish(blocks)

@@ -113,6 +113,14 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         items = engine.list_incidents(limit=40)
         respond(text="Incidents", blocks=iv.incidents_blocks(items, engine.clock()), response_type="ephemeral")
 
+    @on("diagnose")
+    def diagnose(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        if len(cmd.args) != 1:
+            return tell(respond, USAGE["diagnose"])
+        report = services.diagnose(model=cmd.args[0])
+        respond(text=f"Diagnostics of {report.model}: {report.likely_cause}",
+                blocks=views.diagnostics_blocks(report), response_type="ephemeral", replace_original=False)
+
     # ------------------------------------------------------------------------------------ actions
 
     @on("start")

@@ -66,8 +66,9 @@ def _tick(m: Milestone, failed: bool) -> str:
 def checklist_text(incident: Incident, steps: list[Step]) -> str:
     failed = incident.state in ("failed", "reverting")
     lines = []
+    keep = {"halt": ("halted", "resolved"), "fix": ("requested", "approved", "resolved")}.get(incident.kind)
     for m in milestones(incident, steps):
-        if incident.kind != "rollback" and m.key not in ("halted", "resolved"):
+        if keep is not None and m.key not in keep:
             continue
         line = f"{_tick(m, failed)} {m.label}"
         if m.elapsed_seconds is not None:
@@ -92,16 +93,31 @@ def incident_title(incident: Incident) -> str:
         return f"{incident.ref} · Rollback of {incident.model_name}"
     if incident.kind == "halt":
         return f"{incident.ref} · Trading halt"
+    if incident.kind == "fix":
+        return f"{incident.ref} · Quick fix: {(incident.plan or {}).get('label') or 'fix'}"
     return f"{incident.ref} · {incident.kind}"
+
+
+def _person(ident: str | None, source: str) -> str:
+    if not ident:
+        return "n/a"
+    if source == "slack":
+        return f"<@{esc(ident)}>"
+    if source == "cli":
+        return f"{esc(ident)} (break-glass CLI)"
+    return esc(ident)
 
 
 def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
     """The request message, updated in place as the status card."""
     emoji = STATE_EMOJI.get(incident.state, "")
     blocks: list[Block] = [HeaderBlock(text=clip(incident_title(incident), 150))]
-    who = f"Requested by <@{esc(incident.requested_by)}>" if incident.source == "slack" else f"Requested by {esc(incident.requested_by)} (break-glass CLI)"
+    who = f"Requested by {_person(incident.requested_by, incident.source)}"
+    if incident.source == "watchdog" and incident.state == "requested":
+        who += " — the watchdog proposes; nothing happens until an approver approves"
     if incident.approved_by:
-        who += f" · approved by <@{esc(incident.approved_by)}>" if incident.source == "slack" else f" · {esc(incident.approved_by)}"
+        approver_source = "cli" if incident.source == "cli" else "slack"
+        who += f" · approved by {_person(incident.approved_by, approver_source) if approver_source == 'slack' else esc(incident.approved_by)}"
     blocks.append(
         section(
             f"{emoji} *State: {esc(incident.state.replace('_', ' '))}* · severity *{esc(incident.severity)}*\n{who}\n"
@@ -194,6 +210,10 @@ def step_reply(incident: Incident, step: str, detail: dict, error: str | None = 
         if d.get("trades_during_halt"):
             text += f" :warning: {d['trades_during_halt']} trade(s) executed during the halt."
         return text
+    if step == "diagnostics":
+        from handlers.blocks import mrkdwn_from_markdown
+
+        return ":stethoscope: " + mrkdwn_from_markdown(d.get("markdown") or d.get("summary") or "")[:2900]
     if step == "revert":
         files = ", ".join(d.get("restored_files") or []) or "unchanged"
         return (
@@ -205,6 +225,14 @@ def step_reply(incident: Incident, step: str, detail: dict, error: str | None = 
 
 def state_reply(incident: Incident) -> str | None:
     s = incident.state
+    if incident.kind == "fix":
+        result = (incident.plan or {}).get("result") or {}
+        if s == "approved":
+            return f":white_check_mark: Approved by <@{esc(incident.approved_by)}>. Running the fix."
+        if s == "resolved":
+            return f":white_check_mark: Fix done: {esc(result.get('message') or 'ok')}"
+        if s == "failed":
+            return f":red_circle: Fix failed: {esc(incident.error or result.get('message') or 'see the journal')}"
     if s == "approved":
         return f":white_check_mark: Approved by <@{esc(incident.approved_by)}>. Running the runbook now."
     if s == "denied":

@@ -109,7 +109,10 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         try:
             inc = engine.get(int(meta["incident"]))
             allowed = deps.auth.is_approver(user) or user == inc.requested_by
-            engine.deny(incident_id=inc.id, user=user, note=note, allowed=allowed)
+            if inc.kind == "fix":
+                services.deny_fix(incident_id=inc.id, user=user, note=note, allowed=allowed)
+            else:
+                engine.deny(incident_id=inc.id, user=user, note=note, allowed=allowed)
         except RollbackError as exc:
             return ack(response_action="errors", errors={B.DENY_REASON.value: str(exc)[:150]})
         ack()

@@ -108,6 +108,7 @@ def settings(world, database_url: str, tmp_path: Path) -> Settings:
         operators=["U0ALICE", "U0BOB", "U0CAROL"],
         approvers=["U0BOB", "U0CAROL"],
         monitor_minutes=30,
+        watchdog_every_minutes=0,  # tests that want the watchdog turn it on
     )
 
 
