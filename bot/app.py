@@ -18,7 +18,7 @@ from core.auth import Authorizer
 from core.watchdog import Proposal
 from core.services import Services
 from core.settings import Settings
-from handlers import actions, commands, errors, home, views
+from handlers import actions, commands, errors, home, notifications, views
 from handlers.deps import Deps
 from handlers.progress import SlackProgress
 
@@ -69,6 +69,7 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     services.engine.subscribe(progress)
     app.progress = progress  # type: ignore[attr-defined] - tests and the demo flush it
     app.metrics = metrics  # type: ignore[attr-defined] - served at GET /metrics
+    notifications.register(client, deps, progress)
     services.register_fix_runner()
     services.register_watchdog(watchdog_poster(services, deps, progress))
     errors.register(app)

@@ -238,6 +238,10 @@ class Engine:
     def subscribe(self, listener: Listener) -> None:
         self.listeners.append(listener)
 
+    def publish(self, event: Event) -> None:
+        """Tell every listener about something that happened outside the engine's own steps."""
+        self._emit(event)
+
     def _emit(self, event: Event) -> None:
         for listener in list(self.listeners):
             try:
@@ -436,7 +440,9 @@ class Engine:
         with self.db.transaction() as conn:
             inc = self.get(incident_id, conn, lock=True)
             refusal = None
-            if inc.state != REQUESTED:
+            if inc.kind != "rollback":
+                refusal = InvalidTransition(f"{inc.ref} is a {inc.kind} incident, not a rollback request.")
+            elif inc.state != REQUESTED:
                 who = inc.approved_by or inc.decided_by
                 refusal = Conflict(
                     f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else ".")
@@ -474,8 +480,10 @@ class Engine:
     def deny(self, *, incident_id: int, user: str, note: str, allowed: bool = True) -> Incident:
         with self.db.transaction() as conn:
             inc = self.get(incident_id, conn, lock=True)
-            if not allowed:
-                refusal: RollbackError | None = NotAuthorized("Only approvers or the requester may deny a rollback.")
+            if inc.kind != "rollback":
+                refusal: RollbackError | None = InvalidTransition(f"{inc.ref} is not a rollback request.")
+            elif not allowed:
+                refusal = NotAuthorized("Only approvers or the requester may deny a rollback.")
             elif inc.state != REQUESTED:
                 who = inc.approved_by or inc.decided_by
                 refusal = Conflict(f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else "."))
@@ -645,22 +653,47 @@ class Engine:
     def _step_approved(self, inc: Incident, actor: str) -> Incident:
         sid = self._begin(inc, "preflight", actor)
         try:
-            report = self.preflight(model=inc.model_name, backup=inc.target_backup)
-            if inc.target_sha256 and report.sha256 != inc.target_sha256:
-                raise PreflightFailed(
-                    f"Backup {inc.target_backup} changed on disk after the request; nothing was changed."
-                )
+            checks = self._recheck_target(inc)
         except RollbackError as exc:
             self._finish(sid, "failed", error=str(exc))
             with self.db.transaction() as conn:
                 new = self._move(conn, self.get(inc.id, conn, lock=True), FAILED, error=str(exc)[:2000])
             self._emit(Event("state", new, error=str(exc)))
             return new
-        self._finish(sid, "ok", {"checks": report.checks})
+        self._finish(sid, "ok", {"checks": checks})
         with self.db.transaction() as conn:
             new = self._move(conn, self.get(inc.id, conn, lock=True), HALTING)
         self._emit(Event("state", new))
         return new
+
+    def _recheck_target(self, inc: Incident) -> list[str]:
+        """Pre-flight again right before the halt. When model.json still has the bytes that passed pre-flight
+        at request time, loading it again proves nothing new (and takes most of a second for a large model):
+        check the checksum, the metadata's features and the feature view instead."""
+        what = f"Backup {inc.target_backup} of {inc.model_name} fails pre-flight"
+        folder = self.registry.backup_dir(inc.model_name, inc.target_backup)
+        try:
+            sha = sha256_file(folder / MODEL_FILE)
+        except OSError as exc:
+            raise PreflightFailed(f"{what}: {MODEL_FILE} cannot be read ({exc.strerror}).") from None
+        if inc.target_sha256 and sha != inc.target_sha256:
+            raise PreflightFailed(f"{what}: it changed on disk after the request; nothing was changed.")
+        checked = (inc.plan or {}).get("preflight") or {}
+        if not inc.target_sha256 or not checked.get("features"):
+            return self.preflight(model=inc.model_name, backup=inc.target_backup).checks
+        try:
+            meta = read_metadata(folder)
+        except BackupCorrupt as exc:
+            raise PreflightFailed(f"{what}: {exc}") from None
+        if list(meta.features) != list(checked["features"]):
+            raise PreflightFailed(f"{what}: the features in metadata.json changed after the request.")
+        with self.db.transaction() as conn:
+            available = feature_columns(conn)
+        missing = [f for f in meta.features if f not in available]
+        if missing:
+            raise PreflightFailed(f"{what}: ml_training_features lacks {', '.join(missing[:8])}.")
+        return ["model.json is the file that passed pre-flight (sha256)", "metadata.json parses, same features",
+                "features match ml_training_features"]
 
     # -- halting: client settings saved and halted, halt flag set, in one transaction ----------------
 
@@ -930,7 +963,13 @@ class Engine:
             )]
         out = []
         for incident_id in ids:
-            out.append(self.execute(incident_id, actor=actor))
+            try:
+                out.append(self.execute(incident_id, actor=actor))
+            except DatabaseUnavailable:
+                raise
+            except RollbackError as exc:  # one stuck incident must not keep the others from recovering
+                log.error("INC-%s could not be recovered: %s", incident_id, exc)
+                out.append(self.get(incident_id))
         return out
 
     def break_glass(self, *, model: str, backup: str, reason: str, by: str) -> Incident:

@@ -29,6 +29,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -40,7 +41,7 @@ from tenacity.wait import wait_base
 
 from core.engine import Engine, Event, Incident, enqueue
 from core.errors import ConfigError, RollbackError
-from core.report import find_report, journal
+from core.report import Reports, as_utc, find_report, journal
 
 __all__ = [
     "END_MILESTONES",
@@ -50,6 +51,7 @@ __all__ = [
     "EmailNotifier",
     "Mailer",
     "Notice",
+    "fresh_report",
     "NotificationFailed",
     "SmtpTarget",
     "is_transient",
@@ -124,7 +126,7 @@ def notice(incident: Incident, milestone: str) -> Notice:
         lines.append(f"Approved by: {inc.approved_by}")
     if inc.error:
         lines.append(f"Error: {' '.join(inc.error.split())}")
-    lines.append(f"State: {inc.state} (opened {inc.created_at:%Y-%m-%d %H:%M:%S} UTC)")
+    lines.append(f"State: {inc.state} (opened {as_utc(inc.created_at):%Y-%m-%d %H:%M:%S} UTC)")
     if milestone in END_MILESTONES:
         lines += ["", "The incident report is attached."]
     return Notice(subject=" ".join(head.split())[:200], text="\n".join(lines) + "\n")
@@ -213,6 +215,11 @@ class Delivery:
     attempts: int
 
 
+# Headers up to SMTP's line limit stay on one line: the default 78-column folding breaks a long subject
+# right after "Subject:", which some readers show with a leading space.
+_POLICY = email_policy.default.clone(max_line_length=998)
+
+
 def _clean_header(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -235,7 +242,7 @@ class EmailNotifier:
         return f"EmailNotifier({self.target.scheme}://{self.target.where}, {len(self.recipients)} recipient(s))"
 
     def message(self, subject: str, body: str, attachments: Sequence[Attachment] = ()) -> EmailMessage:
-        msg = EmailMessage()
+        msg = EmailMessage(policy=_POLICY)
         msg["Subject"] = _clean_header(subject)
         msg["From"] = _clean_header(self.sender)
         msg["To"] = ", ".join(_clean_header(r) for r in self.recipients)
@@ -305,6 +312,24 @@ class EmailNotifier:
 
 
 # ------------------------------------------------------------------------------------------ the mailer
+
+
+def fresh_report(reports: Reports) -> Callable[[Incident, str], list[Attachment]]:
+    """Attachments for ``Mailer``: at the end milestones, bring the report (and its chart) up to date, then
+    attach it; nothing at the other milestones."""
+
+    def files(incident: Incident, milestone: str) -> list[Attachment]:
+        if milestone not in END_MILESTONES:
+            return []
+        path = reports.update(incident.id)
+        out: list[Attachment] = [(path.name, path.read_bytes(), "text/markdown")]
+        chart = path.with_suffix(".png")
+        if chart.is_file() and not chart.is_symlink():
+            out.append((chart.name, chart.read_bytes(), "image/png"))
+        return out
+
+    return files
+
 
 EMAIL_JOB = "notify_email"
 ReportAttachments = Callable[[Incident, str], list[Attachment]]

@@ -44,7 +44,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ __all__ = [
     "Reports",
     "TargetStatus",
     "add_root_cause",
+    "as_utc",
     "checklist",
     "find_report",
     "human_span",
@@ -178,7 +179,7 @@ def target_status(incident: Incident, steps: list[Step], now: datetime) -> list[
         elif not incident.is_open:
             status = "not reached"
         else:
-            status = "overdue" if now > deadline else "pending"
+            status = "overdue" if now >= deadline else "pending"
         out.append(TargetStatus(name, label, minutes, deadline, at, status))
     return out
 
@@ -258,12 +259,17 @@ def checklist(incident: Incident, steps: list[Step]) -> list[ChecklistItem]:
 # ------------------------------------------------------------------------------------------- formatting
 
 
+def as_utc(at: datetime) -> datetime:
+    """The same instant in UTC (a connection's TimeZone setting must never change a report or a file name)."""
+    return at.astimezone(timezone.utc) if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
 def _utc(at: datetime | None) -> str:
-    return at.strftime("%Y-%m-%d %H:%M:%S UTC") if at else "-"
+    return as_utc(at).strftime("%Y-%m-%d %H:%M:%S UTC") if at else "-"
 
 
 def _hms(at: datetime | None) -> str:
-    return at.strftime("%H:%M:%S") if at else "-"
+    return as_utc(at).strftime("%H:%M:%S") if at else "-"
 
 
 def human_span(delta: timedelta) -> str:
@@ -298,6 +304,7 @@ _LABELS = {
     "resolved": "Resolved", "denied": "Denied", "cancelled": "Cancelled", "expired": "Request expired",
     "monitor": "Monitoring summary", "escalate": "Escalated", "target_missed": "Runbook target missed",
     "notify": "Stakeholders notified", "report": "Incident report written", "root_cause": "Root cause added",
+    "diagnostics": "Diagnostics run",
 }
 
 
@@ -347,6 +354,8 @@ def _describe(s: Step) -> str:
             text += f" to {d['recipients']} recipient(s)"
     elif s.step == "report":
         text = str(d.get("file", ""))
+    elif s.step == "diagnostics":
+        text = str(d.get("likely_cause") or (f"{d['findings']} finding(s)" if "findings" in d else ""))
     if s.error:
         text = f"{text}; {s.error}" if text else s.error
     return text
@@ -423,19 +432,22 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
                   chart_file: str | None = None) -> str:
     """The incident report as Markdown, derived from the incident row and its journal.
 
-    ``halted_clients`` defaults to the number of active clients the ``halt`` step switched off;
+    ``diagnostics_summary`` defaults to the one stored in the incident's plan (``plan.diagnostics.summary``);
+    ``halted_clients`` to the number of active clients the ``halt`` step switched off;
     ``monitoring_summary`` to the summary journaled by the ``monitor`` step; ``chart_file`` (a file name
     next to the report) adds the performance chart as an image.
     """
     inc = incident
     rollback = inc.kind == "rollback"
+    if not diagnostics_summary:
+        diagnostics_summary = ((inc.plan or {}).get("diagnostics") or {}).get("summary")
     halt = _finished(steps, "halt")
     if halted_clients is None:
         halted_clients = int(halt.detail.get("clients", 0)) if halt else 0
     subject = f"rollback of {inc.model_name}" if rollback else f"{inc.kind} of automated trading"
     md: list[str] = [f"# Incident report {inc.ref}: {subject}", ""]
 
-    facts: list[tuple[str, str]] = [("Date", f"{inc.created_at:%Y-%m-%d} (opened {_utc(inc.created_at)})")]
+    facts: list[tuple[str, str]] = [("Date", f"{as_utc(inc.created_at):%Y-%m-%d} (opened {_utc(inc.created_at)})")]
     if rollback:
         facts.append(("Model", inc.model_name or "-"))
         facts.append(("Rollback", f"{inc.from_version or '?'} → {inc.target_backup or '?'}"))
@@ -453,10 +465,11 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
 
     # Impact
     md += ["## Impact", ""]
-    if inc.halted_at:
+    halted_at = milestone_times(inc, steps)["halted"]
+    if halted_at:
         until = inc.resumed_at
-        span = f"from {_utc(inc.halted_at)} to {_utc(until)} ({human_span(until - inc.halted_at)})" if until \
-            else f"since {_utc(inc.halted_at)}, still halted ({human_span(now - inc.halted_at)} so far)"
+        span = f"from {_utc(halted_at)} to {_utc(until)} ({human_span(until - halted_at)})" if until \
+            else f"since {_utc(halted_at)}, still halted ({human_span(now - halted_at)} so far)"
         md.append(f"- Portfolios halted: {halted_clients} active client(s); automated trading halted {span}.")
     else:
         md.append("- Portfolios halted: none (trading was not halted).")
@@ -540,7 +553,8 @@ def summary_line(incident: Incident, steps: list[Step]) -> str:
         span = f"closed after {human_span(incident.resolved_at - incident.created_at)}"
     else:
         span = "ongoing"
-    return f"Incident report {incident.ref} ({what}): {incident.state}, {span}; checklist {done}/{len(applicable)} done."
+    return (f"Incident report {incident.ref} ({what}): {incident.state}, {span}; "
+            f"checklist {done}/{len(applicable)} done.")
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -549,12 +563,12 @@ _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def _marker(incident: Incident) -> str:
-    return f"<!-- rollback-bot incident {incident.ref} opened {incident.created_at.isoformat()} -->"
+    return f"<!-- rollback-bot incident {incident.ref} opened {as_utc(incident.created_at).isoformat()} -->"
 
 
 def _base_name(incident: Incident) -> str:
     slug = _SLUG.sub("_", incident.model_name or incident.kind).strip("._") or incident.kind
-    return f"INC-{incident.id}-{slug[:80]}-{incident.created_at:%Y%m%d}"
+    return f"INC-{incident.id}-{slug[:80]}-{as_utc(incident.created_at):%Y%m%d}"
 
 
 def _first_line(path: Path) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -15,7 +16,12 @@ from psycopg.types.json import Jsonb
 from core import fixes
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
-from core.engine import Engine, Event, _no_fault, enqueue, utcnow
+from core.charts import chart_maker
+from core.engine import Engine, Event, Incident, _no_fault, enqueue, utcnow
+from core.escalation import Breach, Escalator
+from core.monitoring import Monitor, MonitorCheck, MonitorSummary
+from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
+from core.report import Reports, add_root_cause, summary_line
 from core.errors import PreflightFailed, UnknownIncident, UnknownModel
 from core.performance import RecentData, evaluate_booster, recent_rows
 from core.platform import DeploymentRow, feature_columns, production_rows
@@ -96,6 +102,10 @@ class Services:
         # Runbook step 8: every rollback runs diagnostics right after the halt (a job, so any process may).
         self.engine.subscribe(self._diagnose_after_halt)
         self.worker.on("diagnose", self._run_incident_diagnostics)
+        # Runbook step 7: the report is written as soon as the rollback finishes and kept up to date.
+        self.reports = Reports(self.engine, settings.incidents_dir, chart=chart_maker(db, self.registry))
+        self.engine.subscribe(self._report_on_change)
+        self.worker.on("report", self._write_report)
 
     def start_background(self) -> None:
         """Recover interrupted rollbacks, then run queued jobs and timers until ``stop_background``."""
@@ -190,14 +200,11 @@ class Services:
 
     def set_root_cause(self, *, incident_id: int, text: str, user: str) -> None:
         """A person's account of the root cause; kept on the incident and used by its report."""
+        self.engine.get(incident_id)  # UnknownIncident for a wrong id
         with self.db.transaction() as conn:
-            found = conn.execute(
-                "UPDATE rollback_bot.incidents SET root_cause = %s, updated_at = now() WHERE id = %s RETURNING id",
-                (text.strip()[:5000], incident_id),
-            ).fetchone()
-            if not found:
-                raise UnknownIncident(f"There is no incident INC-{incident_id}.")
-            self.engine.audit(conn, actor=user, action="root_cause", outcome="ok", incident_id=incident_id)
+            add_root_cause(conn, incident_id=incident_id, text=text.strip()[:5000], by=user, at=self.engine.clock())
+            enqueue(conn, "report", incident_id=incident_id, payload={"upload": False},
+                    dedupe_key=f"report:{incident_id}:root_cause:{self.engine.clock().timestamp()}")
 
     def home_opened(self, *, user_id: str) -> None:
         with self.db.transaction() as conn:
@@ -300,3 +307,57 @@ class Services:
                        min_days=s.watchdog_min_days, cooldown=timedelta(minutes=s.watchdog_cooldown_minutes))
         dog.register(self.worker, every_minutes=s.watchdog_every_minutes, on_proposal=on_proposal)
         return dog
+
+    # ------------------------------------------------------------------------------ after the rollback
+
+    REPORT_STATES = {"rollback": ("monitoring", "verified", "failed", "resolved", "denied", "cancelled"),
+                     "halt": ("halted", "resolved")}
+
+    def _report_on_change(self, event: Event) -> None:
+        inc = event.incident
+        if event.kind == "state" and inc.state in self.REPORT_STATES.get(inc.kind, ()):
+            upload = inc.state in ("monitoring", "verified", "failed", "resolved")
+            with self.db.transaction() as conn:
+                enqueue(conn, "report", incident_id=inc.id, payload={"upload": upload},
+                        dedupe_key=f"report:{inc.id}:{inc.state}")
+
+    def _write_report(self, job: dict) -> None:
+        path = self.reports.update(job["incident_id"])
+        inc = self.engine.get(job["incident_id"])
+        detail = {"path": str(path), "upload": bool(job["payload"].get("upload")),
+                  "summary": summary_line(inc, self.engine.steps(inc.id))}
+        self.engine.publish(Event("step", inc, "report", detail))
+
+    def report(self, *, incident_id: int, actor: str) -> Path:
+        """``/rollback report INCIDENT``: bring the report up to date and return its file."""
+        path = self.reports.update(incident_id, actor=actor)
+        inc = self.engine.get(incident_id)
+        self.engine.publish(Event("step", inc, "report", {"path": str(path), "upload": True, "again": True,
+                                                          "summary": summary_line(inc, self.engine.steps(inc.id))}))
+        return path
+
+    def register_aftercare(
+        self,
+        *,
+        on_page: Callable[[Incident, str], None],
+        on_breach: Callable[[Incident, Breach], None],
+        on_trouble: Callable[[Incident, MonitorCheck], None],
+        on_summary: Callable[[Incident, MonitorSummary], None],
+        on_email_failed: Callable[[Incident, str, Exception], None],
+    ) -> None:
+        """Escalation timers, post-resume monitoring and e-mail, telling people through the callbacks."""
+        s = self.settings
+        Escalator(self.engine, escalate_after_minutes=s.escalate_after_minutes,
+                  loss_threshold=s.loss_escalation_threshold).register(self.worker, on_page, on_breach)
+        Monitor(self.engine, log_path=s.monitor_log or s.trading_log, every_minutes=s.monitor_every_minutes,
+                total_minutes=s.monitor_minutes, min_ic=s.monitor_min_ic).register(self.worker, on_trouble, on_summary)
+        if s.smtp_url is not None and s.stakeholder_emails:
+            notifier = EmailNotifier(s.smtp_url.get_secret_value(), s.email_sender, s.stakeholder_emails)
+            Mailer(self.engine, notifier, attachments=fresh_report(self.reports)).register(
+                self.worker, on_failed=on_email_failed)
+
+    def record_notification(self, *, incident_id: int, channel: str, milestone: str, ok: bool | None,
+                            recipients: int | None = None, error: str | None = None) -> None:
+        with self.db.transaction() as conn:
+            record_notification(conn, incident_id=incident_id, channel=channel, milestone=milestone,
+                                at=self.engine.clock(), ok=ok, recipients=recipients, error=error)

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=2, le=100)
     log_format: Literal["json", "text"] = "json"
     diagnostics_days: int = Field(default=30, ge=5, le=365)
+    monitor_log: Path | None = None  # the log followed after resume (default: TRADING_LOG)
+    monitor_every_minutes: float = Field(default=5, gt=0)
+    monitor_min_ic: float = 0.0
+    email_sender: str = "rollback-bot@localhost"
     watchdog_every_minutes: float = Field(default=60, ge=0)  # 0 turns the watchdog off
     watchdog_ic_threshold: float = 0.01
     watchdog_sharpe_threshold: float = 0.5

@@ -23,7 +23,7 @@ MILESTONES: tuple[tuple[str, str, str, int | None], ...] = (
     ("rolled_back", "Rollback recorded in model_deployment_log", "record", 5),
     ("verified", "Model verified (load, checksum, prediction)", "verify", 7),
     ("resumed", "Trading resumed with each client's own settings", "resume", 10),
-    ("monitored", "Logs monitored", "monitoring_summary", None),
+    ("monitored", "Logs monitored", "monitor", None),
     ("resolved", "Incident resolved", "resolved", None),
 )
 

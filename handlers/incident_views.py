@@ -341,10 +341,12 @@ def root_cause_modal(incident: Incident) -> dict:
         private_metadata=json.dumps({"incident": incident.id}),
         blocks=[
             section(f"Root cause of *{esc(incident_title(incident))}*"),
+            context("What you write is added to the incident's root cause and its report." + (
+                f" So far: {esc(clip(incident.root_cause, 1500))}" if incident.root_cause else "")),
             InputBlock(
                 block_id=B.ROOT_CAUSE.value,
                 label="Root cause",
-                element=PlainTextInputElement(action_id="text", multiline=True, max_length=2900, initial_value=incident.root_cause or None),
+                element=PlainTextInputElement(action_id="text", multiline=True, max_length=2900),
             ),
         ],
     ).to_dict()

@@ -26,7 +26,8 @@ class SlackProgress:
         self.client = client
         self.deps = deps
         self.after_change: list[Callable[[Incident], None]] = []
-        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._queue: queue.Queue[Event | tuple[str, Callable[[], None]] | None] = queue.Queue()
+        self.on_step: dict[str, Callable[[Incident, Event], None]] = {}
         self._idle = threading.Condition()
         self._pending = 0
         self._thread = threading.Thread(target=self._drain, name="slack-progress", daemon=True)
@@ -38,6 +39,12 @@ class SlackProgress:
         with self._idle:
             self._pending += 1
         self._queue.put(event)
+
+    def submit(self, work: Callable[[], None], *, ref: str = "") -> None:
+        """Run Slack work for incident ``ref`` on the reporting thread, in order with its other messages."""
+        with self._idle:
+            self._pending += 1
+        self._queue.put((ref, work))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued event has been shown (tests, demo)."""
@@ -52,10 +59,14 @@ class SlackProgress:
             event = self._queue.get()
             if event is None:
                 return
+            ref = event.incident.ref if isinstance(event, Event) else event[0]
             try:
-                self.show(event)
+                if isinstance(event, Event):
+                    self.show(event)
+                else:
+                    event[1]()
             except Exception:  # noqa: BLE001 - Slack being down must not stop the reporting thread
-                log.exception("could not show %s event of %s in Slack", event.kind, event.incident.ref)
+                log.exception("could not show an update of %s in Slack", ref or "an incident")
             finally:
                 with self._idle:
                     self._pending -= 1
@@ -65,6 +76,9 @@ class SlackProgress:
 
     def show(self, event: Event) -> None:
         inc = self.deps.services.engine.get(event.incident.id)  # freshest row (message ts, state)
+        if event.kind == "step" and event.step in self.on_step:
+            self.on_step[event.step](inc, event)
+            return
         if inc.channel and inc.message_ts:
             if event.kind == "step" and event.step:
                 self.reply(inc, iv.step_reply(inc, event.step, event.detail, event.error))

@@ -54,7 +54,7 @@ def serve(settings, standin, world, tmp_path):
             "SLACK_API_URL": standin.base_url, "DATABASE_URL": settings.database_dsn(),
             "MODELS_DIR": str(world.models_dir), "INCIDENTS_DIR": str(tmp_path / "incidents"),
             "INCIDENT_CHANNEL": "C0INCIDENT", "OPERATORS": "U0ALICE,U0BOB,U0CAROL", "APPROVERS": "U0BOB,U0CAROL",
-            "PORT": str(port),
+            "PORT": str(port), "WATCHDOG_EVERY_MINUTES": "0",
         }
         proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1"], env=env, cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)

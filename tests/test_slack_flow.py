@@ -86,7 +86,9 @@ def test_self_approval_non_approver_and_expiry_are_refused(sandbox, world, conn)
     click(sandbox, "U0BOB", "rollback_approve", card)
     sandbox.standin.wait_for("chat.postEphemeral", lambda c: "expired" in c.body.get("text", ""))
     assert sandbox.services.engine.get(inc.id).state == "cancelled"
-    assert sandbox.run_worker() == 0 and not trading_halted(conn)
+    sandbox.run_worker()
+    assert not trading_halted(conn)
+    assert conn.execute("SELECT count(*) AS n FROM rollback_bot.jobs WHERE kind = 'execute'").fetchone()["n"] == 0
 
 
 def test_ten_concurrent_approvals_give_one_execution(sandbox, world, conn):

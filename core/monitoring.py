@@ -1,0 +1,401 @@
+"""Runbook step 9: watch the restored model for a while after trading resumes.
+
+When a rollback enters ``monitoring`` the monitor records a baseline in the incident's plan (``plan.monitor``):
+the newest feature date the model was verified on and the size of the watched log file. Then, every
+``every_minutes`` until the window ends, a ``monitor_check`` job (chained, each carrying the log offset it
+reached) looks at
+
+* the restored model's predictions against realized returns on data that arrived since: feature rows dated
+  on or after the baseline day whose next trading day is now in ``ml_training_features`` (the prediction
+  made at the baseline day's close is realized by the first new day). ``core.metrics.evaluate`` gives the
+  mean daily Spearman IC; an IC below ``min_ic`` is trouble;
+* the production model file: it must still be the restored backup (checksum) and load;
+* the lines appended to the log file since the last look that say ERROR, CRITICAL or Traceback.
+
+Trouble is handed to ``on_trouble`` at once. The window's end is the engine's own ``monitor_end`` job (queued
+when trading resumed, ``MONITOR_MINUTES`` later): ``Monitor.register`` takes over its handler so that the
+summary is computed over the whole window, journaled as the ``monitor`` step (which ticks "Logs monitored"),
+handed to ``on_summary``, and only then is the incident resolved. The summary is produced once even if the
+job runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from core.engine import Engine, Event, Incident, enqueue
+from core.errors import BackupCorrupt
+from core.escalation import claim_once
+from core.metrics import evaluate
+from core.modelio import MODEL_FILE, load_booster, predict, read_metadata, sha256_file
+from core.platform import FEATURE_VIEW, latest_feature_date
+from core.report import human_span, journal
+
+__all__ = [
+    "CHECK_JOB",
+    "LabelledRows",
+    "Monitor",
+    "MonitorCheck",
+    "MonitorSummary",
+    "labelled_rows",
+    "scan_log",
+]
+
+log = logging.getLogger("rollback_bot.monitoring")
+
+CHECK_JOB = "monitor_check"
+END_JOB = "monitor_end"  # queued by the engine when trading resumes
+_ERROR_LINE = re.compile(rb"\b(ERROR|CRITICAL|FATAL)\b|Traceback \(most recent call last\)")
+_MAX_READ = 16 << 20  # at most 16 MiB of new log per look
+
+
+# ------------------------------------------------------------------------------------------ market data
+
+
+@dataclass(frozen=True)
+class LabelledRows:
+    """Feature rows with their realized label (the ticker's ``return_1d`` on the next trading day)."""
+
+    dates: np.ndarray      # datetime64[D]
+    tickers: list[str]
+    X: np.ndarray          # float64, columns in the requested feature order (NULL -> NaN)
+    realized: np.ndarray   # float64
+
+    def __len__(self) -> int:
+        return len(self.tickers)
+
+
+def labelled_rows(conn: psycopg.Connection, features: list[str], *, since: date | None = None,
+                  last_days: int | None = None) -> LabelledRows:
+    """Rows of ``ml_training_features`` whose next trading day is present (so the label is realized), for
+    feature dates on or after ``since`` and/or the ``last_days`` newest such dates; sorted by (date, ticker)."""
+    query = sql.SQL(
+        """
+        WITH days AS (
+            SELECT date, lead(date) OVER (ORDER BY date) AS next_date FROM (SELECT DISTINCT date FROM {view}) x
+        ), chosen AS (
+            SELECT date, next_date FROM days
+            WHERE next_date IS NOT NULL AND (%(since)s::date IS NULL OR date >= %(since)s::date)
+            ORDER BY date DESC LIMIT %(limit)s
+        )
+        SELECT f.date, f.ticker, n.return_1d{sep}{cols}
+        FROM chosen c
+        JOIN {view} f ON f.date = c.date
+        JOIN {view} n ON n.ticker = f.ticker AND n.date = c.next_date
+        WHERE n.return_1d IS NOT NULL
+        ORDER BY f.date, f.ticker
+        """
+    ).format(
+        view=sql.Identifier(FEATURE_VIEW),
+        sep=sql.SQL(", ") if features else sql.SQL(""),
+        cols=sql.SQL(", ").join(sql.SQL("f.") + sql.Identifier(c) for c in features),
+    )
+    with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+        rows = cur.execute(query, {"since": since, "limit": last_days}).fetchall()
+    n = len(rows)
+    if n == 0:
+        return LabelledRows(np.empty(0, dtype="datetime64[D]"), [], np.empty((0, len(features))), np.empty(0))
+    return LabelledRows(
+        dates=np.array([r[0] for r in rows], dtype="datetime64[D]"),
+        tickers=[r[1] for r in rows],
+        X=np.array([[np.nan if v is None else v for v in r[3:]] for r in rows], dtype=np.float64).reshape(
+            n, len(features)),
+        realized=np.array([r[2] for r in rows], dtype=np.float64),
+    )
+
+
+# ------------------------------------------------------------------------------------------------- logs
+
+
+def scan_log(path: Path | None, offset: int, *, inode: int | None = None,
+             max_lines: int = 20) -> tuple[list[str], int, int, int | None]:
+    """Error lines appended to ``path`` after byte ``offset``: ``(first max_lines lines, how many, new offset,
+    inode)``. Only complete lines are read; a file that shrank or was replaced is read from the start."""
+    if path is None:
+        return [], 0, offset, inode
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [], 0, offset, inode
+    if st.st_size < offset or (inode is not None and st.st_ino != inode):
+        offset = 0  # rotated
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(_MAX_READ)
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], 0, offset, st.st_ino
+    lines = data[: end + 1].splitlines()
+    hits = [ln for ln in lines if _ERROR_LINE.search(ln)]
+    shown = [ln.decode("utf-8", "replace").strip()[:300] for ln in hits[:max_lines]]
+    return shown, len(hits), offset + end + 1, st.st_ino
+
+
+# ------------------------------------------------------------------------------------------------- checks
+
+
+@dataclass(frozen=True)
+class MonitorCheck:
+    trouble: list[str]
+    ic: float | None          # mean daily Spearman IC on the realized rows since the baseline (None: no rows)
+    rows: int                 # realized rows since the baseline
+    error_lines: list[str]    # new error lines (at most max_lines of them)
+    days: int = 0
+    sharpe: float | None = None
+    error_count: int = 0
+    offset: int = 0           # log offset reached
+    inode: int | None = None
+    ic_trouble: str | None = None  # the IC part of ``trouble``, if any
+
+
+@dataclass(frozen=True)
+class MonitorSummary:
+    text: str
+    trouble: list[str]
+    ic: float | None
+    sharpe: float | None
+    rows: int
+    days: int
+    error_count: int
+    error_lines: list[str] = field(default_factory=list)
+    minutes: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.trouble
+
+
+TroubleCallback = Callable[[Incident, MonitorCheck], None]
+SummaryCallback = Callable[[Incident, "MonitorSummary"], None]
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+class Monitor:
+    """Follows a restored model after the resume; see the module docstring."""
+
+    def __init__(self, engine: Engine, *, log_path: Path | None = None, every_minutes: float = 5.0,
+                 total_minutes: float | None = None, min_ic: float = 0.0, max_lines: int = 20) -> None:
+        self.engine = engine
+        self.db = engine.db
+        self.log_path = Path(log_path) if log_path else None
+        self.every = every_minutes
+        self.total = engine.settings.monitor_minutes if total_minutes is None else total_minutes
+        self.min_ic = min_ic
+        self.max_lines = max_lines
+        self.on_trouble: TroubleCallback | None = None
+        self.on_summary: SummaryCallback | None = None
+
+    # -- baseline and scheduling
+
+    def _baseline(self, conn: psycopg.Connection, incident: Incident) -> dict:
+        row = conn.execute(
+            "SELECT detail->>'prediction_day' AS day FROM rollback_bot.steps WHERE incident_id = %s"
+            " AND step = 'verify' AND outcome = 'ok' ORDER BY id DESC LIMIT 1",
+            (incident.id,),
+        ).fetchone()
+        day = row["day"] if row and row["day"] else None
+        if day is None:
+            latest = latest_feature_date(conn)
+            day = latest.isoformat() if latest else None
+        offset, inode = 0, None
+        if self.log_path is not None:
+            try:
+                st = os.stat(self.log_path)
+                offset, inode = st.st_size, st.st_ino
+            except OSError:
+                pass
+        return {"baseline_day": day, "log_path": str(self.log_path) if self.log_path else None,
+                "log_offset": offset, "log_inode": inode}
+
+    def schedule(self, conn: psycopg.Connection, incident: Incident, *, every_minutes: float | None = None,
+                 total_minutes: float | None = None) -> None:
+        """Record the baseline (once) and queue the first check, in the caller's transaction."""
+        every = every_minutes or self.every
+        total = self.total if total_minutes is None else total_minutes
+        row = conn.execute("SELECT plan FROM rollback_bot.incidents WHERE id = %s FOR UPDATE",
+                           (incident.id,)).fetchone()
+        if row is None or "monitor" in (row["plan"] or {}):
+            return
+        base = {**self._baseline(conn, incident), "every_minutes": every, "total_minutes": total}
+        conn.execute("UPDATE rollback_bot.incidents SET plan = plan || jsonb_build_object('monitor', %s::jsonb)"
+                     " WHERE id = %s", (Jsonb(base), incident.id))
+        start = incident.resumed_at or self.engine.clock()
+        if every < total:
+            enqueue(conn, CHECK_JOB, incident_id=incident.id, run_at=start + timedelta(minutes=every),
+                    payload={"n": 1, "offset": base["log_offset"], "inode": base["log_inode"], "rows_seen": 0},
+                    dedupe_key=f"monitor-check:{incident.id}:1")
+
+    def on_event(self, event: Event) -> None:
+        """Engine listener: start monitoring when trading resumes on a restored model."""
+        inc = event.incident
+        if event.kind == "state" and inc.kind == "rollback" and inc.state == "monitoring":
+            with self.db.transaction() as conn:
+                self.schedule(conn, inc)
+
+    def register(self, worker: Any, on_trouble: TroubleCallback, on_summary: SummaryCallback, *,
+                 subscribe: bool = True) -> None:
+        """Install the check handler, take over the engine's ``monitor_end`` (summary, then resolve), and (by
+        default) listen to the engine's events."""
+        self.on_trouble = on_trouble
+        self.on_summary = on_summary
+        worker.on(CHECK_JOB, self._check_job)
+        worker.on(END_JOB, self._end_job)
+        if subscribe:
+            self.engine.subscribe(self.on_event)
+
+    # -- looking
+
+    def _plan(self, incident: Incident) -> dict:
+        return dict((incident.plan or {}).get("monitor") or {})
+
+    def _model_state(self, incident: Incident) -> tuple[list[str], Any, list[str] | None]:
+        """(trouble, booster, features) of the production model."""
+        folder = self.engine.registry.model_dir(incident.model_name)
+        try:
+            if incident.target_sha256 and sha256_file(folder / MODEL_FILE) != incident.target_sha256:
+                return [f"the production model of {incident.model_name} is no longer {incident.target_backup} "
+                        "(its checksum changed since the rollback)"], None, None
+            meta = read_metadata(folder)
+            return [], load_booster(folder / MODEL_FILE), list(meta.features)
+        except (BackupCorrupt, OSError) as exc:
+            return [f"the production model of {incident.model_name} does not load: {exc}"], None, None
+
+    def _evaluate(self, incident: Incident, booster: Any,
+                  features: list[str]) -> tuple[list[str], float | None, float | None, int, int]:
+        plan = self._plan(incident)
+        day = plan.get("baseline_day")
+        since = date.fromisoformat(day) if day else None
+        if since is None:
+            return [], None, None, 0, 0
+        with self.db.transaction() as conn:
+            data = labelled_rows(conn, features, since=since)
+        if len(data) == 0:
+            return [], None, None, 0, 0
+        preds = np.asarray(predict(booster, features, data.X), dtype=float)
+        if not np.all(np.isfinite(preds)):
+            return [f"the restored model predicts non-finite values on {len(data)} new row(s)"], None, None, \
+                len(data), 0
+        perf = evaluate(data.dates, preds, data.realized)
+        ic, sharpe = _finite(perf.spearman_ic), _finite(perf.sharpe_ratio)
+        trouble = []
+        if ic is not None and ic < self.min_ic:
+            trouble.append(f"the restored model's IC is {ic:+.3f} on {len(data)} row(s) over {perf.days} day(s) of "
+                           f"new data, below {self.min_ic:+.2f}")
+        return trouble, ic, sharpe, len(data), perf.days
+
+    def check(self, incident: Incident, now: datetime, *, offset: int | None = None,
+              inode: int | None = None) -> MonitorCheck:
+        """One look: the model against new realized returns, the model file, and new error lines in the log
+        (after ``offset``; default: where the log ended when monitoring began)."""
+        plan = self._plan(incident)
+        trouble, booster, features = self._model_state(incident)
+        ic = sharpe = ic_trouble = None
+        rows = days = 0
+        if booster is not None:
+            more, ic, sharpe, rows, days = self._evaluate(incident, booster, features)
+            trouble += more
+            ic_trouble = next((t for t in more if t.startswith("the restored model's IC")), None)
+        if offset is None:
+            offset, inode = int(plan.get("log_offset") or 0), plan.get("log_inode")
+        lines, count, new_offset, new_inode = scan_log(self.log_path, offset, inode=inode, max_lines=self.max_lines)
+        if count:
+            name = self.log_path.name if self.log_path else "the log"
+            trouble.append(f"{count} error line(s) in {name} since the last look, first: {lines[0]}")
+        return MonitorCheck(trouble=trouble, ic=ic, rows=rows, error_lines=lines, days=days, sharpe=sharpe,
+                            error_count=count, offset=new_offset, inode=new_inode, ic_trouble=ic_trouble)
+
+    def summarize(self, incident: Incident, now: datetime) -> MonitorSummary:
+        """The whole window: the model on all new data, and every error line since monitoring began."""
+        plan = self._plan(incident)
+        start = incident.resumed_at or now
+        minutes = (now - start).total_seconds() / 60
+        whole = self.check(incident, now)
+        if self.log_path is None:
+            log_note = "No log file configured."
+        elif plan.get("late"):
+            log_note = f"{self.log_path.name} was not watched during the window (monitoring began at its end)."
+        else:
+            log_note = f"{whole.error_count} error line(s) in {self.log_path.name}."
+        parts = [f"Monitored {incident.model_name} on {incident.target_backup} for {human_span(now - start)} after "
+                 "the resume."]
+        if whole.rows:
+            sharpe = f", Sharpe {whole.sharpe:+.2f}" if whole.sharpe is not None else ""
+            ic = f"{whole.ic:+.3f}" if whole.ic is not None else "undefined"
+            parts.append(f"New data: {whole.rows} realized row(s) over {whole.days} day(s), IC {ic}{sharpe}.")
+        else:
+            parts.append("No new market data arrived, so predictions could not be checked against realized returns.")
+        parts.append(log_note)
+        parts.append("Trouble: " + "; ".join(whole.trouble) + "." if whole.trouble else "No trouble found.")
+        return MonitorSummary(text=" ".join(parts), trouble=whole.trouble, ic=whole.ic, sharpe=whole.sharpe,
+                              rows=whole.rows, days=whole.days, error_count=whole.error_count,
+                              error_lines=whole.error_lines, minutes=minutes)
+
+    # -- job handlers
+
+    def _check_job(self, job: dict) -> None:
+        inc = self.engine.get(job["incident_id"])
+        if inc.state != "monitoring":
+            return
+        p = job["payload"]
+        now = self.engine.clock()
+        result = self.check(inc, now, offset=int(p.get("offset") or 0), inode=p.get("inode"))
+        seen = int(p.get("rows_seen") or 0)
+        # Model trouble is news only when new rows arrived; file and log trouble always is.
+        trouble = [t for t in result.trouble if t != result.ic_trouble or result.rows > seen]
+        if trouble and self.on_trouble is not None:
+            self.on_trouble(inc, MonitorCheck(**{**result.__dict__, "trouble": trouble}))
+        plan = self._plan(inc)
+        every = float(plan.get("every_minutes") or self.every)
+        total = float(plan.get("total_minutes") or self.total)
+        n = int(p.get("n") or 1) + 1
+        start = inc.resumed_at or now
+        run_at = start + timedelta(minutes=every * n)
+        if run_at < start + timedelta(minutes=total):
+            with self.db.transaction() as conn:
+                enqueue(conn, CHECK_JOB, incident_id=inc.id, run_at=run_at, dedupe_key=f"monitor-check:{inc.id}:{n}",
+                        payload={"n": n, "offset": result.offset, "inode": result.inode,
+                                 "rows_seen": max(seen, result.rows)})
+
+    def _end_job(self, job: dict) -> None:
+        inc = self.engine.get(job["incident_id"])
+        if inc.state != "monitoring":
+            return
+        now = self.engine.clock()
+        summary = None
+        if not self._plan(inc):  # the resume's event was missed: record a baseline now
+            with self.db.transaction() as conn:
+                self.schedule(conn, inc, every_minutes=self.total, total_minutes=0)
+                conn.execute("UPDATE rollback_bot.incidents SET plan = jsonb_set(plan, '{monitor,late}', 'true')"
+                             " WHERE id = %s", (inc.id,))
+            inc = self.engine.get(inc.id)
+        computed = self.summarize(inc, now)
+        with self.db.transaction() as conn:
+            if claim_once(conn, f"monitor-summary:{inc.id}", incident_id=inc.id, at=now):
+                summary = computed
+                journal(conn, incident_id=inc.id, step="monitor", actor="rollback-bot", at=now,
+                        outcome="ok" if summary.ok else "warning",
+                        detail={"summary": summary.text, "ic": summary.ic, "rows": summary.rows,
+                                "days": summary.days, "error_lines": summary.error_count,
+                                "minutes": round(summary.minutes, 1)})
+        if summary is not None and self.on_summary is not None:
+            try:
+                self.on_summary(inc, summary)
+            except Exception:  # noqa: BLE001 - posting the summary must not keep the incident open
+                log.exception("%s: posting the monitoring summary failed", inc.ref)
+        self.engine.resolve(incident_id=inc.id, note="monitoring window ended")
