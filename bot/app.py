@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from slack_bolt import App
 from slack_sdk import WebClient
@@ -51,7 +52,7 @@ def build_authorizer(settings: Settings, client: WebClient) -> Authorizer:
 
 
 def build_app(settings: Settings, services: Services, *, client: WebClient | None = None) -> App:
-    """A Bolt App that acks before doing slow work (process_before_response + lazy listeners)."""
+    """A Bolt App that acks before doing slow work (process_before_response; work on the app's own pool)."""
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
     metrics = Metrics()
     metrics.watch(services.engine)
@@ -64,7 +65,8 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
         process_before_response=True,
         logger=logging.getLogger("rollback_bot.bolt"),
     )
-    deps = Deps(services=services, auth=build_authorizer(settings, client))
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="slack-work")
+    deps = Deps(services=services, auth=build_authorizer(settings, client), executor=executor)
     progress = SlackProgress(client, deps)
     services.engine.subscribe(progress)
     app.progress = progress  # type: ignore[attr-defined] - tests and the demo flush it

@@ -32,6 +32,9 @@ def build_web_app(app: App, services: Services, *, workers: int = 32) -> web.App
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bolt")
 
     async def slack_events(request: web.Request) -> web.Response:
+        stamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        if not stamp.isdigit() or len(stamp) > 12:
+            return web.Response(status=401, text="invalid request timestamp")
         body = (await request.read()).decode("utf-8", errors="replace")
         bolt_req = BoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
         loop = asyncio.get_running_loop()

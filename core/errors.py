@@ -71,3 +71,12 @@ class UnknownIncident(RollbackError):
 
 class DatabaseUnavailable(RollbackError):
     pass
+
+
+def clean_text(text: str | None, limit: int = 2000) -> str:
+    """Free text from a person, safe to store: NUL and other control characters (but newlines and tabs)
+    removed, surrounding space stripped, cut to ``limit`` characters."""
+    if not text:
+        return ""
+    kept = "".join(ch for ch in str(text) if ch in "\n\t" or (ord(ch) >= 32 and ord(ch) != 127))
+    return kept.strip()[:limit]

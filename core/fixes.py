@@ -45,6 +45,7 @@ from core.errors import (
     PreflightFailed,
     RollbackError,
     UnknownIncident,
+    clean_text,
 )
 from core.modelio import MODEL_FILE, load_booster, predict
 from core.platform import FEATURE_VIEW, feature_columns, feature_rows, production_rows
@@ -235,7 +236,7 @@ def request_fix(
     requested_by = (requested_by or "").strip()
     if not requested_by:
         raise NotAuthorized("A fix request needs the requester's name.")
-    reason = (reason or "").strip()[:2000] or FIXES[fix]
+    reason = clean_text(reason) or FIXES[fix]
     with db.transaction() as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.fix:' || %s))", (fix,))
         other = conn.execute(
@@ -319,7 +320,7 @@ def deny_fix(
         row = conn.execute(
             "UPDATE rollback_bot.incidents SET state = %s, decided_by = %s, decision_note = %s, updated_at = %s,"
             " resolved_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
-            (state, user, (note or "").strip()[:2000], now, now, incident_id),
+            (state, user, clean_text(note), now, now, incident_id),
         ).fetchone()
         _journal(conn, incident_id, state, user, now, detail={"note": note} if note else None)
         _audit(conn, now, actor=user, action="fix_deny", outcome="ok", incident_id=incident_id, note=note)

@@ -136,6 +136,9 @@ class ModelRegistry:
         return self.models_dir.resolve()
 
     def _inside(self, path: Path, what: str, name: str) -> Path:
+        """``path`` is MODELS_DIR/<validated name>[/<validated name>]: only a symlink can lead elsewhere."""
+        if not path.is_symlink() and not path.parent.is_symlink():
+            return path
         resolved = path.resolve()
         root = self._root()
         if resolved != root and root not in resolved.parents:
@@ -175,9 +178,10 @@ class ModelRegistry:
         for entry in self.models_dir.iterdir():
             if entry.name.startswith(".") or not _SAFE.match(entry.name) or not entry.is_dir():
                 continue
-            resolved = entry.resolve()
-            if resolved != root and root not in resolved.parents:
-                continue
+            if entry.is_symlink():
+                resolved = entry.resolve()
+                if resolved != root and root not in resolved.parents:
+                    continue
             if (entry / MODEL_FILE).exists() or (entry / METADATA_FILE).exists():
                 out.append(entry.name)
         return sorted(out)
@@ -197,7 +201,7 @@ class ModelRegistry:
         for entry in folder.iterdir():
             if not entry.name.startswith("backup_") or not entry.is_dir() or not _SAFE.match(entry.name):
                 continue
-            resolved = entry.resolve()
+            resolved = entry.resolve() if entry.is_symlink() or folder.is_symlink() else root / folder.name / entry.name
             if root not in resolved.parents:
                 infos.append(BackupInfo(entry.name, entry, None, ("its folder leads outside MODELS_DIR",), False))
                 continue

@@ -22,7 +22,7 @@ from core.escalation import Breach, Escalator
 from core.monitoring import Monitor, MonitorCheck, MonitorSummary
 from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
 from core.report import Reports, add_root_cause, summary_line
-from core.errors import PreflightFailed, UnknownIncident, UnknownModel
+from core.errors import PreflightFailed, UnknownIncident, UnknownModel, clean_text
 from core.performance import RecentData, evaluate_booster, recent_rows
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
@@ -202,7 +202,7 @@ class Services:
         """A person's account of the root cause; kept on the incident and used by its report."""
         self.engine.get(incident_id)  # UnknownIncident for a wrong id
         with self.db.transaction() as conn:
-            add_root_cause(conn, incident_id=incident_id, text=text.strip()[:5000], by=user, at=self.engine.clock())
+            add_root_cause(conn, incident_id=incident_id, text=clean_text(text, 5000), by=user, at=self.engine.clock())
             enqueue(conn, "report", incident_id=incident_id, payload={"upload": False},
                     dedupe_key=f"report:{incident_id}:root_cause:{self.engine.clock().timestamp()}")
 

@@ -1,6 +1,6 @@
 """Button listeners: Approve, Deny, Add root cause, and the model picker inside the request modal.
 
-Clicks are acked at once; the decision runs in a lazy listener. Exactly-once is the engine's conditional
+Clicks are acked at once; the decision runs afterwards on the app's pool. Exactly-once is the engine's conditional
 state change in PostgreSQL: of ten approvers clicking together one wins, the others are told who did.
 """
 
@@ -30,8 +30,15 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
     engine = services.engine
 
-    def just_ack(ack: Ack) -> None:
-        ack()
+    def acking(work):
+        """A listener that acks the click at once and does ``work`` after it."""
+
+        def listener(ack: Ack, body: dict, client: WebClient) -> None:
+            ack()
+            deps.later(work, body=body, client=client)
+
+        listener.__name__ = f"on_{work.__name__}"
+        return listener
 
     def whisper(client: WebClient, body: dict, text: str) -> None:
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
@@ -125,9 +132,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         except Exception as exc:  # noqa: BLE001
             whisper(client, body, f":no_entry: {describe(exc)}")
 
-    app.action(Action.APPROVE.value)(ack=just_ack, lazy=[approve])
-    app.action(Action.FIX_REFRESH_VIEW.value)(ack=just_ack, lazy=[quick_fix])
-    app.action(Action.FIX_RESTORE_MODEL.value)(ack=just_ack, lazy=[quick_fix])
-    app.action(Action.DENY.value)(ack=just_ack, lazy=[deny])
-    app.action(Action.ADD_ROOT_CAUSE.value)(ack=just_ack, lazy=[add_root_cause])
-    app.action(Action.MODAL_MODEL_SELECT.value)(ack=just_ack, lazy=[model_selected])
+    app.action(Action.APPROVE.value)(acking(approve))
+    app.action(Action.FIX_REFRESH_VIEW.value)(acking(quick_fix))
+    app.action(Action.FIX_RESTORE_MODEL.value)(acking(quick_fix))
+    app.action(Action.DENY.value)(acking(deny))
+    app.action(Action.ADD_ROOT_CAUSE.value)(acking(add_root_cause))
+    app.action(Action.MODAL_MODEL_SELECT.value)(acking(model_selected))

@@ -125,7 +125,9 @@ def status_blocks(report: StatusReport) -> list[dict]:
         blocks.append(context(":large_green_circle: Automated trading is running."))
     if not report.models:
         blocks.append(section("No production models found in `model_deployment_log` or MODELS_DIR."))
-    for m in report.models:
+    if len(report.models) > DETAILED_MODELS:
+        blocks += _compact_models(report)
+    for m in (report.models if len(report.models) <= DETAILED_MODELS else []):
         dep = m.deployment
         files = m.production_files
         title = f"*{esc(m.name)}*"
@@ -152,6 +154,35 @@ def status_blocks(report: StatusReport) -> list[dict]:
     else:
         blocks.append(context("No open incidents."))
     return finish(blocks, more_hint="Use `/rollback status` in the App Home for the full list.")
+
+
+DETAILED_MODELS = 12
+COMPACT_PER_SECTION = 12
+COMPACT_SECTIONS = 40
+
+
+def _compact_models(report: StatusReport) -> list[Block]:
+    """Many models: one line each, a dozen per section, with a count of what did not fit."""
+    lines = []
+    for m in report.models:
+        dep = m.deployment
+        line = f"*{esc(m.name)}*"
+        if dep:
+            line += (f" `{esc(dep.version)}` · {dep.deployed_at:%Y-%m-%d} by {esc(dep.deployed_by or 'n/a')}"
+                     f" · IC {num(dep.spearman_ic, 4)} · Sharpe {num(dep.sharpe_ratio, 2)}")
+        if m.problems:
+            line += " :warning:"
+        lines.append(clip(line, 240))
+    out: list[Block] = []
+    shown = COMPACT_PER_SECTION * COMPACT_SECTIONS
+    for i in range(0, min(len(lines), shown), COMPACT_PER_SECTION):
+        out.append(section("\n".join(lines[i : i + COMPACT_PER_SECTION])))
+    if len(lines) > shown:
+        out.append(context(f"…and {len(lines) - shown} more models; `rollback-bot status` lists them all."))
+    problems = sum(1 for m in report.models if m.problems)
+    if problems:
+        out.append(context(f":warning: {problems} models have problems; `/rollback backups MODEL` shows details."))
+    return out
 
 
 def _backup_line(b: BackupInfo, recommended: str | None) -> str:

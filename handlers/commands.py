@@ -1,6 +1,6 @@
 """`/rollback …` listeners: ack at once, parse, one call into core, render, respond.
 
-Every command is acked within Bolt's first milliseconds; the work runs in a lazy listener. A delivery is
+Every command is acked at once; the work runs afterwards on the app's pool (``Deps.later``). A delivery is
 handled once: the command's ``trigger_id`` is claimed in PostgreSQL, so Slack retries (and a second bot
 process receiving the same delivery) do nothing.
 """
@@ -75,7 +75,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         engine.audit(None, actor=cmd.user_id, action=action, outcome="refused", reason=why)
         tell(respond, why)
 
-    def ack_command(ack: Ack, body: dict) -> None:
+    def on_command(ack: Ack, body: dict, respond: Respond, client: WebClient) -> None:
         cmd = ParsedCommand.from_body(body)
         if cmd.verb == "help" or cmd.verb not in handlers:
             prefix = "" if cmd.verb == "help" else f"Unknown subcommand `{views.esc(cmd.verb[:40])}`.\n\n"
@@ -83,6 +83,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                 response_type="ephemeral")
             return
         ack()
+        deps.later(run_command, body=body, respond=respond, client=client)
 
     @guarded
     def run_command(body: dict, respond: Respond, client: WebClient) -> None:
@@ -175,5 +176,5 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         client.chat_postMessage(channel=deps.channel, text=text)
         respond(text="Trading resumed.", response_type="ephemeral", replace_original=False)
 
-    app.command(Command.ROLLBACK.value)(ack=ack_command, lazy=[run_command])
+    app.command(Command.ROLLBACK.value)(on_command)
 

@@ -41,7 +41,7 @@ def register(app: App) -> None:
 
 
 def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
-    """For lazy listeners (Bolt only logs their errors): report failures to the person via ``respond``."""
+    """For work done after the ack (no Bolt error handler sees it): report failures to the person via ``respond``."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

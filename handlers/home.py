@@ -45,8 +45,9 @@ def publish_home(client: WebClient, deps: Deps, user_id: str) -> None:
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
 
-    def ack_event(ack: Ack) -> None:
+    def on_event(ack: Ack, event: dict, client: WebClient) -> None:
         ack()
+        deps.later(on_home_opened, event=event, client=client, logger=log)
 
     def on_home_opened(event: dict, client: WebClient, logger: logging.Logger) -> None:
         if event.get("tab", "home") != "home":
@@ -62,4 +63,4 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             publish_home(progress.client, deps, user)
 
     progress.after_change.append(refresh_viewers)
-    app.event(Event.APP_HOME_OPENED.value)(ack=ack_event, lazy=[on_home_opened])
+    app.event(Event.APP_HOME_OPENED.value)(on_event)

@@ -62,7 +62,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
     engine = services.engine
 
-    def start_ack(ack: Ack, body: dict) -> None:
+    def start_ack(ack: Ack, body: dict, client: WebClient) -> None:
         fields, errors = parse_start(body["view"]["state"]["values"])
         user = body["user"]["id"]
         if not errors and not deps.auth.is_operator(user):
@@ -79,6 +79,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             ack(response_action="errors", errors=errors)
         else:
             ack()
+            deps.later(start_submit, body=body, client=client)
 
     def start_submit(body: dict, client: WebClient) -> None:
         fields, errors = parse_start(body["view"]["state"]["values"])
@@ -128,6 +129,6 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             return ack(response_action="errors", errors={B.ROOT_CAUSE.value: str(exc)[:150]})
         ack()
 
-    app.view(V.START.value)(ack=start_ack, lazy=[start_submit])
+    app.view(V.START.value)(start_ack)
     app.view(V.DENY.value)(deny_ack)
     app.view(V.ROOT_CAUSE.value)(root_cause_ack)
