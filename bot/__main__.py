@@ -62,10 +62,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from bot.app import build_app
     from bot.server import build_web_app, serve_http
 
+    from bot.workproc import WorkProcess
+
     services = build_services(settings)
-    app = build_app(settings, services)
-    # Background work: recover interrupted rollbacks, then queued jobs, timers and monitoring.
-    services.start_background()
+    # Slow work and the background worker (recovery, jobs, timers, monitoring) run in a child process, so
+    # this one only acknowledges Slack (see bot/workproc.py).
+    work = WorkProcess().start()
+    app = build_app(settings, services, remote=work.submit)
     try:
         if settings.slack_app_token is not None:
             from slack_bolt.adapter.socket_mode import SocketModeHandler
@@ -77,8 +80,31 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         serve_http(build_web_app(app, services), host=args.host, port=settings.port)
         return 0
     finally:
-        services.stop_background()
+        work.stop()
         app.progress.flush(5)
+
+
+def cmd_work(args: argparse.Namespace, settings: Settings) -> int:
+    """The work process of `serve` (bot/workproc.py): work items on standard input, plus the worker."""
+    from bot.app import build_app
+    from bot.workproc import serve_stdin
+
+    import os
+
+    try:
+        os.nice(5)  # acknowledging Slack (the parent) comes first when both want a CPU
+    except OSError:
+        pass
+    settings = _settings_with_database(settings, ensure_local=False)
+    services = build_services(settings)
+    app = build_app(settings, services)
+    services.start_background()
+    try:
+        serve_stdin(app.deps, app.client)
+    finally:
+        services.stop_background()
+        app.progress.flush(10)
+    return 0
 
 
 def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -167,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("demo", "test"), default="test", help="size of the generated world")
     p.set_defaults(func=cmd_console)
 
+    p = sub.add_parser("work", help=argparse.SUPPRESS)  # the work process `serve` starts for itself
+    p.set_defaults(func=cmd_work)
+
     p = sub.add_parser("db", help="database administration")
     dbsub = p.add_subparsers(dest="db_command", required=True)
     m = dbsub.add_parser("migrate", help="apply the bot's schema migrations (idempotent)")
@@ -198,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         # JSON lines for the long-running server, readable text for commands a person runs.
-        configure_logging(settings, json_format=args.command == "serve" and settings.log_format == "json",
+        configure_logging(settings, json_format=args.command in ("serve", "work") and settings.log_format == "json",
                           verbose=args.verbose)
         return func(args, settings)
     except ConfigError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from slack_bolt import App
 from slack_sdk import WebClient
@@ -20,7 +19,7 @@ from core.watchdog import Proposal
 from core.services import Services
 from core.settings import Settings
 from handlers import actions, commands, errors, home, notifications, views
-from handlers.deps import Deps
+from handlers.deps import Deps, RemoteSubmit, work_pool
 from handlers.progress import SlackProgress
 
 log = logging.getLogger("rollback_bot")
@@ -51,7 +50,8 @@ def build_authorizer(settings: Settings, client: WebClient) -> Authorizer:
     return Authorizer(operators=settings.operators, approvers=settings.approvers, resolve_group=members)
 
 
-def build_app(settings: Settings, services: Services, *, client: WebClient | None = None) -> App:
+def build_app(settings: Settings, services: Services, *, client: WebClient | None = None,
+              remote: RemoteSubmit | None = None) -> App:
     """A Bolt App that acks before doing slow work (process_before_response; work on the app's own pool)."""
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
     metrics = Metrics()
@@ -65,12 +65,13 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
         process_before_response=True,
         logger=logging.getLogger("rollback_bot.bolt"),
     )
-    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="slack-work")
-    deps = Deps(services=services, auth=build_authorizer(settings, client), executor=executor)
+    executor = work_pool()
+    deps = Deps(services=services, auth=build_authorizer(settings, client), executor=executor, remote=remote)
     progress = SlackProgress(client, deps)
     services.engine.subscribe(progress)
     app.progress = progress  # type: ignore[attr-defined] - tests and the demo flush it
     app.metrics = metrics  # type: ignore[attr-defined] - served at GET /metrics
+    app.deps = deps  # type: ignore[attr-defined] - the work process runs deps.works
     notifications.register(client, deps, progress)
     services.register_fix_runner()
     services.register_watchdog(watchdog_poster(services, deps, progress))

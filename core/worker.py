@@ -9,6 +9,7 @@ queues a job) and otherwise polls.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -137,6 +138,7 @@ class Worker:
             self._thread.join(10)
 
     def _loop(self) -> None:
+        _lower_priority()
         last_recover = 0.0
         while not self._stop.is_set():
             try:
@@ -164,3 +166,11 @@ class Worker:
                 if self._stop.wait(1.0):
                     return
 
+
+
+def _lower_priority() -> None:
+    """Background work yields the CPU to request handling (Linux: per-thread niceness)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass

@@ -33,6 +33,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     def acking(work):
         """A listener that acks the click at once and does ``work`` after it."""
 
+        deps.work(work)
+
         def listener(ack: Ack, body: dict, client: WebClient) -> None:
             ack()
             deps.later(work, body=body, client=client)

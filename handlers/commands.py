@@ -95,6 +95,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             return  # a retried or duplicate delivery: already handled once
         handler(cmd, respond, client)
 
+    deps.work(run_command)
+
     # ------------------------------------------------------------------------------------ queries
 
     @on("status")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.auth import Authorizer
@@ -14,20 +16,50 @@ from core.services import Services
 log = logging.getLogger("rollback_bot.handlers")
 
 
-@dataclass(frozen=True)
+def background_thread() -> None:
+    """Lower this thread's CPU priority (Linux: per thread), so a thread acking a Slack request is scheduled
+    first whenever both want the interpreter: the 3-second ack never queues behind slow work."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: only the priority is lost
+        pass
+
+
+def work_pool(workers: int = 4) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-work", initializer=background_thread)
+
+
+RemoteSubmit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
 class Deps:
     services: Services
     auth: Authorizer
     executor: ThreadPoolExecutor
+    works: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    remote: RemoteSubmit | None = None  # set by `serve`: work goes to the work process (bot/workproc.py)
 
     @property
     def channel(self) -> str:
         return self.services.settings.incident_channel or ""
 
-    def later(self, work: Callable[..., Any], **kwargs: Any) -> None:
-        """Run ``work`` after the ack, on the app's small pool (cheaper than Bolt's lazy listeners, which
-        deep-copy each request): Slack's 3-second acknowledgement never waits for it."""
+    def work(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Register ``fn`` as work that may run after the ack (here, or in the work process by name)."""
+        self.works[work_name(fn)] = fn
+        return fn
 
+    def later(self, work: Callable[..., Any], **kwargs: Any) -> None:
+        """Run ``work`` after the ack: in the work process when there is one, else on the app's small pool
+        (cheaper than Bolt's lazy listeners, which deep-copy each request). The ack never waits for it."""
+        if self.remote is not None:
+            from bot.workproc import encode
+
+            self.remote(work_name(work), encode(kwargs))
+            return
+        self.run_local(work, **kwargs)
+
+    def run_local(self, work: Callable[..., Any], **kwargs: Any) -> None:
         def run() -> None:
             try:
                 work(**kwargs)
@@ -35,3 +67,8 @@ class Deps:
                 log.exception("background work %s failed", getattr(work, "__name__", work))
 
         self.executor.submit(run)
+
+
+def work_name(fn: Callable[..., Any]) -> str:
+    inner = getattr(fn, "__wrapped__", fn)
+    return f"{inner.__module__}.{inner.__qualname__}"

@@ -58,6 +58,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         except Exception:  # noqa: BLE001 - a home tab failure must not surface as a retry storm
             logger.exception("could not publish the App Home")
 
+    deps.work(on_home_opened)
+
     def refresh_viewers(_: Incident) -> None:
         for user in services.recent_home_viewers():
             publish_home(progress.client, deps, user)

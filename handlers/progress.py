@@ -55,6 +55,9 @@ class SlackProgress:
         self._queue.put(None)
 
     def _drain(self) -> None:
+        from handlers.deps import background_thread
+
+        background_thread()
         while True:
             event = self._queue.get()
             if event is None:

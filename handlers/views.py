@@ -101,6 +101,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         else:
             client.chat_postMessage(channel=client.conversations_open(users=user)["channel"]["id"], text=text)
 
+    deps.work(start_submit)
+
     def deny_ack(ack: Ack, body: dict) -> None:
         meta = json.loads(body["view"].get("private_metadata") or "{}")
         note = (_value(body["view"]["state"]["values"], B.DENY_REASON, "reason") or "").strip()
