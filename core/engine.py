@@ -51,6 +51,7 @@ from core.errors import (
     RollbackError,
     UnknownIncident,
     VerificationFailed,
+    clean_text,
 )
 from core.modelio import (
     METADATA_FILE,
@@ -383,7 +384,8 @@ class Engine:
         channel: str | None = None,
     ) -> tuple[Incident, PreflightReport]:
         """Open a rollback request after pre-flight. A second open request for the model is a Conflict."""
-        reason = (reason or "").strip()
+        reason = clean_text(reason)
+        requested_by = clean_text(requested_by, 200)
         if not reason:
             raise PreflightFailed("A reason is required for a rollback.")
         if estimated_loss is not None and (not math.isfinite(estimated_loss) or estimated_loss < 0):
@@ -499,11 +501,11 @@ class Engine:
             row = conn.execute(
                 "UPDATE rollback_bot.incidents SET state = %s, decided_by = %s, decision_note = %s, updated_at = %s,"
                 " resolved_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
-                (new_state, user, (note or "").strip()[:2000], now, now, incident_id),
+                (new_state, user, clean_text(note), now, now, incident_id),
             ).fetchone()
             incident = Incident(**row)
-            self._journal_done(conn, incident_id, new_state, user, detail={"note": note})
-            self.audit(conn, actor=user, action="deny", outcome="ok", incident_id=incident_id, note=note)
+            self._journal_done(conn, incident_id, new_state, user, detail={"note": clean_text(note)})
+            self.audit(conn, actor=user, action="deny", outcome="ok", incident_id=incident_id, note=clean_text(note))
         self._emit(Event("state", incident))
         return incident
 
@@ -975,7 +977,7 @@ class Engine:
     def break_glass(self, *, model: str, backup: str, reason: str, by: str) -> Incident:
         """The CLI path for when Slack is down: same pre-flight, engine and journal; the operator at the
         host's shell is the approval, recorded as such."""
-        by = (by or "").strip()
+        by = clean_text(by, 200)
         if not by:
             raise NotAuthorized("--by NAME is required: break-glass rollbacks are audited by name.")
         inc, _ = self.request_rollback(model=model, backup=backup, reason=reason, requested_by=by, source="cli")
@@ -998,7 +1000,7 @@ class Engine:
             row = conn.execute(
                 "INSERT INTO rollback_bot.incidents (kind, state, reason, requested_by, created_at, updated_at)"
                 " VALUES ('halt', 'halting', %s, %s, %s, %s) RETURNING *",
-                ((reason or "manual halt").strip()[:2000], user, now, now),
+                (clean_text(reason) or "manual halt", user, now, now),
             ).fetchone()
             inc = Incident(**row)
             sid = self._journal_start(conn, inc.id, "halt", user)

@@ -322,8 +322,8 @@ def deny_fix(
             " resolved_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
             (state, user, clean_text(note), now, now, incident_id),
         ).fetchone()
-        _journal(conn, incident_id, state, user, now, detail={"note": note} if note else None)
-        _audit(conn, now, actor=user, action="fix_deny", outcome="ok", incident_id=incident_id, note=note)
+        _journal(conn, incident_id, state, user, now, detail={"note": clean_text(note)} if note else None)
+        _audit(conn, now, actor=user, action="fix_deny", outcome="ok", incident_id=incident_id, note=clean_text(note))
     return Incident(**row)
 
 

@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from core import fixes
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
-from core.charts import chart_maker
+from core.charts import chart_maker, model_chart
 from core.engine import Engine, Event, Incident, _no_fault, enqueue, utcnow
 from core.escalation import Breach, Escalator
 from core.monitoring import Monitor, MonitorCheck, MonitorSummary
@@ -361,3 +361,20 @@ class Services:
         with self.db.transaction() as conn:
             record_notification(conn, incident_id=incident_id, channel=channel, milestone=milestone,
                                 at=self.engine.clock(), ok=ok, recipients=recipients, error=error)
+
+    def model_chart(self, *, model: str) -> bytes:
+        """PNG of the production model's daily IC and rolling Sharpe, beside the recommended backup."""
+        validate_name(model, "model")
+        self.registry.model_dir(model)
+        rec = self.backups(model=model).recommendation.backup
+        with self.db.transaction() as conn:
+            return model_chart(conn, self.registry, model, compare_with=rec.name if rec else None)
+
+    def notified(self, *, incident_id: int, channel: str, milestone: str) -> bool:
+        """Whether this milestone's notification on ``channel`` was already journaled (sent, failed or skipped)."""
+        with self.db.transaction() as conn:
+            return conn.execute(
+                "SELECT 1 FROM rollback_bot.steps WHERE incident_id = %s AND step = 'notify'"
+                " AND detail->>'channel' = %s AND detail->>'milestone' = %s",
+                (incident_id, channel, milestone),
+            ).fetchone() is not None

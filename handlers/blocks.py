@@ -93,7 +93,8 @@ def finish(blocks: Sequence[Block], *, more_hint: str = "") -> list[dict]:
 
 HELP = (
     "*`/rollback` — emergency model rollback*\n"
-    "• `/rollback status` — production models, their metrics, open incidents, trading state\n"
+    "• `/rollback status [MODEL]` — production models, their metrics, open incidents, trading state"
+    " (with MODEL: its backups, and its performance chart in a DM)\n"
     "• `/rollback backups MODEL` — a model's backups with metrics and a recommended target\n"
     "• `/rollback start [MODEL [BACKUP]] [reason…]` — request a rollback (a second person approves)\n"
     "• `/rollback halt [reason…]` / `/rollback resume` — stop / restart automated trading\n"

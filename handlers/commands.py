@@ -101,8 +101,32 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
     @on("status")
     def status(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        if cmd.args:
+            return status_of_model(cmd, respond, client)
         report = services.status()
         respond(text="Production models", blocks=views.status_blocks(report), response_type="ephemeral")
+
+    def status_of_model(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        """`/rollback status MODEL`: its backups and recommendation, and its performance chart in a DM."""
+        report = services.backups(model=cmd.args[0])
+        respond(text=f"Status of {report.model}", blocks=views.backups_blocks(report), response_type="ephemeral")
+        png = services.model_chart(model=report.model)
+        dm = client.conversations_open(users=cmd.user_id)["channel"]["id"]
+        client.files_upload_v2(content=png, filename=f"{report.model}-performance.png",
+                               title=f"{report.model}: daily IC and rolling Sharpe, last 30 days", channel=dm,
+                               initial_comment=f"Performance of {report.model} (production beside the recommended "
+                                               "backup), as you asked with `/rollback status`.")
+
+    @on("report")
+    def report(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        incident_id = parse_incident_ref(cmd.args[0]) if len(cmd.args) == 1 else None
+        if incident_id is None:
+            return tell(respond, USAGE["report"])
+        path = services.report(incident_id=incident_id, actor=cmd.user_id)
+        inc = engine.get(incident_id)
+        where = f"<#{inc.channel}>" if inc.channel else f"<#{deps.channel}>"
+        respond(text=f"The report of {inc.ref} ({path.name}) is posted again in its thread in {where}.",
+                response_type="ephemeral", replace_original=False)
 
     @on("backups")
     def backups(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:

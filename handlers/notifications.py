@@ -55,6 +55,8 @@ class SlackNotifier:
             return
         inc = self.deps.services.engine.get(incident.id)
         if not inc.channel or not inc.message_ts:
+            return  # the card is being posted; post_card announces the incident again once it has a thread
+        if self.deps.services.notified(incident_id=inc.id, channel="slack", milestone=milestone):
             return
         stakeholders = self.settings.stakeholders
         if not stakeholders:
@@ -126,8 +128,10 @@ class SlackNotifier:
     def report(self, incident: Incident, event: Event) -> None:
         """A ``report`` step: upload the file to the incident's thread (with a short summary)."""
         d = event.detail
-        if not d.get("upload") or not incident.channel or not incident.message_ts:
+        if not d.get("upload"):
             return
+        channel = incident.channel or self.deps.channel
+        thread = (incident.thread_ts or incident.message_ts) if incident.channel else None
         path = Path(d["path"])
         comment = (":page_facing_up: Incident report" + (" (again)" if d.get("again") else "")
                    + f": {esc(d.get('summary') or incident.ref)}")
@@ -135,8 +139,7 @@ class SlackNotifier:
         chart = path.with_suffix(".png")
         if chart.is_file():
             files.append({"file": str(chart), "filename": chart.name, "title": f"{incident.ref} performance chart"})
-        self.client.files_upload_v2(file_uploads=files, channel=incident.channel,
-                                    thread_ts=incident.thread_ts or incident.message_ts, initial_comment=comment)
+        self.client.files_upload_v2(file_uploads=files, channel=channel, thread_ts=thread, initial_comment=comment)
 
     def _say(self, incident: Incident, text: str) -> None:
         inc = self.deps.services.engine.get(incident.id)

@@ -116,4 +116,6 @@ class SlackProgress:
             channel=self.deps.channel, text=f"{iv.incident_title(inc)}: {inc.state}", blocks=iv.incident_card(inc, steps)
         )
         self.deps.services.engine.set_message(inc.id, channel=resp["channel"], message_ts=resp["ts"])
-        return self.deps.services.engine.get(inc.id)
+        inc = self.deps.services.engine.get(inc.id)
+        self(Event("state", inc))  # now that it has a thread: the opening notifications
+        return inc
