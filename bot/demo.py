@@ -209,7 +209,7 @@ def run(*, root: Path, database_url: str | None = None, out: TextIO = sys.stdout
             settings_before = _client_settings(conn)
         checks += _play(env.box, env.narrator, env.clock, env.world)
         with psycopg.connect(env.url, row_factory=dict_row, autocommit=True) as conn:
-            checks += _verify(conn, env.services, env.world, settings_before)
+            checks += _verify(conn, env.services, env.world, settings_before, env.box.standin)
     say("\nWhat really happened (checked in PostgreSQL and on disk):")
     for c in checks:
         say(f"  {'✔' if c.ok else '✘'} {c.what}" + (f" — {c.detail}" if c.detail else ""))
@@ -238,6 +238,11 @@ def _play(box: Sandbox, n: Narrator, clock: DemoClock, world: demo_world.World) 
     n.show_new()
     target = services.backups(model=MODEL).recommendation.backup
     assert target is not None, "the demo world always has a good backup"
+
+    n.person("U0ALICE", f"/rollback diagnose {MODEL}")
+    r = box.command("U0ALICE", f"diagnose {MODEL}")
+    box.responses(r.response_key, timeout=30)
+    n.show_new()
 
     reason = "Sharpe collapsed since the market turned; IC negative for days"
     n.person("U0ALICE", f"/rollback start {MODEL} {target.name} {reason}")
@@ -268,16 +273,22 @@ def _play(box: Sandbox, n: Narrator, clock: DemoClock, world: demo_world.World) 
     n.narrate("30 minutes of monitoring pass (the demo moves its clock forward)")
     clock.advance(31)
     wait_until(lambda: engine.get(inc.id).state == "resolved", 30, "the end of monitoring")
+    wait_until(lambda: _report_says_resolved(services, inc.id), 30, "the final report")
     box.settle()
     n.show_new()
     inc = engine.get(inc.id)
     n.card(inc.message_ts, f"{inc.ref} resolved")
+    report = services.reports.path(inc.id)
+    if report is not None:
+        n.narrate(f"The incident report, {report} (first lines):")
+        for line in report.read_text(encoding="utf-8").splitlines()[1:16]:
+            n.say(f"  │ {line}")
     return [Check("the rollback ran end to end after one approval", inc.state == "resolved",
                   f"approval → trading resumed in {machine_seconds:.2f} s of machine time")]
 
 
 def _verify(conn: psycopg.Connection, services: Services, world: demo_world.World,
-            settings_before: dict[str, tuple]) -> list[Check]:
+            settings_before: dict[str, tuple], standin: SlackStandIn) -> list[Check]:
     inc = services.engine.list_incidents(limit=1)[0]
     steps = {s.step: s for s in services.engine.steps(inc.id)}
     rows = conn.execute("SELECT * FROM model_deployment_log WHERE model_name = %s AND is_production", (MODEL,)).fetchall()
@@ -300,8 +311,26 @@ def _verify(conn: psycopg.Connection, services: Services, world: demo_world.Worl
         Check("verification loaded the model and predicted", steps.get("verify") is not None and
               steps["verify"].outcome == "ok"),
         Check("the incident is resolved", inc.state == "resolved"),
+        Check("diagnostics ran after the halt and were posted", "diagnostics" in steps and
+              "Likely cause" in ((inc.plan or {}).get("diagnostics") or {}).get("summary", "")),
+        Check("the monitoring summary was posted before resolving", "monitor" in steps),
+        Check("the incident report was written and uploaded", _report_ok(services, inc) and any(
+            u.completed and u.thread_ts == inc.message_ts for u in standin.uploads())),
+        Check("stakeholders were told in the thread and by DM at every milestone",
+              conn.execute("SELECT count(*) AS n FROM rollback_bot.steps WHERE incident_id = %s AND step = 'notify'"
+                           " AND outcome = 'ok'", (inc.id,)).fetchone()["n"] >= 5),
     ]
     return out
+
+
+def _report_says_resolved(services: Services, incident_id: int) -> bool:
+    path = services.reports.path(incident_id)
+    return path is not None and "| State | resolved |" in path.read_text(encoding="utf-8")
+
+
+def _report_ok(services: Services, inc) -> bool:
+    return _report_says_resolved(services, inc.id)
+
 
 
 def main(argv: list[str] | None = None) -> int:

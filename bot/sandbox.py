@@ -65,6 +65,10 @@ class Sandbox:
             self.services.stop_background()
         if self.server:
             self.server.stop()
+        if getattr(self, "app", None) is not None:
+            self.app.deps.executor.shutdown(wait=True)  # work after the ack still talks to the stand-in
+            self.app.progress.flush(10)
+            self.app.progress.close()
         if self._own_standin:
             self.standin.stop()
 

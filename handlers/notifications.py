@@ -118,7 +118,7 @@ class SlackNotifier:
 
     def summary(self, incident: Incident, summary: MonitorSummary) -> None:
         icon = ":white_check_mark:" if summary.ok else ":warning:"
-        self._say(incident, f"{icon} *Logs monitored* for {summary.minutes:g} minutes: {esc(summary.text)}")
+        self._say(incident, f"{icon} *Logs monitored* for {summary.minutes:.0f} minutes: {esc(summary.text)}")
 
     def email_failed(self, incident: Incident, milestone: str, exc: Exception) -> None:
         self._say(incident, f":warning: E-mail to stakeholders ({milestone}) failed; the rollback goes on: {esc(exc)}")
