@@ -597,14 +597,16 @@ class Engine:
             if not got["ok"]:
                 return self.get(incident_id)  # another process is running it
             with incident_context(f"INC-{incident_id}"):
-                return self._run(incident_id, actor)
+                return self._run(incident_id, actor, lock_conn)
         finally:
             lock_conn.close()  # releases the advisory lock
 
-    def _run(self, incident_id: int, actor: str) -> Incident:
+    def _run(self, incident_id: int, actor: str, lock_conn: psycopg.Connection | None = None) -> Incident:
         inc = self.get(incident_id)
         while inc.state in RUNNABLE:
             step = inc.state
+            if lock_conn is not None:
+                _still_locked(lock_conn)  # a restarted PostgreSQL dropped our lock: another process may take over
             if (step not in (APPROVED, REVERTING, RESUMING)
                     and self._attempts(incident_id, STEP_OF_STATE[step]) >= MAX_STEP_ATTEMPTS):
                 inc = self._fail_or_revert(inc, f"step '{step}' was interrupted {MAX_STEP_ATTEMPTS} times")
@@ -756,10 +758,19 @@ class Engine:
         folder = self.registry.model_dir(inc.model_name)
         dest = folder / inc.emergency_backup
         _clean_temporaries(folder)
+        present = [folder / f for f in MODEL_FILES if (folder / f).is_file()]
         if not dest.exists():
-            copy_folder_atomically([folder / f for f in MODEL_FILES], dest)
-        sums = {f: sha256_file(dest / f) for f in MODEL_FILES}
-        detail = {"backup": inc.emergency_backup, "model_sha256": sums[MODEL_FILE]}
+            try:
+                # What exists is backed up as it is (a corrupt or missing model.json included).
+                copy_folder_atomically(present, dest)
+            except OSError as exc:
+                raise RollbackError(
+                    f"The emergency backup into {inc.emergency_backup} failed ({exc.strerror or exc}); the production"
+                    " files are unchanged and trading stays halted."
+                ) from None
+        sums = {f: (sha256_file(dest / f) if (dest / f).is_file() else None) for f in MODEL_FILES}
+        detail = {"backup": inc.emergency_backup, "model_sha256": sums[MODEL_FILE],
+                  "missing": [f for f in MODEL_FILES if sums[f] is None]}
         with self.db.transaction() as conn:
             cur = self.get(inc.id, conn, lock=True)
             new = self._move(conn, cur, RESTORING, plan={**cur.plan, "original_sha256": sums[MODEL_FILE],
@@ -925,7 +936,9 @@ class Engine:
         if inc.emergency_backup and (folder / inc.emergency_backup).is_dir():
             backup = folder / inc.emergency_backup
             for name in (METADATA_FILE, MODEL_FILE):
-                if sha256_file(folder / name) != sha256_file(backup / name):
+                if not (backup / name).is_file():
+                    continue  # it was missing before the rollback too
+                if not (folder / name).is_file() or sha256_file(folder / name) != sha256_file(backup / name):
                     atomic_copy(backup / name, folder / name)
                     restored_files.append(name)
         with self.db.transaction() as conn:
@@ -1051,6 +1064,15 @@ def enqueue(conn: psycopg.Connection, kind: str, *, incident_id: int | None = No
         (kind, incident_id, Jsonb(payload or {}), run_at, dedupe_key),
     )
     conn.execute(f"NOTIFY {JOBS_CHANNEL}")
+
+
+def _still_locked(lock_conn: psycopg.Connection) -> None:
+    """The executor's advisory lock lives as long as its session: check the session is still there."""
+    try:
+        lock_conn.execute("SELECT 1")
+    except psycopg.Error:
+        raise DatabaseUnavailable("PostgreSQL does not answer: the connection holding this rollback's lock was"
+                                  " lost; stopping here so that recovery can take over") from None
 
 
 def _clean_temporaries(folder: Path) -> None:

@@ -277,3 +277,19 @@ def test_break_glass_cli(settings, world, conn):
     assert {"actor": "oncall-jane", "action": "break_glass_rollback"} in audit
     inc = conn.execute("SELECT source, requested_by FROM rollback_bot.incidents").fetchone()
     assert inc == {"source": "cli", "requested_by": "oncall-jane"}
+
+
+def test_rollback_away_from_a_missing_production_model(services, world, conn):
+    """A production model.json that vanished is the emergency itself: back up what exists, restore, resume."""
+    (world.models_dir / MODEL / "model.json").unlink()
+    target = target_of(services)
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="model.json is gone",
+                                              requested_by="U0ALICE")
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    done = services.engine.execute(inc.id)
+    assert done.state == "monitoring", done.error
+    emergency = world.models_dir / MODEL / done.emergency_backup
+    assert sorted(p.name for p in emergency.iterdir()) == ["metadata.json"]
+    assert assert_consistent(conn, world.models_dir, MODEL) == target
+    backup_step = next(s for s in services.engine.steps(inc.id) if s.step == "emergency_backup")
+    assert backup_step.detail["missing"] == ["model.json"]
