@@ -63,15 +63,19 @@ def database_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def world_template(database_url: str, tmp_path_factory: pytest.TempPathFactory):
     """Build the generated platform world once: market, features view, clients, trained models."""
-    models = tmp_path_factory.mktemp("models-template")
-    with psycopg.connect(database_url) as conn:
+    return build_snapshot_world(database_url, tmp_path_factory.mktemp("models-template"))
+
+
+def build_snapshot_world(url: str, models: Path):
+    """The test world in the database at ``url``, the bot's schema, and a snapshot ``reset_database`` restores."""
+    with psycopg.connect(url) as conn:
         world = demo_world.build_world(conn, models, size="test", seed=7)
         conn.execute("CREATE SCHEMA IF NOT EXISTS test_snapshot")
         for table in MUTABLE_PLATFORM:
             conn.execute(f"DROP TABLE IF EXISTS test_snapshot.{table}")
             conn.execute(f"CREATE TABLE test_snapshot.{table} AS SELECT * FROM public.{table}")
         conn.commit()
-    migrate(database_url)
+    migrate(url)
     return world
 
 

@@ -35,3 +35,26 @@ def assert_consistent(conn, models_dir: Path, model: str) -> str:
     version = rows[0]["version"]
     assert files_equal(models_dir / model, models_dir / model / version), f"files on disk are not {version}"
     return version
+
+
+class Clock:
+    """A controllable clock for the engine (``engine.clock = clock``): tests move time, never sleep."""
+
+    def __init__(self, start):
+        self.start = self.now = start
+
+    def __call__(self):
+        return self.now
+
+    def at(self, **kw):
+        """Set the time to the start plus ``kw`` (``timedelta`` arguments)."""
+        from datetime import timedelta
+
+        self.now = self.start + timedelta(**kw)
+        return self.now
+
+    def advance(self, **kw):
+        from datetime import timedelta
+
+        self.now += timedelta(**kw)
+        return self.now

@@ -12,26 +12,14 @@ from core import engine as E
 from core.escalation import Escalator, age_escalation, check_target, immediate_reasons
 from core.services import Services
 
+from tests.helpers import Clock
+
 MODEL = "growth_momentum_large"
-
-
-class Clock:
-    def __init__(self, start):
-        self.now = start
-
-    def __call__(self):
-        return self.now
-
-    def at(self, **kw):
-        """Set the time to the start plus ``kw``."""
-        self.now = self.start + timedelta(**kw)
-        return self.now
 
 
 @pytest.fixture
 def clock():
     c = Clock(E.utcnow().replace(microsecond=0))
-    c.start = c.now
     return c
 
 

@@ -35,12 +35,12 @@ from tenacity import wait_none
 
 from bot import demo_world, localpg
 from core import engine as E
-from core.db import Database, migrate
+from core.db import Database
 from core.errors import DatabaseUnavailable
 from core.modelio import sha256_file
 from core.services import Services
 from core.settings import Settings
-from tests.conftest import MUTABLE_PLATFORM, reset_database
+from tests.conftest import build_snapshot_world, reset_database
 from tests.helpers import assert_consistent, client_settings, files_equal, production_rows, trading_halted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,15 +103,7 @@ def private_pg(tmp_path_factory) -> Iterator[PrivatePG]:
     cluster = localpg.ensure(databases=("rollback_bot",), root=root)
     try:
         url = cluster.url("rollback_bot")
-        models = tmp_path_factory.mktemp("faults-models")
-        with psycopg.connect(url) as conn:
-            world = demo_world.build_world(conn, models, size="test", seed=7)
-            conn.execute("CREATE SCHEMA IF NOT EXISTS test_snapshot")
-            for table in MUTABLE_PLATFORM:
-                conn.execute(f"DROP TABLE IF EXISTS test_snapshot.{table}")
-                conn.execute(f"CREATE TABLE test_snapshot.{table} AS SELECT * FROM public.{table}")
-            conn.commit()
-        migrate(url)
+        world = build_snapshot_world(url, tmp_path_factory.mktemp("faults-models"))
         yield PrivatePG(cluster, url, world)
     finally:
         cluster.destroy()

@@ -14,19 +14,9 @@ from core.platform import feature_rows
 from core.report import checklist
 from core.services import Services
 
+from tests.helpers import Clock
+
 MODEL = "growth_momentum_large"
-
-
-class Clock:
-    def __init__(self, start):
-        self.start = self.now = start
-
-    def __call__(self):
-        return self.now
-
-    def at(self, **kw):
-        self.now = self.start + timedelta(**kw)
-        return self.now
 
 
 @pytest.fixture

@@ -24,21 +24,9 @@ from core.report import (
     write_report,
 )
 
+from tests.helpers import Clock
+
 MODEL = "growth_momentum_large"
-
-
-class Clock:
-    """A controllable clock for the engine."""
-
-    def __init__(self, start):
-        self.now = start
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, **kw):
-        self.now += timedelta(**kw)
-        return self.now
 
 
 @pytest.fixture
