@@ -27,7 +27,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from bench.common import BenchWorld, Stopwatch, bench_world, median, table
+from bench.common import BenchWorld, bench_world, median, table
 
 NAME = "rollback"
 MODEL = "bench_large"
@@ -40,6 +40,7 @@ def add_model(bw: BenchWorld, *, trees: int, depth: int, seed: int) -> tuple[str
     """Train the production model and an older backup (``trees`` trees each) on the world's features, write
     them under ``MODEL``, and record them in the deployment log. Returns (production, target, seconds)."""
     import numpy as np
+    import xgboost
 
     from bot.demo_world import load_features, train_model, write_model_dir
     from core.metrics import evaluate
@@ -57,8 +58,6 @@ def add_model(bw: BenchWorld, *, trees: int, depth: int, seed: int) -> tuple[str
         train = (dates >= lo) & (dates < hi)
         booster = train_model(X[train], y[train], features, n_trees=trees, max_depth=depth, seed=seed + k)
         test = dates >= holdout[0]
-        import xgboost
-
         perf = evaluate(dates[test], booster.predict(xgboost.DMatrix(X[test], feature_names=features)), y[test])
         name = f"backup_{str(hi)}"
         write_model_dir(folder / name, booster, {
@@ -149,7 +148,7 @@ def time_floor(bw: BenchWorld, services, scratch: Path) -> dict[str, float]:
 
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench rollback", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=7, help="timed runs (median reported), after one warm-up")
+    parser.add_argument("--runs", type=int, default=11, help="timed runs (median reported), after one warm-up")
     parser.add_argument("--trees", type=int, default=2000)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--seed", type=int, default=7)

@@ -557,12 +557,13 @@ class Engine:
             (incident_id, step, actor, now, now, outcome, Jsonb(detail or {}), error),
         )
 
-    def _attempts(self, incident_id: int, step: str) -> int:
+    def _attempt_counts(self, incident_id: int) -> dict[str, int]:
+        """How many times each journal step of the incident was started."""
         with self.db.transaction() as conn:
-            return conn.execute(
-                "SELECT count(*) AS n FROM rollback_bot.steps WHERE incident_id = %s AND step = %s",
-                (incident_id, step),
-            ).fetchone()["n"]
+            return {r["step"]: r["n"] for r in conn.execute(
+                "SELECT step, count(*) AS n FROM rollback_bot.steps WHERE incident_id = %s GROUP BY step",
+                (incident_id,),
+            )}
 
     def _move(self, conn: psycopg.Connection, inc: Incident, new: str, **columns: Any) -> Incident:
         """Checked, conditional state change inside the caller's transaction."""
@@ -603,12 +604,14 @@ class Engine:
 
     def _run(self, incident_id: int, actor: str, lock_conn: psycopg.Connection | None = None) -> Incident:
         inc = self.get(incident_id)
+        # Attempts by earlier runs: no state repeats within one run, so one read at the start is enough.
+        attempts = self._attempt_counts(incident_id)
         while inc.state in RUNNABLE:
             step = inc.state
             if lock_conn is not None:
                 _still_locked(lock_conn)  # a restarted PostgreSQL dropped our lock: another process may take over
             if (step not in (APPROVED, REVERTING, RESUMING)
-                    and self._attempts(incident_id, STEP_OF_STATE[step]) >= MAX_STEP_ATTEMPTS):
+                    and attempts.get(STEP_OF_STATE[step], 0) >= MAX_STEP_ATTEMPTS):
                 inc = self._fail_or_revert(inc, f"step '{step}' was interrupted {MAX_STEP_ATTEMPTS} times")
                 continue
             handler = getattr(self, f"_step_{step}")
@@ -790,7 +793,9 @@ class Engine:
         if sha256_file(source / MODEL_FILE) != inc.target_sha256:
             raise VerificationFailed(f"Backup {inc.target_backup} changed on disk after approval.")
         for name in (METADATA_FILE, MODEL_FILE):
-            if not (folder / name).exists() or sha256_file(folder / name) != sha256_file(source / name):
+            dst, src = folder / name, source / name
+            if (not dst.exists() or dst.stat().st_size != src.stat().st_size  # differ: no need to hash
+                    or sha256_file(dst) != sha256_file(src)):
                 atomic_copy(source / name, folder / name)
                 self.fault(f"restored:{name}")
         detail = {"from": inc.target_backup, "sha256": inc.target_sha256}
@@ -1026,8 +1031,9 @@ class Engine:
         return new
 
     def resume_trading(self, *, user: str) -> trading.ResumeResult:
-        """``/rollback resume``: refuse while any swap is under way or a failed rollback awaits a person's
-        look; resume rollbacks kept halted after verification; then let go of every manual halt."""
+        """``/rollback resume`` by an approver: refused while any rollback is under way; rollbacks kept halted
+        after verification resume; every other holder lets go (manual halts, and failed rollbacks, whose
+        trading stays halted until a person has looked and resumes it here)."""
         with self.db.transaction() as conn:
             busy = conn.execute(
                 "SELECT id, state FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s)",

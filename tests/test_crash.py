@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -50,7 +50,6 @@ class Run:
     original: str
     settings_before: dict
     world: object
-    labels: list[str] = field(default_factory=list)
 
 
 def fresh_world(world_template, url: str, where: Path) -> Run:
