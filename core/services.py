@@ -22,7 +22,7 @@ from core.escalation import Breach, Escalator
 from core.monitoring import Monitor, MonitorCheck, MonitorSummary
 from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
 from core.report import Reports, add_root_cause, summary_line
-from core.errors import PreflightFailed, UnknownIncident, UnknownModel, clean_text
+from core.errors import PreflightFailed, UnknownModel, clean_text
 from core.performance import RecentData, evaluate_booster, recent_rows
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name

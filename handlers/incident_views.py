@@ -11,7 +11,6 @@ from slack_sdk.models.blocks import (
     ButtonElement,
     CheckboxesElement,
     ConfirmObject,
-    ContextBlock,
     DividerBlock,
     HeaderBlock,
     InputBlock,

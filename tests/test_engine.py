@@ -7,7 +7,7 @@ import json
 import pytest
 
 from core import engine as E
-from core.errors import Conflict, InvalidTransition, NotAuthorized, PreflightFailed
+from core.errors import Conflict, InvalidTransition, NotAuthorized, PreflightFailed, VerificationFailed
 from tests.helpers import assert_consistent, client_settings, files_equal, production_rows, trading_halted
 
 MODEL = "growth_momentum_large"
@@ -155,7 +155,7 @@ def test_failed_verification_puts_the_original_back_and_keeps_trading_halted(set
     assert done.state == "failed" and "Verification failed" in done.error
     assert assert_consistent(conn, world.models_dir, MODEL) == original
     assert trading_halted(conn), "trading never resumes on a model that was not verified"
-    with pytest.raises(Exception):
+    with pytest.raises(VerificationFailed, match="not verified"):
         services.engine._assert_verified(done)
 
 

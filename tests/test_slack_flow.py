@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 
-import pytest
 
 from core import engine as E
 from tests.helpers import assert_consistent, client_settings, trading_halted
@@ -152,7 +151,7 @@ def test_deny_asks_for_a_reason_and_records_who(sandbox, world, conn):
 
 
 def test_start_without_arguments_opens_the_modal_and_validates(sandbox, world, conn):
-    reply = sandbox.command("U0ALICE", "start")
+    sandbox.command("U0ALICE", "start")
     call = sandbox.standin.wait_for("views.open")[0]
     view = call.body["view"] if isinstance(call.body["view"], dict) else json.loads(call.body["view"])
     assert view["callback_id"] == "rollback_start_modal"
