@@ -92,7 +92,7 @@ def cmd_work(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
     try:
-        os.nice(5)  # acknowledging Slack (the parent) comes first when both want a CPU
+        os.nice(10)  # acknowledging Slack (the parent) comes first when both want a CPU
     except OSError:
         pass
     settings = _settings_with_database(settings, ensure_local=False)
