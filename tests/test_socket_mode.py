@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 
 from bot.app import build_app
+from bot.server import BackgroundServer
 from core.services import Services
 from tests.test_security import ClaimSpy
 
@@ -57,12 +58,11 @@ class FakeSocketModeServer:
     connections: int = 0
 
     def __post_init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._server: BackgroundServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sent: dict[str, float] = {}
         self._ws: web.WebSocketResponse | None = None
         self._cond = threading.Condition()
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
 
     # -------------------------------------------------------------------------------- lifecycle
 
@@ -71,39 +71,20 @@ class FakeSocketModeServer:
         return f"ws://{self.host}:{self.port}/link/?ticket={uuid.uuid4()}&app_id={self.app_id}"
 
     def start(self) -> FakeSocketModeServer:
-        ready = threading.Event()
-
-        async def boot() -> None:
-            app = web.Application()
-            app.router.add_get("/link/", self._handle)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.port)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(boot())
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="fake-socket-mode", daemon=True)
-        self._thread.start()
-        assert ready.wait(10), "the WebSocket server did not start"
+        app = web.Application()
+        app.router.add_get("/link/", self._handle)
+        self._server = BackgroundServer(app, self.host, self.port).start()  # the same runner the app's tests use
+        self._loop = self._server._loop
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
-        async def down() -> None:
+        async def close_socket() -> None:
             if self._ws is not None and not self._ws.closed:
                 await self._ws.close()
-            if self._runner is not None:
-                await self._runner.cleanup()
 
-        asyncio.run_coroutine_threadsafe(down(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread:
-            self._thread.join(5)
+        asyncio.run_coroutine_threadsafe(close_socket(), self._loop).result(10)
+        self._server.stop()
 
     # -------------------------------------------------------------------------------- protocol
 
