@@ -649,6 +649,10 @@ class Engine:
 
     def _begin(self, inc: Incident, step: str, actor: str) -> int:
         with self.db.transaction() as conn:
+            # A step's start row only counts attempts: if a power loss ate it, the (idempotent) step just runs
+            # again with one attempt fewer on record. So it need not wait for the WAL flush; every state
+            # change still does.
+            conn.execute("SET LOCAL synchronous_commit = off")
             return self._journal_start(conn, inc.id, step, actor)
 
     def _finish(self, step_id: int, outcome: str, detail: dict | None = None, error: str | None = None) -> None:
