@@ -16,6 +16,7 @@ import inspect
 import json
 import logging
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -33,10 +34,12 @@ class WorkProcess:
         self.argv = argv or [sys.executable, "-m", "bot", "work"]
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
+        self._queue: queue.Queue[str | None] = queue.Queue()
 
     def start(self, *, supervise_every: float = 2.0) -> WorkProcess:
         with self._lock:
             self._spawn()
+        threading.Thread(target=self._write_loop, name="work-writer", daemon=True).start()
         self._stopping = threading.Event()
         threading.Thread(target=self._supervise, args=(supervise_every,), name="work-supervisor", daemon=True).start()
         return self
@@ -58,7 +61,20 @@ class WorkProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def submit(self, name: str, payload: dict[str, Any]) -> None:
-        line = json.dumps({"work": name, **payload}, ensure_ascii=False) + "\n"
+        """Queue a work item; a writer thread feeds the child, so an ack never waits for a full pipe."""
+        self._queue.put(json.dumps({"work": name, **payload}, ensure_ascii=False) + "\n")
+
+    def _write_loop(self) -> None:
+        while True:
+            line = self._queue.get()
+            if line is None:
+                return
+            try:
+                self._write(line)
+            except OSError:
+                log.exception("a work item could not be handed to the work process")
+
+    def _write(self, line: str) -> None:
         with self._lock:
             for attempt in (1, 2):
                 if not self.alive():
@@ -76,6 +92,7 @@ class WorkProcess:
     def stop(self, timeout: float = 20.0) -> None:
         if getattr(self, "_stopping", None) is not None:
             self._stopping.set()
+        self._queue.put(None)
         with self._lock:
             proc, self._proc = self._proc, None
         if proc is None:
