@@ -10,6 +10,7 @@ database and on disk.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 import threading
 import time
@@ -177,6 +178,7 @@ def environment(*, root: Path, database_url: str | None, size: str, out: TextIO)
     say("Setting up: a private PostgreSQL, a generated market with a regime change, XGBoost models with backups…")
     url = prepare_database(database_url)
     root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root / "incidents", ignore_errors=True)  # the database is new: so are its incidents
     with psycopg.connect(url) as conn:
         world = demo_world.build_world(conn, root / "models", size=size, seed=0)
     migrate(url)

@@ -429,15 +429,25 @@ def _next_steps(incident: Incident, steps: list[Step], targets: list[TargetStatu
 
 def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary: str | None,
                   halted_clients: int | None = None, now: datetime, monitoring_summary: str | None = None,
-                  chart_file: str | None = None) -> str:
+                  chart_file: str | None = None, people: Callable[[str], str] | None = None) -> str:
     """The incident report as Markdown, derived from the incident row and its journal.
 
     ``diagnostics_summary`` defaults to the one stored in the incident's plan (``plan.diagnostics.summary``);
     ``halted_clients`` to the number of active clients the ``halt`` step switched off;
     ``monitoring_summary`` to the summary journaled by the ``monitor`` step; ``chart_file`` (a file name
-    next to the report) adds the performance chart as an image.
+    next to the report) adds the performance chart as an image. ``people`` turns an actor's id (a Slack user
+    id) into a name for readers; ids stay as they are without it.
     """
     inc = incident
+
+    def who(actor: str | None) -> str:
+        if not actor or people is None:
+            return actor or ""
+        try:
+            return people(actor)
+        except Exception:  # noqa: BLE001 - a name lookup never stops a report
+            return actor
+
     rollback = inc.kind == "rollback"
     if not diagnostics_summary:
         diagnostics_summary = ((inc.plan or {}).get("diagnostics") or {}).get("summary")
@@ -454,11 +464,11 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
         if inc.emergency_backup:
             facts.append(("Emergency backup", inc.emergency_backup))
     facts += [("Severity", inc.severity), ("State", inc.state), ("Reason", _line(inc.reason) or "-"),
-              ("Requested by", f"{inc.requested_by} (via {inc.source})")]
+              ("Requested by", f"{who(inc.requested_by)} (via {inc.source})")]
     if inc.approved_by:
-        facts.append(("Approved by", f"{inc.approved_by} at {_utc(inc.approved_at)}"))
+        facts.append(("Approved by", f"{who(inc.approved_by)} at {_utc(inc.approved_at)}"))
     elif inc.decided_by:
-        facts.append((inc.state.capitalize() + " by", f"{inc.decided_by}: {_line(inc.decision_note)}"))
+        facts.append((inc.state.capitalize() + " by", f"{who(inc.decided_by)}: {_line(inc.decision_note)}"))
     if inc.error:
         facts.append(("Error", _line(inc.error)))
     md += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in facts] + [""]
@@ -501,7 +511,7 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
     for s in steps:
         at = s.finished_at or s.started_at
         md.append(f"| {_cell(_utc(at).removesuffix(' UTC'))} | {_cell(_LABELS.get(s.step, s.step))} | "
-                  f"{_cell(s.actor)} | {_cell(s.outcome)} | {_cell(_describe(s))} |")
+                  f"{_cell(who(s.actor))} | {_cell(s.outcome)} | {_cell(_describe(s))} |")
     md.append("")
 
     # Timeline
@@ -652,8 +662,10 @@ class Reports:
 
     def __init__(self, engine: Engine, incidents_dir: Path, *,
                  diagnostics: Callable[[Incident], str | None] | None = None,
-                 chart: Callable[[Incident], bytes | None] | None = None) -> None:
+                 chart: Callable[[Incident], bytes | None] | None = None,
+                 people: Callable[[str], str] | None = None) -> None:
         self.engine = engine
+        self.people = people
         self.incidents_dir = Path(incidents_dir)
         self.diagnostics = diagnostics
         self.chart = chart
@@ -668,7 +680,7 @@ class Reports:
             except Exception:  # noqa: BLE001 - the report is written without it
                 summary = None
         markdown = render_report(incident=incident, steps=steps, diagnostics_summary=summary,
-                                 now=self.engine.clock(), chart_file=chart_file)
+                                 now=self.engine.clock(), chart_file=chart_file, people=self.people)
         return incident, markdown
 
     def update(self, incident_id: int, *, actor: str = "rollback-bot") -> Path:

@@ -9,6 +9,7 @@ rollback. Escalation pages are sent synchronously so that a page Slack refused i
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from slack_sdk import WebClient
@@ -147,8 +148,30 @@ class SlackNotifier:
             self.progress.submit(lambda: self.progress.reply(inc, text), ref=inc.ref)
 
 
+class PeopleNames:
+    """Slack user ids as names for reports ("Alice Smith (@alice)"), from users.info, cached."""
+
+    def __init__(self, client: WebClient) -> None:
+        self.client = client
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, ident: str) -> str:
+        if not re.fullmatch(r"[UW][A-Z0-9]{2,20}", ident or ""):
+            return ident
+        if ident not in self._cache:
+            try:
+                user = self.client.users_info(user=ident)["user"]
+                real = (user.get("real_name") or user.get("profile", {}).get("real_name") or "").strip()
+                name = user.get("name") or ident
+                self._cache[ident] = f"{real} (@{name})" if real else f"@{name}"
+            except Exception:  # noqa: BLE001 - the id itself is still a correct answer
+                return ident
+        return self._cache[ident]
+
+
 def register(client: WebClient, deps: Deps, progress: SlackProgress) -> SlackNotifier:
     n = SlackNotifier(client, deps, progress)
+    deps.services.reports.people = PeopleNames(client)
     progress.after_change.append(n.on_state)
     progress.on_step["report"] = n.report
     deps.services.register_aftercare(on_page=n.page, on_breach=n.breach, on_trouble=n.trouble,

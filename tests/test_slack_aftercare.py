@@ -49,6 +49,7 @@ def test_stakeholders_report_monitoring_and_email(settings, db, standin, world, 
         # the report is written and uploaded to the thread with a summary
         report = next((tmp_path / "incidents").glob(f"INC-{inc.id}-*.md"))
         assert "Impact" in report.read_text() and inc.target_backup in report.read_text()
+        assert "| Requested by | Alice (@alice) (via slack) |" in report.read_text()  # names, not ids
         up = standin.wait_for("files.completeUploadExternal")[0]
         assert up.body.get("thread_ts") == card.ts and "Incident report" in up.body.get("initial_comment", "")
         assert any(u.content and b"Incident report" in u.content for u in standin.uploads())
