@@ -77,7 +77,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             SocketModeHandler(app, settings.slack_app_token.get_secret_value(), web_client=app.client).start()
             return 0
         logging.getLogger("rollback_bot").info("serving HTTP on port %s", settings.port)
-        serve_http(build_web_app(app, services), host=args.host, port=settings.port)
+        secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
+        serve_http(build_web_app(app, services, forward=work.forward, signing_secret=secret),
+                   host=args.host, port=settings.port)
         return 0
     finally:
         work.stop()
@@ -97,10 +99,11 @@ def cmd_work(args: argparse.Namespace, settings: Settings) -> int:
         pass
     settings = _settings_with_database(settings, ensure_local=False)
     services = build_services(settings)
-    app = build_app(settings, services)
+    # Requests reach this process from `serve`, which verified their signatures already.
+    app = build_app(settings.model_copy(update={"slack_signing_secret": None}), services)
     services.start_background()
     try:
-        serve_stdin(app.deps, app.client)
+        serve_stdin(app.deps, app.client, app=app)
     finally:
         services.stop_background()
         app.progress.flush(10)

@@ -8,11 +8,15 @@ database answers; ``GET /metrics`` serves the Prometheus metrics.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qs
 
 from aiohttp import web
 from slack_bolt import App, BoltRequest, BoltResponse
+from slack_sdk.signature import SignatureVerifier
 
 from core.services import Services
 
@@ -28,14 +32,28 @@ def _to_aiohttp(resp: BoltResponse) -> web.Response:
     return web.Response(status=resp.status, body=resp.body.encode("utf-8"), headers=headers, content_type=content_type)
 
 
-def build_web_app(app: App, services: Services, *, workers: int = 32) -> web.Application:
+Forward = Callable[[str, dict[str, str]], None]
+
+
+def build_web_app(app: App, services: Services, *, workers: int = 32, forward: Forward | None = None,
+                  signing_secret: str | None = None) -> web.Application:
+    """With ``forward`` (``serve`` with its work process), a signed request that needs nothing but an empty ack
+    (a command other than help, a button click, an event) is acked here at once and handed to the work process
+    whole; everything else (modal submissions, help, Slack's checks) goes through the Bolt App here."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bolt")
+    verifier = SignatureVerifier(signing_secret) if forward is not None and signing_secret else None
 
     async def slack_events(request: web.Request) -> web.Response:
         stamp = request.headers.get("X-Slack-Request-Timestamp", "")
         if not stamp.isdigit() or len(stamp) > 12:
             return web.Response(status=401, text="invalid request timestamp")
         body = (await request.read()).decode("utf-8", errors="replace")
+        if verifier is not None and forward is not None:
+            if not verifier.is_valid(body, stamp, request.headers.get("X-Slack-Signature", "")):
+                return web.Response(status=401, text="invalid request signature")
+            if needs_only_an_ack(body, request.headers.get("Content-Type", "")):
+                forward(body, {k: v for k, v in request.headers.items() if k.lower().startswith(("x-slack", "content-type"))})
+                return web.Response(status=200, body=b"")
         bolt_req = BoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
         loop = asyncio.get_running_loop()
         resp = await loop.run_in_executor(executor, app.dispatch, bolt_req)
@@ -59,6 +77,29 @@ def build_web_app(app: App, services: Services, *, workers: int = 32) -> web.App
     web_app.router.add_get("/metrics", metrics)
     web_app.on_cleanup.append(on_cleanup)
     return web_app
+
+
+def needs_only_an_ack(body: str, content_type: str) -> bool:
+    """True for what the Bolt App would answer with an empty ack: a `/rollback` subcommand other than help,
+    a button click, an Events API callback. Modal submissions (validated in the ack), help (answered in the
+    ack), url_verification and ssl_check are not."""
+    from handlers.commands import WORK_VERBS
+
+    if "json" in content_type:
+        try:
+            return json.loads(body).get("type") == "event_callback"
+        except ValueError:
+            return False
+    form = parse_qs(body, keep_blank_values=True)
+    if "payload" in form:
+        try:
+            return json.loads(form["payload"][0]).get("type") == "block_actions"
+        except ValueError:
+            return False
+    if form.get("command", [""])[0] and not form.get("ssl_check"):
+        verb = (form.get("text", [""])[0].strip().split(" ", 1)[0] or "help").lower()
+        return verb in WORK_VERBS
+    return False
 
 
 def serve_http(web_app: web.Application, *, host: str, port: int) -> None:

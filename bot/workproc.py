@@ -60,6 +60,10 @@ class WorkProcess:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def forward(self, body: str, headers: dict[str, str]) -> None:
+        """A whole Slack request, verified and acked by the parent, for the child's app to handle."""
+        self.submit(DISPATCH, {"body": body, "headers": headers})
+
     def submit(self, name: str, payload: dict[str, Any]) -> None:
         """Queue a work item; a writer thread feeds the child, so an ack never waits for a full pipe."""
         self._queue.put(json.dumps({"work": name, **payload}, ensure_ascii=False) + "\n")
@@ -128,8 +132,14 @@ def decode(payload: dict[str, Any], client: Any) -> dict[str, Any]:
     return kwargs
 
 
-def serve_stdin(deps: Any, client: Any, stream: Any = None) -> None:
-    """The child's loop: run each work item on the app's pool until standard input ends."""
+DISPATCH = "dispatch"
+
+
+def serve_stdin(deps: Any, client: Any, stream: Any = None, *, app: Any = None) -> None:
+    """The child's loop: run each work item on the app's pool until standard input ends. A ``dispatch`` item
+    is a whole Slack request the parent already verified and acked: the app handles it as if it came itself."""
+    from slack_bolt import BoltRequest
+
     stream = stream or sys.stdin
     for line in stream:
         line = line.strip()
@@ -137,6 +147,10 @@ def serve_stdin(deps: Any, client: Any, stream: Any = None) -> None:
             continue
         try:
             item = json.loads(line)
+            if item.get("work") == DISPATCH and app is not None:
+                request = BoltRequest(body=item["body"], headers={k: [v] for k, v in item["headers"].items()})
+                deps.run_local(app.dispatch, req=request)
+                continue
             work = deps.works[item.pop("work")]
         except (ValueError, KeyError) as exc:
             log.error("unreadable work item: %s", exc)

@@ -44,6 +44,9 @@ class ParsedCommand:
         )
 
 
+# Subcommands whose ack is empty (their work runs afterwards); `help` and unknown ones are answered in the ack.
+WORK_VERBS = frozenset({"status", "backups", "incidents", "start", "halt", "resume", "diagnose", "report"})
+
 USAGE = {
     "backups": "Usage: `/rollback backups MODEL` (see `/rollback status` for the models).",
     "report": "Usage: `/rollback report INCIDENT` (for example `/rollback report INC-12`).",
@@ -202,5 +205,6 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         client.chat_postMessage(channel=deps.channel, text=text)
         respond(text="Trading resumed.", response_type="ephemeral", replace_original=False)
 
+    assert set(handlers) == WORK_VERBS, "WORK_VERBS must list every subcommand (bot/server.py relies on it)"
     app.command(Command.ROLLBACK.value)(on_command)
 
