@@ -178,7 +178,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         client.views_open(
             trigger_id=cmd.trigger_id,
             view=iv.start_modal(models=view.models, model=view.model, backups=view.backups,
-                                recommended=view.recommended, channel=cmd.channel_id),
+                                recommended=view.recommended, channel=cmd.channel_id, reason=reason or None),
         )
 
     @on("halt")

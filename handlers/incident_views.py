@@ -257,7 +257,7 @@ def _backup_option(b: BackupInfo, recommended: str | None) -> Option:
 
 
 def start_modal(*, models: list[str], model: str | None, backups: list[BackupInfo], recommended: str | None,
-                channel: str | None) -> dict:
+                channel: str | None, reason: str | None = None) -> dict:
     model_select = StaticSelectElement(
         action_id=Action.MODAL_MODEL_SELECT.value,
         placeholder="Choose a model",
@@ -286,7 +286,9 @@ def start_modal(*, models: list[str], model: str | None, backups: list[BackupInf
         else:
             blocks.append(section(":warning: This model has no backups."))
     blocks += [
-        InputBlock(block_id=B.REASON.value, label="Reason", element=PlainTextInputElement(action_id="reason", multiline=True, max_length=2000, placeholder="What went wrong? (Sharpe collapsed, losses, crashes, bad data…)")),
+        InputBlock(block_id=B.REASON.value, label="Reason", element=PlainTextInputElement(
+            action_id="reason", multiline=True, max_length=2000, initial_value=clip(reason, 2000) if reason else None,
+            placeholder="What went wrong? (Sharpe collapsed, losses, crashes, bad data…)")),
         InputBlock(
             block_id=B.SEVERITY.value,
             label="Severity",

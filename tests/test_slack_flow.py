@@ -228,3 +228,14 @@ def test_user_groups_are_resolved(settings, db, standin, world, conn):
         standin.wait_for("usergroups.users.list")
         standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
         assert box.services.engine.list_incidents()[0].approved_by == "U0DAVE"
+
+
+def test_start_with_a_model_but_no_backup_opens_the_form_prefilled(sandbox, world, conn):
+    sandbox.command("U0ALICE", f"start {MODEL} IC negative since Monday")
+    call = sandbox.standin.wait_for("views.open")[0]
+    view = call.body["view"] if isinstance(call.body["view"], dict) else json.loads(call.body["view"])
+    blocks = {b.get("block_id"): b for b in view["blocks"]}
+    assert blocks["model_block"]["element"]["initial_option"]["value"] == MODEL
+    assert blocks["backup_block"]["element"]["options"][0]["text"]["text"].startswith("★")
+    assert blocks["reason_block"]["element"]["initial_value"] == "IC negative since Monday"
+    assert conn.execute("SELECT count(*) AS n FROM rollback_bot.incidents").fetchone()["n"] == 0
