@@ -61,7 +61,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.require("slack_signing_secret")
     from bot.app import build_app
     from bot.server import build_web_app, serve_http
-
     from bot.workproc import WorkProcess
 
     services = build_services(settings)
@@ -78,7 +77,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         logging.getLogger("rollback_bot").info("serving HTTP on port %s", settings.port)
         secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-        serve_http(build_web_app(app, services, forward=work.forward, signing_secret=secret),
+        serve_http(build_web_app(app, services, forward=work.forward, signing_secret=secret, work_alive=work.alive),
                    host=args.host, port=settings.port)
         return 0
     finally:

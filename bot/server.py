@@ -36,7 +36,7 @@ Forward = Callable[[str, dict[str, str]], None]
 
 
 def build_web_app(app: App, services: Services, *, workers: int = 32, forward: Forward | None = None,
-                  signing_secret: str | None = None) -> web.Application:
+                  signing_secret: str | None = None, work_alive: Callable[[], bool] | None = None) -> web.Application:
     """With ``forward`` (``serve`` with its work process), a signed request that needs nothing but an empty ack
     (a command other than help, a button click, an event) is acked here at once and handed to the work process
     whole; everything else (modal submissions, help, Slack's checks) goes through the Bolt App here."""
@@ -62,7 +62,10 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
     async def healthz(_: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(executor, services.db.ping)
-        return web.json_response({"ok": ok, "database": "up" if ok else "down"}, status=200 if ok else 503)
+        body = {"ok": ok, "database": "up" if ok else "down"}
+        if work_alive is not None:
+            body["work_process"] = "up" if work_alive() else "restarting"
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         body, content_type = app.metrics.render()  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -46,6 +47,9 @@ def serve(settings, standin, world, tmp_path):
     procs: list[subprocess.Popen] = []
 
     def start() -> str:
+        return start_proc()[0]
+
+    def start_proc() -> tuple[str, subprocess.Popen]:
         port = free_port()
         env = {
             "PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
@@ -61,8 +65,9 @@ def serve(settings, standin, world, tmp_path):
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, proc)
-        return url
+        return url, proc
 
+    start.with_process = start_proc  # type: ignore[attr-defined]
     yield start
     for proc in procs:
         if proc.poll() is None:
@@ -87,6 +92,8 @@ def test_serve_answers_signed_commands_and_stops_cleanly(serve, settings, standi
                                 secret="wrong").status == 401
     with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
         assert b"rollback_bot_rollbacks" in resp.read()
+    with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:
+        assert json.loads(resp.read()) == {"ok": True, "database": "up", "work_process": "up"}
 
 
 def test_two_serve_processes_behave_as_one(serve, settings, standin, conn, world):
@@ -133,3 +140,34 @@ def test_two_serve_processes_behave_as_one(serve, settings, standin, conn, world
     assert not trading_halted(conn) and client_settings(conn) == before
     standin.wait_for("chat.postEphemeral", lambda c: "already approved" in c.body.get("text", ""), count=5,
                      timeout=10)
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def test_a_dead_work_process_is_started_again(serve, settings, standin):
+    url, proc = serve.with_process()
+    [child] = children(proc.pid)
+    os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        alive = [c for c in children(proc.pid) if c != child]
+        if alive:
+            break
+        time.sleep(0.1)
+    assert alive, "the work process was not started again"
+    sender = SlackSender(url + "/slack/events", settings.slack_signing_secret.get_secret_value())
+    r = sender.slash_command(text="status", user_id="U0ALICE", channel_id="C1",
+                             response_url=standin.response_url("after", channel="C1", user="U0ALICE"))
+    assert r.status == 200
+    standin.wait_for("response_url", lambda c: c.body.get("key") == "after", timeout=20)
