@@ -210,7 +210,7 @@ Listener = Callable[[Event], None]
 FaultHook = Callable[[str], None]
 
 
-def _no_fault(_: str) -> None:
+def no_fault(_: str) -> None:
     return None
 
 
@@ -224,7 +224,7 @@ class Engine:
         registry: ModelRegistry,
         *,
         clock: Callable[[], datetime] = utcnow,
-        fault_hook: FaultHook = _no_fault,
+        fault_hook: FaultHook = no_fault,
     ) -> None:
         self.settings = settings
         self.db = db

@@ -17,7 +17,7 @@ from core import fixes
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
 from core.charts import chart_maker, model_chart
-from core.engine import Engine, Event, Incident, _no_fault, enqueue, utcnow
+from core.engine import Engine, Event, Incident, no_fault, enqueue, utcnow
 from core.escalation import Breach, Escalator
 from core.monitoring import Monitor, MonitorCheck, MonitorSummary
 from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
@@ -96,7 +96,7 @@ class Services:
         self.settings = settings
         self.db = db
         self.registry = registry or ModelRegistry(settings.models_dir)
-        self.engine = Engine(settings, db, self.registry, clock=clock or utcnow, fault_hook=fault_hook or _no_fault)
+        self.engine = Engine(settings, db, self.registry, clock=clock or utcnow, fault_hook=fault_hook or no_fault)
         self.worker = Worker(self.engine)
         self._background = False
         # Runbook step 8: every rollback runs diagnostics right after the halt (a job, so any process may).

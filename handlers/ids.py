@@ -10,9 +10,7 @@ class Command(StrEnum):
 class Action(StrEnum):
     APPROVE = "rollback_approve"
     DENY = "rollback_deny"
-    RESUME = "trading_resume"
     ADD_ROOT_CAUSE = "add_root_cause"
-    REFRESH_HOME = "home_refresh"
     FIX_REFRESH_VIEW = "fix_refresh_view"
     FIX_RESTORE_MODEL = "fix_restore_model"
     MODAL_MODEL_SELECT = "start_model_select"
