@@ -84,7 +84,7 @@ def collect_labels(engine: E.Engine, model: str, backup: str, models_dir: Path) 
     inc, _ = engine.request_rollback(model=model, backup=backup, reason="labels", requested_by="U0ALICE")
     engine.approve(incident_id=inc.id, approver="U0BOB")
     assert engine.execute(inc.id).state == E.FAILED
-    engine.fault = E._no_fault
+    engine.fault = E.no_fault
     assert "before:reverting" in labels and "before:resuming" not in labels
     normal = [f"{p}:{s}" for s in ("resuming",) for p in ("before", "after")]
     return sorted(set(labels) | set(normal))
@@ -195,7 +195,7 @@ def test_rollback_engine_invariants(world_template, database_url, tmp_path):
                 return
             before = production_rows(check, model)[0]["version"]
             before_halted = trading_halted(check)
-            self.engine.fault = E._no_fault
+            self.engine.fault = E.no_fault
             if damage == "damaged_after_restore":
                 def hook(label: str) -> None:
                     if label == "after:restoring":
@@ -209,7 +209,7 @@ def test_rollback_engine_invariants(world_template, database_url, tmp_path):
             try:
                 done = self.engine.execute(inc.id)
             finally:
-                self.engine.fault = E._no_fault
+                self.engine.fault = E.no_fault
             version = production_rows(check, model)[0]["version"]
             if damage == "changed_after_approval":
                 assert done.state == E.FAILED and "changed on disk" in done.error, (done.state, done.error)
@@ -242,7 +242,7 @@ def test_rollback_engine_invariants(world_template, database_url, tmp_path):
             except Crash:
                 pass  # the process "died"; the incident waits for a restart
             finally:
-                self.engine.fault = E._no_fault
+                self.engine.fault = E.no_fault
 
         @rule(label=st.none() | st.sampled_from(labels))
         def restart(self, label):
@@ -257,7 +257,7 @@ def test_rollback_engine_invariants(world_template, database_url, tmp_path):
             except Crash:
                 return  # died again while recovering
             finally:
-                self.engine.fault = E._no_fault
+                self.engine.fault = E.no_fault
             left = self._incidents(*E.RUNNABLE)
             assert not left, f"recover() left {[(r['id'], r['state']) for r in left]}"
 
@@ -273,7 +273,7 @@ def test_rollback_engine_invariants(world_template, database_url, tmp_path):
 
             def hook(at: str) -> None:
                 if at == label and b is not None:
-                    self.engine.fault = E._no_fault
+                    self.engine.fault = E.no_fault
                     seen["b"] = self.engine.execute(b.id)
                     seen["a"] = self.engine.get(a.id).state
                     seen["halted"] = trading_halted(check)
@@ -282,7 +282,7 @@ def test_rollback_engine_invariants(world_template, database_url, tmp_path):
             try:
                 done = self.engine.execute(a.id)
             finally:
-                self.engine.fault = E._no_fault
+                self.engine.fault = E.no_fault
             assert done.state == E.MONITORING, (done.state, done.error)
             if b is not None:
                 if "b" in seen:
