@@ -272,6 +272,9 @@ class Market:
     null_feature_tickers: list[str] = field(default_factory=list)
     close: np.ndarray = field(default=None, repr=False)  # (days, tickers) closes, as generated
     rows: int = 0                    # rows written to daily_bars
+    # Days simulated but not yet written ("the market has not closed yet"): (day, rows), released in order by
+    # ``release_day`` (the demo shows monitoring against realized returns as new data arrives).
+    pending: list[tuple[date, list[tuple]]] = field(default_factory=list, repr=False)
 
     @property
     def first_feature_day(self) -> date:
@@ -396,6 +399,7 @@ def generate_market(
     missing_day: date | int | None = None,
     null_feature: str | tuple[str, date | int] | None = None,
     signal_strength: float = 1.0,
+    held_back: int = 0,
 ) -> Market:
     """Replace ``daily_bars`` with a synthetic market and refresh ``ml_training_features``.
 
@@ -417,9 +421,12 @@ def generate_market(
     if tickers < 5:
         raise ValueError("tickers must be at least 5")
     create_platform_schema(conn)
-    trading_days = trading_days_ending(end_date, days)
+    # ``held_back`` more days are simulated after the written history (same regime indices, same draws for
+    # the written days) and kept in ``Market.pending``; the history then ends ``held_back`` days earlier.
+    all_days = trading_days_ending(end_date, days + held_back)
+    trading_days = all_days[:days]
     names = [f"T{i:04d}" for i in range(tickers)]
-    sim = _simulate(tickers, days, regime_change_days, seed, signal_strength)
+    sim = _simulate(tickers, days + held_back, regime_change_days + held_back, seed, signal_strength)
     plant_rng = np.random.default_rng([seed, 7])
     n_plant = max(1, tickers // 4)
 
@@ -429,7 +436,7 @@ def generate_market(
         tickers=names,
         regime_change_start=trading_days[days - regime_change_days],
         era_boundary=trading_days[_era_boundary_index(days, regime_change_days)],
-        close=sim["close"],
+        close=sim["close"][:days],
     )
     if missing_day is not None:
         day = _resolve_day(trading_days, missing_day, "missing_day")
@@ -479,7 +486,27 @@ def generate_market(
     _refresh_view(conn)
     conn.commit()
     market.rows = rows
+    for t in range(days, days + held_back):
+        market.pending.append((all_days[t], [
+            (all_days[t], name, float(o[t][i]), float(h[t][i]), float(lo[t][i]), float(c[t][i]), int(v[t][i]))
+            for i, name in enumerate(names)
+        ]))
     return market
+
+
+def release_day(conn: psycopg.Connection, market: Market) -> date | None:
+    """Write the next held-back trading day to ``daily_bars`` and refresh the feature view (None: no more)."""
+    if not market.pending:
+        return None
+    day, rows = market.pending.pop(0)
+    with conn.cursor(row_factory=tuple_row) as cur:
+        with cur.copy("COPY daily_bars (date, ticker, open, high, low, close, volume) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    _refresh_view(conn)
+    conn.commit()
+    market.trading_days.append(day)
+    return day
 
 
 # --------------------------------------------------------------------------------------------- features
@@ -762,6 +789,7 @@ def build_world(
     end_date: date | None = None,
     missing_day: date | int | None = None,
     null_feature: str | tuple[str, date | int] | None = None,
+    held_back: int = 0,
 ) -> World:
     """Build the whole platform world in the connection's schema and under ``models_dir``; commit.
 
@@ -792,8 +820,9 @@ def build_world(
         missing_day=missing_day,
         null_feature=null_feature,
         signal_strength=spec["signal_strength"],
+        held_back=held_back,
     )
-    days = market.trading_days
+    days = list(market.trading_days)
     n_days = len(days)
     change = n_days - spec["regime_change_days"]
 
