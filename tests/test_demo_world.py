@@ -381,3 +381,17 @@ def test_evaluate():
         perf.days = 3  # frozen
     empty = M.evaluate([], [], [])
     assert empty.days == 0 and math.isnan(empty.spearman_ic) and math.isnan(empty.sharpe_ratio)
+
+
+def test_held_back_day_is_released_into_bars_and_view(conn):
+    market = dw.generate_market(conn, tickers=12, days=80, end_date=END, regime_change_days=10, seed=3, held_back=1)
+    last_written = _q(conn, "SELECT max(date) AS d FROM daily_bars")[0]["d"]
+    assert market.pending and market.pending[0][0] > last_written
+    same = dw.generate_market(conn, tickers=12, days=80, end_date=last_written, regime_change_days=10, seed=3)
+    assert np.allclose(same.close, market.close)  # holding a day back changes nothing already written
+    market = dw.generate_market(conn, tickers=12, days=80, end_date=END, regime_change_days=10, seed=3, held_back=1)
+    day = dw.release_day(conn, market)
+    assert day == _q(conn, "SELECT max(date) AS d FROM daily_bars")[0]["d"]
+    assert day == _q(conn, "SELECT max(date) AS d FROM ml_training_features")[0]["d"]
+    assert _q(conn, "SELECT count(*) AS n FROM daily_bars WHERE date = %s", (day,))[0]["n"] == 12
+    assert dw.release_day(conn, market) is None
