@@ -19,11 +19,11 @@ from core.diagnostics import DiagnosticsReport, run_diagnostics
 from core.charts import chart_maker, model_chart
 from core.engine import Engine, Event, Incident, no_fault, enqueue, utcnow
 from core.escalation import Breach, Escalator
-from core.monitoring import Monitor, MonitorCheck, MonitorSummary
+from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows
 from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
 from core.report import Reports, add_root_cause, summary_line
 from core.errors import PreflightFailed, UnknownModel, clean_text
-from core.performance import RecentData, evaluate_booster, recent_rows
+from core.performance import evaluate_booster
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
 from core.settings import Settings
@@ -225,14 +225,14 @@ class Services:
 
     def _live_scorer(self, conn, days: int = 20):
         """Score a backup on the last ``days`` trading days of live data (see core.performance)."""
-        cache: dict[tuple[str, ...], RecentData] = {}
+        cache: dict[tuple[str, ...], LabelledRows] = {}
 
         def score(b: BackupInfo):
             if not b.features:
                 return None
             key = tuple(b.features)
             if key not in cache:
-                cache[key] = recent_rows(conn, b.features, days=days)
+                cache[key] = labelled_rows(conn, b.features, last_days=days)
             return evaluate_booster(self.registry.booster(b.path), b.features, cache[key])
 
         return score
@@ -322,18 +322,21 @@ class Services:
                         dedupe_key=f"report:{inc.id}:{inc.state}")
 
     def _write_report(self, job: dict) -> None:
-        path = self.reports.update(job["incident_id"])
-        inc = self.engine.get(job["incident_id"])
-        detail = {"path": str(path), "upload": bool(job["payload"].get("upload")),
-                  "summary": summary_line(inc, self.engine.steps(inc.id))}
-        self.engine.publish(Event("step", inc, "report", detail))
+        self._update_report(job["incident_id"], upload=bool(job["payload"].get("upload")))
 
     def report(self, *, incident_id: int, actor: str) -> Path:
         """``/rollback report INCIDENT``: bring the report up to date and return its file."""
+        return self._update_report(incident_id, actor=actor, upload=True, again=True)
+
+    def _update_report(self, incident_id: int, *, upload: bool, actor: str = "rollback-bot",
+                       again: bool = False) -> Path:
+        """Rewrite the report file, then tell the listeners (the Slack layer uploads it when ``upload``)."""
         path = self.reports.update(incident_id, actor=actor)
         inc = self.engine.get(incident_id)
-        self.engine.publish(Event("step", inc, "report", {"path": str(path), "upload": True, "again": True,
-                                                          "summary": summary_line(inc, self.engine.steps(inc.id))}))
+        detail = {"path": str(path), "upload": upload, "summary": summary_line(inc, self.engine.steps(inc.id))}
+        if again:
+            detail["again"] = True
+        self.engine.publish(Event("step", inc, "report", detail))
         return path
 
     def register_aftercare(
