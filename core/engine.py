@@ -113,6 +113,12 @@ STEP_OF_STATE = {
 RUNBOOK_TARGETS = {"halted": 2, "rolled_back": 5, "verified": 7, "resumed": 10}
 
 
+def already_decided(inc: Incident) -> Conflict:
+    """The answer to a second approval, denial or click: who got there first."""
+    who = inc.approved_by or inc.decided_by
+    return Conflict(f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else "."))
+
+
 def check_transition(current: str, new: str, kind: str = "rollback") -> None:
     table = HALT_TRANSITIONS if kind == "halt" else TRANSITIONS
     if new not in table.get(current, frozenset()):
@@ -445,10 +451,7 @@ class Engine:
             if inc.kind != "rollback":
                 refusal = InvalidTransition(f"{inc.ref} is a {inc.kind} incident, not a rollback request.")
             elif inc.state != REQUESTED:
-                who = inc.approved_by or inc.decided_by
-                refusal = Conflict(
-                    f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else ".")
-                )
+                refusal = already_decided(inc)
             elif approver == inc.requested_by:
                 refusal = NotAuthorized("You cannot approve your own request: a second person must approve it.")
             elif not allowed:
@@ -487,8 +490,7 @@ class Engine:
             elif not allowed:
                 refusal = NotAuthorized("Only approvers or the requester may deny a rollback.")
             elif inc.state != REQUESTED:
-                who = inc.approved_by or inc.decided_by
-                refusal = Conflict(f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else "."))
+                refusal = already_decided(inc)
             else:
                 refusal = None
             if refusal:

@@ -36,7 +36,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from core.db import Database
-from core.engine import CLOSED, Engine, Incident, PreflightReport, enqueue, utcnow
+from core.engine import CLOSED, Engine, Incident, PreflightReport, already_decided, enqueue, utcnow
 from core.errors import (
     BackupCorrupt,
     Conflict,
@@ -269,8 +269,7 @@ def approve_fix(
         inc = _get(conn, incident_id, lock=True)
         refusal: RollbackError | None = None
         if inc.state != "requested":
-            who = inc.approved_by or inc.decided_by
-            refusal = Conflict(f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else "."))
+            refusal = already_decided(inc)
         elif approver == inc.requested_by:
             refusal = NotAuthorized("You cannot approve your own request: a second person must approve it.")
         elif not allowed:
@@ -308,8 +307,7 @@ def deny_fix(
         if not allowed and user != inc.requested_by:
             refusal = NotAuthorized("Only approvers or the requester may deny a fix.")
         elif inc.state != "requested":
-            who = inc.approved_by or inc.decided_by
-            refusal = Conflict(f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else "."))
+            refusal = already_decided(inc)
         if refusal is not None:
             conn.rollback()
             _audit(conn, now, actor=user, action="fix_deny", outcome="refused", incident_id=incident_id,

@@ -11,6 +11,7 @@ import json
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
+from core.engine import already_decided
 from core.errors import NotAuthorized, RollbackError
 from handlers import incident_views as iv
 from handlers.deps import Deps
@@ -83,8 +84,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                              reason="not an approver")
                 raise NotAuthorized("Only approvers or the requester may deny a rollback.")
             if inc.state != "requested":
-                who = inc.approved_by or inc.decided_by
-                raise RollbackError(f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else "."))
+                raise already_decided(inc)
             client.views_open(trigger_id=body["trigger_id"], view=iv.deny_modal(
                 inc, channel=(body.get("channel") or {}).get("id"), message_ts=(body.get("message") or {}).get("ts")))
         except Exception as exc:  # noqa: BLE001
