@@ -457,13 +457,7 @@ def _pid_alive(pid: int) -> bool:
         return False
     except (OSError, IndexError):
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _pid_exists(pid)
 
 
 def _pid_exists(pid: int) -> bool:

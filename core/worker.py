@@ -138,7 +138,7 @@ class Worker:
             self._thread.join(10)
 
     def _loop(self) -> None:
-        _lower_priority()
+        lower_thread_priority()
         last_recover = 0.0
         while not self._stop.is_set():
             try:
@@ -168,9 +168,10 @@ class Worker:
 
 
 
-def _lower_priority() -> None:
-    """Background work yields the CPU to request handling (Linux: per-thread niceness)."""
+def lower_thread_priority() -> None:
+    """Lower this thread's CPU priority (Linux: per thread), so a thread acking a Slack request is scheduled
+    first whenever both want a CPU: background work never makes the 3-second acknowledgement wait."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
+    except (AttributeError, OSError):  # not Linux, or not allowed: only the priority is lost
         pass

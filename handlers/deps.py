@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,21 +10,13 @@ from typing import Any
 
 from core.auth import Authorizer
 from core.services import Services
+from core.worker import lower_thread_priority
 
 log = logging.getLogger("rollback_bot.handlers")
 
 
-def background_thread() -> None:
-    """Lower this thread's CPU priority (Linux: per thread), so a thread acking a Slack request is scheduled
-    first whenever both want the interpreter: the 3-second ack never queues behind slow work."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # not Linux, or not allowed: only the priority is lost
-        pass
-
-
 def work_pool(workers: int = 4) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-work", initializer=background_thread)
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-work", initializer=lower_thread_priority)
 
 
 RemoteSubmit = Callable[[str, dict[str, Any]], None]

@@ -28,15 +28,21 @@ def describe(exc: BaseException) -> str:
     return f"Something went wrong (error id {error_id}). Nothing further was done; quote this id to the bot's owners."
 
 
+def tell_person(respond: Callable | None, message: str) -> None:
+    """An ephemeral answer to the person who asked; a failure to deliver it is logged, never raised."""
+    if respond is None:
+        return
+    try:
+        respond(text=message, blocks=error_blocks(message), response_type="ephemeral", replace_original=False)
+    except Exception:  # noqa: BLE001 - reporting must not raise
+        log.warning("could not deliver an error message")
+
+
 def register(app: App) -> None:
     @app.error
     def on_error(error: Exception, body: dict, respond: Callable | None = None) -> BoltResponse | None:
-        message = describe(error)
-        if respond is not None and body.get("response_url"):
-            try:
-                respond(text=message, blocks=error_blocks(message), response_type="ephemeral", replace_original=False)
-            except Exception:  # noqa: BLE001 - reporting must not raise
-                log.warning("could not deliver an error message")
+        if body.get("response_url"):
+            tell_person(respond, describe(error))
         return BoltResponse(status=200, body="")
 
 
@@ -48,13 +54,7 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the person
-            message = describe(exc)
-            respond = kwargs.get("respond")
-            if respond is not None:
-                try:
-                    respond(text=message, blocks=error_blocks(message), response_type="ephemeral", replace_original=False)
-                except Exception:  # noqa: BLE001
-                    log.warning("could not deliver an error message")
+            tell_person(kwargs.get("respond"), describe(exc))
             return None
 
     return wrapper

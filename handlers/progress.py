@@ -15,6 +15,7 @@ from collections.abc import Callable
 from slack_sdk import WebClient
 
 from core.engine import Event, Incident
+from core.worker import lower_thread_priority
 from handlers import incident_views as iv
 from handlers.deps import Deps
 
@@ -55,9 +56,7 @@ class SlackProgress:
         self._queue.put(None)
 
     def _drain(self) -> None:
-        from handlers.deps import background_thread
-
-        background_thread()
+        lower_thread_priority()
         while True:
             event = self._queue.get()
             if event is None:
