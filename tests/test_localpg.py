@@ -26,12 +26,6 @@ from bot import localpg
 REPO = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
 
-pytestmark = pytest.mark.skipif(
-    not IS_ROOT and localpg._locate_bindir() is None,
-    reason="PostgreSQL server binaries not installed (only root installs them)",
-)
-
-
 @pytest.fixture(scope="module")
 def pg_root(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("localpg-root")
@@ -156,6 +150,8 @@ def test_taken_port_moves_cluster(pg: localpg.LocalCluster) -> None:
     old = pg.port
     pg.stop()
     with socket.socket() as squatter:
+        # The server's connections may leave the port in TIME_WAIT for a while; a listener still takes it.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", old))
         squatter.listen()
         with pytest.raises(localpg.LocalPGError, match="in use"):
