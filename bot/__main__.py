@@ -89,13 +89,9 @@ def cmd_work(args: argparse.Namespace, settings: Settings) -> int:
     """The work process of `serve` (bot/workproc.py): work items on standard input, plus the worker."""
     from bot.app import build_app
     from bot.workproc import serve_stdin
+    from core.worker import lower_process_priority
 
-    import os
-
-    try:
-        os.nice(10)  # acknowledging Slack (the parent) comes first when both want a CPU
-    except OSError:
-        pass
+    lower_process_priority()  # acknowledging Slack (the parent) comes first when both want a CPU
     settings = _settings_with_database(settings, ensure_local=False)
     services = build_services(settings)
     # Requests reach this process from `serve`, which verified their signatures already.

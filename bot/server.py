@@ -52,7 +52,11 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
             if not verifier.is_valid(body, stamp, request.headers.get("X-Slack-Signature", "")):
                 return web.Response(status=401, text="invalid request signature")
             if needs_only_an_ack(body, request.headers.get("Content-Type", "")):
-                forward(body, {k: v for k, v in request.headers.items() if k.lower().startswith(("x-slack", "content-type"))})
+                headers = {k: v for k, v in request.headers.items()
+                           if k.lower().startswith(("x-slack", "content-type"))}
+                # Handed over once this step is done, after the ack has gone out: the work process waking up
+                # then never delays the ack itself.
+                asyncio.get_running_loop().call_soon(forward, body, headers)
                 return web.Response(status=200, body=b"")
         bolt_req = BoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
         loop = asyncio.get_running_loop()

@@ -167,11 +167,28 @@ class Worker:
                     return
 
 
+WORK_NICENESS = 10
+
+
+def lower_process_priority() -> None:
+    """Lower this whole process's CPU priority (the work process of `serve`). Where the kernel shares CPU time
+    between sessions first (Linux "autogroup", on by default on many systems), a process's nice value only
+    counts within its session, and the work process has a session of its own: its group is lowered as well."""
+    try:
+        os.nice(WORK_NICENESS)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/autogroup", "w") as group:  # absent without autogroup
+            group.write(str(WORK_NICENESS))
+    except OSError:
+        pass
+
 
 def lower_thread_priority() -> None:
     """Lower this thread's CPU priority (Linux: per thread), so a thread acking a Slack request is scheduled
     first whenever both want a CPU: background work never makes the 3-second acknowledgement wait."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORK_NICENESS)
     except (AttributeError, OSError):  # not Linux, or not allowed: only the priority is lost
         pass
