@@ -16,6 +16,10 @@ model.json + metadata.json (out into the emergency backup, in from the backup; `
 one ``xgboost.Booster`` load and predict on the latest day's rows (verification), and one database
 transaction (reads those rows and writes the deployment log). Targets: rollback <= 1.5x the floor; halted
 within 0.2 s of approval. The report never fails the build: the exit status is 0 unless something broke.
+
+The floor adds its parts one after the other. Once trading is halted, the engine parses the approved model
+on a thread of its own while the backup, restore and record steps wait for the disk and PostgreSQL. That
+parse is then most of the verify step.
 """
 
 from __future__ import annotations

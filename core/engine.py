@@ -20,6 +20,9 @@ Rules kept here, not in the Slack layer:
   restart) can take over. The partial unique index on ``incidents`` keeps one open rollback per model.
 * Trading never resumes on a model that was not verified: ``_resume`` re-checks the journal and the file's
   checksum before it lets go of the halt.
+* Verification loads the model in place with xgboost. The parse is most of a rollback's machine time, so once
+  trading is halted it starts on a thread from the approved backup's bytes. Verification uses that result
+  only when the file in place has the same checksum (``_parse_ahead``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import shutil
 import socket
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -60,6 +64,7 @@ from core.modelio import (
     atomic_copy,
     copy_folder_atomically,
     load_booster,
+    load_booster_if_identical,
     predict,
     read_metadata,
     sha256_file,
@@ -103,6 +108,8 @@ SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING}
 # States the executor drives forward without a person.
 RUNNABLE = frozenset({APPROVED, HALTING, HALTED, BACKING_UP, RESTORING, RECORDING, VERIFYING, RESUMING, REVERTING})
 MAX_STEP_ATTEMPTS = 3
+# Once trading is halted, the approved backup's model is parsed while these steps run (Engine._parse_ahead).
+PARSE_AHEAD_STATES = frozenset({HALTED, BACKING_UP, RESTORING, RECORDING})
 # The journal's name for the step each state runs: what the attempts counter counts.
 STEP_OF_STATE = {
     APPROVED: "preflight", HALTING: "halt", HALTED: "verify_halt", BACKING_UP: "emergency_backup",
@@ -239,6 +246,8 @@ class Engine:
         self.fault = fault_hook
         self.listeners: list[Listener] = []
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._parsing: dict[int, Future] = {}  # incident id -> the approved backup's model, parsed ahead
+        self._parser: ThreadPoolExecutor | None = None
 
     # ---------------------------------------------------------------------------------------- events
 
@@ -605,7 +614,41 @@ class Engine:
             lock_conn.close()  # releases the advisory lock
 
     def _run(self, incident_id: int, actor: str, lock_conn: psycopg.Connection | None = None) -> Incident:
-        inc = self.get(incident_id)
+        try:
+            return self._run_steps(self.get(incident_id), actor, lock_conn)
+        finally:
+            self._parsing.pop(incident_id, None)
+
+    def _parse_ahead(self, inc: Incident) -> None:
+        """Parsing a large model.json is most of a rollback's machine time, and the halt, backup, restore and
+        record steps mostly wait for PostgreSQL and the disk. So once trading is halted (the halt itself never
+        shares the CPU with it), the approved backup's model is parsed on a thread of its own (xgboost parses
+        outside Python's lock). Verification uses it only if the file in place has the checksum of the bytes
+        that were parsed; otherwise it loads the file in place."""
+        if (inc.kind != "rollback" or inc.state not in PARSE_AHEAD_STATES or not inc.target_sha256
+                or inc.id in self._parsing):
+            return
+        try:
+            source = self.registry.backup_dir(inc.model_name, inc.target_backup) / MODEL_FILE
+        except RollbackError:
+            return  # the backup is gone or unusable: the steps themselves say so
+        if self._parser is None:
+            self._parser = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-parse")
+        self._parsing[inc.id] = self._parser.submit(load_booster_if_identical, source, inc.target_sha256)
+
+    def _parsed_ahead(self, incident_id: int) -> Any:
+        """The model `_parse_ahead` parsed for this incident, waiting for it if need be; None if there is none."""
+        parsing = self._parsing.pop(incident_id, None)
+        if parsing is None:
+            return None
+        try:
+            return parsing.result()
+        except Exception:  # noqa: BLE001 - only an optimisation: verification loads the file in place instead
+            log.exception("INC-%s: parsing the approved model ahead failed", incident_id)
+            return None
+
+    def _run_steps(self, inc: Incident, actor: str, lock_conn: psycopg.Connection | None) -> Incident:
+        incident_id = inc.id
         # Attempts by earlier runs: no state repeats within one run, so one read at the start is enough.
         attempts = self._attempt_counts(incident_id)
         while inc.state in RUNNABLE:
@@ -617,6 +660,7 @@ class Engine:
                 inc = self._fail_or_revert(inc, f"step '{step}' was interrupted {MAX_STEP_ATTEMPTS} times")
                 continue
             handler = getattr(self, f"_step_{step}")
+            self._parse_ahead(inc)
             self.fault(f"before:{step}")
             try:
                 inc = handler(inc, actor)
@@ -849,7 +893,7 @@ class Engine:
     def _step_verifying(self, inc: Incident, actor: str) -> Incident:
         sid = self._begin(inc, "verify", actor)
         try:
-            detail = self.verify_in_place(inc)
+            detail = self.verify_in_place(inc, parsed=self._parsed_ahead(inc.id))
         except RollbackError as exc:
             self._finish(sid, "failed", error=str(exc))
             raise VerificationFailed(f"Verification failed: {exc}") from None
@@ -862,14 +906,17 @@ class Engine:
         self._emit(Event("state", new))
         return new
 
-    def verify_in_place(self, inc: Incident) -> dict:
+    def verify_in_place(self, inc: Incident, *, parsed: Any = None) -> dict:
+        """The model in place is the approved backup, loads with xgboost, has sane metadata and predicts.
+        ``parsed``: that backup's model parsed from bytes with the approved checksum (``_parse_ahead``); the
+        file in place having the same checksum, it is the same model, and it is not parsed a second time."""
         folder = self.registry.model_dir(inc.model_name)
         sha = sha256_file(folder / MODEL_FILE)
         if sha != inc.target_sha256:
             raise VerificationFailed("the model file in place is not the approved backup (checksum differs)")
         try:
             meta = read_metadata(folder)
-            booster = load_booster(folder / MODEL_FILE)
+            booster = parsed if parsed is not None else load_booster(folder / MODEL_FILE)
         except BackupCorrupt as exc:
             raise VerificationFailed(str(exc)) from None
         target_meta = read_metadata(self.registry.backup_dir(inc.model_name, inc.target_backup))
@@ -879,7 +926,8 @@ class Engine:
             day, _, rows = feature_rows(conn, meta.features)
         self._check_prediction(booster, meta.features, rows, what="Verification")
         return {"sha256": sha, "prediction_day": day.isoformat() if day else None, "rows": len(rows),
-                "training_date": meta.training_date.isoformat()}
+                "training_date": meta.training_date.isoformat(),
+                "parsed": "ahead, from identical bytes" if parsed is not None else "from the file in place"}
 
     # -- resuming: only a verified model, each client's own settings back ------------------------------
 

@@ -94,6 +94,24 @@ def load_booster(path: Path) -> Any:
         raise BackupCorrupt(f"{path.parent.name}: {path.name} does not load with xgboost ({first[:200]})") from None
 
 
+def load_booster_if_identical(path: Path, sha256: str) -> Any | None:
+    """The model file at ``path`` parsed from one read of its bytes, if those bytes have the checksum
+    ``sha256``; None when the file is missing, different or does not load (the caller then loads the file it
+    must check and reports what is wrong with it)."""
+    import xgboost
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    try:
+        return xgboost.Booster(model_file=bytearray(data))
+    except Exception:  # noqa: BLE001 - see above: the file in place is loaded and checked instead
+        return None
+
+
 def predict(booster: Any, features: list[str], rows: Any) -> Any:
     import numpy as np
     import xgboost

@@ -43,6 +43,10 @@ def test_full_rollback(services, world, conn):
                  "record", "verify", "resume"):
         assert step in steps
     assert all(s.finished_at is not None for s in services.engine.steps(inc.id))
+    # the approved model was parsed while the halt, backup, restore and record ran, and verification used it
+    verify = next(s for s in services.engine.steps(inc.id) if s.step == "verify")
+    assert verify.detail["parsed"] == "ahead, from identical bytes"
+    assert verify.detail["sha256"] == inc.target_sha256
     # monitoring ends → resolved, through the job queue
     services.engine.clock = lambda: E.utcnow() + E.timedelta(minutes=31)
     services.worker.run_due()
@@ -157,6 +161,50 @@ def test_failed_verification_puts_the_original_back_and_keeps_trading_halted(set
     assert trading_halted(conn), "trading never resumes on a model that was not verified"
     with pytest.raises(VerificationFailed, match="not verified"):
         services.engine._assert_verified(done)
+
+
+def test_verification_after_a_restart_parses_the_file_in_place(settings, db, world, conn):
+    """The model parsed ahead lives only in the run that parsed it: a run that starts at verification (after a
+    crash) loads and checks the file in place itself."""
+    from core.services import Services
+
+    class Crash(Exception):
+        pass
+
+    def crash_before_verifying(label):
+        if label == "before:verifying":
+            raise Crash(label)
+
+    services = Services(settings, db, fault_hook=crash_before_verifying)
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target_of(services), reason="r",
+                                              requested_by="U0ALICE")
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    with pytest.raises(Crash):
+        services.engine.execute(inc.id)
+    assert services.engine.get(inc.id).state == "verifying" and not services.engine._parsing
+    services.engine.fault = E.no_fault
+    done = services.engine.execute(inc.id)
+    assert done.state == "monitoring", done.error
+    verify = next(s for s in services.engine.steps(inc.id) if s.step == "verify" and s.outcome == "ok")
+    assert verify.detail["parsed"] == "from the file in place"
+
+
+def test_parsing_ahead_needs_the_approved_bytes(world, tmp_path):
+    import numpy as np
+
+    from core.modelio import load_booster, load_booster_if_identical, predict, sha256_file
+
+    path = world.models_dir / MODEL / "model.json"
+    sha = sha256_file(path)
+    parsed = load_booster_if_identical(path, sha)
+    meta = json.loads((world.models_dir / MODEL / "metadata.json").read_text())
+    rows = np.random.default_rng(0).normal(size=(20, len(meta["features"])))
+    assert np.array_equal(predict(parsed, meta["features"], rows), predict(load_booster(path), meta["features"], rows))
+    assert load_booster_if_identical(path, "0" * 64) is None  # other bytes than approved: not used
+    assert load_booster_if_identical(tmp_path / "missing.json", sha) is None
+    broken = tmp_path / "model.json"
+    broken.write_bytes(path.read_bytes()[:-50])
+    assert load_booster_if_identical(broken, sha256_file(broken)) is None  # the file in place is loaded instead
 
 
 def test_runbook_update_after_insert_is_not_copied(services, world, conn):
