@@ -257,7 +257,8 @@ def world_env(bw) -> dict[str, str]:
 
 
 def run_standin(port_file: Path) -> int:
-    """The Slack stand-in; on SIGUSR1 it writes how many replies (calls other than ``auth.test``) it received."""
+    """The Slack stand-in; on SIGUSR1 it writes how many replies to a person (posts to a response URL,
+    ephemeral messages) it received."""
     from bot.slack_standin import SlackStandIn
 
     # Blocked before the server's threads start (they inherit it), so that the signals wait for sigwait here.
@@ -267,7 +268,7 @@ def run_standin(port_file: Path) -> int:
     port_file.write_text(standin.origin)
     while signal.sigwait({signal.SIGUSR1, signal.SIGTERM}) == signal.SIGUSR1:
         tmp = count_file.with_suffix(".tmp")
-        tmp.write_text(str(sum(1 for c in standin.calls() if c.method != "auth.test")))
+        tmp.write_text(str(sum(1 for c in standin.calls() if c.method in ("response_url", "chat.postEphemeral"))))
         os.replace(tmp, count_file)
     os._exit(0)
 
