@@ -108,8 +108,10 @@ SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING}
 # States the executor drives forward without a person.
 RUNNABLE = frozenset({APPROVED, HALTING, HALTED, BACKING_UP, RESTORING, RECORDING, VERIFYING, RESUMING, REVERTING})
 MAX_STEP_ATTEMPTS = 3
-# Once trading is halted, the approved backup's model is parsed while these steps run (Engine._parse_ahead).
+# Once trading is halted, the approved backup's model is parsed while these steps run (Engine._parse_ahead),
+# on threads shared by every engine of the process (started on first use).
 PARSE_AHEAD_STATES = frozenset({HALTED, BACKING_UP, RESTORING, RECORDING})
+_PARSER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-parse")
 # The journal's name for the step each state runs: what the attempts counter counts.
 STEP_OF_STATE = {
     APPROVED: "preflight", HALTING: "halt", HALTED: "verify_halt", BACKING_UP: "emergency_backup",
@@ -247,7 +249,6 @@ class Engine:
         self.listeners: list[Listener] = []
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._parsing: dict[int, Future] = {}  # incident id -> the approved backup's model, parsed ahead
-        self._parser: ThreadPoolExecutor | None = None
 
     # ---------------------------------------------------------------------------------------- events
 
@@ -632,9 +633,7 @@ class Engine:
             source = self.registry.backup_dir(inc.model_name, inc.target_backup) / MODEL_FILE
         except RollbackError:
             return  # the backup is gone or unusable: the steps themselves say so
-        if self._parser is None:
-            self._parser = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-parse")
-        self._parsing[inc.id] = self._parser.submit(load_booster_if_identical, source, inc.target_sha256)
+        self._parsing[inc.id] = _PARSER.submit(load_booster_if_identical, source, inc.target_sha256)
 
     def _parsed_ahead(self, incident_id: int) -> Any:
         """The model `_parse_ahead` parsed for this incident, waiting for it if need be; None if there is none."""
