@@ -132,7 +132,7 @@ def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """Break-glass: the same engine and journal as Slack, printing each step as it happens."""
-    from core.engine import Event
+    from core.incidents import Event
 
     services = build_services(_settings_with_database(settings, ensure_local=False))
 

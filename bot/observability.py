@@ -26,7 +26,8 @@ from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 
-from core.engine import CLOSED, Engine, Event
+from core.engine import Engine
+from core.incidents import CLOSED, Event
 from core.logctx import current_incident
 from core.settings import Settings
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from core.engine import Incident
+from core.incidents import Incident
 from core.metrics import daily_ic, long_short_returns, sharpe_ratio
 from core.modelio import MODEL_FILE, load_booster, predict, read_metadata
 from core.monitoring import labelled_rows

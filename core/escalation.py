@@ -31,7 +31,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from core.engine import CLOSED, Engine, Event, Incident, Step, enqueue
+from core.engine import Engine, enqueue
+from core.incidents import CLOSED, Event, Incident, Step
 from core.report import TARGETS, human_span, journal, target_status
 
 __all__ = [

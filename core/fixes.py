@@ -36,7 +36,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from core.db import Database
-from core.engine import CLOSED, Engine, Incident, PreflightReport, already_decided, enqueue, utcnow
+from core.engine import Engine, enqueue
 from core.errors import (
     BackupCorrupt,
     Conflict,
@@ -47,6 +47,7 @@ from core.errors import (
     UnknownIncident,
     clean_text,
 )
+from core.incidents import CLOSED, Incident, PreflightReport, already_decided, utcnow
 from core.modelio import MODEL_FILE, load_booster, predict
 from core.platform import FEATURE_VIEW, feature_columns, feature_rows, production_rows
 from core.registry import BackupInfo, ModelRegistry

@@ -36,9 +36,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from core.engine import Engine, Event, Incident, enqueue
+from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt
 from core.escalation import claim_once
+from core.incidents import Event, Incident
 from core.metrics import evaluate
 from core.modelio import MODEL_FILE, load_booster, predict, read_metadata, sha256_file
 from core.platform import FEATURE_VIEW, latest_feature_date

@@ -39,8 +39,9 @@ from urllib.parse import unquote, urlsplit
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tenacity.wait import wait_base
 
-from core.engine import Engine, Event, Incident, enqueue
+from core.engine import Engine, enqueue
 from core.errors import ConfigError, RollbackError
+from core.incidents import Event, Incident
 from core.report import Reports, as_utc, find_report, journal
 
 __all__ = [

@@ -51,8 +51,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from core.engine import RUNBOOK_TARGETS, Engine, Incident, Step
+from core.engine import Engine
 from core.errors import RollbackError, UnknownIncident
+from core.incidents import RUNBOOK_TARGETS, Incident, Step
 from core.modelio import fsync_dir
 
 __all__ = [

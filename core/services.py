@@ -14,18 +14,19 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from core import fixes
+from core.charts import chart_maker, model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
-from core.charts import chart_maker, model_chart
-from core.engine import Engine, Event, Incident, no_fault, enqueue, utcnow
+from core.engine import Engine, enqueue, no_fault
+from core.errors import PreflightFailed, UnknownModel, clean_text
 from core.escalation import Breach, Escalator
+from core.incidents import Event, Incident, utcnow
 from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows
 from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
-from core.report import Reports, add_root_cause, summary_line
-from core.errors import PreflightFailed, UnknownModel, clean_text
 from core.performance import evaluate_booster
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
+from core.report import Reports, add_root_cause, summary_line
 from core.settings import Settings
 from core.watchdog import Proposal, Watchdog
 from core.worker import Worker

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from core.engine import Incident, Step
+from core.incidents import Incident, Step
 
 # (key, label, journal step that completes it, runbook target in minutes)
 MILESTONES: tuple[tuple[str, str, str, int | None], ...] = (

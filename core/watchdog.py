@@ -34,9 +34,10 @@ from psycopg.types.json import Jsonb
 
 from core import metrics
 from core.diagnostics import recent_frame
-from core.engine import CLOSED, Engine, enqueue
+from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt, RollbackError
 from core.fixes import propose_model_restore
+from core.incidents import CLOSED
 from core.modelio import MODEL_FILE, predict, read_metadata, sha256_file
 from core.platform import feature_columns
 from core.registry import ModelRegistry

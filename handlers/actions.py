@@ -11,8 +11,8 @@ import json
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
-from core.engine import already_decided
 from core.errors import NotAuthorized, RollbackError
+from core.incidents import already_decided
 from handlers import incident_views as iv
 from handlers.deps import Deps
 from handlers.errors import describe

@@ -10,7 +10,7 @@ from slack_sdk import WebClient
 from slack_sdk.models.blocks import DividerBlock, HeaderBlock
 from slack_sdk.models.views import View
 
-from core.engine import Incident
+from core.incidents import Incident
 from handlers import blocks as views
 from handlers import incident_views as iv
 from handlers.deps import Deps

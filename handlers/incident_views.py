@@ -23,11 +23,11 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from core.engine import CLOSED, Incident, Step
+from core.incidents import CLOSED, Incident, Step
 from core.registry import BackupInfo
 from core.timeline import Milestone, fmt_elapsed, milestones
-from handlers.ids import Action, Block as B, View as V
 from handlers.blocks import clip, context, esc, finish, md, num, section
+from handlers.ids import Action, Block as B, View as V
 
 STATE_EMOJI = {
     "requested": ":hourglass_flowing_sand:",

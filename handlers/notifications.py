@@ -14,11 +14,11 @@ from pathlib import Path
 
 from slack_sdk import WebClient
 
-from core.engine import Event, Incident
+from core.auth import is_group
 from core.escalation import Breach
+from core.incidents import Event, Incident
 from core.monitoring import MonitorCheck, MonitorSummary
 from core.notify import milestone_of
-from core.auth import is_group
 from handlers.blocks import esc
 from handlers.deps import Deps
 from handlers.progress import SlackProgress

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from slack_sdk import WebClient
 
-from core.engine import Event, Incident
+from core.incidents import Event, Incident
 from core.worker import lower_thread_priority
 from handlers import incident_views as iv
 from handlers.deps import Deps

@@ -24,6 +24,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from core import engine as E
+from core import incidents
 from core.db import Database
 from core.modelio import sha256_file
 from core.services import Services
@@ -97,7 +98,7 @@ def run_child(run: Run, kill_at: str, *, mode: str = "run", corrupt: bool = Fals
             time.sleep(0.005)
 
 
-def recover(run: Run) -> list[E.Incident]:
+def recover(run: Run) -> list[incidents.Incident]:
     """What a restarted bot does at start-up."""
     db = Database(make_settings(run).database_dsn(), max_size=4).open()
     try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 
 from core import engine as E
+from core import incidents
 from core.errors import Conflict, InvalidTransition, NotAuthorized, PreflightFailed, VerificationFailed
 from tests.helpers import assert_consistent, client_settings, files_equal, production_rows, trading_halted
 
@@ -48,7 +50,7 @@ def test_full_rollback(services, world, conn):
     assert verify.detail["parsed"] == "ahead, from identical bytes"
     assert verify.detail["sha256"] == inc.target_sha256
     # monitoring ends → resolved, through the job queue
-    services.engine.clock = lambda: E.utcnow() + E.timedelta(minutes=31)
+    services.engine.clock = lambda: incidents.utcnow() + timedelta(minutes=31)
     services.worker.run_due()
     assert services.engine.get(inc.id).state == "resolved"
 
@@ -136,7 +138,7 @@ def test_two_person_rule_and_exactly_once(services, world):
 def test_expired_request_cannot_be_approved(services, world):
     target = target_of(services)
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
-    services.engine.clock = lambda: E.utcnow() + E.timedelta(minutes=16)
+    services.engine.clock = lambda: incidents.utcnow() + timedelta(minutes=16)
     with pytest.raises(InvalidTransition, match="expired"):
         services.engine.approve(incident_id=inc.id, approver="U0BOB")
     assert services.engine.get(inc.id).state == "cancelled"
@@ -293,11 +295,11 @@ def test_failing_stop_command_fails_the_incident_with_trading_halted(settings, d
 
 def test_illegal_transitions_raise():
     with pytest.raises(InvalidTransition):
-        E.check_transition("requested", "resuming")
+        incidents.check_transition("requested", "resuming")
     with pytest.raises(InvalidTransition):
-        E.check_transition("failed", "approved")
+        incidents.check_transition("failed", "approved")
     with pytest.raises(InvalidTransition):
-        E.check_transition("verifying", "resolved")
+        incidents.check_transition("verifying", "resolved")
 
 
 def test_break_glass_cli(settings, world, conn):

@@ -8,10 +8,9 @@ from datetime import timedelta
 
 import pytest
 
-from core import engine as E
+from core import incidents
 from core.escalation import Escalator, age_escalation, check_target, immediate_reasons
 from core.services import Services
-
 from tests.helpers import Clock
 
 MODEL = "growth_momentum_large"
@@ -19,7 +18,7 @@ MODEL = "growth_momentum_large"
 
 @pytest.fixture
 def clock():
-    c = Clock(E.utcnow().replace(microsecond=0))
+    c = Clock(incidents.utcnow().replace(microsecond=0))
     return c
 
 

@@ -34,7 +34,7 @@ from psycopg.rows import dict_row
 from tenacity import wait_none
 
 from bot import demo_world, localpg
-from core import engine as E
+from core import incidents
 from core.db import Database
 from core.errors import DatabaseUnavailable
 from core.modelio import sha256_file
@@ -56,7 +56,7 @@ def target_of(world) -> str:
     return world.models[MODEL].backups[0].name
 
 
-def rollback(engine, world, reason: str = "fault test") -> E.Incident:
+def rollback(engine, world, reason: str = "fault test") -> incidents.Incident:
     inc, _ = engine.request_rollback(model=MODEL, backup=target_of(world), reason=reason, requested_by="U0ALICE")
     return engine.approve(incident_id=inc.id, approver="U0BOB")
 
@@ -205,7 +205,7 @@ def test_postgres_down_during_a_step_leaves_a_resumable_state_and_the_worker_fin
     try:
         restarted.worker.run_due()
         assert restarted.engine.get(inc.id).state == "restoring"  # still leased to the process that died
-        restarted.engine.clock = lambda: E.utcnow() + timedelta(seconds=restarted.worker.lease.total_seconds() + 60)
+        restarted.engine.clock = lambda: incidents.utcnow() + timedelta(seconds=restarted.worker.lease.total_seconds() + 60)
         assert restarted.worker.run_due() >= 1
         final = restarted.engine.get(inc.id)
     finally:
@@ -454,7 +454,7 @@ def test_no_space_for_the_emergency_backup_stops_before_any_production_change(sa
             r = run_engine_child(database_url, world.models_dir, tmp_path / "incidents", target_of(world),
                                  fsize_limit=20_000)
             assert r.returncode == 0, r.stderr[-2000:]
-            inc = E.Incident(**conn.execute("SELECT * FROM rollback_bot.incidents").fetchone())
+            inc = incidents.Incident(**conn.execute("SELECT * FROM rollback_bot.incidents").fetchone())
             expected = "File too large"
         assert inc.state == "failed", (inc.state, inc.error)
         assert expected in (inc.error or ""), inc.error

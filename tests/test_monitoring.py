@@ -7,13 +7,12 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from core import engine as E
+from core import incidents
 from core.modelio import MODEL_FILE, load_booster, predict, read_metadata
 from core.monitoring import Monitor, scan_log
 from core.platform import feature_rows
 from core.report import checklist
 from core.services import Services
-
 from tests.helpers import Clock
 
 MODEL = "growth_momentum_large"
@@ -21,7 +20,7 @@ MODEL = "growth_momentum_large"
 
 @pytest.fixture
 def clock():
-    return Clock(E.utcnow().replace(microsecond=0))
+    return Clock(incidents.utcnow().replace(microsecond=0))
 
 
 @pytest.fixture

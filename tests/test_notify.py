@@ -10,7 +10,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from tenacity import wait_none
 
-from core import engine as E
+from core import incidents
+from core.charts import chart_maker
 from core.errors import ConfigError
 from core.notify import (
     EmailNotifier,
@@ -21,7 +22,6 @@ from core.notify import (
     notice,
     parse_smtp_url,
 )
-from core.charts import chart_maker
 from core.report import Reports
 
 MODEL = "growth_momentum_large"
@@ -217,8 +217,8 @@ def test_milestones_of_engine_events(services, world):
     seen = []
     for state in ("requested", "approved", "halting", "halted", "backing_up", "verifying", "monitoring", "failed",
                   "resolved", "denied"):
-        seen.append(milestone_of(E.Event("state", E.Incident(**{**inc.__dict__, "state": state}))))
+        seen.append(milestone_of(incidents.Event("state", incidents.Incident(**{**inc.__dict__, "state": state}))))
     assert seen == ["opened", None, None, "halted", None, "rolled_back", "resumed", "failed", "resolved", "closed"]
-    assert milestone_of(E.Event("step", inc, "record")) is None
+    assert milestone_of(incidents.Event("step", inc, "record")) is None
     text = notice(inc, "resolved")
     assert "The incident report is attached." in text.text and "IC negative" in text.text

@@ -9,7 +9,7 @@ from datetime import timedelta, timezone
 import pytest
 from psycopg.types.json import Jsonb
 
-from core import engine as E
+from core import incidents
 from core.report import (
     ReportError,
     Reports,
@@ -23,7 +23,6 @@ from core.report import (
     write_chart,
     write_report,
 )
-
 from tests.helpers import Clock
 
 MODEL = "growth_momentum_large"
@@ -31,7 +30,7 @@ MODEL = "growth_momentum_large"
 
 @pytest.fixture
 def clock(services):
-    c = Clock(E.utcnow().replace(microsecond=0))
+    c = Clock(incidents.utcnow().replace(microsecond=0))
     services.engine.clock = c
     return c
 
@@ -163,7 +162,7 @@ def test_failed_verification_report(settings, db, world, conn):
     items = checklist(done, steps)
     assert [i.done for i in items[:6]] == [True] * 6
     assert not items[6].done and items[6].note == "verification failed" and not items[7].done
-    md = render(services, inc.id, E.utcnow())
+    md = render(services, inc.id, incidents.utcnow())
     nxt = section(md, "Prevention and next steps")
     assert f"Investigate backup {target}: it failed verification" in nxt
     assert "Trading stays halted" in nxt and "out of production" not in nxt

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pydantic import SecretStr
 
 from bot.sandbox import Sandbox
-from core import engine as E
+from core import incidents
 from core.services import Services
 from tests.helpers import trading_halted
 from tests.test_notify import Inbox, smtp  # noqa: F401 - the real SMTP server fixture
@@ -55,7 +55,7 @@ def test_stakeholders_report_monitoring_and_email(settings, db, standin, world, 
         assert any(u.content and b"Incident report" in u.content for u in standin.uploads())
         assert any(u.content and u.content.startswith(b"\x89PNG") for u in standin.uploads())
         # 30 minutes later: the monitoring summary, then resolved, the final report and an e-mail with it
-        box.services.engine.clock = lambda: E.utcnow() + timedelta(minutes=31)
+        box.services.engine.clock = lambda: incidents.utcnow() + timedelta(minutes=31)
         for _ in range(4):
             box.run_worker()
         assert box.services.engine.get(inc.id).state == "resolved"
@@ -106,7 +106,7 @@ def test_loss_over_threshold_pages_at_once_and_age_escalation_survives_a_restart
         standin.clear()
     # a second process (a restart) with the clock past ESCALATE_AFTER_MINUTES pages once
     with box_with(settings, db, standin) as box2:
-        box2.services.engine.clock = lambda: E.utcnow() + timedelta(minutes=121)
+        box2.services.engine.clock = lambda: incidents.utcnow() + timedelta(minutes=121)
         box2.run_worker()
         box2.run_worker()
         pages = [c for c in standin.calls("chat.postMessage") if "Escalation" in c.body.get("text", "")

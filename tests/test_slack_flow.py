@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 
-
-from core import engine as E
+from core import incidents
 from tests.helpers import assert_consistent, client_settings, trading_halted
 
 MODEL = "growth_momentum_large"
@@ -81,7 +81,7 @@ def test_self_approval_non_approver_and_expiry_are_refused(sandbox, world, conn)
     assert inc.state == "requested" and not trading_halted(conn)
     refused = conn.execute("SELECT actor FROM rollback_bot.audit_log WHERE outcome = 'refused' ORDER BY id").fetchall()
     assert [r["actor"] for r in refused] == ["U0ALICE", "U0DAVE"]
-    sandbox.services.engine.clock = lambda: E.utcnow() + E.timedelta(minutes=20)
+    sandbox.services.engine.clock = lambda: incidents.utcnow() + timedelta(minutes=20)
     click(sandbox, "U0BOB", "rollback_approve", card)
     sandbox.standin.wait_for("chat.postEphemeral", lambda c: "expired" in c.body.get("text", ""))
     assert sandbox.services.engine.get(inc.id).state == "cancelled"

@@ -1,0 +1,162 @@
+"""The incident model: states, the moves allowed between them, and what is read from the journal.
+
+States of a rollback incident::
+
+    requested → approved → halting → halted → backing_up → restoring → recording → verifying
+              ↘ denied    ↘ failed (pre-flight; nothing changed)                      │
+              ↘ cancelled                                                             ├→ resuming → monitoring → resolved
+                                                                                      └→ verified (keep halted) → resuming
+    any swap state (backing_up … verifying) → reverting → failed   (original model back, trading stays halted)
+
+A trading-only incident (`/rollback halt`) goes halting → halted → resolved (on resume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from core.errors import Conflict, InvalidTransition
+
+REQUESTED, APPROVED, HALTING, HALTED = "requested", "approved", "halting", "halted"
+BACKING_UP, RESTORING, RECORDING, VERIFYING = "backing_up", "restoring", "recording", "verifying"
+VERIFIED, RESUMING, MONITORING, RESOLVED = "verified", "resuming", "monitoring", "resolved"
+DENIED, FAILED, CANCELLED, REVERTING = "denied", "failed", "cancelled", "reverting"
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    REQUESTED: frozenset({APPROVED, DENIED, CANCELLED}),
+    APPROVED: frozenset({HALTING, FAILED, CANCELLED}),
+    HALTING: frozenset({HALTED, FAILED}),
+    HALTED: frozenset({BACKING_UP, FAILED}),
+    BACKING_UP: frozenset({RESTORING, REVERTING}),
+    RESTORING: frozenset({RECORDING, REVERTING}),
+    RECORDING: frozenset({VERIFYING, REVERTING}),
+    VERIFYING: frozenset({RESUMING, VERIFIED, REVERTING}),
+    VERIFIED: frozenset({RESUMING}),
+    RESUMING: frozenset({MONITORING}),
+    MONITORING: frozenset({RESOLVED, FAILED}),
+    REVERTING: frozenset({FAILED}),
+    RESOLVED: frozenset(),
+    DENIED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+# Trading-only incidents (`/rollback halt`): halting → halted → resolved (on resume).
+HALT_TRANSITIONS: dict[str, frozenset[str]] = {HALTING: frozenset({HALTED}), HALTED: frozenset({RESOLVED})}
+CLOSED = frozenset({RESOLVED, DENIED, FAILED, CANCELLED})
+# States in which the production files or the deployment log may differ from both "before" and "after".
+SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING})
+# States the executor drives forward without a person.
+RUNNABLE = frozenset({APPROVED, HALTING, HALTED, BACKING_UP, RESTORING, RECORDING, VERIFYING, RESUMING, REVERTING})
+# The journal's name for the step each state runs: what the attempts counter counts.
+STEP_OF_STATE = {
+    APPROVED: "preflight", HALTING: "halt", HALTED: "verify_halt", BACKING_UP: "emergency_backup",
+    RESTORING: "restore", RECORDING: "record", VERIFYING: "verify", RESUMING: "resume", REVERTING: "revert",
+}
+
+# The runbook's recovery timeline (minutes after the incident opened).
+RUNBOOK_TARGETS = {"halted": 2, "rolled_back": 5, "verified": 7, "resumed": 10}
+
+
+def already_decided(inc: Incident) -> Conflict:
+    """The answer to a second approval, denial or click: who got there first."""
+    who = inc.approved_by or inc.decided_by
+    return Conflict(f"{inc.ref} is already {inc.state}" + (f" (by {who})." if who else "."))
+
+
+def check_transition(current: str, new: str, kind: str = "rollback") -> None:
+    table = HALT_TRANSITIONS if kind == "halt" else TRANSITIONS
+    if new not in table.get(current, frozenset()):
+        raise InvalidTransition(f"An incident in state '{current}' cannot move to '{new}'.")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: int
+    kind: str
+    model_name: str | None
+    target_backup: str | None
+    from_version: str | None
+    state: str
+    reason: str
+    severity: str
+    estimated_loss: float | None
+    keep_halted: bool
+    requested_by: str
+    approved_by: str | None
+    decided_by: str | None
+    decision_note: str | None
+    source: str
+    channel: str | None
+    message_ts: str | None
+    thread_ts: str | None
+    emergency_backup: str | None
+    target_sha256: str | None
+    deployed_at: datetime | None
+    previous_rows: Any
+    plan: dict
+    error: str | None
+    root_cause: str | None
+    created_at: datetime
+    approved_at: datetime | None
+    expires_at: datetime | None
+    halted_at: datetime | None
+    resumed_at: datetime | None
+    resolved_at: datetime | None
+    updated_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"INC-{self.id}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state not in CLOSED
+
+
+@dataclass(frozen=True)
+class Step:
+    id: int
+    incident_id: int
+    step: str
+    actor: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    detail: dict
+    error: str | None
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    model: str
+    backup: str
+    sha256: str
+    training_date: str
+    spearman_ic: float
+    sharpe_ratio: float
+    features: list[str]
+    prediction_day: str | None
+    prediction_rows: int
+    checks: list[str]
+
+
+class Event:
+    """What the engine tells the outside world (Slack progress, notifications). Plain values only."""
+
+    def __init__(self, kind: str, incident: Incident, step: str | None = None, detail: dict | None = None,
+                 error: str | None = None) -> None:
+        self.kind = kind  # "state" | "step" | "warning"
+        self.incident = incident
+        self.step = step
+        self.detail = detail or {}
+        self.error = error
+
+
+Listener = Callable[[Event], None]
