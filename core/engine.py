@@ -4,8 +4,8 @@ The states and their allowed moves are in ``core.incidents``.
 
 Rules kept here, not in the Slack layer:
 
-* Every transition is checked against ``TRANSITIONS`` with a conditional UPDATE (``WHERE state = %s``), so
-  two processes (or two clicks) can never both make the same move.
+* Every transition is checked against ``core.incidents.TRANSITIONS`` with a conditional UPDATE
+  (``WHERE state = %s``), so two processes (or two clicks) can never both make the same move.
 * Each step is journaled in ``rollback_bot.steps`` (start, end, actor, outcome, error) and is idempotent:
   after a crash it can simply run again. Database changes of a step commit in the same transaction as the
   state change that records them.
