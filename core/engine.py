@@ -76,7 +76,9 @@ from core.incidents import (
     PreflightReport,
     Step,
     already_decided,
+    audit,
     check_transition,
+    journal,
     utcnow,
 )
 from core.logctx import incident_context
@@ -193,15 +195,11 @@ class Engine:
 
     def audit(self, conn: psycopg.Connection | None, *, actor: str, action: str, outcome: str,
               incident_id: int | None = None, **detail: Any) -> None:
-        query = (
-            "INSERT INTO rollback_bot.audit_log (actor, action, outcome, incident_id, detail) VALUES (%s,%s,%s,%s,%s)"
-        )
-        params = (actor, action, outcome, incident_id, Jsonb(detail))
         if conn is None:
             with self.db.transaction() as c:
-                c.execute(query, params)
+                audit(c, actor=actor, action=action, outcome=outcome, incident_id=incident_id, **detail)
         else:
-            conn.execute(query, params)
+            audit(conn, actor=actor, action=action, outcome=outcome, incident_id=incident_id, **detail)
 
     # ------------------------------------------------------------------------------------ pre-flight
 
@@ -443,12 +441,8 @@ class Engine:
 
     def _journal_done(self, conn: psycopg.Connection, incident_id: int, step: str, actor: str, *,
                       outcome: str = "ok", detail: dict | None = None, error: str | None = None) -> None:
-        now = self.clock()
-        conn.execute(
-            "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at, finished_at, outcome, detail, error)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (incident_id, step, actor, now, now, outcome, Jsonb(detail or {}), error),
-        )
+        journal(conn, incident_id=incident_id, step=step, actor=actor, at=self.clock(), outcome=outcome,
+                detail=detail, error=error)
 
     def _attempt_counts(self, incident_id: int) -> dict[str, int]:
         """How many times each journal step of the incident was started."""

@@ -32,8 +32,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from core.engine import Engine, enqueue
-from core.incidents import CLOSED, Event, Incident, Step
-from core.report import TARGETS, human_span, journal, target_status
+from core.incidents import CLOSED, Event, Incident, Step, journal
+from core.report import TARGETS, human_span, target_status
 
 __all__ = [
     "AGE_JOB",

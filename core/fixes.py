@@ -47,7 +47,7 @@ from core.errors import (
     UnknownIncident,
     clean_text,
 )
-from core.incidents import CLOSED, Incident, PreflightReport, already_decided, utcnow
+from core.incidents import CLOSED, Incident, PreflightReport, already_decided, audit, journal, utcnow
 from core.modelio import MODEL_FILE, load_booster, predict
 from core.platform import FEATURE_VIEW, feature_columns, feature_rows, production_rows
 from core.registry import BackupInfo, ModelRegistry
@@ -203,25 +203,6 @@ def _get(conn: psycopg.Connection, incident_id: int, *, lock: bool = False) -> I
     return inc
 
 
-def _journal(conn: psycopg.Connection, incident_id: int, step: str, actor: str, now: datetime, *,
-             outcome: str = "ok", detail: dict | None = None, error: str | None = None,
-             started: datetime | None = None) -> None:
-    conn.execute(
-        "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at, finished_at, outcome, detail, error)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (incident_id, step, actor, started or now, now, outcome, Jsonb(detail or {}), error),
-    )
-
-
-def _audit(conn: psycopg.Connection, now: datetime, *, actor: str, action: str, outcome: str,
-           incident_id: int | None = None, **detail: Any) -> None:
-    conn.execute(
-        "INSERT INTO rollback_bot.audit_log (at, actor, action, outcome, incident_id, detail)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        (now, actor, action, outcome, incident_id, Jsonb(detail)),
-    )
-
-
 def get_fix(db: Database, incident_id: int) -> Incident:
     with db.transaction() as conn:
         return _get(conn, incident_id)
@@ -256,8 +237,8 @@ def request_fix(
             (model, reason, requested_by, source, channel, Jsonb({"fix": fix, "label": FIXES[fix]}), now, now),
         ).fetchone()
         inc = Incident(**row)
-        _journal(conn, inc.id, "requested", requested_by, now, detail={"fix": fix, "reason": reason})
-        _audit(conn, now, actor=requested_by, action="fix_request", outcome="ok", incident_id=inc.id, fix=fix)
+        journal(conn, incident_id=inc.id, step="requested", actor=requested_by, at=now, detail={"fix": fix, "reason": reason})
+        audit(conn, at=now, actor=requested_by, action="fix_request", outcome="ok", incident_id=inc.id, fix=fix)
     return inc
 
 
@@ -278,7 +259,7 @@ def approve_fix(
         now = clock()
         if refusal is not None:
             conn.rollback()
-            _audit(conn, now, actor=approver, action="fix_approve", outcome="refused", incident_id=incident_id,
+            audit(conn, at=now, actor=approver, action="fix_approve", outcome="refused", incident_id=incident_id,
                    reason=str(refusal))
             conn.commit()
             raise refusal
@@ -289,8 +270,8 @@ def approve_fix(
         ).fetchone()
         if row is None:  # pragma: no cover - the row lock above makes this unreachable
             raise Conflict(f"INC-{incident_id} was decided by someone else.")
-        _journal(conn, incident_id, "approved", approver, now)
-        _audit(conn, now, actor=approver, action="fix_approve", outcome="ok", incident_id=incident_id)
+        journal(conn, incident_id=incident_id, step="approved", actor=approver, at=now)
+        audit(conn, at=now, actor=approver, action="fix_approve", outcome="ok", incident_id=incident_id)
         if enqueue_run:
             enqueue(conn, FIX_JOB, incident_id=incident_id, dedupe_key=f"fix:{incident_id}")
     return Incident(**row)
@@ -311,7 +292,7 @@ def deny_fix(
             refusal = already_decided(inc)
         if refusal is not None:
             conn.rollback()
-            _audit(conn, now, actor=user, action="fix_deny", outcome="refused", incident_id=incident_id,
+            audit(conn, at=now, actor=user, action="fix_deny", outcome="refused", incident_id=incident_id,
                    reason=str(refusal))
             conn.commit()
             raise refusal
@@ -321,8 +302,8 @@ def deny_fix(
             " resolved_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
             (state, user, clean_text(note), now, now, incident_id),
         ).fetchone()
-        _journal(conn, incident_id, state, user, now, detail={"note": clean_text(note)} if note else None)
-        _audit(conn, now, actor=user, action="fix_deny", outcome="ok", incident_id=incident_id, note=clean_text(note))
+        journal(conn, incident_id=incident_id, step=state, actor=user, at=now, detail={"note": clean_text(note)} if note else None)
+        audit(conn, at=now, actor=user, action="fix_deny", outcome="ok", incident_id=incident_id, note=clean_text(note))
     return Incident(**row)
 
 
@@ -354,9 +335,10 @@ def run_fix(
             " resolved_at = %s WHERE id = %s AND state = 'approved' RETURNING *",
             (state, None if result.ok else result.message[:2000], Jsonb({"result": stored}), now, now, incident_id),
         ).fetchone()
-        _journal(conn, incident_id, str(fix), actor, now, started=started, outcome="ok" if result.ok else "failed",
-                 detail=stored, error=None if result.ok else result.message[:2000])
-        _audit(conn, now, actor=actor, action="fix_run", outcome="ok" if result.ok else "failed",
+        journal(conn, incident_id=incident_id, step=str(fix), actor=actor, at=now, started=started,
+                outcome="ok" if result.ok else "failed", detail=stored,
+                error=None if result.ok else result.message[:2000])
+        audit(conn, at=now, actor=actor, action="fix_run", outcome="ok" if result.ok else "failed",
                incident_id=incident_id, fix=fix, message=result.message)
     return FixOutcome(Incident(**row), result)
 

@@ -39,11 +39,11 @@ from psycopg.types.json import Jsonb
 from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt
 from core.escalation import claim_once
-from core.incidents import Event, Incident
+from core.incidents import Event, Incident, journal
 from core.metrics import evaluate
 from core.modelio import MODEL_FILE, load_booster, predict, read_metadata, sha256_file
 from core.platform import FEATURE_VIEW, latest_feature_date
-from core.report import human_span, journal
+from core.report import human_span
 
 __all__ = [
     "CHECK_JOB",

@@ -41,8 +41,8 @@ from tenacity.wait import wait_base
 
 from core.engine import Engine, enqueue
 from core.errors import ConfigError, RollbackError
-from core.incidents import Event, Incident
-from core.report import Reports, as_utc, find_report, journal
+from core.incidents import Event, Incident, journal
+from core.report import Reports, as_utc, find_report
 
 __all__ = [
     "END_MILESTONES",

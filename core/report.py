@@ -49,11 +49,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from core.engine import Engine
 from core.errors import RollbackError, UnknownIncident
-from core.incidents import RUNBOOK_TARGETS, Incident, Step
+from core.incidents import RUNBOOK_TARGETS, Incident, Step, audit, journal
 from core.modelio import fsync_dir
 
 __all__ = [
@@ -85,16 +84,6 @@ class ReportError(RollbackError):
 # --------------------------------------------------------------------------------------------- journal
 
 
-def journal(conn: psycopg.Connection, *, incident_id: int, step: str, actor: str, at: datetime,
-            outcome: str = "ok", detail: dict | None = None, error: str | None = None) -> None:
-    """Add a finished step to an incident's journal, in the caller's transaction."""
-    conn.execute(
-        "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at, finished_at, outcome, detail, error)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (incident_id, step, actor, at, at, outcome, Jsonb(detail or {}), error[:2000] if error else None),
-    )
-
-
 def add_root_cause(conn: psycopg.Connection, *, incident_id: int, text: str, by: str, at: datetime) -> None:
     """The "Add root cause" modal: append a person's text to the incident's root cause, journaled and audited."""
     text = (text or "").strip()
@@ -108,11 +97,7 @@ def add_root_cause(conn: psycopg.Connection, *, incident_id: int, text: str, by:
     if row is None:
         raise UnknownIncident(f"There is no incident INC-{incident_id}.")
     journal(conn, incident_id=incident_id, step="root_cause", actor=by, at=at, detail={"chars": len(text)})
-    conn.execute(
-        "INSERT INTO rollback_bot.audit_log (at, actor, action, outcome, incident_id, detail)"
-        " VALUES (%s, %s, 'root_cause', 'ok', %s, %s)",
-        (at, by, incident_id, Jsonb({"chars": len(text)})),
-    )
+    audit(conn, at=at, actor=by, action="root_cause", outcome="ok", incident_id=incident_id, chars=len(text))
 
 
 # ------------------------------------------------------------------------------------ timeline & checklist

@@ -20,7 +20,7 @@ from core.diagnostics import DiagnosticsReport, run_diagnostics
 from core.engine import Engine, enqueue, no_fault
 from core.errors import PreflightFailed, UnknownModel, clean_text
 from core.escalation import Breach, Escalator
-from core.incidents import Event, Incident, utcnow
+from core.incidents import Event, Incident, journal, utcnow
 from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows
 from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
 from core.performance import evaluate_booster
@@ -263,11 +263,8 @@ class Services:
                 "UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s",
                 (Jsonb({"diagnostics": detail}), inc.id),
             )
-            conn.execute(
-                "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at, finished_at, outcome, detail)"
-                " VALUES (%s, 'diagnostics', 'rollback-bot', %s, %s, 'ok', %s)",
-                (inc.id, self.engine.clock(), self.engine.clock(), Jsonb({"likely_cause": report.likely_cause})),
-            )
+            journal(conn, incident_id=inc.id, step="diagnostics", actor="rollback-bot", at=self.engine.clock(),
+                    detail={"likely_cause": report.likely_cause})
         self.engine.publish(Event("step", self.engine.get(inc.id), "diagnostics", detail))
 
     def request_fix(self, *, fix: str, requested_by: str, model: str | None = None, channel: str | None = None):

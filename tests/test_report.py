@@ -10,13 +10,13 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from core import incidents
+from core.incidents import journal
 from core.report import (
     ReportError,
     Reports,
     add_root_cause,
     checklist,
     find_report,
-    journal,
     render_report,
     summary_line,
     target_status,
