@@ -333,7 +333,7 @@ class SlackStandIn:
             "chat.postEphemeral": self._chat_post_ephemeral,
             "chat.getPermalink": self._chat_get_permalink,
             "views.open": self._views_open,
-            "views.push": self._views_push,
+            "views.push": self._views_open,  # Slack checks and answers a push like an open
             "views.update": self._views_update,
             "views.publish": self._views_publish,
             "conversations.open": self._conversations_open,
@@ -797,14 +797,6 @@ class SlackStandIn:
         return spec
 
     def _views_open(self, body: JSONDict) -> JSONDict:
-        if not body.get("trigger_id"):
-            return _err("invalid_arguments", response_metadata={"messages": ["[ERROR] missing trigger_id"]})
-        spec = self._view_spec(body, "modal")
-        if spec is None:
-            return _err("invalid_arguments")
-        return {"ok": True, "view": copy.deepcopy(self._new_view(spec))}
-
-    def _views_push(self, body: JSONDict) -> JSONDict:
         if not body.get("trigger_id"):
             return _err("invalid_arguments", response_metadata={"messages": ["[ERROR] missing trigger_id"]})
         spec = self._view_spec(body, "modal")

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg import sql
@@ -203,6 +203,15 @@ def _get(conn: psycopg.Connection, incident_id: int, *, lock: bool = False) -> I
     return inc
 
 
+def _refuse(conn: psycopg.Connection, refusal: RollbackError, *, at: datetime, actor: str, action: str,
+            incident_id: int) -> NoReturn:
+    """Audit a refused decision, apart from the transaction that locked the incident, and raise it."""
+    conn.rollback()
+    audit(conn, at=at, actor=actor, action=action, outcome="refused", incident_id=incident_id, reason=str(refusal))
+    conn.commit()
+    raise refusal
+
+
 def get_fix(db: Database, incident_id: int) -> Incident:
     with db.transaction() as conn:
         return _get(conn, incident_id)
@@ -237,7 +246,8 @@ def request_fix(
             (model, reason, requested_by, source, channel, Jsonb({"fix": fix, "label": FIXES[fix]}), now, now),
         ).fetchone()
         inc = Incident(**row)
-        journal(conn, incident_id=inc.id, step="requested", actor=requested_by, at=now, detail={"fix": fix, "reason": reason})
+        journal(conn, incident_id=inc.id, step="requested", actor=requested_by, at=now,
+                detail={"fix": fix, "reason": reason})
         audit(conn, at=now, actor=requested_by, action="fix_request", outcome="ok", incident_id=inc.id, fix=fix)
     return inc
 
@@ -258,11 +268,7 @@ def approve_fix(
             refusal = NotAuthorized("Only approvers may approve a fix that changes the platform.")
         now = clock()
         if refusal is not None:
-            conn.rollback()
-            audit(conn, at=now, actor=approver, action="fix_approve", outcome="refused", incident_id=incident_id,
-                   reason=str(refusal))
-            conn.commit()
-            raise refusal
+            _refuse(conn, refusal, at=now, actor=approver, action="fix_approve", incident_id=incident_id)
         row = conn.execute(
             "UPDATE rollback_bot.incidents SET state = 'approved', approved_by = %s, decided_by = %s, approved_at = %s,"
             " updated_at = %s WHERE id = %s AND kind = 'fix' AND state = 'requested' RETURNING *",
@@ -291,18 +297,15 @@ def deny_fix(
         elif inc.state != "requested":
             refusal = already_decided(inc)
         if refusal is not None:
-            conn.rollback()
-            audit(conn, at=now, actor=user, action="fix_deny", outcome="refused", incident_id=incident_id,
-                   reason=str(refusal))
-            conn.commit()
-            raise refusal
+            _refuse(conn, refusal, at=now, actor=user, action="fix_deny", incident_id=incident_id)
         state = "cancelled" if user == inc.requested_by else "denied"
         row = conn.execute(
             "UPDATE rollback_bot.incidents SET state = %s, decided_by = %s, decision_note = %s, updated_at = %s,"
             " resolved_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
             (state, user, clean_text(note), now, now, incident_id),
         ).fetchone()
-        journal(conn, incident_id=incident_id, step=state, actor=user, at=now, detail={"note": clean_text(note)} if note else None)
+        journal(conn, incident_id=incident_id, step=state, actor=user, at=now,
+                detail={"note": clean_text(note)} if note else None)
         audit(conn, at=now, actor=user, action="fix_deny", outcome="ok", incident_id=incident_id, note=clean_text(note))
     return Incident(**row)
 
