@@ -58,3 +58,15 @@ class Clock:
 
         self.now += timedelta(**kw)
         return self.now
+
+
+def corrupt_after_restore(model_dir: Path):
+    """A fault hook for the engine: the restored model.json is truncated right after the restore step, so
+    verification must fail (and the rollback revert)."""
+
+    def hook(label: str) -> None:
+        if label == "after:restoring":
+            path = model_dir / "model.json"
+            path.write_bytes(path.read_bytes()[:-50])
+
+    return hook

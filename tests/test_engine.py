@@ -10,7 +10,14 @@ import pytest
 from core import engine as E
 from core import incidents
 from core.errors import Conflict, InvalidTransition, NotAuthorized, PreflightFailed, VerificationFailed
-from tests.helpers import assert_consistent, client_settings, files_equal, production_rows, trading_halted
+from tests.helpers import (
+    assert_consistent,
+    client_settings,
+    corrupt_after_restore,
+    files_equal,
+    production_rows,
+    trading_halted,
+)
 
 MODEL = "growth_momentum_large"
 
@@ -147,12 +154,7 @@ def test_expired_request_cannot_be_approved(services, world):
 def test_failed_verification_puts_the_original_back_and_keeps_trading_halted(settings, db, world, conn):
     from core.services import Services
 
-    def corrupt_after_restore(label):
-        if label == "after:restoring":
-            path = world.models_dir / MODEL / "model.json"
-            path.write_bytes(path.read_bytes()[:-50])
-
-    services = Services(settings, db, fault_hook=corrupt_after_restore)
+    services = Services(settings, db, fault_hook=corrupt_after_restore(world.models_dir / MODEL))
     original = assert_consistent(conn, world.models_dir, MODEL)
     target = target_of(services)
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")

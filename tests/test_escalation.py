@@ -11,7 +11,7 @@ import pytest
 from core import incidents
 from core.escalation import Escalator, age_escalation, check_target, immediate_reasons
 from core.services import Services
-from tests.helpers import Clock
+from tests.helpers import Clock, corrupt_after_restore
 
 MODEL = "growth_momentum_large"
 
@@ -167,12 +167,7 @@ def test_a_failed_rollback_escalates_at_once(settings, db, world, clock):
     pager = Pager()
     services = bot(settings, db, clock, pager)
 
-    def corrupt_after_restore(label):
-        if label == "after:restoring":
-            path = world.models_dir / MODEL / "model.json"
-            path.write_bytes(path.read_bytes()[:-50])
-
-    services.engine.fault = corrupt_after_restore
+    services.engine.fault = corrupt_after_restore(world.models_dir / MODEL)
     target = services.registry.recommend(MODEL).backup.name
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
     services.engine.approve(incident_id=inc.id, approver="U0BOB")

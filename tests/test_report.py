@@ -23,7 +23,7 @@ from core.report import (
     write_chart,
     write_report,
 )
-from tests.helpers import Clock
+from tests.helpers import Clock, corrupt_after_restore
 
 MODEL = "growth_momentum_large"
 
@@ -147,12 +147,7 @@ def test_open_targets_are_pending_then_overdue(services, world, clock):
 def test_failed_verification_report(settings, db, world, conn):
     from core.services import Services
 
-    def corrupt_after_restore(label):
-        if label == "after:restoring":
-            path = world.models_dir / MODEL / "model.json"
-            path.write_bytes(path.read_bytes()[:-50])
-
-    services = Services(settings, db, fault_hook=corrupt_after_restore)
+    services = Services(settings, db, fault_hook=corrupt_after_restore(world.models_dir / MODEL))
     target = services.registry.recommend(MODEL).backup.name
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
     services.engine.approve(incident_id=inc.id, approver="U0BOB")
