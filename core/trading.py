@@ -10,6 +10,11 @@
   person set it, and reported.
 * Optional stop command (an argument list, no shell, with a timeout) instead of the runbook's ``pkill -f``.
 * Verification: no trade executed after the halt time, read from a trades table or a trading log.
+
+The platform's key types are the platform's: ``client_id`` may be ``integer``, ``bigint``, ``text`` or
+``uuid``. The saved copy keeps each key as its canonical text (``client_id::text``, a cast that cannot fail
+for any type), and every comparison casts the platform's side to text, never the saved side to the
+platform's type.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ def halt(conn: psycopg.Connection, *, holder: str, actor: str, reason: str) -> H
     # Lock the active clients' settings rows, remember them, then halt them.
     saved = conn.execute(
         "INSERT INTO rollback_bot.saved_client_settings (halt_id, client_id, auto_rebalance, require_manual_approval) "
-        "SELECT %s, s.client_id, s.auto_rebalance, s.require_manual_approval "
+        "SELECT %s, s.client_id::text, s.auto_rebalance, s.require_manual_approval "
         "FROM client_settings s JOIN clients c ON c.client_id = s.client_id WHERE c.active "
         "RETURNING client_id",
         (halt_id,),
@@ -86,7 +91,7 @@ def halt(conn: psycopg.Connection, *, holder: str, actor: str, reason: str) -> H
     conn.execute(
         "UPDATE client_settings s SET auto_rebalance = false, require_manual_approval = true "
         "FROM rollback_bot.saved_client_settings v "
-        "WHERE v.halt_id = %s AND v.client_id = s.client_id",
+        "WHERE v.halt_id = %s AND v.client_id = s.client_id::text",
         (halt_id,),
     )
     return HaltResult(halt_id, row["halted_at"], False, len(saved))
@@ -111,7 +116,7 @@ def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = 
         r["client_id"]
         for r in conn.execute(
             "SELECT v.client_id FROM rollback_bot.saved_client_settings v "
-            "JOIN client_settings s ON s.client_id = v.client_id "
+            "JOIN client_settings s ON s.client_id::text = v.client_id "
             "WHERE v.halt_id = %s AND NOT v.restored AND "
             "(s.auto_rebalance IS DISTINCT FROM false OR s.require_manual_approval IS DISTINCT FROM true)",
             (halt_id,),
@@ -121,7 +126,7 @@ def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = 
         "UPDATE client_settings s SET auto_rebalance = v.auto_rebalance, "
         "require_manual_approval = v.require_manual_approval "
         "FROM rollback_bot.saved_client_settings v "
-        "WHERE v.halt_id = %s AND v.client_id = s.client_id AND NOT v.restored "
+        "WHERE v.halt_id = %s AND v.client_id = s.client_id::text AND NOT v.restored "
         "AND s.auto_rebalance IS NOT DISTINCT FROM false AND s.require_manual_approval IS NOT DISTINCT FROM true",
         (halt_id,),
     ).rowcount
