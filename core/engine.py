@@ -213,7 +213,7 @@ class Engine:
         try:
             meta = read_metadata(folder)
             checks.append("metadata.json parses")
-            booster = load_booster(folder / MODEL_FILE)
+            booster = load_booster(folder / MODEL_FILE, max_bytes=self.registry.max_model_bytes)
             checks.append("model.json loads with xgboost")
         except BackupCorrupt as exc:
             raise PreflightFailed(f"Backup {backup} of {model} fails pre-flight: {exc}") from None
@@ -508,7 +508,8 @@ class Engine:
             source = self.registry.backup_dir(inc.model_name, inc.target_backup) / MODEL_FILE
         except RollbackError:
             return  # the backup is gone or unusable: the steps themselves say so
-        self._parsing[inc.id] = _PARSER.submit(load_booster_if_identical, source, inc.target_sha256)
+        self._parsing[inc.id] = _PARSER.submit(load_booster_if_identical, source, inc.target_sha256,
+                                               max_bytes=self.registry.max_model_bytes)
 
     def _parsed_ahead(self, incident_id: int) -> Any:
         """The model `_parse_ahead` parsed for this incident, waiting for it if need be; None if there is none."""
@@ -718,7 +719,8 @@ class Engine:
             raise VerificationFailed(f"Backup {inc.target_backup} changed on disk after approval.")
         for name in (METADATA_FILE, MODEL_FILE):
             dst, src = folder / name, source / name
-            if (not dst.exists() or dst.stat().st_size != src.stat().st_size  # differ: no need to hash
+            if (dst.is_symlink() or not dst.exists()  # a link in place is replaced by a plain file
+                    or dst.stat().st_size != src.stat().st_size  # differ: no need to hash
                     or sha256_file(dst) != sha256_file(src)):
                 atomic_copy(source / name, folder / name)
                 self.fault(f"restored:{name}")
@@ -790,7 +792,8 @@ class Engine:
             raise VerificationFailed("the model file in place is not the approved backup (checksum differs)")
         try:
             meta = read_metadata(folder)
-            booster = parsed if parsed is not None else load_booster(folder / MODEL_FILE)
+            booster = parsed if parsed is not None else load_booster(folder / MODEL_FILE,
+                                                                     max_bytes=self.registry.max_model_bytes)
         except BackupCorrupt as exc:
             raise VerificationFailed(str(exc)) from None
         target_meta = read_metadata(self.registry.backup_dir(inc.model_name, inc.target_backup))
@@ -871,7 +874,8 @@ class Engine:
             for name in (METADATA_FILE, MODEL_FILE):
                 if not (backup / name).is_file():
                     continue  # it was missing before the rollback too
-                if not (folder / name).is_file() or sha256_file(folder / name) != sha256_file(backup / name):
+                if ((folder / name).is_symlink() or not (folder / name).is_file()
+                        or sha256_file(folder / name) != sha256_file(backup / name)):
                     atomic_copy(backup / name, folder / name)
                     restored_files.append(name)
         with self.db.transaction() as conn:

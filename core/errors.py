@@ -8,7 +8,8 @@ its ``str()`` is a sentence fit to show in Slack or on a terminal. The tree::
     ├── InvalidName              a model or backup name with '/', '\\', '..', NUL, absolute, escaping symlink
     ├── UnknownModel             no such model under MODELS_DIR
     ├── UnknownBackup            no such backup of that model
-    ├── BackupCorrupt            a backup's files do not load or its metadata is bad
+    ├── BackupCorrupt            a backup's files do not load, its metadata is bad, or a file is not a plain file
+    ├── RightsNotKept            a model file cannot be written with the owner, group and mode it must keep
     ├── PreflightFailed          a target failed pre-flight checks (nothing was changed)
     ├── NotAuthorized            the user may not do this
     ├── InvalidTransition        the incident is not in a state that allows this step
@@ -42,6 +43,10 @@ class UnknownBackup(RollbackError):
 
 
 class BackupCorrupt(RollbackError):
+    pass
+
+
+class RightsNotKept(RollbackError):
     pass
 
 

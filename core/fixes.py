@@ -400,7 +400,7 @@ def _local_preflight(registry: ModelRegistry, conn: psycopg.Connection, b: Backu
         raise PreflightFailed(reason)
     assert b.metadata is not None
     try:
-        booster = load_booster(b.path / MODEL_FILE)
+        booster = load_booster(b.path / MODEL_FILE, max_bytes=registry.max_model_bytes)
     except BackupCorrupt as exc:
         raise PreflightFailed(str(exc)) from None
     day, _, rows = feature_rows(conn, list(b.metadata.features))

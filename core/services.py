@@ -96,7 +96,7 @@ class Services:
     ) -> None:
         self.settings = settings
         self.db = db
-        self.registry = registry or ModelRegistry(settings.models_dir)
+        self.registry = registry or ModelRegistry(settings.models_dir, max_model_bytes=settings.max_model_bytes)
         self.engine = Engine(settings, db, self.registry, clock=clock or utcnow, fault_hook=fault_hook or no_fault)
         self.worker = Worker(self.engine)
         self._background = False

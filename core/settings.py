@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     watchdog_days: int = Field(default=20, ge=5, le=365)
     watchdog_min_days: int = Field(default=10, ge=3, le=365)
     watchdog_cooldown_minutes: float = Field(default=1440, ge=0)
+    max_model_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # a larger model.json is refused
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
