@@ -40,9 +40,6 @@ class Attrs:
     def of(cls, st: os.stat_result) -> Attrs:
         return cls(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
 
-    def __str__(self) -> str:
-        return f"{self.mode:04o} {_user(self.uid)}:{_group(self.gid)}"
-
 
 def _user(uid: int) -> str:
     try:

@@ -68,14 +68,6 @@ def check_regular(path: Path, *, follow: bool = False, max_bytes: int | None = N
     return st
 
 
-def check_folder(path: Path) -> os.stat_result:
-    """``path``'s lstat if it is a real folder (not a symbolic link to one); else UnsafeFile."""
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise UnsafeFile(errno.ENOTDIR, f"it is {describe(st.st_mode)}, not a folder", str(path))
-    return st
-
-
 @contextlib.contextmanager
 def open_regular(path: Path, *, follow: bool = False, max_bytes: int | None = None,
                  setting: str | None = None) -> Iterator[BinaryIO]:
