@@ -2,9 +2,11 @@
 typed, best matches first, at most ``LIMIT`` (Slack shows at most 100 options in a select menu).
 
 Slack asks for options on every keystroke and gives up after 3 seconds, so this answers from the file system
-without loading any model: the list of model folders is cached and read again when MODELS_DIR changes (its
-mtime) or after ``max_age`` seconds; a model's backups are read from their metadata.json files (dozens, not
-thousands). No Slack here: ``handlers/pickers.py`` turns these into options.
+without loading any model: the list of model folders (about 0.4 s to read for 5,000 models, 30 ms to search)
+is cached: read again at once when MODELS_DIR's mtime says a folder came or went, and in the background after
+``max_age`` seconds (the old list answers meanwhile). ``warm()`` reads it before the first keystroke. A model's
+backups are read from their metadata.json files (dozens, not thousands). No Slack here: ``handlers/pickers.py``
+turns these into options.
 """
 
 from __future__ import annotations
@@ -78,19 +80,36 @@ class Picker:
         self._lock = threading.Lock()
         self._models: list[str] = []
         self._stamp: tuple[int, float] | None = None  # (MODELS_DIR mtime, when it was listed)
+        self._refreshing = False
 
     def model_names(self) -> list[str]:
-        """Every model folder (cached: listed again when MODELS_DIR's mtime changes or after ``max_age``)."""
+        """Every model folder, from the cache (see the module's docstring)."""
         try:
             mtime = self.registry.models_dir.stat().st_mtime_ns
         except OSError:
             return []
-        now = time.monotonic()
         with self._lock:
-            if self._stamp is None or self._stamp[0] != mtime or now - self._stamp[1] > self.max_age:
-                self._models = self.registry.list_models()
-                self._stamp = (mtime, now)
-            return self._models
+            stamp = self._stamp
+            if stamp is not None and stamp[0] == mtime:
+                if time.monotonic() - stamp[1] > self.max_age and not self._refreshing:
+                    self._refreshing = True
+                    threading.Thread(target=self._refresh, name="picker-refresh", daemon=True).start()
+                return self._models
+        return self._refresh()
+
+    def _refresh(self) -> list[str]:
+        try:
+            mtime = self.registry.models_dir.stat().st_mtime_ns
+            models = self.registry.list_models()  # its own mtime read first: a change meanwhile lists again
+        except OSError:
+            mtime, models = 0, []
+        with self._lock:
+            self._models, self._stamp, self._refreshing = models, (mtime, time.monotonic()), False
+        return models
+
+    def warm(self) -> None:
+        """Read the model list now, on a thread, so the first keystroke finds it."""
+        threading.Thread(target=self.model_names, name="picker-warm", daemon=True).start()
 
     def models(self, query: str, limit: int = LIMIT) -> list[str]:
         return rank(self.model_names(), query, limit)

@@ -31,6 +31,7 @@ def chosen_model(view: dict) -> str | None:
 
 def register(app: App, deps: Deps) -> None:
     picker = Picker(deps.services.registry)
+    picker.warm()
 
     def model_options(ack: Ack, payload: dict) -> None:
         names = picker.models(str(payload.get("value") or ""))
