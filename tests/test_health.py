@@ -70,3 +70,17 @@ def test_socket_mode_serves_healthz_and_metrics_on_health_port(serve, standin):
         assert proc.wait(timeout=30) == 0  # stops cleanly, as in HTTP mode
     finally:
         socket_server.stop()
+
+
+def test_metrics_addr_is_host_and_port():
+    import pytest
+
+    from core.errors import ConfigError
+    from core.settings import Settings, load_settings
+
+    for bad in ("9100", "localhost:", ":9100", "host:port", "127.0.0.1:70000"):
+        with pytest.raises(ConfigError, match="METRICS_ADDR"):
+            load_settings(_env_file=None, metrics_addr=bad)
+    assert Settings(_env_file=None, metrics_addr="127.0.0.1:9100").metrics_bind() == ("127.0.0.1", 9100)
+    assert Settings(_env_file=None, metrics_addr="[::1]:9100").metrics_bind() == ("::1", 9100)
+    assert Settings(_env_file=None).metrics_bind() is None
