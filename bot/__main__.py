@@ -70,31 +70,51 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require(*SERVE_REQUIRED)
     if settings.slack_app_token is None:
         settings.require("slack_signing_secret")
-    from bot.app import build_app
-    from bot.server import build_web_app, serve_http
+    from bot.app import build_app, build_client
+    from bot.health import Health, SlackAuth, build_ops_app, verify_token
+    from bot.server import BackgroundServer, build_web_app, serve_http
     from bot.workproc import WorkProcess
 
+    verify_token(build_client(settings))  # a token Slack refuses stops start-up here, with one line
     services = build_services(settings)
     # Slow work and the background worker (recovery, jobs, timers, monitoring) run in a child process, so
     # this one only acknowledges Slack (see bot/workproc.py).
     work = WorkProcess().start()
     app = build_app(settings, services, remote=work.submit)
+    slack_auth = SlackAuth(app.client, every=settings.slack_auth_check_seconds).start()
+    health = Health(db_ping=services.db.ping, slack=slack_auth, work_alive=work.alive)
+    side: list[BackgroundServer] = []  # /metrics on METRICS_ADDR; /healthz (and /metrics) on HEALTH_PORT
+    log = logging.getLogger("rollback_bot")
     try:
+        metrics_bind = settings.metrics_bind()
+        if metrics_bind is not None:
+            side.append(BackgroundServer(build_ops_app(render=app.metrics.render), *metrics_bind).start())
+            log.info("serving /metrics on %s", settings.metrics_addr)
         if settings.slack_app_token is not None:
+            import signal
+
             from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-            logging.getLogger("rollback_bot").info("starting in Socket Mode")
+            port = settings.health_port or settings.port
+            side.append(BackgroundServer(build_ops_app(
+                health=health, render=None if metrics_bind else app.metrics.render), args.host, port).start())
+            log.info("starting in Socket Mode; /healthz on port %s", port)
             handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value(), web_client=app.client)
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop as HTTP mode does: work stops, files go
             freeze_startup_heap()
             handler.start()
             return 0
-        logging.getLogger("rollback_bot").info("serving HTTP on port %s", settings.port)
+        log.info("serving HTTP on port %s", settings.port)
         secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-        web_app = build_web_app(app, services, forward=work.forward, signing_secret=secret, work_alive=work.alive)
+        web_app = build_web_app(app, services, forward=work.forward, signing_secret=secret, work_alive=work.alive,
+                                health=health, serve_metrics=metrics_bind is None)
         freeze_startup_heap()
         serve_http(web_app, host=args.host, port=settings.port)
         return 0
     finally:
+        for server in side:
+            server.stop()
+        slack_auth.stop()
         work.stop()
         app.progress.flush(5)
 
@@ -193,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the Slack app (HTTP, or Socket Mode when SLACK_APP_TOKEN is set)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (HTTP mode)")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="address to listen on (HTTP mode; /healthz and /metrics in Socket Mode)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="play one whole incident against a local Slack stand-in (no workspace needed)")
@@ -233,6 +254,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    metrics = None
+    if args.command == "serve":  # before anything imports prometheus_client (bot/metrics_dir.py)
+        from bot import metrics_dir
+
+        metrics = metrics_dir.begin()
+    try:
+        return _run(args)
+    finally:
+        if metrics is not None:
+            metrics_dir.end(metrics)
+
+
+def _run(args: argparse.Namespace) -> int:
     from bot.observability import configure_logging
 
     configure_logging(None, json_format=False, verbose=args.verbose)

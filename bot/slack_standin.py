@@ -437,6 +437,12 @@ class SlackStandIn:
         with self._lock:
             self._faults.setdefault(method, deque()).append(_Fault(status, retry_after, error, times))
 
+    def revoke_token(self, error: str = "token_revoked") -> None:
+        """From now on Slack refuses the bot's token: every Web API method, ``auth.test`` included, answers
+        ``{"ok": false, "error": error}`` (``token_revoked``, ``invalid_auth``, …), as after an uninstall."""
+        for method in self._methods:
+            self.fail_next(method, error=error, times=1 << 30)
+
     # ------------------------------------------------------------------ recorded calls
 
     def calls(self, method: str | None = None) -> list[Call]:

@@ -28,6 +28,8 @@ from typing import Any
 
 from slack_bolt.context.respond import Respond
 
+from bot import metrics_dir
+
 log = logging.getLogger("rollback_bot.workproc")
 
 
@@ -71,6 +73,8 @@ class WorkProcess:
         if self._proc is not None and self._proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()  # the old child's pipe
+        if self._proc is not None and self._proc.poll() is not None:
+            metrics_dir.mark_dead(self._proc.pid)  # its counters stay in serve's /metrics
         # A session of its own: where the kernel groups CPU time by session (autogroup), the child's work is
         # then weighed apart from the acks instead of counting against them.
         self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, env=dict(os.environ),

@@ -74,9 +74,9 @@ CLOSED_STATES = ("resolved", "denied", "failed", "cancelled")
 
 @dataclass(frozen=True)
 class StartForm:
-    """What the rollback request modal offers: models, and for the chosen one its backups."""
+    """What the rollback request modal offers for the chosen model: its backups (models are searched as the
+    person types, see core.picker)."""
 
-    models: list[str]
     model: str | None
     backups: list[BackupInfo]
     recommended: str | None
@@ -179,13 +179,12 @@ class Services:
         )
 
     def start_form(self, *, model: str | None = None) -> StartForm:
-        models = self.registry.list_models()
         if model is None:
-            return StartForm(models, None, [], None)
+            return StartForm(None, [], None)
         report = self.backups(model=model)
         usable = [b for b in report.backups if b.usable]
         rec = report.recommendation.backup
-        return StartForm(models, model, usable, rec.name if rec else None)
+        return StartForm(model, usable, rec.name if rec else None)
 
     def open_rollback(self, *, model: str):
         validate_name(model, "model")

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     watchdog_min_days: int = Field(default=10, ge=3, le=365)
     watchdog_cooldown_minutes: float = Field(default=1440, ge=0)
     max_model_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # a larger model.json is refused
+    health_port: int | None = Field(default=None, ge=1, le=65535)  # Socket Mode's /healthz, /metrics (default PORT)
+    metrics_addr: str | None = None  # host:port of /metrics on an address of its own
+    slack_auth_check_seconds: float = Field(default=60, gt=0)
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
@@ -122,6 +125,23 @@ class Settings(BaseSettings):
         if not 1 <= len(parts) <= 2 or not all(p.replace("_", "a").isalnum() and not p[0].isdigit() for p in parts):
             raise ValueError("must be a plain SQL identifier, optionally schema-qualified")
         return value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        host, sep, port = value.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9100")
+        return value.strip()
+
+    def metrics_bind(self) -> tuple[str, int] | None:
+        """METRICS_ADDR as (host, port), brackets of an IPv6 address removed."""
+        if self.metrics_addr is None:
+            return None
+        host, _, port = self.metrics_addr.rpartition(":")
+        return host.strip("[]"), int(port)
 
     def require(self, *names: str) -> None:
         """Raise ConfigError naming the first of ``names`` that is unset or empty."""

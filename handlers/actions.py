@@ -109,7 +109,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             form = services.start_form()
         client.views_update(
             view_id=view.get("id"), hash=view.get("hash"),
-            view=iv.start_modal(models=form.models, model=form.model, backups=form.backups,
+            view=iv.start_modal(model=form.model, backups=form.backups,
                                 recommended=form.recommended, channel=meta.get("channel")),
         )
 

@@ -177,7 +177,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         view = services.start_form(model=model)
         client.views_open(
             trigger_id=cmd.trigger_id,
-            view=iv.start_modal(models=view.models, model=view.model, backups=view.backups,
+            view=iv.start_modal(model=view.model, backups=view.backups,
                                 recommended=view.recommended, channel=cmd.channel_id, reason=reason or None),
         )
 

@@ -12,6 +12,7 @@ from slack_sdk.models.blocks import (
     CheckboxesElement,
     ConfirmObject,
     DividerBlock,
+    ExternalDataSelectElement,
     HeaderBlock,
     InputBlock,
     NumberInputElement,
@@ -250,37 +251,45 @@ def state_reply(incident: Incident) -> str | None:
 # ------------------------------------------------------------------------------------------- modals
 
 
-def _backup_option(b: BackupInfo, recommended: str | None) -> Option:
+def backup_option(b: BackupInfo, recommended: str | None) -> Option:
     star = "★ " if b.name == recommended else ""
     label = f"{star}{b.name} · IC {num(b.spearman_ic, 3)} · Sharpe {num(b.sharpe_ratio, 2)}"
     return Option(text=PlainTextObject(text=clip(label, 75)), value=b.name)
 
 
-def start_modal(*, models: list[str], model: str | None, backups: list[BackupInfo], recommended: str | None,
+def model_option(model: str) -> Option:
+    return Option(text=PlainTextObject(text=clip(model, 75)), value=model)
+
+
+def start_modal(*, model: str | None, backups: list[BackupInfo], recommended: str | None,
                 channel: str | None, reason: str | None = None) -> dict:
-    model_select = StaticSelectElement(
+    """The request form. Its model and backup menus load their options as the person types
+    (``external_select``, answered by handlers/pickers.py), so they scale past Slack's 100 static options; the
+    backup menu offers the chosen model's backups (the model is in ``private_metadata`` and in the form's state),
+    with ``recommended`` pre-selected."""
+    model_select = ExternalDataSelectElement(
         action_id=Action.MODAL_MODEL_SELECT.value,
-        placeholder="Choose a model",
-        options=[Option(text=PlainTextObject(text=clip(m, 75)), value=m) for m in models[:100]] or [Option(text="(no models)", value="-")],
-        initial_option=Option(text=PlainTextObject(text=clip(model, 75)), value=model) if model in models else None,
+        placeholder="Type to search models",
+        min_query_length=0,
+        initial_option=model_option(model) if model else None,
     )
     blocks: list[Block] = [
         InputBlock(block_id=B.MODEL.value, label="Model", element=model_select, dispatch_action=True),
     ]
-    ordered = sorted(backups, key=lambda b: (b.name != recommended,))
+    chosen = next((b for b in backups if b.name == recommended), None)
     if model:
-        if ordered:
+        if backups:
             blocks.append(
                 InputBlock(
                     block_id=B.BACKUP.value,
                     label="Roll back to",
-                    element=StaticSelectElement(
-                        action_id="backup",
-                        placeholder="Choose a backup",
-                        options=[_backup_option(b, recommended) for b in ordered[:100]],
-                        initial_option=_backup_option(ordered[0], recommended) if recommended else None,
+                    element=ExternalDataSelectElement(
+                        action_id=Action.MODAL_BACKUP_SELECT.value,
+                        placeholder="Type to search backups",
+                        min_query_length=0,
+                        initial_option=backup_option(chosen, recommended) if chosen else None,
                     ),
-                    hint="★ marks the recommended target (best Sharpe among backups that pass checks)." if recommended else None,
+                    hint="★ marks the recommended target (best Sharpe among backups that pass checks)." if chosen else None,
                 )
             )
         else:
@@ -312,7 +321,7 @@ def start_modal(*, models: list[str], model: str | None, backups: list[BackupInf
         title="Request a rollback",
         submit="Request",
         close="Cancel",
-        private_metadata=json.dumps({"channel": channel, "model": model}),
+        private_metadata=json.dumps({"channel": channel, "model": model, "recommended": recommended}),
         blocks=blocks,
     ).to_dict()
 

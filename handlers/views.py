@@ -75,6 +75,11 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                     errors[B.MODEL.value] = f"{existing.ref} is already open for this model ({existing.state})."
             except RollbackError as exc:
                 errors[B.MODEL.value] = str(exc)[:150]
+        if not errors:
+            try:  # the menus search as one types: a backup chosen for another model must not slip through
+                services.registry.backup_dir(fields["model"], fields["backup"])
+            except RollbackError as exc:
+                errors[B.BACKUP.value] = str(exc)[:150]
         if errors:
             ack(response_action="errors", errors=errors)
         else:
