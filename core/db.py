@@ -125,8 +125,8 @@ def migrate(dsn: str) -> list[str]:
                     f"database): have it created for the bot, CREATE SCHEMA {SCHEMA} AUTHORIZATION <the bot's role> "
                     "(README, Platform requirements)")
         if not state["has_table"]:
-            _create(conn, f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
-                          " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+            _create(conn, f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (version int PRIMARY KEY,"
+                          " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
                     _no_create_in_schema())
         done = {r["version"] for r in conn.execute(f"SELECT version FROM {SCHEMA}.schema_migrations")}
         pending = [m for m in _migration_files() if m[0] not in done]

@@ -46,14 +46,13 @@ from psycopg.rows import dict_row
 
 from bot import demo_world
 from core.db import migrate
+from tests.conftest import BOT_TABLES
 
 KEY_TYPES = ("integer", "bigint", "text", "uuid")
 README = Path(__file__).resolve().parents[1] / "README.md"
 SEED = 7
 # Platform tables a test may change (children after parents); restored from a snapshot by ``reset``.
 MUTABLE = ("clients", "client_settings", "model_deployment_log", "trades")
-BOT_TABLES = ("steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries",
-              "incidents", "home_viewers")
 
 # Ten clients per key type. Settings: (auto_rebalance, require_manual_approval); None: no client_settings row.
 # The platform's CHECK forbids (true, true).
@@ -115,15 +114,16 @@ def platform_ddl(key_type: str) -> list[str]:
             onboarded_at timestamptz NOT NULL DEFAULT now())""",
         f"""CREATE TABLE client_settings (
             client_id               {plain} PRIMARY KEY REFERENCES clients (client_id),
-            auto_rebalance          boolean,
-            require_manual_approval boolean,
+            auto_rebalance          boolean DEFAULT true,
+            require_manual_approval boolean DEFAULT false,
             max_position_pct        numeric(5,2) NOT NULL DEFAULT 5.00
                                     CHECK (max_position_pct > 0 AND max_position_pct <= 100),
             risk_profile            text NOT NULL DEFAULT 'balanced',
             updated_at              timestamptz NOT NULL DEFAULT now(),
             updated_by              name NOT NULL DEFAULT session_user,
             revision                integer NOT NULL DEFAULT 1,
-            CONSTRAINT client_settings_no_manual_gate_on_auto CHECK (NOT (auto_rebalance AND require_manual_approval)))""",
+            CONSTRAINT client_settings_no_manual_gate_on_auto
+                CHECK (NOT (auto_rebalance AND require_manual_approval)))""",
         f"""CREATE TABLE client_settings_history (
             id                      bigserial PRIMARY KEY,
             client_id               {plain} NOT NULL,
@@ -438,7 +438,8 @@ def _generate_market_and_models(o: psycopg.Connection, models: Path) -> demo_wor
 def _insert_platform_rows(o: psycopg.Connection, clients: list[Client], key_type: str) -> None:
     for c in clients:
         if c.max_position_pct is None:
-            o.execute("INSERT INTO clients (client_id, name, active) VALUES (%s, %s, %s)", (c.client_id, c.name, c.active))
+            o.execute("INSERT INTO clients (client_id, name, active) VALUES (%s, %s, %s)",
+                      (c.client_id, c.name, c.active))
         else:
             o.execute("INSERT INTO clients (client_id, name, active, region) VALUES (%s, %s, %s, 'APAC')",
                       (c.client_id, c.name, c.active))

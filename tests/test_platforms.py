@@ -8,6 +8,9 @@ client talking to the stand-in, the bot's database connections logged in as the 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -17,10 +20,12 @@ import pytest
 from psycopg import sql
 
 from bot.sandbox import Sandbox
+from core import fixes
 from core.db import Database, migrate
 from core.errors import ConfigError
 from core.services import Services
 from core.settings import Settings
+from tests.helpers import files_equal
 from tests.platforms import KEY_TYPES, PlatformWorld, with_login
 from tests.test_slack_flow import CHANNEL, card_message, click
 
@@ -179,6 +184,22 @@ def test_status_backups_diagnostics_and_the_refresh_fix_as_the_least_privilege_r
         assert owner == pw.features_role  # the bot refreshed it as a member of the view's owner, owning nothing
 
 
+def test_without_the_view_owners_role_the_refresh_refuses_and_changes_nothing(platforms, stale_view):
+    pw = platforms.world("bigint")
+    membership = sql.SQL("{} {} {} {}")
+    with pw.connect() as admin:
+        admin.execute(membership.format(sql.SQL("REVOKE"), sql.Identifier(pw.features_role), sql.SQL("FROM"),
+                                        sql.Identifier(pw.bot_role)))
+        try:
+            with pw.connect(pw.bot_url) as bot:
+                result = fixes.refresh_feature_view(bot)
+            assert not result.ok and "only its owner may refresh it" in result.message, result.message
+            assert admin.execute("SELECT max(date) AS d FROM ml_training_features").fetchone()["d"] < stale_view
+        finally:
+            admin.execute(membership.format(sql.SQL("GRANT"), sql.Identifier(pw.features_role), sql.SQL("TO"),
+                                            sql.Identifier(pw.bot_role)))
+
+
 @pytest.mark.parametrize("box", ["uuid"], indirect=True)
 def test_watchdog_and_manual_halt_resume_as_the_least_privilege_role(box, platforms, standin, tmp_path):
     pw, sandbox = box
@@ -240,7 +261,8 @@ def test_migrate_without_the_schema_and_without_create_on_the_database_says_what
     pw = platforms.world("text")
     name = f"{pw.dbname}_noschema"
     with pw.connect(with_login(pw.admin_url, dbname="postgres")) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(pw.owner_role)))
+        admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name),
+                                                                   sql.Identifier(pw.owner_role)))
         admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
         admin.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(name),
                                                                           sql.Identifier(pw.bot_role)))
@@ -269,3 +291,65 @@ def test_client_ids_of_each_type_are_the_platforms(platforms):
         assert {cl.client_id for cl in pw.clients} <= ids
         if key_type == "uuid":
             assert all(isinstance(i, uuid.UUID) for i in ids)
+
+
+# --------------------------------------------------------------------------------------------- file rights
+
+
+def as_documented(models: Path) -> None:
+    """MODELS_DIR with the README's file rights and no more: read on files, search on folders, write only in
+    each model folder (owner and group bits alike)."""
+    for path in [models, *models.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o770 if path.parent == models else 0o550)
+        else:
+            path.chmod(0o440)
+    models.chmod(0o550)
+
+
+# Root is held to file modes like any account once it lacks the capabilities that override them.
+AS_ORDINARY_ACCOUNT = (["setpriv", "--no-new-privs", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+                       if os.geteuid() == 0 else [])
+
+
+def test_break_glass_rollback_with_only_the_readmes_file_rights(platforms, tmp_path):
+    """The CLI as the bot's database role, held to the README's rights on MODELS_DIR: status, backups and a whole
+    rollback (halt, emergency backup, restore, record, verify, resume)."""
+    pw = platforms.world("integer")
+    models = pw.copy_models(tmp_path / "models")
+    as_documented(models)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "DATABASE_URL": pw.bot_url, "MODELS_DIR": str(models), "INCIDENTS_DIR": str(tmp_path / "incidents")}
+    cli = str(Path(sys.executable).with_name("rollback-bot"))
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*AS_ORDINARY_ACCOUNT, cli, *argv], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    try:
+        probe = run("status")
+        assert probe.returncode == 0 and MODEL in probe.stdout, probe.stdout + probe.stderr
+        # the rights are really held: nothing may be written in MODELS_DIR itself or in a backup folder
+        for folder in (models, next(p for p in (models / MODEL).iterdir() if p.is_dir())):
+            denied = subprocess.run([*AS_ORDINARY_ACCOUNT, "touch", str(folder / "x")], capture_output=True)
+            assert denied.returncode != 0, folder
+        out = run("backups", MODEL)
+        assert out.returncode == 0 and "backup_" in out.stdout, out.stdout + out.stderr
+        target = pw.world.models[MODEL].backups[0].name
+        check = pw.connect()
+        before = {k: (r["auto_rebalance"], r["require_manual_approval"]) for k, r in pw.settings_rows(check).items()}
+        out = run("rollback", MODEL, "--to", target, "--reason", "break-glass drill", "--by", "oncall")
+        assert out.returncode == 0 and f"is now {target}" in out.stdout, out.stdout + out.stderr
+        assert [r["version"] for r in check.execute("SELECT version FROM model_deployment_log WHERE model_name = %s"
+                                                    " AND is_production", (MODEL,))] == [target]
+        assert files_equal(models / MODEL, models / MODEL / target)
+        emergency = [p for p in (models / MODEL).iterdir() if p.name.startswith("backup_emergency_")]
+        assert len(emergency) == 1 and (emergency[0] / "model.json").is_file()
+        after = {k: (r["auto_rebalance"], r["require_manual_approval"]) for k, r in pw.settings_rows(check).items()}
+        assert after == before
+        assert not check.execute("SELECT halted FROM rollback_bot.trading_state").fetchone()["halted"]
+        check.close()
+    finally:
+        for path in [models, *models.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o755)
