@@ -89,6 +89,16 @@ def reset_database(url: str) -> None:
         conn.commit()
 
 
+@pytest.fixture(scope="session")
+def platforms(database_url: str, tmp_path_factory: pytest.TempPathFactory):
+    """Platforms built by somebody else (tests/platforms.py): one database per client-id type, built on first use,
+    a separate owner role, the bot as a least-privilege role; databases and roles dropped at the end."""
+    from tests.platforms import Platforms, admin_url
+
+    with Platforms(admin_url(), tmp_path_factory.mktemp("platforms")) as p:
+        yield p
+
+
 @pytest.fixture
 def world(world_template, database_url: str, tmp_path: Path):
     """A fresh copy of the world for one test: database rows restored, model files copied."""
