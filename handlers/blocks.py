@@ -125,6 +125,7 @@ def status_blocks(report: StatusReport) -> list[dict]:
         )
     else:
         blocks.append(context(":large_green_circle: Automated trading is running."))
+    blocks += _doctor_blocks(report)  # near the top: never cut by the 50-block limit
     if not report.models:
         blocks.append(section("No production models found in `model_deployment_log` or MODELS_DIR."))
     if len(report.models) > DETAILED_MODELS:
@@ -155,7 +156,6 @@ def status_blocks(report: StatusReport) -> list[dict]:
         blocks.append(section("*Open incidents*\n" + "\n".join(lines[:30])))
     else:
         blocks.append(context("No open incidents."))
-    blocks += _doctor_blocks(report)
     return finish(blocks, more_hint="Use `/rollback status` in the App Home for the full list.")
 
 

@@ -29,6 +29,7 @@ from bot.slack_signing import SlackSender
 from core import fixes
 from core.db import migrate
 from core.errors import PreflightFailed
+from core.registry import ModelRegistry
 from handlers.doctor import slack_checks
 from tests.helpers import client_settings, production_rows, trading_halted
 
@@ -388,3 +389,26 @@ def test_the_restore_fix_preflight_refuses_with_the_doctors_reason(services, set
     assert all("trades source TRADES_TABLE: TRADES_TABLE no_such_trades does not exist" in why
                for why in proposal.rejected.values()), proposal.rejected
     assert fixes.propose_model_restore(services.registry, conn, model=MODEL, settings=settings).possible
+
+
+def test_a_model_folder_the_bot_cannot_write_is_refused_at_preflight(world, conn, database_url, tmp_path) -> None:
+    """A bot process without root's power over file modes (tests/crash_child.py) asks for a rollback of a model
+    whose folder is read-only: pre-flight refuses with the doctor's line; nothing is halted or copied."""
+    from tests.test_faults import file_sums, run_engine_child
+
+    folder = world.models_dir / MODEL
+    original = file_sums(folder)
+    target = ModelRegistry(world.models_dir).recommend(MODEL).backup.name
+    os.chmod(folder, 0o555)
+    try:
+        r = run_engine_child(database_url, world.models_dir, tmp_path / "incidents", target,
+                             drop_file_powers=os.geteuid() == 0)
+    finally:
+        os.chmod(folder, 0o755)
+    assert r.returncode != 0
+    assert (f"core.errors.PreflightFailed: Pre-flight refused the rollback of {MODEL}; nothing was halted or changed."
+            f" model {MODEL}: model folder {folder} is not writable by uid {os.geteuid()} (mode 555") in r.stderr, \
+        r.stderr[-2000:]
+    assert conn.execute("SELECT count(*) AS n FROM rollback_bot.incidents").fetchone()["n"] == 0
+    assert not trading_halted(conn) and file_sums(folder) == original
+    assert not [p for p in folder.iterdir() if p.name.startswith("backup_emergency_")]
