@@ -19,6 +19,8 @@ from core.settings import Settings, load_settings
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+# `serve` names each of its starts for its work process, so the doctor runs once per start (handlers/doctor.py at_start).
+START_ID_ENV = "ROLLBACK_BOT_START_ID"
 
 
 def _settings_with_database(settings: Settings, *, ensure_local: bool) -> Settings:
@@ -78,7 +80,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     verify_token(build_client(settings))  # a token Slack refuses stops start-up here, with one line
     services = build_services(settings)
     # Slow work and the background worker (recovery, jobs, timers, monitoring) run in a child process, so
-    # this one only acknowledges Slack (see bot/workproc.py).
+    # this one only acknowledges Slack (see bot/workproc.py). It also runs the doctor once for this start.
+    import os
+    import uuid
+
+    os.environ[START_ID_ENV] = uuid.uuid4().hex
     work = WorkProcess().start()
     app = build_app(settings, services, remote=work.submit)
     slack_auth = SlackAuth(app.client, every=settings.slack_auth_check_seconds).start()
@@ -132,12 +138,66 @@ def cmd_work(args: argparse.Namespace, settings: Settings) -> int:
     app = build_app(settings.model_copy(update={"slack_signing_secret": None}), services)
     freeze_startup_heap()
     services.start_background()
+    doctor_at_start(app, services)
     try:
         serve_stdin(app.deps, app.client, app=app)
     finally:
         services.stop_background()
         app.progress.flush(10)
     return 0
+
+
+def doctor_at_start(app, services) -> None:
+    """`serve` start: the doctor runs once on a thread of the work process; its problems go to INCIDENT_CHANNEL
+    and `/rollback status` (handlers/doctor.py)."""
+    import os
+    import threading
+    import uuid
+
+    from handlers.doctor import at_start
+
+    start_id = os.environ.get(START_ID_ENV) or uuid.uuid4().hex
+
+    def run() -> None:
+        try:
+            at_start(services, app.client, start_id=start_id)
+        except Exception:  # noqa: BLE001 - the doctor must never take the work process down
+            logging.getLogger("rollback_bot").exception("the doctor at start could not run")
+
+    threading.Thread(target=run, name="doctor-at-start", daemon=True).start()
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """Check the platform against what a rollback needs: one line per check, exit 1 on any problem."""
+    import psycopg
+
+    from core.db import Database
+    from core.doctor import run_doctor, store_run
+    from core.errors import DatabaseUnavailable
+    from core.incidents import utcnow
+
+    settings = _settings_with_database(settings, ensure_local=False)
+    chat = None
+    if settings.slack_bot_token is not None:  # Slack is configured: check it too
+        from bot.app import build_client
+        from handlers.doctor import slack_checks
+
+        chat = slack_checks(build_client(settings), settings.incident_channel)
+    db = Database(settings.database_dsn())
+    run = run_doctor(settings, db.connect, source="rollback-bot doctor (CLI)", at=utcnow(), chat=chat)
+    for check in run.checks:
+        print(check.line(), flush=True)
+    try:
+        with db.connect() as conn:
+            store_run(conn, run)
+    except (psycopg.Error, DatabaseUnavailable) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"rollback-bot: this run is not kept for /rollback status: {first}", file=sys.stderr)
+    if run.ok:
+        print(f"rollback-bot doctor: {run.summary()}.")
+        return 0
+    print(f"rollback-bot doctor: {run.summary()}; a rollback may fail until they are fixed.")
+    return EXIT_FAILED
 
 
 def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -234,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = p.add_subparsers(dest="db_command", required=True)
     m = dbsub.add_parser("migrate", help="apply the bot's schema migrations (idempotent)")
     m.set_defaults(func=cmd_db_migrate)
+
+    p = sub.add_parser("doctor", help="check the platform against what a rollback needs (exit 1 on any problem)")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("status", help="break-glass: production models, open incidents, trading state")
     p.set_defaults(func=cmd_status)

@@ -37,6 +37,7 @@ from psycopg.types.json import Jsonb
 
 from core import trading
 from core.db import Database
+from core.doctor import refuse_if_not_ready
 from core.errors import (
     BackupCorrupt,
     Conflict,
@@ -208,6 +209,7 @@ class Engine:
         ``ml_training_features`` and a prediction on the latest rows is finite and not constant."""
         validate_name(model, "model")
         validate_name(backup, "backup")
+        self._refuse_if_platform_not_ready(model)
         folder = self.registry.backup_dir(model, backup)
         checks: list[str] = []
         try:
@@ -250,6 +252,12 @@ class Engine:
             prediction_rows=len(rows),
             checks=checks,
         )
+
+    def _refuse_if_platform_not_ready(self, model: str) -> None:
+        """What `rollback-bot doctor` checks that this rollback needs (tables, privileges, the trades source, the
+        model's folder): PreflightFailed quoting the doctor's lines, before anything is halted."""
+        with self.db.transaction() as conn:
+            refuse_if_not_ready(conn, self.settings, models_dir=self.registry.models_dir, model=model)
 
     @staticmethod
     def _check_prediction(booster: Any, features: list[str], rows: list, *, what: str) -> None:
@@ -602,6 +610,7 @@ class Engine:
         """Pre-flight again right before the halt. When model.json still has the bytes that passed pre-flight
         at request time, loading it again proves nothing new (and takes most of a second for a large model):
         check the checksum, the metadata's features and the feature view instead."""
+        self._refuse_if_platform_not_ready(inc.model_name)
         what = f"Backup {inc.target_backup} of {inc.model_name} fails pre-flight"
         folder = self.registry.backup_dir(inc.model_name, inc.target_backup)
         try:

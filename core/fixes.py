@@ -36,6 +36,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from core.db import Database
+from core.doctor import preflight_reason, rollback_blockers
 from core.engine import Engine, enqueue
 from core.errors import (
     BackupCorrupt,
@@ -391,10 +392,14 @@ def _restore_order(backups: list[BackupInfo], production_version: str | None) ->
 
 
 def _local_preflight(registry: ModelRegistry, conn: psycopg.Connection, b: BackupInfo,
-                     features: set[str]) -> list[str]:
+                     features: set[str], settings: Any = None) -> list[str]:
     """The engine's pre-flight checks, for callers without an Engine; raises PreflightFailed."""
     import numpy as np
 
+    model = b.path.parent.name
+    blockers = rollback_blockers(conn, settings, models_dir=registry.models_dir, model=model)
+    if blockers:
+        raise PreflightFailed(preflight_reason(model, blockers))
     reason = registry.unusable_reason(b, features=features or None)
     if reason:
         raise PreflightFailed(reason)
@@ -415,11 +420,12 @@ def _local_preflight(registry: ModelRegistry, conn: psycopg.Connection, b: Backu
 
 def propose_model_restore(
     registry: ModelRegistry, conn: psycopg.Connection, *, model: str, engine: Engine | None = None,
+    settings: Any = None,
 ) -> RestoreProposal | None:
     """None when the production model.json loads; else the restore target by RESTORE_RULE.
 
     With ``engine`` each candidate goes through ``Engine.preflight`` (exactly the checks a rollback runs);
-    without it the same checks run here against ``conn``.
+    without it the same checks run here against ``conn`` (the trades source too when ``settings`` are given).
     """
     folder = registry.model_dir(model)
     problem = registry.load_problem(folder)
@@ -436,7 +442,7 @@ def propose_model_restore(
                 checks = list(report.checks)
             else:
                 report = None
-                checks = _local_preflight(registry, conn, b, features)
+                checks = _local_preflight(registry, conn, b, features, settings)
         except (PreflightFailed, BackupCorrupt) as exc:
             rejected[b.name] = str(exc).split(" fails pre-flight: ", 1)[-1]
             continue

@@ -17,6 +17,7 @@ from core import fixes
 from core.charts import chart_maker, model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
+from core.doctor import ChatChecks, DoctorRun, latest_run, run_doctor, store_run
 from core.engine import Engine, enqueue, no_fault
 from core.errors import PreflightFailed, UnknownModel, clean_text
 from core.escalation import Breach, Escalator
@@ -57,6 +58,7 @@ class StatusReport:
     trading_halted: bool
     halted_since: datetime | None = None
     halt_reason: str | None = None
+    doctor: DoctorRun | None = None  # the latest `rollback-bot doctor` run, from any process
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class Services:
                 )
             ]
             halt = conn.execute("SELECT halted, since, reason FROM rollback_bot.trading_state").fetchone()
+            doctor = latest_run(conn)
         by_model: dict[str, list[DeploymentRow]] = {}
         for row in rows:
             by_model.setdefault(row.model_name, []).append(row)
@@ -158,6 +161,7 @@ class Services:
             trading_halted=bool(halt and halt["halted"]),
             halted_since=halt["since"] if halt else None,
             halt_reason=halt["reason"] if halt else None,
+            doctor=doctor,
         )
 
     def backups(self, *, model: str) -> BackupsReport:
@@ -177,6 +181,13 @@ class Services:
             backups=backups,
             recommendation=recommendation,
         )
+
+    def doctor(self, *, source: str, chat: ChatChecks | None = None) -> DoctorRun:
+        """`rollback-bot doctor`: every check a rollback relies on; the run is kept for `/rollback status`."""
+        run = run_doctor(self.settings, self.db.connect, source=source, at=self.engine.clock(), chat=chat,
+                         models_dir=self.registry.models_dir)
+        with self.db.transaction() as conn:
+            return store_run(conn, run)
 
     def start_form(self, *, model: str | None = None) -> StartForm:
         if model is None:

@@ -16,6 +16,7 @@ from slack_sdk import WebClient
 from handlers import blocks as views
 from handlers import incident_views as iv
 from handlers.deps import Deps
+from handlers.doctor import doctor_blocks, slack_checks
 from handlers.errors import guarded
 from handlers.ids import Command
 from handlers.progress import SlackProgress
@@ -45,7 +46,7 @@ class ParsedCommand:
 
 
 # Subcommands whose ack is empty (their work runs afterwards); `help` and unknown ones are answered in the ack.
-WORK_VERBS = frozenset({"status", "backups", "incidents", "start", "halt", "resume", "diagnose", "report"})
+WORK_VERBS = frozenset({"status", "backups", "incidents", "start", "halt", "resume", "diagnose", "report", "doctor"})
 
 USAGE = {
     "backups": "Usage: `/rollback backups MODEL` (see `/rollback status` for the models).",
@@ -150,6 +151,14 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         report = services.diagnose(model=cmd.args[0])
         respond(text=f"Diagnostics of {report.model}: {report.likely_cause}",
                 blocks=views.diagnostics_blocks(report), response_type="ephemeral", replace_original=False)
+
+    @on("doctor")
+    def doctor(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        if not deps.auth.is_approver(cmd.user_id):
+            return refuse(cmd, respond, "doctor", "Only approvers may run the platform check (APPROVERS).")
+        run = services.doctor(source=f"/rollback doctor by {cmd.user_id}", chat=slack_checks(client, deps.channel))
+        respond(text=f"rollback-bot doctor: {run.summary()}", blocks=doctor_blocks(run), response_type="ephemeral",
+                replace_original=False)
 
     # ------------------------------------------------------------------------------------ actions
 
