@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     watchdog_days: int = Field(default=20, ge=5, le=365)
     watchdog_min_days: int = Field(default=10, ge=3, le=365)
     watchdog_cooldown_minutes: float = Field(default=1440, ge=0)
+    # An approved rollback that has not started within this is cancelled, never run late.
+    approved_start_timeout_minutes: float = Field(default=10, gt=0)
+    # SET LOCAL lock_timeout / statement_timeout on every transaction of a rollback's steps.
+    step_lock_timeout_seconds: float = Field(default=10, gt=0, le=3600)
+    step_statement_timeout_seconds: float = Field(default=60, gt=0, le=86400)
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
