@@ -14,6 +14,7 @@ class Action(StrEnum):
     FIX_REFRESH_VIEW = "fix_refresh_view"
     FIX_RESTORE_MODEL = "fix_restore_model"
     MODAL_MODEL_SELECT = "start_model_select"
+    RESUME_OVERRIDE = "resume_override"
 
 
 class View(StrEnum):
