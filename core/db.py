@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from contextvars import ContextVar
 from importlib import resources
 
 import psycopg
@@ -22,6 +23,30 @@ from core.errors import ConfigError, DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 SCHEMA = "rollback_bot"
+
+# (lock_timeout, statement_timeout) in milliseconds for every transaction opened in this context (a rollback's
+# steps: ``step_limits``); None: the server's defaults.
+_LIMITS: ContextVar[tuple[int, int] | None] = ContextVar("rollback_bot_db_limits", default=None)
+
+
+@contextlib.contextmanager
+def step_limits(lock_timeout_seconds: float, statement_timeout_seconds: float) -> Iterator[None]:
+    """Every ``Database.transaction()`` opened inside (in this thread) starts with ``SET LOCAL lock_timeout`` and
+    ``SET LOCAL statement_timeout``: a step waiting on a lock someone else holds, or on a statement that does not
+    finish, stops with a clear error instead of hanging while trading is halted."""
+    token = _LIMITS.set((max(1, round(lock_timeout_seconds * 1000)), max(1, round(statement_timeout_seconds * 1000))))
+    try:
+        yield
+    finally:
+        _LIMITS.reset(token)
+
+
+def apply_limits(conn: psycopg.Connection) -> None:
+    """SET LOCAL the limits of the current context, if any, on ``conn``'s transaction (one round trip)."""
+    limits = _LIMITS.get()
+    if limits is not None:
+        conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                     (f"{limits[0]}ms", f"{limits[1]}ms"))
 
 
 class Database:
@@ -55,7 +80,12 @@ class Database:
         """Unit of work: one connection, one transaction; committed on success, rolled back on error."""
         try:
             with self.pool.connection() as conn:
+                apply_limits(conn)
                 yield conn
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+            raise DatabaseUnavailable(
+                f"PostgreSQL: {_reason(exc)} (the step's lock_timeout or statement_timeout); nothing of the step"
+                " was committed, and it runs again later") from None
         except (PoolTimeout, psycopg.OperationalError) as exc:
             raise DatabaseUnavailable(f"PostgreSQL does not answer: {_reason(exc)}") from None
 

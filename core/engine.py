@@ -35,8 +35,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from core import trading
-from core.db import Database
+from core import integrity, revert, trading
+from core import resume as resume_mod
+from core.db import Database, step_limits
 from core.doctor import refuse_if_not_ready
 from core.errors import (
     BackupCorrupt,
@@ -50,6 +51,7 @@ from core.errors import (
     VerificationFailed,
     clean_text,
 )
+from core.fencing import Fence, LostLock
 from core.incidents import (
     APPROVED,
     BACKING_UP,
@@ -65,6 +67,7 @@ from core.incidents import (
     RESOLVED,
     RESTORING,
     RESUMING,
+    REVERT_FAILED,
     REVERTING,
     RUNNABLE,
     STEP_OF_STATE,
@@ -133,6 +136,8 @@ class Engine:
         self.listeners: list[Listener] = []
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._parsing: dict[int, Future] = {}  # incident id -> the approved backup's model, parsed ahead
+        self._fences: dict[int, Fence] = {}  # incident id -> this process's lock on it (core.fencing)
+        self.revert_wait = revert.DEFAULT_WAIT  # back-off between attempts to put the original files back
 
     # ---------------------------------------------------------------------------------------- events
 
@@ -300,7 +305,15 @@ class Engine:
                 f"{model} already has an open rollback, {existing.ref} ({existing.state}, requested by "
                 f"{existing.requested_by}); nothing new was posted."
             )
+        # What is approved is what runs: both files' checksums are pinned here, around the pre-flight that
+        # read them, and checked again before the halt, at the restore and at verification.
+        target_dir = self.registry.backup_dir(model, backup)
+        before = integrity.file_sums(target_dir)
         report = self.preflight(model=model, backup=backup)
+        pinned = integrity.file_sums(target_dir)
+        if pinned != before or pinned[MODEL_FILE] != report.sha256:
+            raise PreflightFailed(f"Backup {backup} of {model} changed while it was being checked; nothing was"
+                                  " changed. Request it again.")
         current = self.registry.production(model)
         current_info = {
             "training_date": current.training_date.isoformat() if current.training_date else None,
@@ -324,7 +337,7 @@ class Engine:
                     (
                         model, backup, prod["version"] if prod else None, reason[:2000], severity, estimated_loss,
                         keep_halted, requested_by, source, channel, report.sha256,
-                        Jsonb({"preflight": report.__dict__, "current": current_info}), now, now,
+                        Jsonb({"preflight": report.__dict__, "current": current_info, "pinned": pinned}), now, now,
                         now + timedelta(minutes=self.settings.approval_timeout_minutes),
                     ),
                 ).fetchone()
@@ -409,7 +422,8 @@ class Engine:
         return incident
 
     def expire_requests(self) -> list[Incident]:
-        """Cancel requests whose approval window has passed (run by the worker)."""
+        """Cancel requests whose approval window has passed, and approved rollbacks that did not start within
+        APPROVED_START_TIMEOUT_MINUTES (run by the worker)."""
         now = self.clock()
         with self.db.transaction() as conn:
             rows = conn.execute(
@@ -419,6 +433,15 @@ class Engine:
             ).fetchall()
             for r in rows:
                 self._journal_done(conn, r["id"], "expired", "rollback-bot", outcome="skipped")
+            late = conn.execute(
+                "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = %s, updated_at = %s,"
+                " resolved_at = %s WHERE kind = 'rollback' AND state = 'approved' AND approved_at < %s RETURNING *",
+                (self._not_started_note(), now, now, now - self._start_timeout()),
+            ).fetchall()
+            for r in late:
+                self._journal_done(conn, r["id"], "expired", "rollback-bot", outcome="skipped",
+                                   detail={"note": self._not_started_note()})
+            rows += late
         out = [Incident(**r) for r in rows]
         for inc in out:
             self._emit(Event("state", inc))
@@ -492,14 +515,26 @@ class Engine:
             got = lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (self.lock_key(incident_id),)).fetchone()
             if not got["ok"]:
                 return self.get(incident_id)  # another process is running it
+            self._fences[incident_id] = Fence.take(lock_conn, key=self.lock_key(incident_id),
+                                                   incident_id=incident_id, owner=self.owner)
             with incident_context(f"INC-{incident_id}"):
                 return self._run(incident_id, actor, lock_conn)
         finally:
+            self._fences.pop(incident_id, None)
             lock_conn.close()  # releases the advisory lock
+
+    def _fence(self, inc: Incident, what: str) -> None:
+        """Right before a file operation: this process still holds the incident's lock (core.fencing)."""
+        fence = self._fences.get(inc.id)
+        if fence is None:
+            raise LostLock(f"{inc.ref}: this process does not hold the rollback's lock; refusing {what}")
+        fence.check(what)
 
     def _run(self, incident_id: int, actor: str, lock_conn: psycopg.Connection | None = None) -> Incident:
         try:
-            return self._run_steps(self.get(incident_id), actor, lock_conn)
+            # Every transaction of the steps runs with SET LOCAL lock_timeout and statement_timeout.
+            with step_limits(self.settings.step_lock_timeout_seconds, self.settings.step_statement_timeout_seconds):
+                return self._run_steps(self.get(incident_id), actor, lock_conn)
         finally:
             self._parsing.pop(incident_id, None)
 
@@ -568,8 +603,9 @@ class Engine:
             elif inc.state in (APPROVED, HALTING, HALTED, MONITORING):
                 new = self._move(conn, inc, FAILED, error=message[:2000])
             elif inc.state == REVERTING:
-                # Reverting itself keeps failing: stop, keep trading halted, a person must look.
-                new = self._move(conn, inc, FAILED, error=((inc.error or "") + f"; revert failed: {message}")[:2000])
+                # Reverting itself failed: stop, keep trading halted, say what is in place; a person must look.
+                new = self._move(conn, inc, REVERT_FAILED, error=(
+                    (inc.error or "") + f"; revert failed: {message}; {self._files_now(inc)}")[:2000])
             else:  # resuming: the model is verified; retry later rather than undo a good rollback
                 raise RollbackError(message)
             self._journal_done(conn, inc.id, "error", "rollback-bot", outcome="failed", error=message[:2000])
@@ -590,7 +626,24 @@ class Engine:
 
     # -- approved: pre-flight again, right before the first change ----------------------------------
 
+    def _start_timeout(self) -> timedelta:
+        return timedelta(minutes=self.settings.approved_start_timeout_minutes)
+
+    def _not_started_note(self) -> str:
+        return (f"approved but not started within {self.settings.approved_start_timeout_minutes:g} minutes"
+                " (APPROVED_START_TIMEOUT_MINUTES): cancelled rather than run late; request it again")
+
     def _step_approved(self, inc: Incident, actor: str) -> Incident:
+        if inc.approved_at is not None and self.clock() - inc.approved_at > self._start_timeout():
+            with self.db.transaction() as conn:
+                new = self._move(conn, self.get(inc.id, conn, lock=True), CANCELLED,
+                                 decision_note=self._not_started_note())
+                self._journal_done(conn, inc.id, "expired", actor, outcome="skipped",
+                                   detail={"note": self._not_started_note()})
+                self.audit(conn, actor=actor, action="execute", outcome="refused", incident_id=inc.id,
+                           reason=self._not_started_note())
+            self._emit(Event("state", new))
+            return new
         sid = self._begin(inc, "preflight", actor)
         try:
             checks = self._recheck_target(inc)
@@ -619,6 +672,9 @@ class Engine:
             raise PreflightFailed(f"{what}: {MODEL_FILE} cannot be read ({exc.strerror}).") from None
         if inc.target_sha256 and sha != inc.target_sha256:
             raise PreflightFailed(f"{what}: it changed on disk after the request; nothing was changed.")
+        pinned_meta = integrity.pins_of(inc).get(METADATA_FILE)
+        if pinned_meta and integrity.file_sums(folder)[METADATA_FILE] != pinned_meta:
+            raise PreflightFailed(f"{what}: its metadata.json changed on disk after the request; nothing was changed.")
         checked = (inc.plan or {}).get("preflight") or {}
         if not inc.target_sha256 or not checked.get("features"):
             return self.preflight(model=inc.model_name, backup=inc.target_backup).checks
@@ -694,9 +750,11 @@ class Engine:
         sid = self._begin(inc, "emergency_backup", actor)
         folder = self.registry.model_dir(inc.model_name)
         dest = folder / inc.emergency_backup
+        self._fence(inc, "removing temporary files")
         _clean_temporaries(folder)
         present = [folder / f for f in MODEL_FILES if (folder / f).is_file()]
         if not dest.exists():
+            self._fence(inc, "the emergency backup")
             try:
                 # What exists is backed up as it is (a corrupt or missing model.json included).
                 copy_folder_atomically(present, dest)
@@ -723,14 +781,16 @@ class Engine:
         sid = self._begin(inc, "restore", actor)
         folder = self.registry.model_dir(inc.model_name)
         source = self.registry.backup_dir(inc.model_name, inc.target_backup)
+        pins = integrity.pins_of(inc)
+        self._fence(inc, "removing temporary files")
         _clean_temporaries(folder)  # a copy interrupted by a crash in an earlier attempt
-        if sha256_file(source / MODEL_FILE) != inc.target_sha256:
-            raise VerificationFailed(f"Backup {inc.target_backup} changed on disk after approval.")
+        integrity.check_pins(source, pins, what=f"Backup {inc.target_backup} changed on disk after approval")
         for name in (METADATA_FILE, MODEL_FILE):
             dst, src = folder / name, source / name
             if (dst.is_symlink() or not dst.exists()  # a link in place is replaced by a plain file
                     or dst.stat().st_size != src.stat().st_size  # differ: no need to hash
                     or sha256_file(dst) != sha256_file(src)):
+                self._fence(inc, f"restoring {name}")
                 atomic_copy(source / name, folder / name)
                 self.fault(f"restored:{name}")
         detail = {"from": inc.target_backup, "sha256": inc.target_sha256}
@@ -799,21 +859,45 @@ class Engine:
         sha = sha256_file(folder / MODEL_FILE)
         if sha != inc.target_sha256:
             raise VerificationFailed("the model file in place is not the approved backup (checksum differs)")
+        pinned_meta = integrity.pins_of(inc).get(METADATA_FILE)
+        if pinned_meta and integrity.file_sums(folder)[METADATA_FILE] != pinned_meta:
+            raise VerificationFailed("metadata.json in place is not the one approved at request time (checksum"
+                                     " differs)")
         try:
             meta = read_metadata(folder)
             booster = parsed if parsed is not None else load_booster(folder / MODEL_FILE,
                                                                      max_bytes=self.registry.max_model_bytes)
         except BackupCorrupt as exc:
             raise VerificationFailed(str(exc)) from None
-        target_meta = read_metadata(self.registry.backup_dir(inc.model_name, inc.target_backup))
-        if meta.model_dump() != target_meta.model_dump():
-            raise VerificationFailed("metadata.json in place differs from the backup's")
+        if not pinned_meta:  # requested before metadata.json was pinned: compare with the backup's
+            target_meta = read_metadata(self.registry.backup_dir(inc.model_name, inc.target_backup))
+            if meta.model_dump() != target_meta.model_dump():
+                raise VerificationFailed("metadata.json in place differs from the backup's")
+        self._check_feature_order(inc, booster, list(meta.features))
         with self.db.transaction() as conn:
+            available = feature_columns(conn)
+            missing = [f for f in meta.features if f not in available]
+            if missing:
+                raise VerificationFailed(f"ml_training_features lacks {', '.join(missing[:8])}")
             day, _, rows = feature_rows(conn, meta.features)
         self._check_prediction(booster, meta.features, rows, what="Verification")
         return {"sha256": sha, "prediction_day": day.isoformat() if day else None, "rows": len(rows),
                 "training_date": meta.training_date.isoformat(),
                 "parsed": "ahead, from identical bytes" if parsed is not None else "from the file in place"}
+
+    @staticmethod
+    def _check_feature_order(inc: Incident, booster: Any, features: list[str]) -> None:
+        """Pre-flight's feature checks, again on the files in place: the model's features are metadata.json's, in
+        the same order, and the ones checked at request time."""
+        if booster.num_features() != len(features):
+            raise VerificationFailed(f"the model expects {booster.num_features()} features, metadata.json lists"
+                                     f" {len(features)}")
+        if booster.feature_names and list(booster.feature_names) != features:
+            raise VerificationFailed("the model's feature names or their order differ from metadata.json")
+        checked = ((inc.plan or {}).get("preflight") or {}).get("features")
+        if checked and list(checked) != features:
+            raise VerificationFailed("the features in metadata.json, or their order, differ from those checked at"
+                                     " request time")
 
     # -- resuming: only a verified model, each client's own settings back ------------------------------
 
@@ -876,17 +960,14 @@ class Engine:
     def _step_reverting(self, inc: Incident, actor: str) -> Incident:
         sid = self._begin(inc, "revert", actor)
         folder = self.registry.model_dir(inc.model_name)
+        self._fence(inc, "removing temporary files")
         _clean_temporaries(folder)  # a copy interrupted by a crash in an earlier attempt
-        restored_files = []
-        if inc.emergency_backup and (folder / inc.emergency_backup).is_dir():
-            backup = folder / inc.emergency_backup
-            for name in (METADATA_FILE, MODEL_FILE):
-                if not (backup / name).is_file():
-                    continue  # it was missing before the rollback too
-                if ((folder / name).is_symlink() or not (folder / name).is_file()
-                        or sha256_file(folder / name) != sha256_file(backup / name)):
-                    atomic_copy(backup / name, folder / name)
-                    restored_files.append(name)
+        # Each file back to the original (core.revert), retried with back-off; the outcome names what is in place.
+        outcome = revert.put_back(
+            folder, self._originals(inc, folder), folder / inc.emergency_backup if inc.emergency_backup else None,
+            original_label=f"original ({inc.from_version or 'before ' + inc.ref})",
+            target=(f"target {inc.target_backup}", integrity.pins_of(inc)),
+            fence=lambda what: self._fence(inc, what), fault=self.fault, wait=self.revert_wait)
         with self.db.transaction() as conn:
             cur = self.get(inc.id, conn, lock=True)
             reverted_log = False
@@ -905,13 +986,35 @@ class Engine:
                             (inc.model_name, prev["version"], datetime.fromisoformat(prev["deployed_at"])),
                         )
                     reverted_log = True
-            detail = {"restored_files": restored_files, "deployment_log_reverted": reverted_log,
-                      "trading": "stays halted"}
-            new = self._move(conn, cur, FAILED)
-            self._journal_finish(conn, sid, "ok", detail)
+            detail = {"ok": outcome.ok, "restored_files": outcome.restored, "removed_files": outcome.removed,
+                      "attempts": outcome.attempts, "files": outcome.files, "message": outcome.message,
+                      "deployment_log_reverted": reverted_log, "trading": "stays halted"}
+            plan = {**cur.plan, "revert": {"ok": outcome.ok, "message": outcome.message, "files": outcome.files}}
+            if outcome.ok:
+                new = self._move(conn, cur, FAILED, plan=plan)
+            else:  # the files are mixed: open, trading halted, escalated; resume refuses until they are fixed
+                new = self._move(conn, cur, REVERT_FAILED, plan=plan, error=(
+                    (cur.error + "; " if cur.error else "") + outcome.message[0].upper() + outcome.message[1:]
+                    + ". Trading stays halted.")[:2000])
+            self._journal_finish(conn, sid, "ok" if outcome.ok else "failed", detail,
+                                 error=None if outcome.ok else outcome.message[:2000])
         self._emit(Event("step", new, "revert", detail))
         self._emit(Event("state", new, error=new.error))
         return new
+
+    def _originals(self, inc: Incident, folder: Path) -> integrity.Sums | None:
+        return integrity.originals_of(inc, folder / inc.emergency_backup if inc.emergency_backup else None)
+
+    def _files_now(self, inc: Incident) -> str:
+        """Which version each production file of ``inc``'s model is now (for a failure message)."""
+        try:
+            folder = self.registry.model_dir(inc.model_name)
+            known = [(f"original ({inc.from_version or 'before ' + inc.ref})", self._originals(inc, folder) or {}),
+                     (f"target {inc.target_backup}", integrity.pins_of(inc))]
+            files = integrity.describe(folder, integrity.file_sums(folder), known)
+        except (OSError, RollbackError) as exc:
+            return f"the production files could not be read ({exc})"
+        return "production files now: " + ", ".join(f"{name} is {what}" for name, what in files.items())
 
     # ------------------------------------------------------------------------------------- recovery
 
@@ -972,30 +1075,19 @@ class Engine:
         return new
 
     def resume_trading(self, *, user: str) -> trading.ResumeResult:
-        """``/rollback resume`` by an approver: refused while any rollback is under way; rollbacks kept halted
-        after verification resume; every other holder lets go (manual halts, and failed rollbacks, whose
-        trading stays halted until a person has looked and resumes it here)."""
-        with self.db.transaction() as conn:
-            busy = conn.execute(
-                "SELECT id, state FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s)",
-                (list(RUNNABLE - {RESUMING}),),
-            ).fetchall()
-        if busy:
-            refs = ", ".join(f"INC-{r['id']} ({r['state']})" for r in busy)
-            self.audit(None, actor=user, action="resume", outcome="refused", reason=f"rollbacks under way: {refs}")
-            raise InvalidTransition(f"Trading cannot resume while a rollback is under way: {refs}.")
-        for inc in self.list_incidents(open_only=True, limit=100):
-            if inc.kind == "rollback" and inc.state == VERIFIED:
-                self.resume_verified(incident_id=inc.id, actor=user)
-        with self.db.transaction() as conn:
-            manual = conn.execute(
-                "SELECT * FROM rollback_bot.incidents WHERE kind = 'halt' AND state = 'halted' FOR UPDATE"
-            ).fetchall()
-            result = trading.release(conn, holder="", actor=user, force=True)
-            for row in manual:
-                self._move(conn, Incident(**row), RESOLVED, resumed_at=self.clock())
-            self.audit(conn, actor=user, action="resume", outcome="ok", resumed=result.resumed)
-        return result
+        """``/rollback resume`` by an approver (core.resume): refused while any rollback is under way or while any
+        model's files do not match its production row; in one transaction under the trading lock, rollbacks
+        kept halted after verification resume and every holder of a closed incident lets go (manual halts, and
+        failed rollbacks, whose trading stays halted until a person has looked and resumes it here)."""
+        return resume_mod.resume_trading(self, user=user)
+
+    def request_resume_override(self, *, user: str, allowed: bool = True) -> tuple[Incident, bool]:
+        """An approver asks to resume on production files that do not match (a second approver confirms)."""
+        return resume_mod.request_override(self, user=user, allowed=allowed)
+
+    def approve_resume_override(self, *, incident_id: int, approver: str,
+                                allowed: bool = True) -> tuple[Incident, trading.ResumeResult]:
+        return resume_mod.approve_override(self, incident_id=incident_id, approver=approver, allowed=allowed)
 
 
 

@@ -16,7 +16,9 @@ its ``str()`` is a sentence fit to show in Slack or on a terminal. The tree::
     ├── Conflict                 another open incident / a concurrent action got there first
     ├── VerificationFailed       the restored model failed verification
     ├── UnknownIncident          no such incident
-    └── DatabaseUnavailable      PostgreSQL does not answer
+    ├── DatabaseUnavailable      PostgreSQL does not answer (or a step's lock/statement timeout)
+    │   └── LostLock (core.fencing)  this process no longer holds a rollback's lock
+    └── FilesMismatch            production files differ from their production row (resume refused)
 """
 
 from __future__ import annotations
@@ -76,6 +78,15 @@ class UnknownIncident(RollbackError):
 
 class DatabaseUnavailable(RollbackError):
     pass
+
+
+class FilesMismatch(RollbackError):
+    """``/rollback resume`` refused: some model's files are not its production row's. ``mismatches`` lists
+    them (core.integrity.FileMismatch); two different approvers may override."""
+
+    def __init__(self, message: str, mismatches: list | None = None) -> None:
+        super().__init__(message)
+        self.mismatches = list(mismatches or [])
 
 
 def clean_text(text: str | None, limit: int = 2000) -> str:

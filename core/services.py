@@ -279,7 +279,8 @@ class Services:
 
     def request_fix(self, *, fix: str, requested_by: str, model: str | None = None, channel: str | None = None):
         return fixes.request_fix(self.db, fix=fix, requested_by=requested_by, model=model, channel=channel,
-                                 clock=self.engine.clock)
+                                 clock=self.engine.clock,
+                                 expires_in=timedelta(minutes=self.settings.approval_timeout_minutes))
 
     def approve_fix(self, *, incident_id: int, approver: str, allowed: bool):
         inc = fixes.approve_fix(self.db, incident_id=incident_id, approver=approver, allowed=allowed,
@@ -318,13 +319,14 @@ class Services:
 
     # ------------------------------------------------------------------------------ after the rollback
 
-    REPORT_STATES = {"rollback": ("monitoring", "verified", "failed", "resolved", "denied", "cancelled"),
+    REPORT_STATES = {"rollback": ("monitoring", "verified", "failed", "resolved", "denied", "cancelled",
+                                  "revert_failed"),
                      "halt": ("halted", "resolved")}
 
     def _report_on_change(self, event: Event) -> None:
         inc = event.incident
         if event.kind == "state" and inc.state in self.REPORT_STATES.get(inc.kind, ()):
-            upload = inc.state in ("monitoring", "verified", "failed", "resolved")
+            upload = inc.state in ("monitoring", "verified", "failed", "resolved", "revert_failed")
             with self.db.transaction() as conn:
                 enqueue(conn, "report", incident_id=inc.id, payload={"upload": upload},
                         dedupe_key=f"report:{inc.id}:{inc.state}")

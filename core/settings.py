@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     health_port: int | None = Field(default=None, ge=1, le=65535)  # Socket Mode's /healthz, /metrics (default PORT)
     metrics_addr: str | None = None  # host:port of /metrics on an address of its own
     slack_auth_check_seconds: float = Field(default=60, gt=0)
+    # An approved rollback that has not started within this is cancelled, never run late.
+    approved_start_timeout_minutes: float = Field(default=10, gt=0)
+    # SET LOCAL lock_timeout / statement_timeout on every transaction of a rollback's steps.
+    step_lock_timeout_seconds: float = Field(default=10, gt=0, le=3600)
+    step_statement_timeout_seconds: float = Field(default=60, gt=0, le=86400)
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"

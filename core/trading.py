@@ -20,6 +20,7 @@ platform's type.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -97,15 +98,18 @@ def halt(conn: psycopg.Connection, *, holder: str, actor: str, reason: str) -> H
     return HaltResult(halt_id, row["halted_at"], False, len(saved))
 
 
-def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = False) -> ResumeResult:
-    """``holder`` lets go of the halt; the last one out restores every client's own settings exactly."""
+def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = False,
+            keep: Collection[str] = ()) -> ResumeResult:
+    """``holder`` lets go of the halt; the last one out restores every client's own settings exactly.
+    ``force``: every holder lets go but those in ``keep`` (the holders of rollbacks that are not closed)."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.trading'))")
     current = active_halt(conn)
     if current is None:
         return ResumeResult(False, None)
     halt_id = current["id"]
     if force:
-        conn.execute("DELETE FROM rollback_bot.halt_holders WHERE halt_id = %s", (halt_id,))
+        conn.execute("DELETE FROM rollback_bot.halt_holders WHERE halt_id = %s AND holder <> ALL(%s)",
+                     (halt_id, list(keep)))
     else:
         conn.execute("DELETE FROM rollback_bot.halt_holders WHERE halt_id = %s AND holder = %s", (halt_id, holder))
     remaining = holders(conn, halt_id)

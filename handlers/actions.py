@@ -134,7 +134,25 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         except Exception as exc:  # noqa: BLE001
             whisper(client, body, f":no_entry: {describe(exc)}")
 
+    def resume_override(body: dict, client: WebClient) -> None:
+        """*Override* on a refused resume: a second, different approver resumes trading on those files."""
+        incident_id = _incident_id(body)
+        user = body["user"]["id"]
+        if incident_id is None or not first_delivery(body):
+            return
+        try:
+            inc, result = engine.approve_resume_override(incident_id=incident_id, approver=user,
+                                                         allowed=deps.auth.is_approver(user))
+            client.chat_postMessage(
+                channel=deps.channel,
+                text=f":warning: <@{user}> confirmed <@{inc.requested_by}>'s override ({inc.ref}): automated trading"
+                     + (f" resumed on mismatched files; {result.restored} clients back to their own settings."
+                        if result.resumed else " is released by this override; other holders keep it halted."))
+        except Exception as exc:  # noqa: BLE001
+            whisper(client, body, f":no_entry: {describe(exc)}")
+
     app.action(Action.APPROVE.value)(acking(approve))
+    app.action(Action.RESUME_OVERRIDE.value)(acking(resume_override))
     app.action(Action.FIX_REFRESH_VIEW.value)(acking(quick_fix))
     app.action(Action.FIX_RESTORE_MODEL.value)(acking(quick_fix))
     app.action(Action.DENY.value)(acking(deny))

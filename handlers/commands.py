@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
+from core.errors import FilesMismatch
 from handlers import blocks as views
 from handlers import incident_views as iv
 from handlers.deps import Deps
@@ -204,7 +205,14 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     def resume(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         if not deps.auth.is_approver(cmd.user_id):
             return refuse(cmd, respond, "resume", "Only approvers may resume trading (APPROVERS).")
-        result = engine.resume_trading(user=cmd.user_id)
+        try:
+            result = engine.resume_trading(user=cmd.user_id)
+        except FilesMismatch as exc:  # a second, different approver may override: posted for them
+            inc, new = engine.request_resume_override(user=cmd.user_id, allowed=True)
+            if new:
+                inc = progress.post_card(inc)
+            return tell(respond, f"{exc} {inc.ref} in <#{deps.channel}> asks a second, different approver to press"
+                                 " *Override*.")
         if not result.halt_id:
             return tell(respond, "Trading is not halted; nothing to resume.")
         text = (

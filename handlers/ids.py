@@ -15,6 +15,7 @@ class Action(StrEnum):
     FIX_RESTORE_MODEL = "fix_restore_model"
     MODAL_MODEL_SELECT = "start_model_select"
     MODAL_BACKUP_SELECT = "backup"
+    RESUME_OVERRIDE = "resume_override"
 
 
 class View(StrEnum):

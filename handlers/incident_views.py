@@ -47,6 +47,7 @@ STATE_EMOJI = {
     "cancelled": ":heavy_multiplication_x:",
     "failed": ":red_circle:",
     "reverting": ":rewind:",
+    "revert_failed": ":sos:",
 }
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -64,7 +65,7 @@ def _tick(m: Milestone, failed: bool) -> str:
 
 
 def checklist_text(incident: Incident, steps: list[Step]) -> str:
-    failed = incident.state in ("failed", "reverting")
+    failed = incident.state in ("failed", "reverting", "revert_failed")
     lines = []
     keep = {"halt": ("halted", "resolved"), "fix": ("requested", "approved", "resolved")}.get(incident.kind)
     for m in milestones(incident, steps):
@@ -95,6 +96,8 @@ def incident_title(incident: Incident) -> str:
         return f"{incident.ref} · Trading halt"
     if incident.kind == "fix":
         return f"{incident.ref} · Quick fix: {(incident.plan or {}).get('label') or 'fix'}"
+    if incident.kind == "resume":
+        return f"{incident.ref} · Resume on mismatched files (override)"
     return f"{incident.ref} · {incident.kind}"
 
 
@@ -110,6 +113,10 @@ def _person(ident: str | None, source: str) -> str:
 
 def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
     """The request message, updated in place as the status card."""
+    if incident.kind == "resume":
+        from handlers.override_views import override_card
+
+        return override_card(incident, emoji=STATE_EMOJI.get(incident.state, ""))
     emoji = STATE_EMOJI.get(incident.state, "")
     blocks: list[Block] = [HeaderBlock(text=clip(incident_title(incident), 150))]
     who = f"Requested by {_person(incident.requested_by, incident.source)}"
@@ -143,8 +150,13 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
     blocks.append(section(checklist_text(incident, steps)))
     if incident.error:
         blocks.append(section(f":red_circle: *{esc(clip(incident.error, 2500))}*"))
-    if incident.state == "failed":
-        blocks.append(context("The original model is in place and trading stays halted; an approver resumes with `/rollback resume` after a look."))
+    if incident.state == "failed" and (incident.decision_note or "").startswith("closed at resume"):
+        blocks.append(context(_failed_files(incident)))
+    elif incident.state == "failed":
+        blocks.append(context(f"{_failed_files(incident)} Trading stays halted; an approver resumes with `/rollback resume` after a look."))
+    if incident.state == "revert_failed":
+        blocks.append(context(":sos: The original files could not all be put back: the production files are mixed (above). Trading stays halted."
+                              " Put the original files back by hand; `/rollback resume` checks them, and resuming on mixed files needs two different approvers."))
     if incident.state == "requested":
         blocks.append(
             ActionsBlock(
@@ -172,7 +184,7 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
         )
         if incident.expires_at:
             blocks.append(context(f"Approval window ends {incident.expires_at:%H:%M:%S} UTC. You cannot approve your own request."))
-    elif incident.state in CLOSED or incident.state in ("monitoring", "verified"):
+    elif incident.state in CLOSED or incident.state in ("monitoring", "verified", "revert_failed"):
         blocks.append(ActionsBlock(elements=[ButtonElement(text="Add root cause", action_id=Action.ADD_ROOT_CAUSE.value, value=str(incident.id))]))
     return finish(blocks)
 
@@ -214,8 +226,11 @@ def step_reply(incident: Incident, step: str, detail: dict, error: str | None = 
         from handlers.blocks import mrkdwn_from_markdown
 
         return ":stethoscope: " + mrkdwn_from_markdown(d.get("markdown") or d.get("summary") or "")[:2900]
+    if step == "revert" and d.get("ok") is False:
+        return (f":sos: *Revert failed*: {esc(d.get('message'))}. Deployment log"
+                f" {'reverted' if d.get('deployment_log_reverted') else 'unchanged'}; trading stays halted.")
     if step == "revert":
-        files = ", ".join(d.get("restored_files") or []) or "unchanged"
+        files = ", ".join((d.get("restored_files") or []) + [f"{n} removed" for n in d.get("removed_files") or []]) or "unchanged"
         return (
             f":rewind: Reverted: original files back ({esc(files)}),"
             f" deployment log {'reverted' if d.get('deployment_log_reverted') else 'unchanged'}; trading stays halted."
@@ -239,13 +254,33 @@ def state_reply(incident: Incident) -> str | None:
         return f":no_entry_sign: Denied by <@{esc(incident.decided_by)}>: {esc(incident.decision_note or 'no reason given')}"
     if s == "cancelled":
         return f":heavy_multiplication_x: Cancelled: {esc(incident.decision_note or 'by the requester')}"
+    if incident.kind == "resume":
+        from handlers.override_views import override_reply
+
+        return override_reply(incident)
+    if s == "failed" and (incident.decision_note or "").startswith("closed at resume"):
+        return f":white_check_mark: {esc(incident.ref)} {_failed_files(incident)[0].lower()}{_failed_files(incident)[1:]}"
     if s == "failed":
-        return f":red_circle: *Rollback failed*: {esc(incident.error or 'see the journal')}. The original model is in place and trading stays halted."
+        return f":red_circle: *Rollback failed*: {esc(incident.error or 'see the journal')}. {_failed_files(incident)} Trading stays halted."
+    if s == "revert_failed":
+        return (f":sos: *Rollback failed and the revert failed*: {esc(incident.error or 'see the journal')}"
+                " Escalated; `/rollback resume` is refused until the files match the production row (or two approvers override).")
     if s == "verified":
         return ":pause_button: Verified. Trading stays halted as requested: an approver resumes with `/rollback resume`."
     if s == "resolved":
         return ":large_green_circle: Incident resolved."
     return None
+
+
+def _failed_files(incident: Incident) -> str:
+    """What a failed rollback left in place, as its revert recorded it."""
+    note = incident.decision_note or ""
+    if note.startswith("closed at resume"):
+        return f"{esc(note[:1].upper() + note[1:])}."
+    message = str(((incident.plan or {}).get("revert") or {}).get("message") or "")
+    if message:
+        return f"{esc(message[:1].upper() + message[1:])}."
+    return "The original model is in place."
 
 
 # ------------------------------------------------------------------------------------------- modals

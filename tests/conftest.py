@@ -26,7 +26,7 @@ TEST_DB = "rollback_bot_test"
 MUTABLE_PLATFORM = ("model_deployment_log", "clients", "client_settings", "trades")
 BOT_TABLES = (
     "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries", "incidents",
-    "home_viewers", "doctor_results",
+    "home_viewers", "doctor_results", "executor_fences",
 )
 
 
