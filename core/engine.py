@@ -920,20 +920,22 @@ class Engine:
                 out.append(self.get(incident_id))
         return out
 
-    def break_glass(self, *, model: str, backup: str, reason: str, by: str) -> Incident:
+    def break_glass(self, *, model: str, backup: str, reason: str, by: str, os_user: str | None = None) -> Incident:
         """The CLI path for when Slack is down: same pre-flight, engine and journal; the operator at the
-        host's shell is the approval, recorded as such."""
+        host's shell is the approval, recorded as such, with the operating-system account beside ``--by``."""
         by = clean_text(by, 200)
         if not by:
             raise NotAuthorized("--by NAME is required: break-glass rollbacks are audited by name.")
+        os_user = clean_text(os_user, 200) or "unknown"
         inc, _ = self.request_rollback(model=model, backup=backup, reason=reason, requested_by=by, source="cli")
         now = self.clock()
+        who = {"by": by, "os_user": os_user, "host": socket.gethostname()}
         with self.db.transaction() as conn:
             cur = self.get(inc.id, conn, lock=True)
-            new = self._move(conn, cur, APPROVED, approved_by=f"{by} (break-glass CLI)",
-                             decided_by=by, approved_at=now)
-            self._journal_done(conn, inc.id, "approved", by, detail={"break_glass": True})
-            self.audit(conn, actor=by, action="break_glass_rollback", outcome="ok", incident_id=inc.id)
+            new = self._move(conn, cur, APPROVED, approved_by=f"{by} (break-glass CLI, OS user {os_user})"[:300],
+                             decided_by=by, approved_at=now, plan={**cur.plan, "break_glass": who})
+            self._journal_done(conn, inc.id, "approved", by, detail={"break_glass": True, **who})
+            self.audit(conn, actor=by, action="break_glass_rollback", outcome="ok", incident_id=inc.id, **who)
         self._emit(Event("state", new))
         return self.execute(inc.id, actor=by)
 
