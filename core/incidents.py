@@ -7,6 +7,8 @@ States of a rollback incident::
               ↘ cancelled                                                             ├→ resuming → monitoring → resolved
                                                                                       └→ verified (keep halted) → resuming
     any swap state (backing_up … verifying) → reverting → failed   (original model back, trading stays halted)
+    halted → halt_not_effective (trades still coming after HALT_QUIET_TIMEOUT_SECONDS; paged; trading stays
+             halted) → backing_up (an approver other than the requester: "Proceed anyway") | failed ("Abandon")
 
 A trading-only incident (`/rollback halt`) goes halting → halted → resolved (on resume).
 """
@@ -27,12 +29,13 @@ REQUESTED, APPROVED, HALTING, HALTED = "requested", "approved", "halting", "halt
 BACKING_UP, RESTORING, RECORDING, VERIFYING = "backing_up", "restoring", "recording", "verifying"
 VERIFIED, RESUMING, MONITORING, RESOLVED = "verified", "resuming", "monitoring", "resolved"
 DENIED, FAILED, CANCELLED, REVERTING = "denied", "failed", "cancelled", "reverting"
+HALT_NOT_EFFECTIVE = "halt_not_effective"
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     REQUESTED: frozenset({APPROVED, DENIED, CANCELLED}),
     APPROVED: frozenset({HALTING, FAILED, CANCELLED}),
     HALTING: frozenset({HALTED, FAILED}),
-    HALTED: frozenset({BACKING_UP, FAILED}),
+    HALTED: frozenset({BACKING_UP, FAILED, HALT_NOT_EFFECTIVE}),
     BACKING_UP: frozenset({RESTORING, REVERTING}),
     RESTORING: frozenset({RECORDING, REVERTING}),
     RECORDING: frozenset({VERIFYING, REVERTING}),
@@ -45,6 +48,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     DENIED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),
+    # Open, trading stays halted, nothing runs it forward: a person proceeds anyway or abandons.
+    HALT_NOT_EFFECTIVE: frozenset({BACKING_UP, FAILED}),
 }
 # Trading-only incidents (`/rollback halt`): halting → halted → resolved (on resume).
 HALT_TRANSITIONS: dict[str, frozenset[str]] = {HALTING: frozenset({HALTED}), HALTED: frozenset({RESOLVED})}

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     watchdog_days: int = Field(default=20, ge=5, le=365)
     watchdog_min_days: int = Field(default=10, ge=3, le=365)
     watchdog_cooldown_minutes: float = Field(default=1440, ge=0)
+    # The swap waits until the trades source has been quiet this long since the halt; past the timeout the
+    # halt is "not effective" (paged; an approver other than the requester may proceed anyway).
+    halt_quiet_seconds: float = Field(default=3, ge=0)
+    halt_quiet_timeout_seconds: float = Field(default=120, gt=0)
+    # `/rollback diagnose`, `backups`, `status MODEL`: at most this many per person per minute (all processes).
+    heavy_commands_per_minute: int = Field(default=10, ge=1, le=10000)
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
@@ -120,6 +126,14 @@ class Settings(BaseSettings):
         parts = value.split(".")
         if not 1 <= len(parts) <= 2 or not all(p.replace("_", "a").isalnum() and not p[0].isdigit() for p in parts):
             raise ValueError("must be a plain SQL identifier, optionally schema-qualified")
+        return value
+
+    @field_validator("halt_quiet_timeout_seconds")
+    @classmethod
+    def _quiet_timeout(cls, value: float, info: ValidationInfo) -> float:
+        quiet = info.data.get("halt_quiet_seconds")
+        if quiet is not None and value <= quiet:
+            raise ValueError("must be greater than HALT_QUIET_SECONDS")
         return value
 
     def require(self, *names: str) -> None:

@@ -26,7 +26,7 @@ TEST_DB = "rollback_bot_test"
 MUTABLE_PLATFORM = ("model_deployment_log", "clients", "client_settings", "trades")
 BOT_TABLES = (
     "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries", "incidents",
-    "home_viewers",
+    "home_viewers", "command_uses",
 )
 
 
@@ -113,6 +113,7 @@ def settings(world, database_url: str, tmp_path: Path) -> Settings:
         approvers=["U0BOB", "U0CAROL"],
         monitor_minutes=30,
         watchdog_every_minutes=0,  # tests that want the watchdog turn it on
+        halt_quiet_seconds=0,  # no real wait after each halt; tests of the quiet wait set it and move the clock
     )
 
 
