@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -35,7 +36,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from core import integrity, revert, trading
+from core import access, halt_watch, integrity, revert, trading
 from core import resume as resume_mod
 from core.db import Database, step_limits
 from core.doctor import refuse_if_not_ready
@@ -59,6 +60,7 @@ from core.incidents import (
     CLOSED,
     DENIED,
     FAILED,
+    HALT_NOT_EFFECTIVE,
     HALTED,
     HALTING,
     MONITORING,
@@ -132,6 +134,7 @@ class Engine:
         self.db = db
         self.registry = registry
         self.clock = clock
+        self.sleep: Callable[[float], None] = time.sleep  # the quiet wait after the halt (tests move the clock)
         self.fault = fault_hook
         self.listeners: list[Listener] = []
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -242,6 +245,7 @@ class Engine:
                     f"{', '.join(missing[:8])}."
                 )
             checks.append("features match ml_training_features")
+            checks.append(self._check_trades_source(conn, f"A rollback of {model} fails pre-flight"))
             day, _, rows = feature_rows(conn, meta.features)
         self._check_prediction(booster, meta.features, rows, what=f"Backup {backup} of {model} fails pre-flight")
         checks.append(f"prediction on {len(rows)} rows of {day} is finite and varies")
@@ -362,6 +366,9 @@ class Engine:
                 refusal = InvalidTransition(f"{inc.ref} is a {inc.kind} incident, not a rollback request.")
             elif inc.state != REQUESTED:
                 refusal = already_decided(inc)
+            elif access.is_unclaimed_proposal(inc):
+                refusal = NotAuthorized("The watchdog proposed this rollback: a person takes it over as requester"
+                                        " (*Take over*), then a different approver approves it.")
             elif approver == inc.requested_by:
                 refusal = NotAuthorized("You cannot approve your own request: a second person must approve it.")
             elif not allowed:
@@ -578,6 +585,8 @@ class Engine:
                 inc = self._fail_or_revert(inc, f"step '{step}' was interrupted {MAX_STEP_ATTEMPTS} times")
                 continue
             handler = getattr(self, f"_step_{step}")
+            if step in halt_watch.HELD_STATES:
+                halt_watch.sweep(self)  # clients activated or added while the halt is held are halted too
             self._parse_ahead(inc)
             self.fault(f"before:{step}")
             try:
@@ -686,11 +695,21 @@ class Engine:
             raise PreflightFailed(f"{what}: the features in metadata.json changed after the request.")
         with self.db.transaction() as conn:
             available = feature_columns(conn)
+            trades = self._check_trades_source(conn, f"A rollback of {inc.model_name} fails pre-flight")
         missing = [f for f in meta.features if f not in available]
         if missing:
             raise PreflightFailed(f"{what}: ml_training_features lacks {', '.join(missing[:8])}.")
         return ["model.json is the file that passed pre-flight (sha256)", "metadata.json parses, same features",
-                "features match ml_training_features"]
+                "features match ml_training_features", trades]
+
+    def _check_trades_source(self, conn: psycopg.Connection, what: str) -> str:
+        """The trades source the halt is verified against can be read; fail closed before anything changes."""
+        if not trading.has_trades_source(self.settings):
+            return "no trade source (TRADES_TABLE=none): trades after the halt will not be checked"
+        problem = trading.trades_source_problem(conn, self.settings)
+        if problem:
+            raise PreflightFailed(f"{what}: {problem}; nothing was changed.")
+        return "the trades source can be read"
 
     # -- halting: client settings saved and halted, halt flag set, in one transaction ----------------
 
@@ -718,14 +737,17 @@ class Engine:
         except RollbackError as exc:
             self._finish(sid, "failed", error=str(exc))
             raise
-        with self.db.transaction() as conn:
-            n = trading.trades_after(conn, inc.halted_at, table=self.settings.trades_table,
-                                     time_column=self.settings.trades_time_column,
-                                     log_path=self.settings.trading_log)
-        detail = {"trades_after_halt": n, "stop_command": note}
+        try:
+            watch = halt_watch.wait_for_quiet(self, inc)  # until no trade for HALT_QUIET_SECONDS, or the timeout
+        except RollbackError as exc:
+            self._finish(sid, "failed", error=str(exc))
+            raise
+        detail = {**watch.detail, "stop_command": note}
+        if not watch.quiet:
+            return halt_watch.not_effective(self, inc, sid, detail)
+        n = watch.trades
         if n:
             self._finish(sid, "warning", detail, error=f"{n} trade(s) executed after the halt")
-            self._emit(Event("warning", inc, "verify_halt", detail, error=f"{n} trade(s) executed after the halt"))
         else:
             self._finish(sid, "ok", detail)
         self._emit(Event("step", inc, "verify_halt", detail))
@@ -1036,20 +1058,22 @@ class Engine:
                 out.append(self.get(incident_id))
         return out
 
-    def break_glass(self, *, model: str, backup: str, reason: str, by: str) -> Incident:
+    def break_glass(self, *, model: str, backup: str, reason: str, by: str, os_user: str | None = None) -> Incident:
         """The CLI path for when Slack is down: same pre-flight, engine and journal; the operator at the
-        host's shell is the approval, recorded as such."""
+        host's shell is the approval, recorded as such, with the operating-system account beside ``--by``."""
         by = clean_text(by, 200)
         if not by:
             raise NotAuthorized("--by NAME is required: break-glass rollbacks are audited by name.")
+        os_user = clean_text(os_user, 200) or "unknown"
         inc, _ = self.request_rollback(model=model, backup=backup, reason=reason, requested_by=by, source="cli")
         now = self.clock()
+        who = {"by": by, "os_user": os_user, "host": socket.gethostname()}
         with self.db.transaction() as conn:
             cur = self.get(inc.id, conn, lock=True)
-            new = self._move(conn, cur, APPROVED, approved_by=f"{by} (break-glass CLI)",
-                             decided_by=by, approved_at=now)
-            self._journal_done(conn, inc.id, "approved", by, detail={"break_glass": True})
-            self.audit(conn, actor=by, action="break_glass_rollback", outcome="ok", incident_id=inc.id)
+            new = self._move(conn, cur, APPROVED, approved_by=f"{by} (break-glass CLI, OS user {os_user})"[:300],
+                             decided_by=by, approved_at=now, plan={**cur.plan, "break_glass": who})
+            self._journal_done(conn, inc.id, "approved", by, detail={"break_glass": True, **who})
+            self.audit(conn, actor=by, action="break_glass_rollback", outcome="ok", incident_id=inc.id, **who)
         self._emit(Event("state", new))
         return self.execute(inc.id, actor=by)
 

@@ -12,6 +12,7 @@ its ``str()`` is a sentence fit to show in Slack or on a terminal. The tree::
     ├── RightsNotKept            a model file cannot be written with the owner, group and mode it must keep
     ├── PreflightFailed          a target failed pre-flight checks (nothing was changed)
     ├── NotAuthorized            the user may not do this
+    │   └── RateLimited          …not again so soon (heavy commands per person per minute)
     ├── InvalidTransition        the incident is not in a state that allows this step
     ├── Conflict                 another open incident / a concurrent action got there first
     ├── VerificationFailed       the restored model failed verification
@@ -57,6 +58,10 @@ class PreflightFailed(RollbackError):
 
 
 class NotAuthorized(RollbackError):
+    pass
+
+
+class RateLimited(NotAuthorized):
     pass
 
 

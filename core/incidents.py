@@ -15,6 +15,11 @@ States of a rollback incident::
 A resume override (`/rollback resume` refused on production files that do not match their production row)
 is an incident of kind ``resume``: requested → approved (a second approver) → resolved | cancelled.
 
+A rollback paused by a halt that is not working:
+
+    halted → halt_not_effective (trades still coming after HALT_QUIET_TIMEOUT_SECONDS; paged; trading stays
+             halted) → backing_up (an approver other than the requester: "Proceed anyway") | failed ("Abandon")
+
 A trading-only incident (`/rollback halt`) goes halting → halted → resolved (on resume).
 """
 
@@ -35,12 +40,13 @@ BACKING_UP, RESTORING, RECORDING, VERIFYING = "backing_up", "restoring", "record
 VERIFIED, RESUMING, MONITORING, RESOLVED = "verified", "resuming", "monitoring", "resolved"
 DENIED, FAILED, CANCELLED, REVERTING = "denied", "failed", "cancelled", "reverting"
 REVERT_FAILED = "revert_failed"
+HALT_NOT_EFFECTIVE = "halt_not_effective"
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     REQUESTED: frozenset({APPROVED, DENIED, CANCELLED}),
     APPROVED: frozenset({HALTING, FAILED, CANCELLED}),
     HALTING: frozenset({HALTED, FAILED}),
-    HALTED: frozenset({BACKING_UP, FAILED}),
+    HALTED: frozenset({BACKING_UP, FAILED, HALT_NOT_EFFECTIVE}),
     BACKING_UP: frozenset({RESTORING, REVERTING}),
     RESTORING: frozenset({RECORDING, REVERTING}),
     RECORDING: frozenset({VERIFYING, REVERTING}),
@@ -54,6 +60,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     FAILED: frozenset(),
     CANCELLED: frozenset(),
     REVERT_FAILED: frozenset({FAILED}),
+    # Open, trading stays halted, nothing runs it forward: a person proceeds anyway or abandons.
+    HALT_NOT_EFFECTIVE: frozenset({BACKING_UP, FAILED}),
 }
 # Trading-only incidents (`/rollback halt`): halting → halted → resolved (on resume).
 HALT_TRANSITIONS: dict[str, frozenset[str]] = {HALTING: frozenset({HALTED}), HALTED: frozenset({RESOLVED})}

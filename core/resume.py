@@ -29,6 +29,7 @@ from core.incidents import (
     RESOLVED,
     RESUMING,
     RUNNABLE,
+    HALT_NOT_EFFECTIVE,
     VERIFIED,
     Event,
     Incident,
@@ -125,7 +126,7 @@ def _refuse_if_busy(engine: Engine, conn, user: str) -> None:  # noqa: ANN001
     under way."""
     busy = conn.execute(
         "SELECT id, state FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s) ORDER BY id",
-        (list(RUNNABLE - {RESUMING}),),
+        (list((RUNNABLE - {RESUMING}) | {HALT_NOT_EFFECTIVE}),),
     ).fetchall()
     if busy:
         refs = ", ".join(f"INC-{r['id']} ({r['state']})" for r in busy)

@@ -13,13 +13,13 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from core import fixes
+from core import access, fixes, halt_watch
 from core.charts import chart_maker, model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
 from core.doctor import ChatChecks, DoctorRun, latest_run, run_doctor, store_run
 from core.engine import Engine, enqueue, no_fault
-from core.errors import PreflightFailed, UnknownModel, clean_text
+from core.errors import NotAuthorized, PreflightFailed, UnknownModel, clean_text
 from core.escalation import Breach, Escalator
 from core.incidents import Event, Incident, journal, utcnow
 from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows
@@ -102,6 +102,8 @@ class Services:
         self.engine = Engine(settings, db, self.registry, clock=clock or utcnow, fault_hook=fault_hook or no_fault)
         self.worker = Worker(self.engine)
         self._background = False
+        # While a halt is held, clients activated or added are saved and halted too (core.halt_watch).
+        self.worker.periodic.append(lambda: halt_watch.sweep(self.engine))
         # Runbook step 8: every rollback runs diagnostics right after the halt (a job, so any process may).
         self.engine.subscribe(self._diagnose_after_halt)
         self.worker.on("diagnose", self._run_incident_diagnostics)
@@ -209,9 +211,10 @@ class Services:
                 "INSERT INTO rollback_bot.deliveries (key) VALUES (%s) ON CONFLICT DO NOTHING", (key[:500],)
             ).rowcount == 1
 
-    def set_root_cause(self, *, incident_id: int, text: str, user: str) -> None:
-        """A person's account of the root cause; kept on the incident and used by its report."""
-        self.engine.get(incident_id)  # UnknownIncident for a wrong id
+    def set_root_cause(self, *, incident_id: int, text: str, user: str, is_approver: bool) -> None:
+        """A person's account of the root cause (the incident's people and approvers); kept on the incident and
+        used by its report."""
+        self._incident_person(incident_id, user, is_approver, action="root_cause", what="add its root cause")
         with self.db.transaction() as conn:
             add_root_cause(conn, incident_id=incident_id, text=clean_text(text, 5000), by=user, at=self.engine.clock())
             enqueue(conn, "report", incident_id=incident_id, payload={"upload": False},
@@ -334,9 +337,28 @@ class Services:
     def _write_report(self, job: dict) -> None:
         self._update_report(job["incident_id"], upload=bool(job["payload"].get("upload")))
 
-    def report(self, *, incident_id: int, actor: str) -> Path:
-        """``/rollback report INCIDENT``: bring the report up to date and return its file."""
+    def report(self, *, incident_id: int, actor: str, is_approver: bool) -> Path:
+        """``/rollback report INCIDENT`` (the incident's people and approvers): bring the report up to date and
+        return its file."""
+        self._incident_person(incident_id, actor, is_approver, action="report", what="post its report again")
         return self._update_report(incident_id, actor=actor, upload=True, again=True)
+
+    def _incident_person(self, incident_id: int, user: str, is_approver: bool, *, action: str, what: str) -> Incident:
+        inc = self.engine.get(incident_id)  # UnknownIncident for a wrong id
+        if not access.may_annotate(inc, user, is_approver=is_approver):
+            self.engine.audit(None, actor=user, action=action, outcome="refused", incident_id=incident_id,
+                              reason="not the incident's requester or approver, nor an approver")
+            raise NotAuthorized(f"Only {inc.ref}'s requester and approver, and approvers, may {what}.")
+        return inc
+
+    def heavy_command(self, *, user: str, command: str, allowed: bool) -> None:
+        """`/rollback diagnose`, `backups`, `status MODEL`: operators, approvers and stakeholders, rate-limited
+        per person across every bot process (``HEAVY_COMMANDS_PER_MINUTE``)."""
+        if not allowed:
+            self.engine.audit(None, actor=user, action=command, outcome="refused", reason="not allowed")
+            raise NotAuthorized(f"`/rollback {command}` is for operators, approvers and stakeholders.")
+        access.take_heavy_slot(self.engine, user=user, command=command,
+                               per_minute=self.settings.heavy_commands_per_minute)
 
     def _update_report(self, incident_id: int, *, upload: bool, actor: str = "rollback-bot",
                        again: bool = False) -> Path:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     # SET LOCAL lock_timeout / statement_timeout on every transaction of a rollback's steps.
     step_lock_timeout_seconds: float = Field(default=10, gt=0, le=3600)
     step_statement_timeout_seconds: float = Field(default=60, gt=0, le=86400)
+    # The swap waits until the trades source has been quiet this long since the halt; past the timeout the
+    # halt is "not effective" (paged; an approver other than the requester may proceed anyway).
+    halt_quiet_seconds: float = Field(default=3, ge=0)
+    halt_quiet_timeout_seconds: float = Field(default=120, gt=0)
+    # `/rollback diagnose`, `backups`, `status MODEL`: at most this many per person per minute (all processes).
+    heavy_commands_per_minute: int = Field(default=10, ge=1, le=10000)
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
@@ -147,6 +153,14 @@ class Settings(BaseSettings):
             return None
         host, _, port = self.metrics_addr.rpartition(":")
         return host.strip("[]"), int(port)
+
+    @field_validator("halt_quiet_timeout_seconds")
+    @classmethod
+    def _quiet_timeout(cls, value: float, info: ValidationInfo) -> float:
+        quiet = info.data.get("halt_quiet_seconds")
+        if quiet is not None and value <= quiet:
+            raise ValueError("must be greater than HALT_QUIET_SECONDS")
+        return value
 
     def require(self, *names: str) -> None:
         """Raise ConfigError naming the first of ``names`` that is unset or empty."""

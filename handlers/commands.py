@@ -111,8 +111,13 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         report = services.status()
         respond(text="Production models", blocks=views.status_blocks(report), response_type="ephemeral")
 
+    def heavy(cmd: ParsedCommand, command: str) -> None:
+        """Operators, approvers and stakeholders only, a few a minute per person (raises with the reason)."""
+        services.heavy_command(user=cmd.user_id, command=command, allowed=deps.auth.may_look(cmd.user_id))
+
     def status_of_model(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         """`/rollback status MODEL`: its backups and recommendation, and its performance chart in a DM."""
+        heavy(cmd, "status MODEL")
         report = services.backups(model=cmd.args[0])
         respond(text=f"Status of {report.model}", blocks=views.backups_blocks(report), response_type="ephemeral")
         png = services.model_chart(model=report.model)
@@ -127,7 +132,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         incident_id = parse_incident_ref(cmd.args[0]) if len(cmd.args) == 1 else None
         if incident_id is None:
             return tell(respond, USAGE["report"])
-        path = services.report(incident_id=incident_id, actor=cmd.user_id)
+        path = services.report(incident_id=incident_id, actor=cmd.user_id,
+                               is_approver=deps.auth.is_approver(cmd.user_id))
         inc = engine.get(incident_id)
         where = f"<#{inc.channel}>" if inc.channel else f"<#{deps.channel}>"
         respond(text=f"The report of {inc.ref} ({path.name}) is posted again in its thread in {where}.",
@@ -137,6 +143,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     def backups(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         if len(cmd.args) != 1:
             return tell(respond, USAGE["backups"])
+        heavy(cmd, "backups")
         report = services.backups(model=cmd.args[0])
         respond(text=f"Backups of {report.model}", blocks=views.backups_blocks(report), response_type="ephemeral")
 
@@ -149,6 +156,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     def diagnose(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         if len(cmd.args) != 1:
             return tell(respond, USAGE["diagnose"])
+        heavy(cmd, "diagnose")
         report = services.diagnose(model=cmd.args[0])
         respond(text=f"Diagnostics of {report.model}: {report.likely_cause}",
                 blocks=views.diagnostics_blocks(report), response_type="ephemeral", replace_original=False)

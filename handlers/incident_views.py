@@ -48,6 +48,7 @@ STATE_EMOJI = {
     "failed": ":red_circle:",
     "reverting": ":rewind:",
     "revert_failed": ":sos:",
+    "halt_not_effective": ":rotating_light:",
 }
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -119,9 +120,14 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
         return override_card(incident, emoji=STATE_EMOJI.get(incident.state, ""))
     emoji = STATE_EMOJI.get(incident.state, "")
     blocks: list[Block] = [HeaderBlock(text=clip(incident_title(incident), 150))]
-    who = f"Requested by {_person(incident.requested_by, incident.source)}"
-    if incident.source == "watchdog" and incident.state == "requested":
-        who += " — the watchdog proposes; nothing happens until an approver approves"
+    taken = (incident.plan or {}).get("taken_over") if incident.source == "watchdog" else None
+    if taken:
+        who = f"Proposed by the watchdog, taken over by {_person(incident.requested_by, 'slack')}"
+    else:
+        who = f"Requested by {_person(incident.requested_by, incident.source)}"
+    if incident.source == "watchdog" and incident.state == "requested" and not taken:
+        who += (" — the watchdog only proposes: a person takes it over as requester (*Take over*), then a different"
+                " approver approves")
     if incident.approved_by:
         approver_source = "cli" if incident.source == "cli" else "slack"
         who += f" · approved by {_person(incident.approved_by, approver_source) if approver_source == 'slack' else esc(incident.approved_by)}"
@@ -157,7 +163,14 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
     if incident.state == "revert_failed":
         blocks.append(context(":sos: The original files could not all be put back: the production files are mixed (above). Trading stays halted."
                               " Put the original files back by hand; `/rollback resume` checks them, and resuming on mixed files needs two different approvers."))
-    if incident.state == "requested":
+    if incident.state == "halt_not_effective":
+        blocks += halt_not_effective_blocks(incident)
+    elif incident.state == "requested" and incident.source == "watchdog" and not taken:
+        blocks.append(ActionsBlock(block_id=B.DECISION.value, elements=[
+            ButtonElement(text="Take over", action_id=Action.TAKE_OVER.value, value=str(incident.id), style="primary"),
+            ButtonElement(text="Deny", action_id=Action.DENY.value, value=str(incident.id), style="danger"),
+        ]))
+    elif incident.state == "requested":
         blocks.append(
             ActionsBlock(
                 block_id=B.DECISION.value,
@@ -189,6 +202,26 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
     return finish(blocks)
 
 
+def halt_not_effective_blocks(incident: Incident) -> list[Block]:
+    """The pause: trades still came after the halt. Proceed anyway (an approver other than the requester) or
+    abandon (nothing was swapped; trading stays halted)."""
+    return [
+        context("Trading stays halted and nothing was swapped. Escalation was paged. An approver other than the"
+                " requester may *Proceed anyway*; *Abandon* ends the incident (an approver then resumes trading)."),
+        ActionsBlock(block_id=B.DECISION.value, elements=[
+            ButtonElement(
+                text="Proceed anyway", action_id=Action.PROCEED_ANYWAY.value, value=str(incident.id), style="danger",
+                confirm=ConfirmObject(
+                    title="Proceed although trades continue?",
+                    text=clip(f"Trades were still executing after the halt. Swap {incident.model_name} to "
+                              f"{incident.target_backup} anyway? This is audited under your name.", 300),
+                    confirm="Proceed anyway", deny="Cancel"),
+            ),
+            ButtonElement(text="Abandon", action_id=Action.ABANDON.value, value=str(incident.id)),
+        ]),
+    ]
+
+
 def step_reply(incident: Incident, step: str, detail: dict, error: str | None = None) -> str:
     """One thread reply per step, with its details."""
     d = detail or {}
@@ -198,9 +231,24 @@ def step_reply(incident: Incident, step: str, detail: dict, error: str | None = 
     if step == "verify_halt":
         n = d.get("trades_after_halt", 0)
         cmd = f" {d['stop_command']}." if d.get("stop_command") else ""
+        if error:
+            return f":rotating_light: {esc(error)}{cmd}"
+        if str(d.get("source", "")).startswith("none"):
+            return f":grey_question: No trade source (TRADES_TABLE=none): trades after the halt were not checked.{cmd}"
+        quiet = f"{d['quiet_seconds']:g} s" if d.get("quiet_seconds") is not None else "a while"
         if n:
-            return f":warning: {n} trade(s) executed after the halt: the platform did not honour it.{cmd}"
-        return f":white_check_mark: No trade after the halt.{cmd}"
+            return (f":warning: {n} trade(s) executed after the halt; then none for {quiet}, so the swap goes"
+                    f" ahead.{cmd}")
+        return f":white_check_mark: No trade after the halt (quiet for {quiet}).{cmd}"
+    if step == "halt_sweep":
+        parts = []
+        if d.get("added"):
+            parts.append(f":octagonal_sign: Client(s) {esc(', '.join(d['added']))} became active during the halt:"
+                         " their own settings are saved and they are halted too.")
+        if d.get("reenabled"):
+            parts.append(f":warning: A person re-enabled client(s) {esc(', '.join(d['reenabled']))} while trading is"
+                         " halted: they may trade during the swap. Left as they set them (not restored on resume).")
+        return " ".join(parts) or "Halt sweep: nothing new."
     if step == "emergency_backup":
         return f":floppy_disk: Emergency backup `{esc(d.get('backup'))}` taken (sha256 {str(d.get('model_sha256'))[:12]}…)."
     if step == "restore":
@@ -265,6 +313,12 @@ def state_reply(incident: Incident) -> str | None:
     if s == "revert_failed":
         return (f":sos: *Rollback failed and the revert failed*: {esc(incident.error or 'see the journal')}"
                 " Escalated; `/rollback resume` is refused until the files match the production row (or two approvers override).")
+    if s == "halt_not_effective":
+        return (f":rotating_light: *Halt not effective*: {esc(incident.error or 'trades continue after the halt')}"
+                " Escalation is paged. An approver other than the requester may *Proceed anyway* on the card.")
+    if s == "backing_up" and (incident.plan or {}).get("proceeded_anyway"):
+        who = incident.plan["proceeded_anyway"].get("by")
+        return f":warning: <@{esc(who)}> chose *Proceed anyway*: the swap goes ahead although the halt was late."
     if s == "verified":
         return ":pause_button: Verified. Trading stays halted as requested: an approver resumes with `/rollback resume`."
     if s == "resolved":

@@ -129,7 +129,8 @@ def test_rollback_engine_invariants(property_world: PropertyWorld, tmp_path):
     db = Database(database_url, max_size=6).open()
     check = psycopg.connect(no_wal_wait(world.check_url), row_factory=dict_row, autocommit=True)
     base_settings = Settings(_env_file=None, database_url=database_url, models_dir=world.models_dir,
-                             incidents_dir=tmp_path / "incidents", monitor_minutes=30)
+                             incidents_dir=tmp_path / "incidents", monitor_minutes=30,
+                             halt_quiet_seconds=0)  # no real quiet wait after each halt (tests/test_halt_watch.py)
     models = sorted(world.models)
     initial_sha = {m: sha256_file(world.models_dir / m / MODEL_FILE) for m in models}
     originals: dict = {}
