@@ -2,7 +2,7 @@
 
 * **database** -- what an ordinary role can read: client connections (``pg_stat_activity``) against
   ``max_connections`` (busy above ``connections_busy``, 90%), lock requests waiting (``pg_locks``; the oldest
-  wait from ``waitstart``, PostgreSQL 14+; a wait over ``lock_wait_seconds`` is a finding), and replication: on
+  wait from ``waitstart``, PostgreSQL 14+; a wait over ``lock_wait_seconds``, 30 s, is a finding), and replication: on
   a standby the replay lag (``now() - pg_last_xact_replay_timestamp()``, a finding over
   ``replication_lag_seconds``), on a primary the standbys of ``pg_stat_replication`` and their replay lag when
   this role may see it (it needs ``pg_read_all_stats``; otherwise it says so).
@@ -104,9 +104,10 @@ def check_database(conn: psycopg.Connection, config: DiagnosticsConfig = Diagnos
     if health.connections >= config.connections_busy * health.max_connections:
         findings.append(Finding(WARNING, "system", f"the database has {health.connections} client connections of"
                                                    f" max_connections {health.max_connections}: new ones may be refused"))
-    if waiting and (health.oldest_wait_seconds is None or health.oldest_wait_seconds > config.lock_wait_seconds):
-        age = f", the oldest for {health.oldest_wait_seconds:.0f} s" if health.oldest_wait_seconds is not None else ""
-        findings.append(Finding(WARNING, "system", f"{waiting} lock request(s) waiting in the database{age}"))
+    # a lock wait is news when it lasts (before PostgreSQL 14 its age is unknown: the count is shown, no finding)
+    if waiting and health.oldest_wait_seconds is not None and health.oldest_wait_seconds > config.lock_wait_seconds:
+        findings.append(Finding(WARNING, "system", f"{waiting} lock request(s) waiting in the database, the oldest"
+                                                   f" for {health.oldest_wait_seconds:.0f} s"))
     for what, secs in (("this standby's replay", health.replay_lag_seconds),
                        ("a standby's replay", health.standby_lag_seconds)):
         if secs is not None and secs > config.replication_lag_seconds:
