@@ -533,6 +533,9 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
         else:
             md.append("Not run (trading was not resumed on the restored model)."
                       if inc.resumed_at is None else "No summary was recorded.")
+        restored = (((inc.plan or {}).get("diagnostics") or {}).get("restored") or {}).get("line")
+        if restored and inc.state != "failed":
+            md += ["", f"{restored.strip()} (measured by the incident's diagnostics)."]
         md.append("")
 
     # Checklist

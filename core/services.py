@@ -17,6 +17,7 @@ from core import access, fixes, halt_watch
 from core.charts import chart_maker, model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
+from core.diagnostics.incident import diagnose_incident
 from core.doctor import ChatChecks, DoctorRun, latest_run, run_doctor, store_run
 from core.engine import Engine, enqueue, no_fault
 from core.errors import NotAuthorized, PreflightFailed, UnknownModel, clean_text
@@ -258,7 +259,8 @@ class Services:
         self.registry.model_dir(model)
         with self.db.transaction() as conn:
             return run_diagnostics(conn, self.registry, model=model, days=self.settings.diagnostics_days,
-                                   training_log=self.settings.training_log)
+                                   training_log=self.settings.training_log, api_log=self.settings.api_log,
+                                   today=self.engine.clock().date())
 
     def _diagnose_after_halt(self, event: Event) -> None:
         inc = event.incident
@@ -268,16 +270,18 @@ class Services:
 
     def _run_incident_diagnostics(self, job: dict) -> None:
         inc = self.engine.get(job["incident_id"])
-        report = self.diagnose(model=inc.model_name)
-        detail = {"summary": report.summary(), "markdown": report.to_markdown(), "likely_cause": report.likely_cause,
-                  "findings": len(report.findings)}
+        # The version that failed (the job may run after the swap), and the restored model's figures apart.
+        s = self.settings
+        report, detail = diagnose_incident(self.db, self.registry, inc, lambda: self.engine.get(inc.id),
+                                           days=s.diagnostics_days, training_log=s.training_log, api_log=s.api_log,
+                                           today=self.engine.clock().date())
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s",
                 (Jsonb({"diagnostics": detail}), inc.id),
             )
             journal(conn, incident_id=inc.id, step="diagnostics", actor="rollback-bot", at=self.engine.clock(),
-                    detail={"likely_cause": report.likely_cause})
+                    detail={"likely_cause": report.likely_cause, "version": detail["version"]})
         self.engine.publish(Event("step", self.engine.get(inc.id), "diagnostics", detail))
 
     def request_fix(self, *, fix: str, requested_by: str, model: str | None = None, channel: str | None = None):

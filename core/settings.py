@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     trading_log: Path | None = None
     trading_stop_command: list[str] | None = None
     trading_stop_timeout_seconds: float = Field(default=30, gt=0)
-    training_log: Path | None = None
+    training_log: Path | None = None  # may hold {model}, {strategy}, {marketcap}: one log per model
+    api_log: Path | None = None  # the platform's API log, scanned for error lines by the diagnostics
     db_pool_max: int = Field(default=10, ge=2, le=100)
     log_format: Literal["json", "text"] = "json"
     diagnostics_days: int = Field(default=30, ge=5, le=365)
