@@ -341,7 +341,7 @@ def test_break_glass_rollback_with_only_the_readmes_file_rights(platforms, tmp_p
         target = pw.world.models[MODEL].backups[0].name
         check = pw.connect()
         before = {k: (r["auto_rebalance"], r["require_manual_approval"]) for k, r in pw.settings_rows(check).items()}
-        out = run("rollback", MODEL, "--to", target, "--reason", "break-glass drill", "--by", "oncall")
+        out = run("rollback", MODEL, "--to", target, "--reason", "break-glass drill", "--by", "oncall", "--yes")
         assert out.returncode == 0 and f"is now {target}" in out.stdout, out.stdout + out.stderr
         assert [r["version"] for r in check.execute("SELECT version FROM model_deployment_log WHERE model_name = %s"
                                                     " AND is_production", (MODEL,))] == [target]
