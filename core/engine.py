@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from core import trading
+from core import aftercare, trading
 from core.db import Database
 from core.errors import (
     BackupCorrupt,
@@ -59,6 +59,7 @@ from core.incidents import (
     HALTED,
     HALTING,
     MONITORING,
+    NEEDS_ATTENTION,
     RECORDING,
     REQUESTED,
     RESOLVED,
@@ -163,11 +164,13 @@ class Engine:
         return Incident(**row)
 
     def open_incident_for(self, model: str) -> Incident | None:
+        """The model's open rollback that blocks a new request (one that needs attention does not: a follow-up
+        rollback is how it gets fixed, see core.aftercare)."""
         with self.db.transaction() as conn:
             row = conn.execute(
                 "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND model_name = %s "
                 "AND state <> ALL(%s) ORDER BY id DESC LIMIT 1",
-                (model, list(CLOSED)),
+                (model, list(CLOSED | {NEEDS_ATTENTION})),
             ).fetchone()
         return Incident(**row) if row else None
 
@@ -307,6 +310,7 @@ class Engine:
                 "ORDER BY deployed_at DESC LIMIT 1",
                 (model,),
             ).fetchone()
+            follows = aftercare.follow_up_of(conn, model)
             try:
                 row = conn.execute(
                     "INSERT INTO rollback_bot.incidents (kind, model_name, target_backup, from_version, state, reason,"
@@ -316,7 +320,8 @@ class Engine:
                     (
                         model, backup, prod["version"] if prod else None, reason[:2000], severity, estimated_loss,
                         keep_halted, requested_by, source, channel, report.sha256,
-                        Jsonb({"preflight": report.__dict__, "current": current_info}), now, now,
+                        Jsonb({"preflight": report.__dict__, "current": current_info,
+                               **({"follows": follows} if follows else {})}), now, now,
                         now + timedelta(minutes=self.settings.approval_timeout_minutes),
                     ),
                 ).fetchone()
@@ -367,7 +372,10 @@ class Engine:
             incident = Incident(**row)
             self._journal_done(conn, incident_id, "approved", approver)
             self.audit(conn, actor=approver, action="approve", outcome="ok", incident_id=incident_id)
+            superseded = aftercare.supersede(conn, incident, at=now)
             enqueue(conn, "execute", incident_id=incident_id, dedupe_key=f"execute:{incident_id}")
+        for old in superseded:
+            self._emit(Event("state", old))
         self._emit(Event("state", incident))
         return incident
 
@@ -938,6 +946,9 @@ class Engine:
                              decided_by=by, approved_at=now)
             self._journal_done(conn, inc.id, "approved", by, detail={"break_glass": True})
             self.audit(conn, actor=by, action="break_glass_rollback", outcome="ok", incident_id=inc.id)
+            superseded = aftercare.supersede(conn, new, at=now)
+        for old in superseded:
+            self._emit(Event("state", old))
         self._emit(Event("state", new))
         return self.execute(inc.id, actor=by)
 

@@ -8,6 +8,15 @@ States of a rollback incident::
                                                                                       └→ verified (keep halted) → resuming
     any swap state (backing_up … verifying) → reverting → failed   (original model back, trading stays halted)
 
+When the rollback does not fix it (``core.aftercare``)::
+
+    monitoring / resolved → needs_attention → resolved    (an approver accepts, with a written reason)
+                                            → superseded  (a follow-up rollback of the same model was approved)
+
+``needs_attention`` is open: monitoring found trouble (IC below the threshold on new data, error lines, trades
+while halted), so the incident never resolves by itself; a resolved incident whose 24-hour watch finds trouble
+is reopened as ``needs_attention``.
+
 A trading-only incident (`/rollback halt`) goes halting → halted → resolved (on resume).
 """
 
@@ -27,6 +36,7 @@ REQUESTED, APPROVED, HALTING, HALTED = "requested", "approved", "halting", "halt
 BACKING_UP, RESTORING, RECORDING, VERIFYING = "backing_up", "restoring", "recording", "verifying"
 VERIFIED, RESUMING, MONITORING, RESOLVED = "verified", "resuming", "monitoring", "resolved"
 DENIED, FAILED, CANCELLED, REVERTING = "denied", "failed", "cancelled", "reverting"
+NEEDS_ATTENTION, SUPERSEDED = "needs_attention", "superseded"
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     REQUESTED: frozenset({APPROVED, DENIED, CANCELLED}),
@@ -39,16 +49,18 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     VERIFYING: frozenset({RESUMING, VERIFIED, REVERTING}),
     VERIFIED: frozenset({RESUMING}),
     RESUMING: frozenset({MONITORING}),
-    MONITORING: frozenset({RESOLVED, FAILED}),
+    MONITORING: frozenset({RESOLVED, FAILED, NEEDS_ATTENTION}),
     REVERTING: frozenset({FAILED}),
-    RESOLVED: frozenset(),
+    RESOLVED: frozenset({NEEDS_ATTENTION}),  # the 24-hour watch found trouble after the incident resolved
     DENIED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),
+    NEEDS_ATTENTION: frozenset({RESOLVED, SUPERSEDED}),
+    SUPERSEDED: frozenset(),
 }
 # Trading-only incidents (`/rollback halt`): halting → halted → resolved (on resume).
 HALT_TRANSITIONS: dict[str, frozenset[str]] = {HALTING: frozenset({HALTED}), HALTED: frozenset({RESOLVED})}
-CLOSED = frozenset({RESOLVED, DENIED, FAILED, CANCELLED})
+CLOSED = frozenset({RESOLVED, DENIED, FAILED, CANCELLED, SUPERSEDED})
 # States in which the production files or the deployment log may differ from both "before" and "after".
 SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING})
 # States the executor drives forward without a person.
@@ -59,8 +71,9 @@ STEP_OF_STATE = {
     RESTORING: "restore", RECORDING: "record", VERIFYING: "verify", RESUMING: "resume", REVERTING: "revert",
 }
 
-# The runbook's recovery timeline (minutes after the incident opened).
-RUNBOOK_TARGETS = {"halted": 2, "rolled_back": 5, "verified": 7, "resumed": 10}
+# The runbook's recovery timeline (minutes after the incident opened): the one place its targets are written.
+RUNBOOK_TARGETS = {"halted": 2, "rolled_back": 5, "verified": 7, "resumed": 10,
+                   "stable": 30, "root_cause": 120, "watched": 24 * 60}
 
 
 def already_decided(inc: Incident) -> Conflict:

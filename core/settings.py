@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     health_port: int | None = Field(default=None, ge=1, le=65535)  # Socket Mode's /healthz, /metrics (default PORT)
     metrics_addr: str | None = None  # host:port of /metrics on an address of its own
     slack_auth_check_seconds: float = Field(default=60, gt=0)
+    api_log: Path | None = None  # the API log, followed for error lines after the resume (beside TRADING_LOG)
+    enhanced_monitor_hours: float = Field(default=24, gt=0, le=24 * 14)  # the runbook's 24 hours of monitoring
+    enhanced_monitor_every_minutes: float = Field(default=30, gt=0)  # ... and its crontab's interval
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
@@ -124,6 +127,14 @@ class Settings(BaseSettings):
         parts = value.split(".")
         if not 1 <= len(parts) <= 2 or not all(p.replace("_", "a").isalnum() and not p[0].isdigit() for p in parts):
             raise ValueError("must be a plain SQL identifier, optionally schema-qualified")
+        return value
+
+    @field_validator("enhanced_monitor_every_minutes")
+    @classmethod
+    def _watch_interval(cls, value: float, info: ValidationInfo) -> float:
+        hours = info.data.get("enhanced_monitor_hours")
+        if hours is not None and value > hours * 60:
+            raise ValueError("must not be longer than ENHANCED_MONITOR_HOURS")
         return value
 
     @field_validator("metrics_addr")

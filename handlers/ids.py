@@ -15,12 +15,16 @@ class Action(StrEnum):
     FIX_RESTORE_MODEL = "fix_restore_model"
     MODAL_MODEL_SELECT = "start_model_select"
     MODAL_BACKUP_SELECT = "backup"
+    ROLLBACK_AGAIN = "attention_rollback_again"
+    ATTENTION_HALT = "attention_halt"
+    ACCEPT = "attention_accept"
 
 
 class View(StrEnum):
     START = "rollback_start_modal"
     DENY = "rollback_deny_modal"
     ROOT_CAUSE = "root_cause_modal"
+    ACCEPT = "accept_modal"
 
 
 class Block(StrEnum):
@@ -33,6 +37,8 @@ class Block(StrEnum):
     DENY_REASON = "deny_reason_block"
     ROOT_CAUSE = "root_cause_block"
     DECISION = "decision_block"
+    ACCEPT_REASON = "accept_reason_block"
+    ATTENTION = "attention_block"
 
 
 class Event(StrEnum):

@@ -26,8 +26,9 @@ from slack_sdk.models.views import View
 
 from core.incidents import CLOSED, Incident, Step
 from core.registry import BackupInfo
-from core.timeline import Milestone, fmt_elapsed, milestones
+from core.timeline import Milestone, fmt_elapsed, milestones, target_label
 from handlers.blocks import clip, context, esc, finish, md, num, section
+from handlers.attention_views import attention_blocks, attention_reply
 from handlers.ids import Action, Block as B, View as V
 
 STATE_EMOJI = {
@@ -47,6 +48,8 @@ STATE_EMOJI = {
     "cancelled": ":heavy_multiplication_x:",
     "failed": ":red_circle:",
     "reverting": ":rewind:",
+    "needs_attention": ":rotating_light:",
+    "superseded": ":arrow_right_hook:",
 }
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -74,7 +77,7 @@ def checklist_text(incident: Incident, steps: list[Step]) -> str:
         if m.elapsed_seconds is not None:
             line += f" — {fmt_elapsed(m.elapsed_seconds)}"
         if m.target_minutes is not None:
-            target = f"target T+{m.target_minutes}m"
+            target = f"target {target_label(m.target_minutes, unit='m')}"
             line += f" ({'missed ' if m.breached else ''}{target})"
         lines.append(line)
     return "\n".join(lines)
@@ -145,6 +148,7 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
         blocks.append(section(f":red_circle: *{esc(clip(incident.error, 2500))}*"))
     if incident.state == "failed":
         blocks.append(context("The original model is in place and trading stays halted; an approver resumes with `/rollback resume` after a look."))
+    blocks += attention_blocks(incident)
     if incident.state == "requested":
         blocks.append(
             ActionsBlock(
@@ -244,7 +248,13 @@ def state_reply(incident: Incident) -> str | None:
     if s == "verified":
         return ":pause_button: Verified. Trading stays halted as requested: an approver resumes with `/rollback resume`."
     if s == "resolved":
+        accepted = (incident.plan or {}).get("accepted") or {}
+        if accepted:
+            return (f":large_green_circle: Accepted and closed by <@{esc(accepted.get('by'))}>: "
+                    f"{esc(clip(accepted.get('reason') or '', 1500))}")
         return ":large_green_circle: Incident resolved."
+    if s in ("needs_attention", "superseded"):
+        return attention_reply(incident)
     return None
 
 
