@@ -1,30 +1,31 @@
 """Runbook step 9: watch the restored model for a while after trading resumes.
 
 When a rollback enters ``monitoring`` the monitor records a baseline in the incident's plan (``plan.monitor``):
-the newest feature date the model was verified on and the size of the watched log file. Then, every
-``every_minutes`` until the window ends, a ``monitor_check`` job (chained, each carrying the log offset it
-reached) looks at
+the newest feature date the model was verified on and where each watched log ends (``core.logfollow``). Then,
+every ``every_minutes`` until the window ends, a ``monitor_check`` job (chained, each carrying the log
+positions it reached) looks at
 
 * the restored model's predictions against realized returns on data that arrived since: feature rows dated
   on or after the baseline day whose next trading day is now in ``ml_training_features`` (the prediction
   made at the baseline day's close is realized by the first new day). ``core.metrics.evaluate`` gives the
   mean daily Spearman IC; an IC below ``min_ic`` is trouble;
 * the production model file: it must still be the restored backup (checksum) and load;
-* the lines appended to the log file since the last look that say ERROR, CRITICAL or Traceback.
+* the lines appended to every configured log (MONITOR_LOG, TRADING_LOG, API_LOG) since the last look that say
+  ERROR, CRITICAL or Traceback.
 
-Trouble is handed to ``on_trouble`` at once. The window's end is the engine's own ``monitor_end`` job (queued
-when trading resumed, ``MONITOR_MINUTES`` later): ``Monitor.register`` takes over its handler so that the
-summary is computed over the whole window, journaled as the ``monitor`` step (which ticks "Logs monitored"),
-handed to ``on_summary``, and only then is the incident resolved. The summary is produced once even if the
-job runs again.
+Trouble is handed to ``on_trouble`` at once and the incident needs attention (``core.aftercare``: it stays open
+and escalates; checks go on until the window ends). The window's end is the engine's own ``monitor_end`` job
+(queued when trading resumed, ``MONITOR_MINUTES`` later): ``Monitor.register`` takes over its handler so that
+the summary is computed over the whole window, journaled as the ``monitor`` step (which ticks "Logs
+monitored") and handed to ``on_summary``; then the incident is resolved only if the window found no trouble
+(never over a live problem). The summary is produced once even if the job runs again. The 24 hours of
+enhanced monitoring that follow are ``core.watch``'s; ``look_at_model`` and ``look_at_logs`` serve both.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -41,6 +42,7 @@ from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt
 from core.escalation import claim_once
 from core.incidents import Event, Incident, journal
+from core.logfollow import LogLook, LogState, follow_logs, log_baseline, scan_log, watched_logs
 from core.metrics import evaluate
 from core.modelio import MODEL_FILE, load_booster, predict, read_metadata, sha256_file
 from core.platform import FEATURE_VIEW, latest_feature_date
@@ -66,8 +68,6 @@ log = logging.getLogger("rollback_bot.monitoring")
 
 CHECK_JOB = "monitor_check"
 END_JOB = "monitor_end"  # queued by the engine when trading resumes
-_ERROR_LINE = re.compile(rb"\b(ERROR|CRITICAL|FATAL)\b|Traceback \(most recent call last\)")
-_MAX_READ = 16 << 20  # at most 16 MiB of new log per look
 
 
 # ------------------------------------------------------------------------------------------ market data
@@ -123,94 +123,6 @@ def labelled_rows(conn: psycopg.Connection, features: list[str], *, since: date 
             n, len(features)),
         realized=np.array([r[2] for r in rows], dtype=np.float64),
     )
-
-
-# ------------------------------------------------------------------------------------------------- logs
-
-
-LogState = dict[str, list]  # str(path) -> [offset, inode]: how far each followed log was read
-
-
-@dataclass(frozen=True)
-class LogLook:
-    """New error lines in every followed log since the last look."""
-
-    lines: list[str]                 # the first max_lines of them, each prefixed with its log's name
-    count: int
-    per_log: dict[str, int]          # log file name -> error lines
-    state: LogState
-
-    def describe(self) -> str | None:
-        if not self.count:
-            return None
-        where = ", ".join(f"{n} in {name}" for name, n in self.per_log.items() if n)
-        return f"{self.count} error line(s) since the last look ({where}), first: {self.lines[0]}"
-
-
-def log_baseline(paths: list[Path]) -> LogState:
-    """Where each log ends now: only lines written after this are looked at."""
-    state: LogState = {}
-    for path in paths:
-        try:
-            st = os.stat(path)
-            state[str(path)] = [st.st_size, st.st_ino]
-        except OSError:
-            state[str(path)] = [0, None]  # not there yet: read from its start once it appears
-    return state
-
-
-def follow_logs(paths: list[Path], state: LogState, *, max_lines: int = 20) -> LogLook:
-    """``scan_log`` over every followed log; a log missing from ``state`` is read from where it ends now."""
-    new_state: LogState = {}
-    lines: list[str] = []
-    per_log: dict[str, int] = {}
-    count = 0
-    for path in paths:
-        key = str(path)
-        if key not in state:
-            new_state.update(log_baseline([path]))
-            per_log[path.name] = 0
-            continue
-        offset, inode = state[key][0], state[key][1]
-        shown, n, offset, inode = scan_log(path, int(offset or 0), inode=inode, max_lines=max_lines)
-        new_state[key] = [offset, inode]
-        per_log[path.name] = n
-        count += n
-        lines += [f"{path.name}: {line}" if len(paths) > 1 else line for line in shown]
-    return LogLook(lines[:max_lines], count, per_log, new_state)
-
-
-def watched_logs(*paths: Path | None) -> list[Path]:
-    """The configured logs to follow, each once, in order (MONITOR_LOG, TRADING_LOG, API_LOG)."""
-    out: list[Path] = []
-    for p in paths:
-        if p is not None and Path(p) not in out:
-            out.append(Path(p))
-    return out
-
-
-def scan_log(path: Path | None, offset: int, *, inode: int | None = None,
-             max_lines: int = 20) -> tuple[list[str], int, int, int | None]:
-    """Error lines appended to ``path`` after byte ``offset``: ``(first max_lines lines, how many, new offset,
-    inode)``. Only complete lines are read; a file that shrank or was replaced is read from the start."""
-    if path is None:
-        return [], 0, offset, inode
-    try:
-        st = os.stat(path)
-    except OSError:
-        return [], 0, offset, inode
-    if st.st_size < offset or (inode is not None and st.st_ino != inode):
-        offset = 0  # rotated
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        data = fh.read(_MAX_READ)
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], 0, offset, st.st_ino
-    lines = data[: end + 1].splitlines()
-    hits = [ln for ln in lines if _ERROR_LINE.search(ln)]
-    shown = [ln.decode("utf-8", "replace").strip()[:300] for ln in hits[:max_lines]]
-    return shown, len(hits), offset + end + 1, st.st_ino
 
 
 # ------------------------------------------------------------------------------------------------- checks

@@ -120,9 +120,10 @@ TARGETS: list[tuple[str, int, str, str]] = [
     ("root_cause", RUNBOOK_TARGETS["root_cause"], "Root cause identified", "root_cause"),
     ("watched", RUNBOOK_TARGETS["watched"], "24-hour enhanced monitoring completed", "watch_end"),
 ]
-#: Targets reached by a scheduled check (core.watch) due at the deadline itself: their escalation timer runs this
-#: much later, so that the check due at the same moment is looked at first.
-TARGET_CHECK_DELAY = {"stable": timedelta(minutes=1), "watched": timedelta(minutes=1)}
+#: Targets reached by a scheduled check (core.watch) due at the deadline itself: a check that ran within this
+#: grace of its time counts at the time it was due, and the escalation timer runs this much after the deadline
+#: (so the check due at the same moment is looked at first).
+TARGET_CHECK_DELAY = {"stable": timedelta(minutes=5), "watched": timedelta(minutes=5)}
 # Targets still followed after the incident closed (unless it was denied, cancelled or superseded).
 _AFTER_CLOSE = frozenset({"stable", "root_cause", "watched"})
 _DONE = ("ok", "warning")

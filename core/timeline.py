@@ -43,8 +43,8 @@ def target_label(minutes: int, *, unit: str = "") -> str:
 
 
 def reached_at(step: Step) -> datetime | None:
-    """When a journaled step reached its milestone: a scheduled check that ran on time (see core.watch) counts
-    at the time it was due; anything else when it finished."""
+    """When a journaled step reached its milestone: a scheduled check that ran on time (``detail.due``, see
+    core.watch) counts at the time it was due; anything else when it finished."""
     due = (step.detail or {}).get("due")
     if due:
         try:

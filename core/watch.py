@@ -20,7 +20,8 @@ next, so the watch survives restarts and runs once with several bot processes. A
 passed by more than one interval, is recorded as missed (journal step ``watch_missed``, in the message and the
 report). After each check ``on_update`` shows the record (one thread message, updated in place); trouble
 moves the incident to ``needs_attention`` (``core.aftercare``). The first clean check is journaled as
-``stable``; after the last one the summary is journaled as ``watch_end`` and handed to ``on_end``. The watch
+``stable``; after the last one the summary is journaled as ``watch_end`` and handed to ``on_end``. For the
+runbook's targets, a check made within ``core.report.TARGET_CHECK_DELAY`` of its time counts at that time. The watch
 stops early when the incident is superseded or another rollback of the model was approved.
 """
 
@@ -42,6 +43,7 @@ from core.aftercare import handed_over_to, raise_attention
 from core.engine import Engine, enqueue
 from core.incidents import Event, Incident, journal
 from core.monitoring import Monitor, log_baseline
+from core.report import TARGET_CHECK_DELAY
 from core.watchview import due_at, watch_summary
 
 __all__ = ["WATCH_JOB", "EnhancedWatch"]
@@ -172,7 +174,7 @@ class EnhancedWatch:
         latest = min(slots, max(n, int((now - anchor) // every)))
         missed = [{"n": k, "due": _iso(due_at(w, k))} for k in range(n, latest)]
         due = due_at(w, latest)
-        on_time = now - due <= every
+        on_time = now - due <= TARGET_CHECK_DELAY["watched"]  # for the runbook targets: counts as done when due
 
         model = self.looker.look_at_model(inc, baseline_day=w.get("baseline_day"))
         logs = self.looker.look_at_logs(dict(w.get("logs") or {}))

@@ -75,7 +75,7 @@ def watch_message_lines(watch: dict, *, ref: str) -> list[str]:
     else:
         nxt = due_at(watch, (checks[-1]["n"] + 1) if checks else int(watch.get("first") or 1))
         head = (f"Enhanced monitoring of {ref}: {len(checks)} of {slots} check(s) done, every "
-                f"{float(watch['every_minutes']):g} min until {_hm(last_due)} UTC; next at {_hm(nxt)} UTC")
+                f"{float(watch['every_minutes']):g} min until {last_due:%Y-%m-%d %H:%M} UTC; next at {_hm(nxt)} UTC")
     lines = [head]
     trouble = [c for c in checks if not c.get("ok")]
     if missed:

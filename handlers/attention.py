@@ -136,18 +136,21 @@ def register_watch(deps: Deps, progress: SlackProgress) -> None:
         text = watch_message(watch, ref=inc.ref)
 
         def post() -> None:  # the message's ts is read now: an earlier post queued before may have just set it
-            ts = ((services.engine.get(inc.id).plan or {}).get("watch") or {}).get("message_ts")
+            fresh = services.engine.get(inc.id)
+            ts = ((fresh.plan or {}).get("watch") or {}).get("message_ts")
             if ts:
                 progress.client.chat_update(channel=inc.channel, ts=ts, text=text)
-                return
-            resp = progress.client.chat_postMessage(channel=inc.channel, thread_ts=inc.thread_ts or inc.message_ts,
-                                                    text=text)
-            services.watch.set_message(inc.id, resp["ts"])
+            else:
+                resp = progress.client.chat_postMessage(channel=inc.channel, text=text,
+                                                        thread_ts=inc.thread_ts or inc.message_ts)
+                services.watch.set_message(inc.id, resp["ts"])
+            progress.update_card(fresh)  # its checklist: monitoring confirms stability, 24 hours completed
 
         progress.submit(post, ref=inc.ref)
 
     def end(inc: Incident, summary: str) -> None:
         if inc.channel and inc.message_ts:
-            progress.submit(lambda: progress.reply(inc, f":checkered_flag: {esc(summary)}"), ref=inc.ref)
+            icon = ":white_check_mark:" if "No trouble found." in summary else ":warning:"
+            progress.submit(lambda: progress.reply(inc, f"{icon} {esc(summary)}"), ref=inc.ref)
 
     services.register_watch(on_update=show, on_end=end)
