@@ -185,3 +185,29 @@ def test_the_restored_model_failing_on_new_data_needs_attention(settings, db, wo
     services.worker.run_due()
     assert posts.updates[-1]["checks"][-1]["ok"], "no new rows: the same IC is not news again"
     assert services.engine.get(inc.id).state == "needs_attention", "it stays open until a person decides"
+
+
+def test_the_watch_stops_when_a_follow_up_rollback_takes_the_model(settings, db, world, clock):
+    from core import aftercare
+
+    services, posts = process(settings, db, clock)
+    old = resumed_rollback(services)
+    clock.at(minutes=10)
+    aftercare.raise_attention(services.engine, old.id, ["the restored model's IC is -0.300"], source="test")
+    other = next(b.name for b in services.start_form(model=MODEL).backups
+                 if b.name != old.target_backup and not b.name.startswith("backup_emergency"))
+    follow, _ = services.engine.request_rollback(model=MODEL, backup=other, reason="again", requested_by="U0ALICE")
+    services.engine.approve(incident_id=follow.id, approver="U0BOB")
+    assert services.engine.execute(follow.id).state == "monitoring"
+    clock.at(minutes=30)
+    services.worker.run_due()
+    stopped = next(w for w in posts.updates if w.get("stopped"))
+    assert stopped["stopped"] == "the incident is superseded" and stopped["checks"] == []
+    steps = services.engine.steps(old.id)
+    assert next(s for s in steps if s.step == "watch_end").outcome == "skipped"
+    status = {t.name: t.status for t in target_status(services.engine.get(old.id), steps, clock.at(hours=25))}
+    assert status["watched"] == "not reached" and status["stable"] == "not reached"
+    clock.at(minutes=40)  # the follow-up opened at T+10: its first check is its own T+30
+    services.worker.run_due()
+    follow_watch = services.engine.get(follow.id).plan["watch"]
+    assert [c["n"] for c in follow_watch["checks"]] == [1], "the follow-up has a watch of its own"
