@@ -108,6 +108,7 @@ __all__ = [
     "BackupInfo",
     "ClientInfo",
     "Market",
+    "MarketStyle",
     "ModelInfo",
     "World",
     "build_world",
