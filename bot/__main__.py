@@ -227,8 +227,13 @@ def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """Break-glass: the same engine and journal as Slack, printing each step as it happens."""
-    from core.incidents import Event
+    from core.incidents import Event, utcnow
+    from core.prerollback import cli_prompt, confirmed
 
+    if not args.confirm:  # the runbook's pre-rollback checks: nothing is touched (not even the database) without it
+        print(cli_prompt(["rollback-bot", "rollback", args.model, "--to", args.to, "--reason", args.reason,
+                          "--by", args.by]), file=sys.stderr)
+        return EXIT_USAGE
     services = build_services(_settings_with_database(settings, ensure_local=False))
 
     def show(event: Event) -> None:
@@ -241,7 +246,9 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{inc.ref}: {inc.state}" + (f" ({event.error})" if event.error else ""), flush=True)
 
     services.engine.subscribe(show)
-    inc = services.engine.break_glass(model=args.model, backup=args.to, reason=args.reason, by=args.by)
+    inc = services.engine.break_glass(model=args.model, backup=args.to, reason=args.reason, by=args.by,
+                                      confirmations=confirmed(by=args.by, via="rollback-bot rollback --confirm",
+                                                              at=utcnow()))
     if inc.state in ("monitoring", "verified", "resolved"):
         print(f"{inc.ref}: {args.model} is now {args.to}; "
               + ("trading stays halted until `/rollback resume`." if inc.state == "verified" else "trading resumed."))
@@ -310,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="BACKUP", help="the backup folder to restore (backup_*)")
     p.add_argument("--reason", required=True, help="why (kept in the journal and the deployment log)")
     p.add_argument("--by", required=True, metavar="NAME", help="who is running this (audited)")
+    p.add_argument("--confirm", action="store_true",
+                   help="the runbook's pre-rollback checks hold (without it: the checklist, nothing done)")
     p.set_defaults(func=cmd_rollback)
     return parser
 

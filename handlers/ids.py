@@ -16,6 +16,7 @@ class Action(StrEnum):
     MODAL_MODEL_SELECT = "start_model_select"
     MODAL_BACKUP_SELECT = "backup"
     RESUME_OVERRIDE = "resume_override"
+    HALT_NOW = "rollback_halt_now"
 
 
 class View(StrEnum):
@@ -34,6 +35,7 @@ class Block(StrEnum):
     DENY_REASON = "deny_reason_block"
     ROOT_CAUSE = "root_cause_block"
     DECISION = "decision_block"
+    CHECKS = "checks_block"
 
 
 class Event(StrEnum):
