@@ -156,7 +156,8 @@ class EvidenceJob:
 
     def _on_event(self, event: Event) -> None:
         inc = event.incident
-        if event.kind == "state" and inc.kind == "rollback" and inc.state == REQUESTED:
+        # Not for the break-glass CLI: its request is approved at once, nobody waits for evidence.
+        if event.kind == "state" and inc.kind == "rollback" and inc.state == REQUESTED and inc.source != "cli":
             with self.engine.db.transaction() as conn:
                 enqueue(conn, JOB, incident_id=inc.id, dedupe_key=f"{JOB}:{inc.id}")
 

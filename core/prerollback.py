@@ -129,7 +129,11 @@ def report_section(incident: Any) -> list[str]:
     md = ["## Before approval", "", "### Pre-rollback checks", ""]
     md += confirmation_lines(plan)
     md += ["", "### Evidence", ""]
-    md += [f"- {line}" for line in summary_lines(plan.get("evidence"))]
+    if plan.get("evidence") or incident.state == "requested":
+        md += [f"- {line}" for line in summary_lines(plan.get("evidence"))]
+    else:
+        md.append("Not computed before the request was decided" + (" (break-glass CLI: approved at once)."
+                                                                    if incident.source == "cli" else "."))
     halt = early_halt(incident)
     if halt:
         md += ["", f"Trading was halted before approval by {halt.get('by')} at {halt.get('at')} (*Halt now*); the"

@@ -70,11 +70,11 @@ def evidence_blocks(incident: Incident) -> list[Block]:
                               " them before approving."))
     halt = early_halt(incident)
     if halt:
-        note = denial_note(incident)
         when = str(halt.get("at", ""))[11:19]
         text = f":octagonal_sign: Trading halted before approval by <@{esc(halt.get('by'))}> at {when} UTC (*Halt now*)."
-        if note:
-            text += " " + esc(note)
+        if denial_note(incident):  # the thread said so when it happened; the card stays true after a resume
+            text += (f" A {esc(incident.state)} request does not resume trading: an approver resumes it with"
+                     " `/rollback resume`.")
         elif incident.state == REQUESTED:
             text += (" The request holds the halt: on approval the rollback joins it; a denial does not resume"
                      " trading (an approver resumes with `/rollback resume`).")

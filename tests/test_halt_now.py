@@ -111,7 +111,7 @@ def test_a_request_not_approved_keeps_the_halt_until_an_approver_resumes(sandbox
     assert trading_halted(conn), "a request that was not approved must not silently resume trading"
     thread = [m.text for m in sandbox.standin.thread(CHANNEL, card.ts)]
     assert any("Trading stays halted" in t and "/rollback resume" in t for t in thread), thread
-    assert "Trading stays halted" in json.dumps(card_message(sandbox).blocks)
+    assert "request does not resume trading: an approver resumes it" in json.dumps(card_message(sandbox).blocks)
     # an approver resumes: every client back to its own settings
     reply = sandbox.command("U0BOB", "resume")
     sandbox.responses(reply.response_key)

@@ -105,7 +105,7 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
                           timeout=180)
 
 
-def test_cli_rollback_without_confirm_does_nothing_and_shows_the_command(tmp_path, world, conn, settings):
+def test_cli_rollback_without_confirm_does_nothing_and_shows_the_command(tmp_path, world, conn, settings, services):
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     env |= {"PYTHONPATH": str(ROOT), "DATABASE_URL": settings.database_dsn(), "MODELS_DIR": str(world.models_dir),
             "INCIDENTS_DIR": str(tmp_path / "incidents")}
@@ -128,3 +128,8 @@ def test_cli_rollback_without_confirm_does_nothing_and_shows_the_command(tmp_pat
     assert inc["plan"]["confirmations"] | {"at": None} == {
         "by": "oncall-jane", "via": "rollback-bot rollback --confirm", "checks": KEYS, "at": None}
     assert [r["version"] for r in production_rows(conn, MODEL)] == [backup]
+    _, report = services.reports.render(inc["id"])  # the CLI leaves the report's job to `serve`: rendered here
+    section = report.split("## Before approval", 1)[1].split("\n## ", 1)[0]
+    assert "Confirmed by oncall-jane via rollback-bot rollback --confirm" in section and section.count("- [x]") == 4
+    assert "Not computed before the request was decided (break-glass CLI: approved at once)." in section
+    assert conn.execute("SELECT count(*) AS n FROM rollback_bot.jobs WHERE kind = 'evidence'").fetchone()["n"] == 0
