@@ -35,10 +35,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from core.engine import enqueue
-from core.errors import RollbackError
+from core.errors import DatabaseUnavailable, RollbackError
 from core.incidents import REQUESTED, Event, Incident, journal
 from core.monitoring import labelled_rows
 from core.performance import evaluate_booster
@@ -186,6 +187,8 @@ class EvidenceJob:
             return
         try:
             evidence = self.compute(inc.model_name, inc.target_backup, inc.from_version)
+        except (DatabaseUnavailable, psycopg.OperationalError):
+            raise  # transient: the worker runs the job again shortly
         except Exception as exc:  # noqa: BLE001 - said on the card as it is; the approver decides without it
             log.exception("%s: the evidence could not be computed", inc.ref)
             evidence = {"state": "failed", "error": (str(exc) or type(exc).__name__)[:500],

@@ -13,8 +13,8 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from core.errors import RollbackError
-from handlers.deps import Deps
 from core.prerollback import confirmed
+from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.evidence import checks_error, ticked_checks
 from handlers.ids import Block as B, View as V
