@@ -164,3 +164,18 @@ def test_retrain_setting_and_its_requests_are_checked(services, world, settings,
     assert services.retrain_start(report) is not None
     services.settings = settings.model_copy(update={"retrain_command": None})
     assert services.retrain_start(report) is None  # no Retrain button without RETRAIN_COMMAND
+
+
+def test_default_start_date_is_the_regime_change_else_a_year_back():
+    from types import SimpleNamespace
+
+    from core.retrain import command_for, default_start_date
+
+    today = date(2026, 11, 30)
+    change = SimpleNamespace(verdict="regime change", recent=(date(2026, 10, 1), date(2026, 11, 27)))
+    assert default_start_date(change, today) == date(2026, 10, 1)
+    calm = SimpleNamespace(verdict="no regime change", recent=(date(2026, 10, 1), date(2026, 11, 27)))
+    assert default_start_date(calm, today) == date(2025, 11, 30)
+    # values are put in once, never expanded again
+    assert command_for(["t", "--m={model}", "{output_dir}"], {"model": "{output_dir}", "output_dir": "/x"}) == \
+        ["t", "--m={output_dir}", "/x"]
