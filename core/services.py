@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from core.performance import evaluate_booster
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
 from core.report import Reports, add_root_cause, summary_line
+from core.retrain import OUTPUT_EVENT as RETRAIN_OUTPUT, default_start_date
 from core.settings import Settings
 from core.watch import EnhancedWatch
 from core.watchdog import Proposal, Watchdog
@@ -288,9 +289,15 @@ class Services:
                     detail={"likely_cause": report.likely_cause, "version": detail["version"]})
         self.engine.publish(Event("step", self.engine.get(inc.id), "diagnostics", detail))
 
-    def request_fix(self, *, fix: str, requested_by: str, model: str | None = None, channel: str | None = None):
+    def request_fix(self, *, fix: str, requested_by: str, model: str | None = None, channel: str | None = None,
+                    start_date: date | None = None, reason: str = ""):
+        if fix == fixes.RETRAIN:
+            if not self.settings.retrain_command:
+                raise PreflightFailed("RETRAIN_COMMAND is not set: there is no retrain command to offer.")
+            validate_name(model or "", "model")
+            self.registry.model_dir(model or "")
         return fixes.request_fix(self.db, fix=fix, requested_by=requested_by, model=model, channel=channel,
-                                 clock=self.engine.clock,
+                                 clock=self.engine.clock, start_date=start_date, reason=reason,
                                  expires_in=timedelta(minutes=self.settings.approval_timeout_minutes))
 
     def approve_fix(self, *, incident_id: int, approver: str, allowed: bool):
@@ -315,8 +322,21 @@ class Services:
         inc, _ = fixes.request_restore(self.engine, proposal, requested_by, channel=channel)
         return inc
 
+    def retrain_start(self, report: DiagnosticsReport) -> date | None:
+        """The *Retrain* fix's proposed start date (None: RETRAIN_COMMAND is not set, no such fix)."""
+        if not self.settings.retrain_command:
+            return None
+        return default_start_date(report.regime, report.as_of or self.engine.clock().date())
+
     def register_fix_runner(self) -> None:
-        fixes.register(self.worker, on_done=lambda outcome: self.engine.publish(Event("state", outcome.incident)))
+        s = self.settings
+
+        def output(inc: Incident, lines: list[str], running: bool) -> None:  # followed in the thread
+            self.engine.publish(Event("step", inc, RETRAIN_OUTPUT, {"lines": lines, "running": running}))
+
+        runner = fixes.RetrainRunner(self.registry, s.retrain_command, s.retrain_timeout_minutes * 60, output)
+        fixes.register(self.worker, on_done=lambda outcome: self.engine.publish(Event("state", outcome.incident)),
+                       retrainer=runner)
 
     def register_watchdog(self, on_proposal: Callable[[Proposal], None]) -> Watchdog | None:
         s = self.settings
