@@ -230,6 +230,7 @@ def request_fix(
     db: Database, *, fix: str, requested_by: str, reason: str = "", model: str | None = None,
     channel: str | None = None, source: str = "slack", clock: Callable[[], datetime] = utcnow,
     expires_in: timedelta = timedelta(minutes=15), start_date: date | None = None,
+    follow_ups: Callable[[Any, Incident], None] | None = None,
 ) -> Incident:
     """Open a fix request awaiting a second person's approval; a second open request of the fix is a Conflict.
     Not approved within ``expires_in`` (APPROVAL_TIMEOUT_MINUTES), it is cancelled like a rollback request."""
@@ -264,6 +265,8 @@ def request_fix(
             (model, reason, requested_by, source, channel, Jsonb(plan), now, now, now + expires_in),
         ).fetchone()
         inc = Incident(**row)
+        if follow_ups is not None:  # the engine's outbox (core.outbox): timers queued with the request
+            follow_ups(conn, inc)
         journal(conn, incident_id=inc.id, step="requested", actor=requested_by, at=now,
                 detail={"fix": fix, "reason": reason})
         audit(conn, at=now, actor=requested_by, action="fix_request", outcome="ok", incident_id=inc.id, fix=fix)

@@ -13,7 +13,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from core import access, aftercare, fixes, halt_watch
+from core import access, aftercare, fixes, halt_watch, outbox
 from core.charts import chart_maker, model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
@@ -25,7 +25,7 @@ from core.escalation import Breach, Escalator
 from core.evidence import EvidenceJob
 from core.incidents import CLOSED, Event, Incident, journal, utcnow
 from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows, watched_logs
-from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
+from core.notify import Mailer, record_notification
 from core.performance import evaluate_booster
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
@@ -117,6 +117,9 @@ class Services:
         self.reports = Reports(self.engine, settings.incidents_dir, chart=chart_maker(db, self.registry))
         self.engine.subscribe(self._report_on_change)
         self.worker.on("report", self._write_report)
+        # Transactional outbox (core.outbox): the report, the e-mail and the escalation timers of a state change
+        # are queued in its transaction, in every process (serve, work, the CLI, tests), listeners or not.
+        self.mailer: Mailer | None = outbox.install(self.engine, self.worker, settings, self.reports)
 
     def start_background(self) -> None:
         """Recover interrupted rollbacks, then run queued jobs and timers until ``stop_background``."""
@@ -298,6 +301,7 @@ class Services:
             self.registry.model_dir(model or "")
         return fixes.request_fix(self.db, fix=fix, requested_by=requested_by, model=model, channel=channel,
                                  clock=self.engine.clock, start_date=start_date, reason=reason,
+                                 follow_ups=self.engine.write_follow_ups,
                                  expires_in=timedelta(minutes=self.settings.approval_timeout_minutes))
 
     def approve_fix(self, *, incident_id: int, approver: str, allowed: bool):
@@ -350,17 +354,14 @@ class Services:
 
     # ------------------------------------------------------------------------------ after the rollback
 
-    REPORT_STATES = {"rollback": ("monitoring", "verified", "failed", "resolved", "denied", "cancelled",
-                                  "revert_failed", "needs_attention", "superseded"),
-                     "halt": ("halted", "resolved")}
+    REPORT_STATES = outbox.REPORT_STATES
 
     def _report_on_change(self, event: Event) -> None:
+        """For state changes made outside ``Engine._move`` (the outbox queues the others; same dedupe key)."""
         inc = event.incident
         if event.kind == "state" and inc.state in self.REPORT_STATES.get(inc.kind, ()):
-            upload = inc.state in ("monitoring", "verified", "failed", "resolved", "revert_failed", "needs_attention")
-            with self.db.transaction() as conn:  # a state may come back (needs attention, resolved again)
-                enqueue(conn, "report", incident_id=inc.id, payload={"upload": upload},
-                        dedupe_key=f"report:{inc.id}:{inc.state}:{inc.updated_at.timestamp()}")
+            with self.db.transaction() as conn:
+                outbox.report_job(conn, inc)
 
     def _write_report(self, job: dict) -> None:
         self._update_report(job["incident_id"], upload=bool(job["payload"].get("upload")))
@@ -414,10 +415,8 @@ class Services:
                   loss_threshold=s.loss_escalation_threshold).register(self.worker, on_page, on_breach)
         Monitor(self.engine, log_paths=self.watched_logs(), every_minutes=s.monitor_every_minutes,
                 total_minutes=s.monitor_minutes, min_ic=s.monitor_min_ic).register(self.worker, on_trouble, on_summary)
-        if s.smtp_url is not None and s.stakeholder_emails:
-            notifier = EmailNotifier(s.smtp_url.get_secret_value(), s.email_sender, s.stakeholder_emails)
-            Mailer(self.engine, notifier, attachments=fresh_report(self.reports)).register(
-                self.worker, on_failed=on_email_failed)
+        if self.mailer is not None:  # installed with the services (core.outbox); the Slack layer reports failures
+            self.mailer.on_failed = on_email_failed
 
     def watched_logs(self) -> list[Path]:
         """Every configured log followed for error lines after the resume."""
