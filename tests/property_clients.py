@@ -17,9 +17,20 @@ halt is active), never by what the bot saved.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 
 import psycopg
+from hypothesis import event
+
+EVENTS: Counter = Counter()  # what the examples did, counted (tests/test_properties.py prints them)
+
+
+def seen(what: str) -> None:
+    """Count an interleaving that happened (also a Hypothesis event)."""
+    EVENTS[what] += 1
+    event(what)
+
 
 HALTED_VALUES = (False, True)  # auto_rebalance, require_manual_approval while halted
 # What a person may set (the uuid platform's CHECK forbids (true, true)); NULLs are real platforms' data too.
@@ -84,6 +95,7 @@ class ClientModel:
         for c, r in read_clients(self.conn).items():
             if r.active and r.settings is not None and c not in self.covered:
                 self.covered[c] = self.expected[c]  # untouched by the bot until now
+                seen("a sweep covered a client added or activated during the halt")
 
     # ----------------------------------------------------------------------------------- what a person does
 
@@ -104,6 +116,7 @@ class ClientModel:
         self.expected[client] = value
         if self.halt_id is not None and client in self.covered:
             self.changed.add(client)  # the bot leaves it as the person set it
+            seen("a person changed a halted client" + (" to the halted values" if value == HALTED_VALUES else ""))
 
     def add_client(self, value: Settings | None, *, active: bool = True) -> str:
         self.sync()

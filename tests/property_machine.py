@@ -30,7 +30,7 @@ from core.revert import REVERT_ATTEMPTS
 from core.services import Services
 from core.worker import Worker
 from tests.helpers import client_settings, files_equal, production_rows, trading_halted
-from tests.property_clients import PERSON_VALUES, ClientModel
+from tests.property_clients import PERSON_VALUES, ClientModel, seen
 
 # States between the halt and the end of verification: trading must be halted, the rollback must hold it.
 HOLDING = frozenset({incidents.HALTED, incidents.BACKING_UP, incidents.RESTORING, incidents.RECORDING,
@@ -76,6 +76,7 @@ class Ctx:
     labels: list[str]                     # every fault label of a rollback's paths
     fresh: Callable[[], tuple[Path, Services]]
     initial_sha: dict[str, str]           # each model's model.json when the world was built
+    good_sha: dict[str, set[str]]         # each model's model.json of every backup when the world was built
     stats: Stats = field(default_factory=Stats)
 
     @property
@@ -137,8 +138,11 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
 
         def _target(self, model: str, pick: int, damage: str | None) -> str:
             folder = self.models_dir / model
+            # an emergency backup of files two approvers resumed on (a damaged model.json) is no target either
             good = sorted(p.name for p in folder.iterdir()
-                          if p.is_dir() and p.name.startswith("backup_") and p.name not in self.bad)
+                          if p.is_dir() and p.name.startswith("backup_") and p.name not in self.bad
+                          and (not p.name.startswith("backup_emergency_")
+                               or sha256_file(p / MODEL_FILE) in ctx.good_sha[model]))
             name = good[pick % len(good)]
             if damage in PREFLIGHT_DAMAGE or damage == "changed_after_approval":
                 self.n += 1
@@ -199,6 +203,7 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
         def _act(self, action: tuple) -> None:
             """One thing a person does (PERSON, MEDDLE)."""
             kind = action[0]
+            seen(f"person: {kind}" + (" during a halt" if trading_halted(check) else ""))
             if kind == "change":
                 every = self.clients.clients()
                 self.clients.set_settings(every[action[1] % len(every)], action[2])
@@ -226,10 +231,13 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
                 self.engine.resume_trading(user="U0BOB")
             except InvalidTransition:
                 assert busy, "resume refused with no rollback under way"
+                seen("resume: refused, a rollback under way")
                 return False
             except FilesMismatch as exc:
                 assert not busy and mismatched, f"resume refused on files that match: {exc}"
+                seen("resume: refused, files do not match")
                 return False
+            seen("resume: resumed")
             assert not busy, f"resumed while {busy} were under way"
             assert not mismatched, f"resumed on files that are not their production row's: {mismatched}"
             assert not trading_halted(check) or elsewhere, "trading still halted after a resume"
@@ -258,6 +266,7 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
                              and sha256_file(p / MODEL_FILE) != inc.target_sha256)
                 shutil.copyfile(other / MODEL_FILE, self.models_dir / model / target / MODEL_FILE)
             done = self._run(inc.id, hook)
+            seen(f"rollback: {done.state}")
             version = production_rows(check, model)[0]["version"]
             if damage == "changed_after_approval":
                 assert done.state == incidents.FAILED and "changed on disk" in done.error, (done.state, done.error)
@@ -326,7 +335,7 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
             if a is None:
                 return
             b = self._request(second, self._target(second, pick, None))
-            seen: dict[str, Any] = {}
+            got: dict[str, Any] = {}
             fired: Counter = Counter()
 
             def b_hook(at: str) -> None:
@@ -337,27 +346,28 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
                     raise OSError(errno.EIO, "Input/output error (property test)")
 
             def run_b() -> None:
-                seen["b"] = self._run(b.id, b_hook)
+                got["b"] = self._run(b.id, b_hook)
 
             def a_hook(at: str) -> None:
-                if at == label and b is not None and "b" not in seen:
+                if at == label and b is not None and "b" not in got:
                     run_b()
                     self.extra = a_hook
-                    seen["a"] = self.engine.get(a.id).state
-                    seen["halted"] = trading_halted(check)
+                    got["a"] = self.engine.get(a.id).state
+                    got["halted"] = trading_halted(check)
 
             done = self._run(a.id, a_hook)
             assert done.state == incidents.MONITORING, (done.state, done.error)
             if b is None:
                 return
-            if "a" in seen:
+            if "a" in got:
                 # B let go of its halt; A, still between halt and resume, keeps trading halted.
-                if seen["a"] in HOLDING:
-                    assert seen["halted"], f"B resumed trading while A was {seen['a']}"
+                if got["a"] in HOLDING:
+                    assert got["halted"], f"B resumed trading while A was {got['a']}"
             else:  # the label was not on this path (e.g. restored: when the file was already equal)
                 run_b()
+            seen(f"overlapping rollbacks: the second {got['b'].state}" + (" mid-way" if "a" in got else ""))
             want = {None: incidents.MONITORING, "verify": incidents.FAILED, "revert": incidents.REVERT_FAILED}[b_fails]
-            assert seen["b"].state == want, (seen["b"].state, seen["b"].error)
+            assert got["b"].state == want, (got["b"].state, got["b"].error)
             if b_fails:
                 assert trading_halted(check), "trading runs after B failed"
             if b_fails == "revert":
@@ -372,6 +382,8 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
             if inc is None:
                 return
             before = production_rows(check, model)[0]["version"]
+            folder = self.models_dir / model
+            originals = file_sums(folder)  # the production row's files, or those two approvers resumed on
             fired: Counter = Counter()
 
             def hook(at: str) -> None:
@@ -383,19 +395,19 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
                         raise OSError(errno.ENOSPC, "No space left on device (property test)")
 
             done = self._run(inc.id, hook)
+            seen(f"failing revert: {done.state}")
             assert production_rows(check, model)[0]["version"] == before, "the deployment log was not put back"
             assert trading_halted(check), "trading runs after a failed rollback"
-            folder = self.models_dir / model
             if fired[file] >= REVERT_ATTEMPTS:
                 assert done.state == incidents.REVERT_FAILED, (done.state, done.error)
-                assert not files_equal(folder, folder / before), "revert_failed, yet the files are the original"
+                assert file_sums(folder) != originals, "revert_failed, yet the files are the original"
                 assert file in done.error, done.error
                 with pytest.raises((FilesMismatch, InvalidTransition)):  # the latter: another rollback under way
                     self.engine.resume_trading(user="U0BOB")
                 assert trading_halted(check)
             else:
                 assert done.state == incidents.FAILED, (done.state, done.error)
-                assert files_equal(folder, folder / before), "the original files are not back"
+                assert file_sums(folder) == originals, "the original files are not back"
 
         @precondition(lambda self: incidents.REVERT_FAILED in self.open_states)
         @rule(pick=st.integers(0, 50))
@@ -407,6 +419,7 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
             version = production_rows(check, model)[0]["version"]
             for name in ("metadata.json", MODEL_FILE):
                 shutil.copyfile(folder / version / name, folder / name)
+            seen("files put back by hand after a failed revert")
 
         @precondition(lambda self: incidents.REVERT_FAILED in self.open_states or self.accepted)
         @rule()
@@ -423,7 +436,9 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
                 self.engine.approve_resume_override(incident_id=request.id, approver="U0BOB")
             except InvalidTransition:
                 assert busy, "the override was refused with no rollback under way"
+                seen("override: refused, a rollback under way")
                 return
+            seen("override: resumed on files that do not match")
             assert not busy, f"resumed while {[(r['id'], r['state']) for r in busy]} were under way"
             for m in mismatched:
                 self.accepted[m] = file_sums(self.models_dir / m)
@@ -451,6 +466,7 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
             finally:
                 self.on_sleep, self.engine.settings = None, self.base_settings
             verify = self._steps(inc.id, "verify_halt")[-1]
+            seen(f"trades after the halt: {done.state}")
             if keeps_coming:
                 assert done.state == incidents.HALT_NOT_EFFECTIVE, (done.state, done.error)
                 assert verify.outcome == "failed" and verify.detail["trades_after_halt"] > 0
@@ -465,6 +481,7 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
             """*Proceed anyway* (an approver other than the requester) or *Abandon* a halt that is not effective."""
             rows = self._incidents(incidents.HALT_NOT_EFFECTIVE)
             inc = rows[pick % len(rows)]
+            seen("halt not effective: " + ("proceed anyway" if proceed else "abandon"))
             if proceed:
                 with pytest.raises(NotAuthorized):
                     halt_watch.proceed_anyway(self.engine, incident_id=inc["id"], approver="U0ALICE", allowed=True)
@@ -480,6 +497,7 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
         def trades_source_missing(self, model, pick, kind, when):
             """The trades source goes missing: never read as "0 trades"; refused before the halt, or the rollback
             fails at the halt check with nothing swapped and trading halted."""
+            seen(f"trades source missing at the {when}")
             broken = self.base_settings.model_copy(update={"trades_table": "no_such_trades"} if kind == "table"
                                                    else {"trading_log": self.models_dir.parent / "no-such.log"})
             target = self._target(model, pick, None)
@@ -552,6 +570,7 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
                         self._act(action)
 
             self._run(inc.id, hook)
+            seen("person acts during a rollback" if fired else "person acts after a rollback")
             if not fired:
                 for action in actions:
                     self._act(action)

@@ -57,6 +57,7 @@ from core.modelio import MODEL_FILE, sha256_file
 from core.services import Services
 from core.settings import Settings
 from tests.conftest import BOT_TABLES, MUTABLE_PLATFORM
+from tests.property_clients import EVENTS
 from tests.property_machine import Ctx, build_machine, damage_file
 
 SUMMARY: list[str] = []  # one line per world run, printed by tests/conftest.py at the end of the session
@@ -127,6 +128,8 @@ def test_rollback_engine_invariants(property_world: PropertyWorld, tmp_path, req
                              halt_quiet_seconds=0)  # no real quiet wait after each halt (tests/test_halt_watch.py)
     models = sorted(world.models)
     initial_sha = {m: sha256_file(world.models_dir / m / MODEL_FILE) for m in models}
+    good_sha = {m: {sha256_file(p / MODEL_FILE) for p in (world.models_dir / m).glob("backup_*/")} | {initial_sha[m]}
+                for m in models}
     counter = itertools.count()
 
     def fresh(n: int) -> tuple[Path, Services]:
@@ -138,8 +141,10 @@ def test_rollback_engine_invariants(property_world: PropertyWorld, tmp_path, req
 
     folder, services = fresh(next(counter))
     labels = collect_labels(services.engine, models[0], world.models[models[0]].backups[0].name, folder)
-    ctx = Ctx(check=check, models=models, labels=labels, fresh=lambda: fresh(next(counter)), initial_sha=initial_sha)
+    ctx = Ctx(check=check, models=models, labels=labels, fresh=lambda: fresh(next(counter)),
+              initial_sha=initial_sha, good_sha=good_sha)
     profile = hyp_settings.get_current_profile_name()
+    EVENTS.clear()
     started = time.monotonic()
     try:
         run_state_machine_as_test(build_machine(ctx), settings=hyp_settings())
@@ -147,6 +152,8 @@ def test_rollback_engine_invariants(property_world: PropertyWorld, tmp_path, req
         SUMMARY.append(f"property test [{request.node.callspec.id}]: {ctx.stats.examples} examples,"
                        f" {ctx.stats.steps} steps, {time.monotonic() - started:.0f} s (Hypothesis profile {profile!r},"
                        f" max_examples {hyp_settings().max_examples})")
+        if profile != "ci":  # what the examples did, to show the interleavings really happen
+            SUMMARY.extend(f"    {n:6d} × {what}" for what, n in sorted(EVENTS.items()))
         check.close()
         db.close()
     assert ctx.stats.examples >= hyp_settings().max_examples, SUMMARY[-1]
