@@ -147,9 +147,12 @@ class ClientModel:
                 assert r.settings == want, (f"trading runs and client {c} has {r.settings}, not its own {want}"
                                             " (or what a person set)")
             elif c in self.covered and c not in self.changed:
-                assert r.settings == HALTED_VALUES, f"halt {self.halt_id} held and client {c} is not halted: {r.settings}"
+                assert r.settings == HALTED_VALUES, (f"halt {self.halt_id} held and client {c} is not halted:"
+                                                     f" {r.settings}")
             elif c in self.covered:
-                assert r.settings == want, f"client {c}, changed by a person during the halt, is {r.settings}, not {want}"
+                assert r.settings == want, (f"client {c}, changed by a person during the halt, is {r.settings},"
+                                            f" not {want}")
             else:
                 assert r.settings == want, (f"client {c} is not covered by halt {self.halt_id} (inactive, or active"
-                                            f" since the last sweep point) yet the bot changed it: {r.settings} != {want}")
+                                            " since the last sweep point) yet the bot changed it:"
+                                            f" {r.settings} != {want}")

@@ -244,7 +244,8 @@ def test_a_client_made_manual_during_the_halt_stays_manual_with_the_readmes_gran
         services = Services(Settings(_env_file=None, database_url=pw.bot_url, incidents_dir=tmp_path / "incidents",
                                      models_dir=pw.copy_models(tmp_path / "models")), db)
         auto = [c.client_id for c in pw.clients if c.active and c.settings == (True, False)]
-        manual = "UPDATE client_settings SET auto_rebalance = false, require_manual_approval = true WHERE client_id = %s"
+        manual = ("UPDATE client_settings SET auto_rebalance = false, require_manual_approval = true"
+                  " WHERE client_id = %s")
         values = "SELECT auto_rebalance, require_manual_approval FROM client_settings WHERE client_id = %s"
         services.engine.halt_trading(user="U0ALICE", reason="suspicious fills")
         check.execute(manual, (auto[0],))

@@ -2,15 +2,16 @@
 injected faults and a person acting at any moment (issue 3 item 8, issue 13 item 10).
 
 Each example starts from a fresh copy of the world (database rows restored, model files copied) and runs a
-short random program (tests/property_machine.py) of: rollbacks to random backups (good ones, backups that fail
-pre-flight, a backup that changes after approval, a restored file damaged before verification), crashes at
-random step boundaries (a ``BaseException`` raised from the fault hook, which no ``except Exception`` in the
-engine catches, like a killed process), restarts (``recover()``, which may crash again), two models' rollbacks
-overlapping (the second may fail, and its undoing too), reverts that fail (retried, then ``revert_failed``),
-files a person puts back by hand, two approvers overriding the resume check, trades that keep coming after the
-halt (``halt_not_effective``, then *Proceed anyway* or *Abandon*), a trades source that goes missing, manual
-halts and resumes (also in the middle of a rollback), clients added, activated, deactivated or changed (halted
-or not, also mid-rollback), the worker's pass, and time passing. After every step:
+short random program (tests/property_machine.py, tests/property_rules.py) of: rollbacks to random backups (good
+ones, backups that fail pre-flight, a backup that changes after approval, a restored file damaged before
+verification), crashes at random step boundaries (a ``BaseException`` raised from the fault hook, which no
+``except Exception`` in the engine catches, like a killed process), restarts (``recover()``, which may crash
+again), two models' rollbacks overlapping (the second may fail, and its undoing too), reverts that fail
+(retried, then ``revert_failed``), files a person puts back by hand, two approvers overriding the resume check,
+trades that keep coming after the halt (``halt_not_effective``, then *Proceed anyway* or *Abandon*), a trades
+source that goes missing, manual halts and resumes (also in the middle of a rollback), clients added,
+activated, deactivated or changed (halted or not, also mid-rollback), the worker's pass, and time passing.
+After every step:
 
 * exactly one production row per model;
 * the files on disk are the production row's version, unless a swap of that model is under way, or its revert
@@ -59,6 +60,7 @@ from core.settings import Settings
 from tests.conftest import BOT_TABLES, MUTABLE_PLATFORM
 from tests.property_clients import EVENTS
 from tests.property_machine import Ctx, build_machine, damage_file
+from tests.property_rules import money_rules
 
 SUMMARY: list[str] = []  # one line per world run, printed by tests/conftest.py at the end of the session
 
@@ -147,7 +149,7 @@ def test_rollback_engine_invariants(property_world: PropertyWorld, tmp_path, req
     EVENTS.clear()
     started = time.monotonic()
     try:
-        run_state_machine_as_test(build_machine(ctx), settings=hyp_settings())
+        run_state_machine_as_test(money_rules(ctx, build_machine(ctx)), settings=hyp_settings())
     finally:
         SUMMARY.append(f"property test [{request.node.callspec.id}]: {ctx.stats.examples} examples,"
                        f" {ctx.stats.steps} steps, {time.monotonic() - started:.0f} s (Hypothesis profile {profile!r},"
