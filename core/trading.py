@@ -7,7 +7,10 @@
   instead of saving the already-halted values over the real ones.
 * Resume: a holder lets go; when the last one does, each client's saved values are written back exactly
   (never a blanket true/false). A client whose settings a person changed during the halt is left as the
-  person set it, and reported.
+  person set it, and reported: its values are not the halted ones, or its row is no longer the version the
+  halt wrote (PostgreSQL's ``xmin``, kept with the saved values), which also tells a person who set exactly
+  the halted values (made a client manual on purpose) from the halt itself. Without the right to read
+  ``xmin`` (README, grants) only the values are compared.
 * Clients that become active, or are added, while a halt is held are saved and halted too (``sweep``); a client
   a person re-enabled during the halt is reported, and left as the person set it.
 * Optional stop command (an argument list, no shell, a minimal environment without the bot's secrets, with a
@@ -101,7 +104,25 @@ def halt(conn: psycopg.Connection, *, holder: str, actor: str, reason: str) -> H
         "WHERE v.halt_id = %s AND v.client_id = s.client_id::text",
         (halt_id,),
     )
+    _remember_versions(conn, halt_id)
     return HaltResult(halt_id, row["halted_at"], False, len(saved))
+
+
+# Which version of each client_settings row the halt wrote. A later UPDATE by anybody makes a new version, even
+# one that writes the same values; locking a row (FOR UPDATE) or freezing it (VACUUM) does not.
+_MAY_READ_VERSIONS = "SELECT has_column_privilege('client_settings', 'xmin', 'SELECT') AS ok"
+
+
+def _remember_versions(conn: psycopg.Connection, halt_id: int, clients: list[str] | None = None) -> None:
+    """Keep, with the saved values, the version (``xmin``) of each client_settings row the halt just wrote."""
+    if not conn.execute(_MAY_READ_VERSIONS).fetchone()["ok"]:
+        return  # values only (README: GRANT SELECT (..., xmin) ON client_settings)
+    conn.execute(
+        "UPDATE rollback_bot.saved_client_settings v SET halted_version = s.xmin::text FROM client_settings s "
+        "WHERE v.halt_id = %s AND v.client_id = s.client_id::text AND NOT v.restored"
+        + (" AND v.client_id = ANY(%s)" if clients is not None else ""),
+        (halt_id, clients) if clients is not None else (halt_id,),
+    )
 
 
 def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = False,
@@ -121,14 +142,17 @@ def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = 
     remaining = holders(conn, halt_id)
     if remaining:
         return ResumeResult(False, halt_id, remaining_holders=remaining)
-    # Clients whose settings somebody changed during the halt keep that person's choice.
+    # Clients whose settings somebody changed during the halt keep that person's choice: other values than the
+    # halted ones, or (when the halt could keep it) another version of the row than the one the halt wrote.
+    changed = ("s.auto_rebalance IS DISTINCT FROM false OR s.require_manual_approval IS DISTINCT FROM true"
+               + (" OR s.xmin::text IS DISTINCT FROM coalesce(v.halted_version, s.xmin::text)"
+                  if conn.execute(_MAY_READ_VERSIONS).fetchone()["ok"] else ""))
     left = [
         r["client_id"]
         for r in conn.execute(
             "SELECT v.client_id FROM rollback_bot.saved_client_settings v "
             "JOIN client_settings s ON s.client_id::text = v.client_id "
-            "WHERE v.halt_id = %s AND NOT v.restored AND "
-            "(s.auto_rebalance IS DISTINCT FROM false OR s.require_manual_approval IS DISTINCT FROM true)",
+            f"WHERE v.halt_id = %s AND NOT v.restored AND ({changed}) ORDER BY v.client_id",
             (halt_id,),
         )
     ]
@@ -137,7 +161,7 @@ def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = 
         "require_manual_approval = v.require_manual_approval "
         "FROM rollback_bot.saved_client_settings v "
         "WHERE v.halt_id = %s AND v.client_id = s.client_id::text AND NOT v.restored "
-        "AND s.auto_rebalance IS NOT DISTINCT FROM false AND s.require_manual_approval IS NOT DISTINCT FROM true",
+        f"AND NOT ({changed})",
         (halt_id,),
     ).rowcount
     conn.execute("UPDATE rollback_bot.saved_client_settings SET restored = true WHERE halt_id = %s", (halt_id,))
@@ -178,6 +202,7 @@ def sweep(conn: psycopg.Connection) -> SweepResult:
             "WHERE s.client_id::text = ANY(%s)",
             (added,),
         )
+        _remember_versions(conn, halt_id, added)
     reenabled = [r["client_id"] for r in conn.execute(
         "SELECT v.client_id FROM rollback_bot.saved_client_settings v "
         "JOIN client_settings s ON s.client_id::text = v.client_id "

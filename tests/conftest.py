@@ -16,10 +16,22 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from bot import demo_world, localpg
 from core.db import Database, migrate
 from core.settings import Settings
+
+# Hypothesis settings profiles (tests/test_properties.py): "ci" by default (`make test`), "stress" with
+# `--hypothesis-profile=stress` (`make stress`). No example database (each test runs in a temporary directory):
+# a counterexample is printed with its steps and a @reproduce_failure blob instead.
+hypothesis_settings.register_profile(
+    "ci", max_examples=200, stateful_step_count=8, deadline=None, database=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+hypothesis_settings.register_profile("stress", hypothesis_settings.get_profile("ci"), max_examples=2000)
+hypothesis_settings.register_profile("dev", hypothesis_settings.get_profile("ci"), max_examples=20)  # a quick look
+hypothesis_settings.load_profile("ci")
 
 TEST_DB = "rollback_bot_test"
 # Platform tables a test may change; restored from a snapshot before each test.
@@ -28,6 +40,14 @@ BOT_TABLES = (
     "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries", "incidents",
     "home_viewers", "doctor_results", "executor_fences", "command_uses",
 )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
+    """How many examples each run of the property test ran (tests/test_properties.py)."""
+    import sys
+
+    for line in getattr(sys.modules.get("tests.test_properties"), "SUMMARY", []):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

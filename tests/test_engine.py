@@ -82,6 +82,24 @@ def test_halt_saves_and_restores_each_clients_own_settings(services, world, conn
     assert services.engine.get(inc.id).state == "resolved"
 
 
+def test_a_client_a_person_made_manual_during_the_halt_stays_manual(services, world, conn):
+    """Found by the property test: a person sets exactly the halted values during the halt (makes a client manual
+    on purpose); resume used to give it back its auto-rebalancing. The row is not the version the halt wrote."""
+    auto = sorted(r["client_id"] for r in conn.execute(
+        "SELECT c.client_id FROM clients c JOIN client_settings s ON s.client_id = c.client_id"
+        " WHERE c.active AND s.auto_rebalance AND NOT s.require_manual_approval"))
+    assert len(auto) >= 2
+    before = client_settings(conn)
+    services.engine.halt_trading(user="U0ALICE", reason="suspicious fills")
+    conn.execute("UPDATE client_settings SET auto_rebalance = false, require_manual_approval = true"
+                 " WHERE client_id = %s", (auto[0],))
+    result = services.engine.resume_trading(user="U0BOB")
+    assert result.resumed and result.left_alone == [auto[0]]
+    after = client_settings(conn)
+    assert after[auto[0]] == (False, True)
+    assert {c: v for c, v in after.items() if c != auto[0]} == {c: v for c, v in before.items() if c != auto[0]}
+
+
 def test_nested_halts_keep_trading_halted_until_the_last_holder(services, world, conn):
     before = client_settings(conn)
     services.engine.halt_trading(user="U0ALICE", reason="manual")

@@ -234,6 +234,39 @@ def test_watchdog_and_manual_halt_resume_as_the_least_privilege_role(box, platfo
     check.close()
 
 
+def test_a_client_made_manual_during_the_halt_stays_manual_with_the_readmes_grants(platforms, tmp_path):
+    """The README's grant on client_settings' xmin is what tells a person's "manual" from the halt's; without it
+    the bot still halts and resumes, comparing values only."""
+    pw = platforms.world("uuid")
+    db = Database(pw.bot_url, max_size=2).open()
+    check = pw.connect()
+    try:
+        services = Services(Settings(_env_file=None, database_url=pw.bot_url, incidents_dir=tmp_path / "incidents",
+                                     models_dir=pw.copy_models(tmp_path / "models")), db)
+        auto = [c.client_id for c in pw.clients if c.active and c.settings == (True, False)]
+        manual = ("UPDATE client_settings SET auto_rebalance = false, require_manual_approval = true"
+                  " WHERE client_id = %s")
+        values = "SELECT auto_rebalance, require_manual_approval FROM client_settings WHERE client_id = %s"
+        services.engine.halt_trading(user="U0ALICE", reason="suspicious fills")
+        check.execute(manual, (auto[0],))
+        result = services.engine.resume_trading(user="U0BOB")
+        assert result.left_alone == [canonical(auto[0])]
+        assert tuple(check.execute(values, (auto[0],)).fetchone().values()) == (False, True)
+        assert tuple(check.execute(values, (auto[1],)).fetchone().values()) == (True, False)
+        check.execute(sql.SQL("REVOKE SELECT (xmin) ON client_settings FROM {}").format(sql.Identifier(pw.bot_role)))
+        try:
+            services.engine.halt_trading(user="U0ALICE", reason="again")
+            check.execute(manual, (auto[1],))
+            result = services.engine.resume_trading(user="U0BOB")
+            assert result.resumed and result.left_alone == []
+            assert tuple(check.execute(values, (auto[1],)).fetchone().values()) == (True, False)  # values only
+        finally:
+            check.execute(sql.SQL("GRANT SELECT (xmin) ON client_settings TO {}").format(sql.Identifier(pw.bot_role)))
+    finally:
+        check.close()
+        db.close()
+
+
 def test_the_bot_role_holds_only_what_the_readme_grants(platforms):
     pw = platforms.world("integer")
     with pw.connect(pw.bot_url) as bot:
