@@ -18,7 +18,7 @@ from core.auth import Authorizer
 from core.watchdog import Proposal
 from core.services import Services
 from core.settings import Settings
-from handlers import actions, commands, errors, home, notifications, pickers, views
+from handlers import actions, commands, errors, followups, home, notifications, pickers, views
 from handlers.deps import Deps, RemoteSubmit, work_pool
 from handlers.progress import SlackProgress
 
@@ -73,6 +73,7 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     app.metrics = metrics  # type: ignore[attr-defined] - served at GET /metrics
     app.deps = deps  # type: ignore[attr-defined] - the work process runs deps.works
     notifications.register(client, deps, progress)
+    followups.register(app, client, deps, progress)
     services.register_fix_runner()
     services.register_watchdog(watchdog_poster(services, deps, progress))
     errors.register(app)

@@ -21,6 +21,7 @@ from core.doctor import ChatChecks, DoctorRun, latest_run, run_doctor, store_run
 from core.engine import Engine, enqueue, no_fault
 from core.errors import PreflightFailed, UnknownModel, clean_text
 from core.escalation import Breach, Escalator
+from core.followups import FollowUps
 from core.incidents import Event, Incident, journal, utcnow
 from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows
 from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
@@ -109,6 +110,8 @@ class Services:
         self.reports = Reports(self.engine, settings.incidents_dir, chart=chart_maker(db, self.registry))
         self.engine.subscribe(self._report_on_change)
         self.worker.on("report", self._write_report)
+        # The runbook's next steps as follow-ups with owners and due dates (their jobs: FollowUps.register).
+        self.followups = FollowUps(self.engine)
 
     def start_background(self) -> None:
         """Recover interrupted rollbacks, then run queued jobs and timers until ``stop_background``."""

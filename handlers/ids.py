@@ -15,12 +15,18 @@ class Action(StrEnum):
     FIX_RESTORE_MODEL = "fix_restore_model"
     MODAL_MODEL_SELECT = "start_model_select"
     MODAL_BACKUP_SELECT = "backup"
+    FOLLOWUP_TAKE = "followup_take"
+    FOLLOWUP_ASSIGN = "followup_assign"
+    FOLLOWUP_DONE = "followup_done"
+    ADD_PREVENTION = "add_prevention"
 
 
 class View(StrEnum):
     START = "rollback_start_modal"
     DENY = "rollback_deny_modal"
     ROOT_CAUSE = "root_cause_modal"
+    FOLLOWUP_ASSIGN = "followup_assign_modal"
+    PREVENTION = "prevention_modal"
 
 
 class Block(StrEnum):
@@ -33,6 +39,9 @@ class Block(StrEnum):
     DENY_REASON = "deny_reason_block"
     ROOT_CAUSE = "root_cause_block"
     DECISION = "decision_block"
+    FOLLOWUP_OWNER = "followup_owner_block"
+    PREVENTION = "prevention_block"
+    PREVENTION_ACTIONS = "prevention_actions"
 
 
 class Event(StrEnum):
