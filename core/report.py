@@ -590,7 +590,7 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
             md.append(f"| {_cell(f.title)} | {_cell(who(f.owner) if f.owner else 'unassigned')} | "
                       f"{_cell(_utc(f.due_at).removesuffix(' UTC'))} | {_cell(state)} |")
     else:
-        md.append("None yet (they are created when the rollback finishes)." if rollback else "None.")
+        md.append("None yet (they are created when the rollback finishes)." if rollback and inc.is_open else "None.")
     md.append("")
 
     md += ["## Prevention and next steps", ""]
