@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,13 +42,14 @@ def _settings_with_database(settings: Settings, *, ensure_local: bool) -> Settin
     return settings.model_copy(update={"database_url": SecretStr(url)})
 
 
-def build_services(settings: Settings):
+def build_services(settings: Settings, *, migrate_first: bool = True, wait: bool = True):
     from core.db import Database, migrate
     from core.services import Services
 
     dsn = settings.database_dsn()
-    migrate(dsn)
-    db = Database(dsn, max_size=settings.db_pool_max).open()
+    if migrate_first:
+        migrate(dsn)
+    db = Database(dsn, max_size=settings.db_pool_max).open(wait=wait)
     return Services(settings, db)
 
 
@@ -133,7 +135,9 @@ def cmd_work(args: argparse.Namespace, settings: Settings) -> int:
 
     lower_process_priority()  # acknowledging Slack (the parent) comes first when both want a CPU
     settings = _settings_with_database(settings, ensure_local=False)
-    services = build_services(settings)
+    # `serve` migrated before starting it; started again while PostgreSQL is down, it still answers Slack
+    # (that the database does not answer, since when, and what to check) instead of dying at start.
+    services = build_services(settings, migrate_first=False, wait=False)
     # Requests reach this process from `serve`, which verified their signatures already.
     app = build_app(settings.model_copy(update={"slack_signing_secret": None}), services)
     freeze_startup_heap()
@@ -225,11 +229,94 @@ def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def os_identity() -> str:
+    """Who is at the host's shell, as the operating system knows them: the account, the account that ran sudo
+    (``SUDO_USER``) and the login name when they differ. Recorded beside ``--by``."""
+    import pwd
+
+    try:
+        account = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        account = f"uid {os.getuid()}"
+    try:
+        login = os.getlogin()
+    except OSError:  # no controlling terminal
+        login = None
+    sudo = os.environ.get("SUDO_USER")
+    extra = []
+    if sudo and sudo != account:
+        extra.append(f"sudo from {sudo}")
+    if login and login not in (account, sudo):
+        extra.append(f"login {login}")
+    return account + (f" ({', '.join(extra)})" if extra else "")
+
+
+def confirm_break_glass(args: argparse.Namespace, who: str) -> bool:
+    """``--yes``, or a person at a terminal who types the model's name. Without a terminal and without --yes:
+    refused (a script must say --yes explicitly)."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        print("rollback-bot: break-glass rollback refused: no terminal to confirm on; pass --yes to confirm in a"
+              " script", file=sys.stderr)
+        return False
+    print(f"Break-glass rollback of {args.model} to {args.to}, by {args.by} (OS user {who}).\n"
+          "This halts automated trading and swaps the production model without a second person in Slack.\n"
+          f"Type the model name ({args.model}) to go ahead: ", end="", flush=True)
+    answer = sys.stdin.readline().strip()
+    if answer != args.model:
+        print("rollback-bot: not confirmed; nothing was changed", file=sys.stderr)
+        return False
+    return True
+
+
+class BreakGlassAlert:
+    """Tells the incident channel about a break-glass rollback when Slack is reachable (SLACK_BOT_TOKEN and
+    INCIDENT_CHANNEL set). A failure to post is reported on stderr and in the audit log, never fatal."""
+
+    def __init__(self, settings: Settings, services) -> None:
+        self.services = services
+        self.channel = settings.incident_channel
+        self.client = None
+        self.ts: str | None = None
+        if settings.slack_bot_token is not None and settings.incident_channel:
+            from bot.app import build_client
+
+            self.client = build_client(settings)
+            self.client.timeout = 5
+
+    def post(self, incident, text: str, *, reply: bool = False) -> None:
+        if self.client is None or (reply and self.ts is None):
+            return
+        try:
+            resp = self.client.chat_postMessage(channel=self.channel, text=text,
+                                                thread_ts=self.ts if reply else None)
+            if not reply:
+                self.ts = resp["ts"]
+                self.services.engine.set_message(incident.id, channel=resp["channel"], message_ts=resp["ts"])
+        except Exception as exc:  # noqa: BLE001 - Slack being down is why break-glass exists
+            error = getattr(getattr(exc, "response", None), "data", None) or exc
+            error = error.get("error", error) if isinstance(error, dict) else error
+            print(f"rollback-bot: WARNING: could not post the break-glass alert to Slack ({str(error)[:200]});"
+                  " the rollback goes on", file=sys.stderr, flush=True)
+            self.services.engine.audit(None, actor="rollback-bot", action="break_glass_alert", outcome="failed",
+                                       incident_id=incident.id, error=str(error)[:300])
+
+
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """Break-glass: the same engine and journal as Slack, printing each step as it happens."""
+    import socket
+
     from core.incidents import Event
 
+    who = os_identity()
     services = build_services(_settings_with_database(settings, ensure_local=False))
+    services.registry.backup_dir(args.model, args.to)  # bad names are a clear error before anyone is asked
+    if not confirm_break_glass(args, who):
+        services.engine.audit(None, actor=args.by, action="break_glass_rollback", outcome="refused",
+                              reason="not confirmed", os_user=who, model=args.model, backup=args.to)
+        return EXIT_USAGE
+    alert = BreakGlassAlert(settings, services)
 
     def show(event: Event) -> None:
         inc = event.incident
@@ -239,9 +326,17 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  WARNING: {event.error}", flush=True)
         else:
             print(f"{inc.ref}: {inc.state}" + (f" ({event.error})" if event.error else ""), flush=True)
+        if event.kind == "state" and inc.state == "approved" and alert.ts is None:
+            alert.post(inc, f":rotating_light: *Break-glass rollback* {inc.ref}: `{inc.model_name}` to "
+                            f"`{inc.target_backup}` from the command line on {socket.gethostname()}, by {args.by} "
+                            f"(OS user {who}), without approval in Slack. Reason: {inc.reason[:500]}")
 
     services.engine.subscribe(show)
-    inc = services.engine.break_glass(model=args.model, backup=args.to, reason=args.reason, by=args.by)
+    inc = services.engine.break_glass(model=args.model, backup=args.to, reason=args.reason, by=args.by, os_user=who)
+    alert.post(inc, f"{inc.ref} ended {inc.state}" + (f": {inc.error}" if inc.error else ".")
+               + (" Trading stays halted until `/rollback resume`." if inc.state in ("verified", "failed",
+                                                                                   "halt_not_effective") else ""),
+               reply=True)
     if inc.state in ("monitoring", "verified", "resolved"):
         print(f"{inc.ref}: {args.model} is now {args.to}; "
               + ("trading stays halted until `/rollback resume`." if inc.state == "verified" else "trading resumed."))
@@ -309,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--to", required=True, metavar="BACKUP", help="the backup folder to restore (backup_*)")
     p.add_argument("--reason", required=True, help="why (kept in the journal and the deployment log)")
-    p.add_argument("--by", required=True, metavar="NAME", help="who is running this (audited)")
+    p.add_argument("--by", required=True, metavar="NAME", help="who is running this (audited, beside the OS user)")
+    p.add_argument("--yes", action="store_true", help="confirm without a prompt (required without a terminal)")
     p.set_defaults(func=cmd_rollback)
     return parser
 

@@ -138,7 +138,7 @@ class Metrics:
         def on_event(event: Event) -> None:
             inc = event.incident
             if event.kind == "state" and inc.kind == "rollback":
-                if inc.state in CLOSED:
+                if inc.state in CLOSED or inc.state == "revert_failed":
                     self.rollbacks.labels(outcome=inc.state).inc()
                 elif inc.state in ("monitoring", "verified"):
                     self.rollbacks.labels(outcome="rolled_back").inc()

@@ -17,6 +17,7 @@ import psycopg
 
 from core.doctor import Check
 from core.doctor_files import trades_log_checks
+from core.trading import has_trades_table
 from core.platform import FEATURE_VIEW
 
 TEXT = frozenset({"text", "character varying", "character", "bpchar"})
@@ -125,7 +126,8 @@ def database_checks(conn: psycopg.Connection, settings: Any = None, *, for_rollb
     """Tables, columns, types and privileges of the platform; the feature view's refresh; the bot's schema; with
     ``settings``, the trades source. ``for_rollback``: only what a rollback needs (its pre-flight)."""
     specs = [s for s in PLATFORM_TABLES if s.rollback or not for_rollback]
-    names = [s.name for s in specs] + ([settings.trades_table] if settings is not None else [])
+    table = settings is not None and has_trades_table(settings.trades_table)
+    names = [s.name for s in specs] + ([settings.trades_table] if table else [])
     rels, role = _relations(conn, names)
     checks: list[Check] = [_table_check(spec, rels[spec.name]) for spec in specs]
     checks += [_privilege_check(spec, rels[spec.name], role) for spec in specs if rels[spec.name].oid is not None]
@@ -133,8 +135,12 @@ def database_checks(conn: psycopg.Connection, settings: Any = None, *, for_rollb
     if not for_rollback:
         checks += _refresh_checks(conn, rels[FEATURE_VIEW], role)
     checks.append(bot_schema_check(conn, role))
-    if settings is not None:
+    if table:
         checks.append(_trades_table_check(rels[settings.trades_table], settings.trades_time_column, role))
+    elif settings is not None and settings.trading_log is None:
+        checks.append(Check("trades source", True, "none (TRADES_TABLE=none, no TRADING_LOG): said explicitly; the"
+                            " halt is then not checked against executed trades", area="trades", rollback=True))
+    if settings is not None:
         checks += trades_log_checks(settings)
     return checks
 

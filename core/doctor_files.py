@@ -59,8 +59,12 @@ def _mode(st: os.stat_result) -> str:
     return f"mode {stat.S_IMODE(st.st_mode):03o}, owner uid {st.st_uid} gid {st.st_gid}"
 
 
-def _folder_problem(path: Path, what: str) -> tuple[str, str] | None:
-    """(problem, fix) when ``path`` is not a folder the bot may list, enter and write; else None."""
+_RIGHTS = (("readable", os.R_OK, "read"), ("writable", os.W_OK, "write"), ("searchable", os.X_OK, "search"))
+
+
+def _folder_problem(path: Path, what: str, *, write: bool = True) -> tuple[str, str] | None:
+    """(problem, fix) when ``path`` is not a folder the bot may list and enter (and, with ``write``, write); else
+    None."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -69,20 +73,22 @@ def _folder_problem(path: Path, what: str) -> tuple[str, str] | None:
         return f"{what} {path} cannot be reached ({exc.strerror})", "let the bot's user enter every folder above it"
     if not stat.S_ISDIR(st.st_mode):
         return f"{what} {path} is not a folder", "set MODELS_DIR to the folder holding the model folders"
-    lacking = [n for n, m in (("readable", os.R_OK), ("writable", os.W_OK), ("searchable", os.X_OK))
-               if not _can(path, m)]
+    needed = [r for r in _RIGHTS if write or r[1] != os.W_OK]
+    lacking = [n for n, m, _ in needed if not _can(path, m)]
     if lacking:
         words = lacking[0] if len(lacking) == 1 else ", ".join(lacking[:-1]) + " or " + lacking[-1]
+        rights = ", ".join(r for _, _, r in needed[:-1]) + " and " + needed[-1][2]
         return (f"{what} {path} is not {words} by {_who()} ({_mode(st)})",
-                f"give {_who()} read, write and search rights on {path} (chown/chmod or an ACL)")
+                f"give {_who()} {rights} rights on {path} (chown/chmod or an ACL)")
     return None
 
 
 def models_dir_check(models_dir: Path) -> Check:
-    found = _folder_problem(models_dir, "MODELS_DIR")
+    # The bot lists and enters MODELS_DIR; it writes only inside the model folders (checked one by one).
+    found = _folder_problem(models_dir, "MODELS_DIR", write=False)
     if found:
         return Check("MODELS_DIR", False, found[0], found[1], area="models", rollback=True)
-    return Check("MODELS_DIR", True, f"{models_dir} is readable, writable and searchable by {_who()}", area="models",
+    return Check("MODELS_DIR", True, f"{models_dir} is readable and searchable by {_who()}", area="models",
                  rollback=True)
 
 

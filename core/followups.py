@@ -61,7 +61,8 @@ CREATE_JOB = "followups"
 DUE_JOB = "followup_due"
 REMIND_EVERY = timedelta(hours=24)
 # A rollback in one of these states has finished its runbook run: its follow-ups are due.
-TRIGGER_STATES = frozenset({"monitoring", "verified", "failed", "needs_attention"})
+TRIGGER_STATES = frozenset({"monitoring", "verified", "failed", "revert_failed", "needs_attention"})
+_FAILED_STATES = frozenset({"failed", "revert_failed"})
 _SWEEP_LOOKBACK = timedelta(hours=48)
 _BOARD_CLAIM = timedelta(minutes=5)
 
@@ -121,7 +122,7 @@ class PreventionMeasure:
 
 def plan_for(incident: Incident) -> list[tuple[str, str, datetime]]:
     """The follow-ups an incident gets: (kind, title, due)."""
-    failed = incident.state == "failed"
+    failed = incident.state in _FAILED_STATES
     names = {"model": incident.model_name or "the model", "target": incident.target_backup or "the restored model",
              "ref": incident.ref}
     return [(kind, title.format(**names), incident.created_at + after)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     trading_log: Path | None = None
     trading_stop_command: list[str] | None = None
     trading_stop_timeout_seconds: float = Field(default=30, gt=0)
-    training_log: Path | None = None
+    training_log: Path | None = None  # may hold {model}, {strategy}, {marketcap}: one log per model
+    api_log: Path | None = None  # the platform's API log: error lines in diagnostics and after the resume
     db_pool_max: int = Field(default=10, ge=2, le=100)
     log_format: Literal["json", "text"] = "json"
     diagnostics_days: int = Field(default=30, ge=5, le=365)
@@ -82,6 +83,19 @@ class Settings(BaseSettings):
     health_port: int | None = Field(default=None, ge=1, le=65535)  # Socket Mode's /healthz, /metrics (default PORT)
     metrics_addr: str | None = None  # host:port of /metrics on an address of its own
     slack_auth_check_seconds: float = Field(default=60, gt=0)
+    # An approved rollback that has not started within this is cancelled, never run late.
+    approved_start_timeout_minutes: float = Field(default=10, gt=0)
+    # SET LOCAL lock_timeout / statement_timeout on every transaction of a rollback's steps.
+    step_lock_timeout_seconds: float = Field(default=10, gt=0, le=3600)
+    step_statement_timeout_seconds: float = Field(default=60, gt=0, le=86400)
+    # The swap waits until the trades source has been quiet this long since the halt; past the timeout the
+    # halt is "not effective" (paged; an approver other than the requester may proceed anyway).
+    halt_quiet_seconds: float = Field(default=3, ge=0)
+    halt_quiet_timeout_seconds: float = Field(default=120, gt=0)
+    # `/rollback diagnose`, `backups`, `status MODEL`: at most this many per person per minute (all processes).
+    heavy_commands_per_minute: int = Field(default=10, ge=1, le=10000)
+    enhanced_monitor_hours: float = Field(default=24, gt=0, le=24 * 14)  # the runbook's 24 hours of monitoring
+    enhanced_monitor_every_minutes: float = Field(default=30, gt=0)  # ... and its crontab's interval
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
@@ -126,6 +140,14 @@ class Settings(BaseSettings):
             raise ValueError("must be a plain SQL identifier, optionally schema-qualified")
         return value
 
+    @field_validator("enhanced_monitor_every_minutes")
+    @classmethod
+    def _watch_interval(cls, value: float, info: ValidationInfo) -> float:
+        hours = info.data.get("enhanced_monitor_hours")
+        if hours is not None and value > hours * 60:
+            raise ValueError("must not be longer than ENHANCED_MONITOR_HOURS")
+        return value
+
     @field_validator("metrics_addr")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
@@ -142,6 +164,14 @@ class Settings(BaseSettings):
             return None
         host, _, port = self.metrics_addr.rpartition(":")
         return host.strip("[]"), int(port)
+
+    @field_validator("halt_quiet_timeout_seconds")
+    @classmethod
+    def _quiet_timeout(cls, value: float, info: ValidationInfo) -> float:
+        quiet = info.data.get("halt_quiet_seconds")
+        if quiet is not None and value <= quiet:
+            raise ValueError("must be greater than HALT_QUIET_SECONDS")
+        return value
 
     def require(self, *names: str) -> None:
         """Raise ConfigError naming the first of ``names`` that is unset or empty."""

@@ -15,16 +15,29 @@ class Action(StrEnum):
     FIX_RESTORE_MODEL = "fix_restore_model"
     MODAL_MODEL_SELECT = "start_model_select"
     MODAL_BACKUP_SELECT = "backup"
+    RESUME_OVERRIDE = "resume_override"
+    PROCEED_ANYWAY = "rollback_proceed_anyway"
+    ABANDON = "rollback_abandon"
+    TAKE_OVER = "rollback_take_over"
+    ROLLBACK_AGAIN = "attention_rollback_again"
+    ATTENTION_HALT = "attention_halt"
+    ACCEPT = "attention_accept"
     FOLLOWUP_TAKE = "followup_take"
     FOLLOWUP_ASSIGN = "followup_assign"
     FOLLOWUP_DONE = "followup_done"
     ADD_PREVENTION = "add_prevention"
 
 
+# Clicks that decide an incident: handled on a lane of their own, never behind slow commands.
+DECISIONS = frozenset({Action.APPROVE, Action.DENY, Action.PROCEED_ANYWAY, Action.ABANDON, Action.TAKE_OVER,
+                       Action.RESUME_OVERRIDE})
+
+
 class View(StrEnum):
     START = "rollback_start_modal"
     DENY = "rollback_deny_modal"
     ROOT_CAUSE = "root_cause_modal"
+    ACCEPT = "accept_modal"
     FOLLOWUP_ASSIGN = "followup_assign_modal"
     PREVENTION = "prevention_modal"
 
@@ -39,6 +52,8 @@ class Block(StrEnum):
     DENY_REASON = "deny_reason_block"
     ROOT_CAUSE = "root_cause_block"
     DECISION = "decision_block"
+    ACCEPT_REASON = "accept_reason_block"
+    ATTENTION = "attention_block"
     FOLLOWUP_OWNER = "followup_owner_block"
     PREVENTION = "prevention_block"
     PREVENTION_ACTIONS = "prevention_actions"

@@ -131,7 +131,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         if not text:
             return ack(response_action="errors", errors={B.ROOT_CAUSE.value: "Describe the root cause."})
         try:
-            services.set_root_cause(incident_id=int(meta["incident"]), text=text, user=body["user"]["id"])
+            user = body["user"]["id"]
+            services.set_root_cause(incident_id=int(meta["incident"]), text=text, user=user,
+                                    is_approver=deps.auth.is_approver(user))
         except RollbackError as exc:
             return ack(response_action="errors", errors={B.ROOT_CAUSE.value: str(exc)[:150]})
         ack()

@@ -27,7 +27,7 @@ MUTABLE_PLATFORM = ("model_deployment_log", "clients", "client_settings", "trade
 BOT_TABLES = (
     "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries",
     "followups", "followup_boards", "prevention_measures", "incidents",
-    "home_viewers", "doctor_results",
+    "home_viewers", "doctor_results", "executor_fences", "command_uses",
 )
 
 
@@ -70,6 +70,9 @@ def world_template(database_url: str, tmp_path_factory: pytest.TempPathFactory):
 def build_snapshot_world(url: str, models: Path):
     """The test world in the database at ``url``, the bot's schema, and a snapshot ``reset_database`` restores."""
     with psycopg.connect(url) as conn:
+        # The platform lives in public. Once the bot's schema exists, "$user" (rollback_bot, the test role's
+        # name) would come first in the default search_path.
+        conn.execute("SET search_path = public")
         world = demo_world.build_world(conn, models, size="test", seed=7)
         conn.execute("CREATE SCHEMA IF NOT EXISTS test_snapshot")
         for table in MUTABLE_PLATFORM:
@@ -124,6 +127,7 @@ def settings(world, database_url: str, tmp_path: Path) -> Settings:
         approvers=["U0BOB", "U0CAROL"],
         monitor_minutes=30,
         watchdog_every_minutes=0,  # tests that want the watchdog turn it on
+        halt_quiet_seconds=0,  # no real wait after each halt; tests of the quiet wait set it and move the clock
     )
 
 

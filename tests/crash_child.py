@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             _die()
 
     settings = Settings(_env_file=None, database_url=args.db, models_dir=args.models,
-                        incidents_dir=args.incidents, monitor_minutes=30)
+                        incidents_dir=args.incidents, monitor_minutes=30, halt_quiet_seconds=0)
     db = Database(settings.database_dsn(), min_size=1, max_size=4).open()
     try:
         services = Services(settings, db, fault_hook=fault)

@@ -159,6 +159,19 @@ def test_a_missing_trading_log_is_a_problem(monkeypatch, capsys, database_url, t
     assert line.startswith("PROBLEM  trades source TRADING_LOG: ") and "no-such.log does not exist" in line
 
 
+def test_no_trades_table_said_explicitly_is_no_problem(monkeypatch, capsys, database_url, tmp_path) -> None:
+    (tmp_path / "models").mkdir()
+    with platform_schema(database_url) as (schema, conn):
+        conn.execute("DROP TABLE trades")
+        conn.commit()
+        env = {"DATABASE_URL": with_search_path(database_url, schema), "MODELS_DIR": str(tmp_path / "models")}
+        code, lines = run_cli(monkeypatch, capsys, env)
+        assert code == 1 and "TRADES_TABLE trades does not exist" in problems(lines)[0]
+        code, lines = run_cli(monkeypatch, capsys, {**env, "TRADES_TABLE": "none"})
+    assert code == 0 and not problems(lines), "\n".join(lines)
+    assert any(line.startswith("ok       trades source: none (TRADES_TABLE=none") for line in lines), lines
+
+
 def test_a_missing_privilege_is_named_with_its_grant(monkeypatch, capsys, database_url, tmp_path, admin) -> None:
     """The bot connects as an ordinary role that may do everything but mark rows of model_deployment_log."""
     role = f"doctor_{uuid.uuid4().hex[:10]}"
@@ -236,7 +249,7 @@ def test_an_unreadable_model_folder_is_found_as_the_bots_user(world, settings) -
 
         good = doctor_as_nobody()
         assert good.returncode == 0, good.stdout + good.stderr
-        assert f"ok       MODELS_DIR: {models} is readable, writable and searchable by uid {uid}" in good.stdout
+        assert f"ok       MODELS_DIR: {models} is readable and searchable by uid {uid}" in good.stdout
         (models / MODEL).chmod(0)
         bad = doctor_as_nobody()
         assert bad.returncode == 1, bad.stdout + bad.stderr

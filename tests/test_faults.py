@@ -133,7 +133,7 @@ def private_run(private_pg, tmp_path) -> Iterator[PrivateRun]:
     shutil.copytree(private_pg.world.models_dir, models, symlinks=True)
     world = dataclasses.replace(private_pg.world, models_dir=models)
     settings = Settings(_env_file=None, database_url=private_pg.url, models_dir=models,
-                        incidents_dir=tmp_path / "incidents", monitor_minutes=30)
+                        incidents_dir=tmp_path / "incidents", monitor_minutes=30, halt_quiet_seconds=0)
     with psycopg.connect(private_pg.url, row_factory=dict_row, autocommit=True) as conn:
         before = client_settings(conn)
     yield PrivateRun(private_pg, settings, world, before)

@@ -129,7 +129,8 @@ def test_rollback_engine_invariants(property_world: PropertyWorld, tmp_path):
     db = Database(database_url, max_size=6).open()
     check = psycopg.connect(no_wal_wait(world.check_url), row_factory=dict_row, autocommit=True)
     base_settings = Settings(_env_file=None, database_url=database_url, models_dir=world.models_dir,
-                             incidents_dir=tmp_path / "incidents", monitor_minutes=30)
+                             incidents_dir=tmp_path / "incidents", monitor_minutes=30,
+                             halt_quiet_seconds=0)  # no real quiet wait after each halt (tests/test_halt_watch.py)
     models = sorted(world.models)
     initial_sha = {m: sha256_file(world.models_dir / m / MODEL_FILE) for m in models}
     originals: dict = {}
@@ -298,6 +299,11 @@ def test_rollback_engine_invariants(property_world: PropertyWorld, tmp_path):
         def interleaved(self, first, label, pick):
             """Two models' rollbacks at once: the second runs whole while the first is at ``label``."""
             second = next(m for m in models if m != first)
+            # Both models' earlier monitoring ends first: time passing between A's approval and its run would
+            # (rightly) cancel A (APPROVED_START_TIMEOUT_MINUTES).
+            if any((o := self.engine.open_incident_for(m)) is not None and o.state == incidents.MONITORING
+                   for m in (first, second)):
+                self.time_passes()
             a = self._request(first, self._target(first, pick, None))
             if a is None:
                 return
