@@ -38,6 +38,7 @@ from typing import Any
 
 import psycopg
 
+from core.access import may_annotate
 from core.engine import Engine, enqueue
 from core.errors import Conflict, InvalidTransition, NotAuthorized, RollbackError, UnknownIncident, clean_text
 from core.incidents import Event, Incident, journal
@@ -159,6 +160,11 @@ def _incident(conn: psycopg.Connection, incident_id: int) -> Incident:
     return Incident(**row)
 
 
+def _owns(conn: psycopg.Connection, incident_id: int, user: str) -> bool:
+    return bool(user) and conn.execute("SELECT 1 FROM rollback_bot.followups WHERE incident_id = %s AND owner = %s",
+                                       (incident_id, user)).fetchone() is not None
+
+
 def _schedule_reminder(conn: psycopg.Connection, item: FollowUp, n: int, run_at: datetime) -> None:
     enqueue(conn, DUE_JOB, incident_id=item.incident_id, payload={"followup": item.id}, run_at=run_at,
             dedupe_key=f"followup-due:{item.id}:{n}")
@@ -265,10 +271,12 @@ class FollowUps:
     # -- who may act
 
     def _may_act(self, conn: psycopg.Connection, inc: Incident, user: str, operator: bool) -> bool:
-        if operator or user in {inc.requested_by, inc.approved_by, inc.decided_by}:
-            return True
-        return conn.execute("SELECT 1 FROM rollback_bot.followups WHERE incident_id = %s AND owner = %s",
-                            (inc.id, user)).fetchone() is not None
+        return may_annotate(inc, user, is_approver=operator, owns_followup=_owns(conn, inc.id, user))
+
+    def owns(self, *, incident_id: int, user: str) -> bool:
+        """Whether ``user`` owns one of the incident's follow-ups (one of its people, for core.access)."""
+        with self.db.transaction() as conn:
+            return _owns(conn, incident_id, user)
 
     def may_act(self, *, incident_id: int, user: str, operator: bool) -> bool:
         with self.db.transaction() as conn:

@@ -353,10 +353,12 @@ class Services:
 
     def _incident_person(self, incident_id: int, user: str, is_approver: bool, *, action: str, what: str) -> Incident:
         inc = self.engine.get(incident_id)  # UnknownIncident for a wrong id
-        if not access.may_annotate(inc, user, is_approver=is_approver):
+        if not access.may_annotate(inc, user, is_approver=is_approver,
+                                   owns_followup=self.followups.owns(incident_id=incident_id, user=user)):
             self.engine.audit(None, actor=user, action=action, outcome="refused", incident_id=incident_id,
                               reason="not the incident's requester or approver, nor an approver")
-            raise NotAuthorized(f"Only {inc.ref}'s requester and approver, and approvers, may {what}.")
+            raise NotAuthorized(f"Only {inc.ref}'s requester and approver, the owners of its follow-ups, and "
+                                f"approvers, may {what}.")
         return inc
 
     def heavy_command(self, *, user: str, command: str, allowed: bool) -> None:

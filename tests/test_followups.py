@@ -158,3 +158,17 @@ def test_a_report_without_follow_ups_says_so(services, world, clock):
     assert "## Follow-ups\n\nNone.\n" in md
     assert "## Prevention\n\nNo prevention measure written yet" in md
     assert "- [ ] 10. Prevention measures identified (none written into the Prevention section yet)" in md
+
+
+def test_a_follow_up_owner_is_one_of_the_incidents_people(services, world, clock, told):
+    inc = rollback(services)
+    services.worker.run_due()
+    root = next(i for i in services.followups.items(inc.id) if i.kind == "root_cause")
+    with pytest.raises(NotAuthorized):  # neither an approver nor one of the incident's people
+        services.set_root_cause(incident_id=inc.id, text="units changed", user="U0DAVE", is_approver=False)
+    services.followups.assign(followup_id=root.id, owner="U0DAVE", by="U0BOB", operator=True)
+    assert services.followups.owns(incident_id=inc.id, user="U0DAVE")
+    services.set_root_cause(incident_id=inc.id, text="The price feed changed units.", user="U0DAVE",
+                            is_approver=False)
+    assert services.followups.complete(followup_id=root.id, by="U0DAVE", operator=False).state == "done"
+    assert services.engine.get(inc.id).root_cause == "The price feed changed units."

@@ -117,6 +117,8 @@ def test_followups_are_posted_assigned_completed_and_reported(settings, db, stan
         ephemeral(box, "U0DAVE", "Only the incident's people")
         press(box, "U0DAVE", "followup_assign", board, retrain.id)
         ephemeral(box, "U0DAVE", "Only the incident's people", count=2)
+        click(box, "U0DAVE", "add_root_cause", standin.message(CHANNEL, card.ts))
+        ephemeral(box, "U0DAVE", "may add its root cause")
         assert item(box, inc, "retrain").state == "open" and item(box, inc, "retrain").owner is None
         refused = conn.execute("SELECT count(*) AS n FROM rollback_bot.audit_log WHERE actor = 'U0DAVE'"
                                " AND outcome = 'refused' AND action LIKE 'followup%'").fetchone()["n"]
@@ -154,6 +156,15 @@ def test_followups_are_posted_assigned_completed_and_reported(settings, db, stan
         press(box, "U0CAROL", "followup_done", board, root.id)
         ephemeral(box, "U0CAROL", "Record the root cause first")
         assert item(box, inc, "prevention").state == "open" and item(box, inc, "root_cause").state == "open"
+        # Dave owns a follow-up now, so he is one of the incident's people: he may add the root cause
+        click(box, "U0DAVE", "add_root_cause", standin.message(CHANNEL, card.ts))
+        view = opened_view(box, "root_cause_modal")
+        r = box.sender.view_submission(user_id="U0DAVE", callback_id="root_cause_modal",
+                                       state_values={"root_cause_block": {"text": "The price feed changed units."}},
+                                       private_metadata=view["private_metadata"])
+        assert r.status == 200 and not r.body
+        press(box, "U0CAROL", "followup_done", board_message(box, card), root.id)
+        updated_board(box, "~Investigate the root cause")
 
         # Add prevention measure: a modal; an empty text is refused in the modal; then it is in the report
         press(box, "U0BOB", "add_prevention", board, inc.id)
@@ -177,6 +188,7 @@ def test_followups_are_posted_assigned_completed_and_reported(settings, db, stan
         assert "- [x] 10. Prevention measures identified (1 measure(s) in the Prevention section)" in report
         table = report[report.index("## Follow-ups\n"):]
         assert "| Investigate the root cause of growth_momentum_large's failure | Carol (@carol) |" in table
+        assert "The price feed changed units." in report[report.index("## Root cause"):]
         assert "done by Dave (@dave)" in table and "| unassigned |" in table
         assert "Prevention measure added | Bob (@bob)" in report  # the Actions table
 
@@ -186,7 +198,8 @@ def test_followups_are_posted_assigned_completed_and_reported(settings, db, stan
         assert "Investigate the root cause" in listed and "~Retrain" in listed
         reply = box.command("U0DAVE", "followups")
         listed = dumps(box.responses(reply.response_key)[0]["blocks"])
-        assert "Investigate the root cause" in listed and "Retrain" not in listed and f"INC-{inc.id}" in listed
+        assert "Enhanced monitoring" in listed and "Retrain" not in listed and "Investigate" not in listed
+        assert f"INC-{inc.id}" in listed
         reply = box.command("U0DAVE", "followups nonsense")
         assert "Usage: `/rollback followups [INCIDENT]`" in box.responses(reply.response_key)[0]["text"]
         reply = box.command("U0DAVE", "followups INC-999")
