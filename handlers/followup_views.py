@@ -147,9 +147,14 @@ def listing_blocks(items: list[FollowUp], now: datetime, *, incident: Incident |
     return finish(blocks)
 
 
-def reminder_text(incident: Incident, item: FollowUp, now: datetime, link: str = "") -> str:
-    where = f" <{link}|the incident's thread>" if link else ""
+def reminder_text(incident: Incident, item: FollowUp, now: datetime, link: str = "", *, measures: int = 0) -> str:
+    """An overdue item's reminder; when the facts that close it are there already, it says so."""
+    where = f" <{link}|Open the incident's thread>." if link else ""
     late = f"is overdue by {span(now - item.due_at)}: *{esc(item.title)}* (due {when(item.due_at)})."
+    if item.kind == "root_cause" and (incident.root_cause or "").strip():
+        late += " A root cause is recorded: press *Done* if the investigation is over."
+    elif item.kind == "prevention" and measures:
+        late += f" {measures} measure(s) are written: press *Done* if that is all."
     if item.owner:
         return f":alarm_clock: <@{esc(item.owner)}>, your follow-up of {incident.ref} {late}{where}"
     return (f":alarm_clock: A follow-up of {incident.ref} that nobody owns {late} Press *Take it* or *Assign…* on "
@@ -157,6 +162,6 @@ def reminder_text(incident: Incident, item: FollowUp, now: datetime, link: str =
 
 
 def assigned_text(incident: Incident, item: FollowUp, by: str, link: str = "") -> str:
-    where = f" <{link}|the incident's thread>" if link else ""
+    where = f" <{link}|Open the incident's thread>." if link else ""
     return (f":clipboard: <@{esc(by)}> made you the owner of a follow-up of {incident.ref}: *{esc(item.title)}*, "
             f"due {when(item.due_at)}.{where}")

@@ -88,7 +88,8 @@ class FollowUpBoard:
     def remind(self, incident: Incident, item: FollowUp) -> None:
         """An overdue item: a DM to its owner, or a reply in the incident's thread when nobody owns it."""
         inc = self.engine.get(incident.id)
-        text = fv.reminder_text(inc, item, self.engine.clock(), self._link(inc))
+        measures = len(self.followups.prevention(inc.id)) if item.kind == "prevention" else 0
+        text = fv.reminder_text(inc, item, self.engine.clock(), self._link(inc), measures=measures)
         if item.owner:
             self._dm(item.owner, text)
         else:

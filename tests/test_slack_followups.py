@@ -249,7 +249,10 @@ def test_overdue_followups_are_reminded_once_across_two_processes(settings, db, 
         other.run_worker()
         assert len(in_thread()) == 1 and "nobody owns" in in_thread()[0].text
         assert "Enhanced monitoring" in in_thread()[0].text and len(to_carol()) == 1
-        # a day after the first reminder, Carol again; a failed delivery is released and retried
+        # a day after the first reminder, Carol again (a root cause is recorded by now: she is told so); a failed
+        # delivery is released and retried
+        with box.services.db.transaction() as c:
+            c.execute("UPDATE rollback_bot.incidents SET root_cause = 'feed changed units' WHERE id = %s", (inc.id,))
         clock.at(hours=26, minutes=10)
         standin.fail_next("conversations.open", error="user_not_found")
         box.run_worker()
@@ -257,10 +260,10 @@ def test_overdue_followups_are_reminded_once_across_two_processes(settings, db, 
         clock.advance(minutes=1)
         box.run_worker()
         assert len(to_carol()) == 2 and item(box, inc, "root_cause").reminders == 2
+        assert "A root cause is recorded: press *Done*" in to_carol()[1].text
+        assert "A root cause is recorded" not in to_carol()[0].text
 
         # a done item is not reminded; an open one is, every day
-        with box.services.db.transaction() as c:
-            c.execute("UPDATE rollback_bot.incidents SET root_cause = 'feed changed units' WHERE id = %s", (inc.id,))
         box.services.followups.complete(followup_id=root.id, by="U0CAROL", operator=True)
         clock.at(hours=60)
         box.run_worker()
