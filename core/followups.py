@@ -13,7 +13,9 @@ as the runbook counts its targets::
 
 Jobs in ``rollback_bot.jobs`` (deduplicated, so any number of bot processes schedule each one once)::
 
-    followups      followups:{incident}       create the items, then show them (the Slack layer posts one message)
+    followups      followups:{incident}       create the items, then show them (the Slack layer posts one message);
+                                              queued in the transaction of the state change (the engine's outbox,
+                                              core.outbox), in every process, so a crash right after it loses nothing
     followup_due   followup-due:{id}:{n}      the n-th reminder of an item still open after its due date; the next
                                               one is queued REMIND_EVERY later
 
@@ -41,7 +43,7 @@ import psycopg
 from core.access import may_annotate
 from core.engine import Engine, enqueue
 from core.errors import Conflict, InvalidTransition, NotAuthorized, RollbackError, UnknownIncident, clean_text
-from core.incidents import Event, Incident, journal
+from core.incidents import Incident, journal
 
 __all__ = [
     "CREATE_JOB",
@@ -64,7 +66,6 @@ REMIND_EVERY = timedelta(hours=24)
 # A rollback in one of these states has finished its runbook run: its follow-ups are due.
 TRIGGER_STATES = frozenset({"monitoring", "verified", "failed", "revert_failed", "needs_attention"})
 _FAILED_STATES = frozenset({"failed", "revert_failed"})
-_SWEEP_LOOKBACK = timedelta(hours=48)
 _BOARD_CLAIM = timedelta(minutes=5)
 
 #: (kind, title template, due after the incident opened, also after a failed rollback)
@@ -165,6 +166,13 @@ def _owns(conn: psycopg.Connection, incident_id: int, user: str) -> bool:
                                        (incident_id, user)).fetchone() is not None
 
 
+def queue_creation(conn: psycopg.Connection, inc: Incident) -> None:
+    """The engine's outbox writer: a rollback that reached a state where its runbook run is over gets its
+    follow-ups queued in the same transaction."""
+    if inc.kind == "rollback" and inc.state in TRIGGER_STATES:
+        enqueue(conn, CREATE_JOB, incident_id=inc.id, dedupe_key=f"followups:{inc.id}")
+
+
 def _schedule_reminder(conn: psycopg.Connection, item: FollowUp, n: int, run_at: datetime) -> None:
     enqueue(conn, DUE_JOB, incident_id=item.incident_id, payload={"followup": item.id}, run_at=run_at,
             dedupe_key=f"followup-due:{item.id}:{n}")
@@ -185,37 +193,16 @@ class FollowUps:
         self.db = engine.db
         self.on_board: BoardCallback | None = None
         self.on_reminder: ReminderCallback | None = None
+        engine.follow_ups.append(queue_creation)  # the outbox: in the state change's transaction
 
     def register(self, worker: Any, *, on_board: BoardCallback, on_reminder: ReminderCallback) -> None:
-        """Install the job handlers and the sweep on ``worker`` and the listener on the engine."""
+        """Install the job handlers on ``worker`` (a process that can tell people: the Slack app's)."""
         self.on_board = on_board
         self.on_reminder = on_reminder
         worker.on(CREATE_JOB, self._create_job)
         worker.on(DUE_JOB, self._due_job)
-        worker.periodic.append(self.sweep)
-        self.engine.subscribe(self.on_event)
 
     # -- creation
-
-    def on_event(self, event: Event) -> None:
-        inc = event.incident
-        if event.kind == "state" and inc.kind == "rollback" and inc.state in TRIGGER_STATES:
-            with self.db.transaction() as conn:
-                enqueue(conn, CREATE_JOB, incident_id=inc.id, dedupe_key=f"followups:{inc.id}")
-
-    def sweep(self) -> None:
-        """Safety net run by the worker: a recently finished rollback whose follow-ups were never queued (the
-        process died between the state change and its event)."""
-        now = self.engine.clock()
-        with self.db.transaction() as conn:
-            ids = [r["id"] for r in conn.execute(
-                "SELECT i.id FROM rollback_bot.incidents i WHERE i.kind = 'rollback' AND i.state = ANY(%s)"
-                " AND i.updated_at > %s AND NOT EXISTS (SELECT 1 FROM rollback_bot.jobs j"
-                "   WHERE j.dedupe_key = 'followups:' || i.id)",
-                (list(TRIGGER_STATES), now - _SWEEP_LOOKBACK),
-            )]
-            for incident_id in ids:
-                enqueue(conn, CREATE_JOB, incident_id=incident_id, dedupe_key=f"followups:{incident_id}")
 
     def create(self, incident_id: int) -> list[FollowUp]:
         """The incident's follow-ups, created if they are not yet (idempotent), with their first reminders."""

@@ -65,25 +65,34 @@ def test_what_an_incident_gets_and_when_it_is_due(services, world, clock):
     assert MODEL in titles["root_cause"] and inc.target_backup in titles["monitoring"]
 
 
-def test_created_once_from_the_event_or_by_the_sweep(services, world, clock, conn, told):
-    inc = rollback(services)
+def test_queued_with_the_state_change_and_created_once(settings, db, world, conn):
+    from core.services import Services
+
+    # a process that cannot tell anybody (the break-glass CLI): the job is queued in the state change's transaction
+    cli = Services(settings, db)
+    cli.engine.clock = Clock(incidents.utcnow().replace(microsecond=0) + timedelta(minutes=15))
+    inc = rollback(cli)
     assert inc.state == "monitoring"
-    services.worker.run_due()
-    items = services.followups.items(inc.id)
+    queued = conn.execute("SELECT done_at FROM rollback_bot.jobs WHERE dedupe_key = %s",
+                          (f"followups:{inc.id}",)).fetchall()
+    assert len(queued) == 1 and queued[0]["done_at"] is None and not cli.followups.items(inc.id)
+    assert cli.worker.run_due() >= 0 and not cli.followups.items(inc.id)  # nobody here handles it
+    # a bot process that can (serve's work process) creates them and shows them, once
+    served = Services(settings, db)
+    served.engine.clock = cli.engine.clock
+    t = Told()
+    served.followups.register(served.worker, on_board=t.board, on_reminder=t.remind)
+    served.worker.run_due()
+    items = served.followups.items(inc.id)
     assert [i.kind for i in items] == ["root_cause", "monitoring", "retrain", "checklist", "prevention"]
-    assert told.boards == [inc.id]
-    assert services.followups.create(inc.id) == items  # idempotent: nothing new, no second journal entry
-    steps = [s for s in services.engine.steps(inc.id) if s.step == "followups"]
-    assert len(steps) == 1
+    assert t.boards == [inc.id]
+    assert served.followups.create(inc.id) == items  # idempotent: nothing new, no second journal entry
+    assert len([s for s in served.engine.steps(inc.id) if s.step == "followups"]) == 1
     due_jobs = conn.execute("SELECT count(*) AS n FROM rollback_bot.jobs WHERE kind = 'followup_due'"
                             " AND incident_id = %s AND done_at IS NULL", (inc.id,)).fetchone()["n"]
     assert due_jobs == 5
-    # the process died between the state change and its event: the worker's sweep queues the follow-ups
-    with services.db.transaction() as c:
-        c.execute("DELETE FROM rollback_bot.jobs WHERE incident_id = %s", (inc.id,))
-        c.execute("DELETE FROM rollback_bot.followups WHERE incident_id = %s", (inc.id,))
-    services.worker.tick()
-    assert len(services.followups.items(inc.id)) == 5 and told.boards == [inc.id, inc.id]
+    served.engine.resolve(incident_id=inc.id)  # a later state queues nothing new
+    assert conn.execute("SELECT count(*) AS n FROM rollback_bot.jobs WHERE kind = 'followups'").fetchone()["n"] == 1
     assert conn.execute("SELECT version FROM rollback_bot.schema_migrations WHERE version = 9").fetchone()
 
 
