@@ -18,8 +18,8 @@ from core.auth import Authorizer
 from core.watchdog import Proposal
 from core.services import Services
 from core.settings import Settings
-from handlers import (actions, attention, commands, errors, evidence, halt_trades, home, notifications, pickers, retrain,
-                      views)
+from handlers import actions, attention, commands, errors, evidence, followups, halt_trades, home, notifications
+from handlers import pickers, retrain, views
 from handlers.deps import Deps, RemoteSubmit, work_pool
 from handlers.progress import SlackProgress
 
@@ -76,6 +76,7 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     app.deps = deps  # type: ignore[attr-defined] - the work process runs deps.works
     notifications.register(client, deps, progress)
     halt_trades.register(deps, progress)
+    followups.register(app, client, deps, progress)
     services.register_fix_runner()
     services.register_watchdog(watchdog_poster(services, deps, progress))
     errors.register(app)

@@ -48,9 +48,10 @@ def take_heavy_slot(engine: Engine, *, user: str, command: str, per_minute: int)
                       f" minute; try again in {wait} s.")
 
 
-def may_annotate(inc: Incident, user: str, *, is_approver: bool) -> bool:
-    """*Add root cause* and `/rollback report`: the incident's people and approvers."""
-    return is_approver or (bool(user) and user in {inc.requested_by, inc.approved_by, inc.decided_by})
+def may_annotate(inc: Incident, user: str, *, is_approver: bool, owns_followup: bool = False) -> bool:
+    """*Add root cause* and `/rollback report`: the incident's people (the owners of its follow-ups among them,
+    core.followups) and approvers."""
+    return is_approver or owns_followup or (bool(user) and user in {inc.requested_by, inc.approved_by, inc.decided_by})
 
 
 def is_unclaimed_proposal(inc: Incident) -> bool:

@@ -19,20 +19,24 @@ owed either way); a check that ran on time counts at the time it was due.
 The runbook's ten-item checklist, ticked from the journal::
 
     1  Problem identified and rollback requested with a reason   a ``requested`` step and a reason
-    2  Trading halted                                            ``halt`` ok
-    3  No trades executed after the halt                         ``verify_halt`` ok (a warning means trades)
-    4  Emergency backup of the current model taken               ``emergency_backup`` ok
-    5  Backup restored into production                           ``restore`` ok
-    6  Deployment log updated                                    ``record`` ok
-    7  Restored model verified                                   ``verify`` ok
-    8  Trading resumed                                           ``resume`` ok or warning
-    9  Logs monitored after the resume                           ``monitor`` finished (ok or warning)
-    10 Incident report written and stakeholders notified         a ``report`` step ok and a ``notify`` step
+    2  Trading halted, no trade after the halt                   ``halt`` ok and ``verify_halt`` ok (a warning
+                                                                 means trades)
+    3  Emergency backup of the current model taken               ``emergency_backup`` ok
+    4  Backup restored and the deployment log updated            ``restore`` ok and ``record`` ok
+    5  Restored model verified                                   ``verify`` ok
+    6  Trading resumed                                           ``resume`` ok or warning
+    7  Logs monitored after the resume                           ``monitor`` finished (ok or warning)
+    8  Incident report written and stakeholders notified         a ``report`` step ok and a ``notify`` step
                                                                  ok or skipped (no stakeholders configured)
+    9  Root-cause analysis initiated                             a root cause recorded, or the root-cause
+                                                                 follow-up assigned or done (``followup``)
+    10 Prevention measures identified                            a ``prevention`` step (a measure written into
+                                                                 the report's Prevention section)
 
-For a manual halt (kind ``halt``) items 3 to 7 and 9 do not apply. Steps written outside the engine
-(``report``, ``notify``, ``monitor``, ``escalate``, ``target_missed``, ``root_cause``) are added with
-``journal``; their names never collide with the engine's state names.
+For a manual halt (kind ``halt``) items 3 to 5 and 7 do not apply, and item 2 is the halt alone. Steps written
+outside the engine (``report``, ``notify``, ``monitor``, ``escalate``, ``target_missed``, ``root_cause``,
+``followups``, ``followup``, ``prevention``) are added with ``journal``; their names never collide with the
+engine's state names. Follow-ups and prevention measures live in ``core.followups``.
 
 Files: ``write_report`` saves ``INC-{id}-{model or kind}-{YYYYMMDD}.md`` under INCIDENTS_DIR, rewriting the
 same incident's file atomically as it moves on. The first line of every file is a marker naming the incident
@@ -58,6 +62,7 @@ import psycopg
 
 from core.engine import Engine
 from core.errors import RollbackError, UnknownIncident
+from core.followups import for_incident as followups_of, prevention_measures
 from core.incidents import RUNBOOK_TARGETS, Incident, Step, audit, journal
 from core.modelio import fsync_dir
 from core.timeline import reached_at, target_label
@@ -66,6 +71,7 @@ from core.prerollback import report_section as before_approval_section
 
 __all__ = [
     "CHECKLIST",
+    "CHECKLIST_KEYS",
     "TARGETS",
     "ChecklistItem",
     "ReportError",
@@ -210,20 +216,23 @@ class ChecklistItem:
     done: bool
     note: str = ""
     applicable: bool = True
+    key: str = ""
 
 
 CHECKLIST: list[str] = [
     "Problem identified and rollback requested with a reason",
-    "Trading halted",
-    "No trades executed after the halt",
+    "Trading halted, no trade after the halt",
     "Emergency backup of the current model taken",
-    "Backup restored into production",
-    "Deployment log updated",
+    "Backup restored and the deployment log updated",
     "Restored model verified",
     "Trading resumed",
     "Logs monitored after the resume",
     "Incident report written and stakeholders notified",
+    "Root-cause analysis initiated",
+    "Prevention measures identified",
 ]
+CHECKLIST_KEYS: list[str] = ["requested", "halted", "backup", "rolled_back", "verified", "resumed", "monitored",
+                             "reported", "root_cause", "prevention"]
 
 
 def checklist(incident: Incident, steps: list[Step]) -> list[ChecklistItem]:
@@ -233,20 +242,22 @@ def checklist(incident: Incident, steps: list[Step]) -> list[ChecklistItem]:
 
     def add(done: bool, note: str = "", applicable: bool = True) -> None:
         n = len(items) + 1
-        items.append(ChecklistItem(n, CHECKLIST[n - 1], done and applicable, note, applicable))
+        items.append(ChecklistItem(n, CHECKLIST[n - 1], done and applicable, note, applicable, CHECKLIST_KEYS[n - 1]))
 
     requested = any(s.step == "requested" for s in steps) if rollback else True
     add(requested and bool(incident.reason.strip()), "" if incident.reason.strip() else "no reason recorded")
-    add(_finished(steps, "halt") is not None or (not rollback and incident.halted_at is not None))
+    halted = _finished(steps, "halt") is not None or (not rollback and incident.halted_at is not None)
     vh = _finished(steps, "verify_halt", _DONE)
     vh_note = ""
     if vh is not None and vh.outcome == "warning":
         vh_note = f"{vh.detail.get('trades_after_halt', '?')} trade(s) executed after the halt"
-    add(vh is not None and vh.outcome == "ok", vh_note, rollback)
+    add(halted and (not rollback or (vh is not None and vh.outcome == "ok")), vh_note)
     eb = _finished(steps, "emergency_backup")
     add(eb is not None, str(eb.detail.get("backup", "")) if eb else "", rollback)
-    add(_finished(steps, "restore") is not None, "", rollback)
-    add(_finished(steps, "record") is not None, "", rollback)
+    restored = _finished(steps, "restore") is not None
+    recorded = _finished(steps, "record") is not None
+    add(restored and recorded, "restored, deployment log not yet updated" if restored and not recorded else "",
+        rollback)
     verify_failed = any(s.step == "verify" and s.outcome == "failed" for s in steps)
     add(_finished(steps, "verify") is not None, "verification failed" if verify_failed else "", rollback)
     resume = _finished(steps, "resume", _DONE)
@@ -272,6 +283,19 @@ def checklist(incident: Incident, steps: list[Step]) -> list[ChecklistItem]:
     if failed_notes:
         parts.append(f"{failed_notes} notification(s) failed")
     add(report is not None and notified is not None, "; ".join(parts))
+    # 9 and 10: facts people add after the rollback (core.followups)
+    investigation = [s for s in steps if s.step == "followup" and s.outcome == "ok"
+                     and (s.detail or {}).get("kind") == "root_cause"
+                     and (s.detail or {}).get("action") in ("assigned", "done")]
+    if (incident.root_cause or "").strip():
+        add(True, "root cause recorded")
+    elif investigation:
+        add(True, "investigation " + ("done" if investigation[-1].detail.get("action") == "done" else "assigned"))
+    else:
+        add(False, "no root cause recorded and the investigation is not assigned")
+    measures = sum(1 for s in steps if s.step == "prevention" and s.outcome == "ok")
+    add(measures > 0, f"{measures} measure(s) in the Prevention section" if measures else
+        "none written into the Prevention section yet")
     return items
 
 
@@ -335,10 +359,16 @@ _LABELS = {
     "superseded": "Superseded by a follow-up rollback", "stable": "Monitoring confirms stability",
     "watch_end": "Enhanced monitoring summary", "watch_missed": "Monitoring check missed",
     "evidence": "Evidence before approval",
+    "followups": "Follow-ups created", "followup": "Follow-up", "prevention": "Prevention measure added",
 }
 
 
-def _describe(s: Step) -> str:
+_FOLLOWUP_KINDS = {"root_cause": "root-cause investigation", "monitoring": "enhanced monitoring",
+                   "retrain": "retraining", "checklist": "deployment checklist update",
+                   "prevention": "prevention measures"}
+
+
+def _describe(s: Step, who: Callable[[str], str] = str) -> str:
     d = s.detail or {}
     text = ""
     if s.step == "requested":
@@ -403,6 +433,12 @@ def _describe(s: Step) -> str:
         text = str(d.get("summary") or "")
     elif s.step == "diagnostics":
         text = str(d.get("likely_cause") or (f"{d['findings']} finding(s)" if "findings" in d else ""))
+    elif s.step == "followups":
+        text = ", ".join(_FOLLOWUP_KINDS.get(k, k) for k in d.get("kinds") or [])
+    elif s.step == "followup":
+        text = f"{_FOLLOWUP_KINDS.get(d.get('kind'), d.get('kind', '?'))} {d.get('action', '')}".strip()
+        if d.get("action") in ("assigned", "reminded") and d.get("owner"):
+            text += f" ({'to' if d['action'] == 'assigned' else 'owner'} {who(d['owner'])})"
     if s.error:
         text = f"{text}; {s.error}" if text else s.error
     return text
@@ -498,14 +534,17 @@ def _next_steps(incident: Incident, steps: list[Step], targets: list[TargetStatu
 
 def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary: str | None,
                   halted_clients: int | None = None, now: datetime, monitoring_summary: str | None = None,
-                  chart_file: str | None = None, people: Callable[[str], str] | None = None) -> str:
+                  chart_file: str | None = None, people: Callable[[str], str] | None = None,
+                  followups: list[Any] | None = None, prevention: list[Any] | None = None) -> str:
     """The incident report as Markdown, derived from the incident row and its journal.
 
     ``diagnostics_summary`` defaults to the one stored in the incident's plan (``plan.diagnostics.summary``);
     ``halted_clients`` to the number of active clients the ``halt`` step switched off;
     ``monitoring_summary`` to the summary journaled by the ``monitor`` step; ``chart_file`` (a file name
     next to the report) adds the performance chart as an image. ``people`` turns an actor's id (a Slack user
-    id) into a name for readers; ids stay as they are without it.
+    id) into a name for readers; ids stay as they are without it. ``followups`` and ``prevention`` are the
+    incident's ``core.followups.FollowUp`` items and ``PreventionMeasure`` rows (the Follow-ups and Prevention
+    sections).
     """
     inc = incident
 
@@ -576,6 +615,14 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
               else "Not recorded yet.")
     md.append("")
 
+    md += ["## Prevention", ""]
+    for m in prevention or []:
+        body = "\n  ".join(line.rstrip() for line in m.text.strip().splitlines() if line.strip())
+        md.append(f"- {body} ({who(m.added_by)}, {_utc(m.added_at)})")
+    if not prevention:
+        md.append("No prevention measure written yet (the \"Add prevention measure\" action).")
+    md.append("")
+
     if rollback:
         md += before_approval_section(inc)
 
@@ -587,7 +634,7 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
     for s in steps:
         at = s.finished_at or s.started_at
         md.append(f"| {_cell(_utc(at).removesuffix(' UTC'))} | {_cell(_LABELS.get(s.step, s.step))} | "
-                  f"{_cell(who(s.actor))} | {_cell(s.outcome)} | {_cell(_describe(s))} |")
+                  f"{_cell(who(s.actor))} | {_cell(s.outcome)} | {_cell(_describe(s, who))} |")
     md.append("")
 
     # Timeline
@@ -636,6 +683,20 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
         if not item.applicable:
             note = " (not applicable)"
         md.append(f"- [{box}] {item.number}. {item.text}{note}")
+    md.append("")
+
+    md += ["## Follow-ups", ""]
+    if followups:
+        md += ["| Follow-up | Owner | Due (UTC) | State |", "|---|---|---|---|"]
+        for f in followups:
+            if f.state == "done":
+                state = f"done by {who(f.completed_by)} at {_utc(f.completed_at)}"
+            else:
+                state = f"overdue by {human_span(now - f.due_at)}" if now >= f.due_at else "open"
+            md.append(f"| {_cell(f.title)} | {_cell(who(f.owner) if f.owner else 'unassigned')} | "
+                      f"{_cell(_utc(f.due_at).removesuffix(' UTC'))} | {_cell(state)} |")
+    else:
+        md.append("None yet (they are created when the rollback finishes)." if rollback and inc.is_open else "None.")
     md.append("")
 
     md += ["## Prevention and next steps", ""]
@@ -771,8 +832,11 @@ class Reports:
                 summary = self.diagnostics(incident)
             except Exception:  # noqa: BLE001 - the report is written without it
                 summary = None
+        with self.engine.db.transaction() as conn:
+            items, measures = followups_of(conn, incident_id), prevention_measures(conn, incident_id)
         markdown = render_report(incident=incident, steps=steps, diagnostics_summary=summary,
-                                 now=self.engine.clock(), chart_file=chart_file, people=self.people)
+                                 now=self.engine.clock(), chart_file=chart_file, people=self.people,
+                                 followups=items, prevention=measures)
         return incident, markdown
 
     def update(self, incident_id: int, *, actor: str = "rollback-bot") -> Path:

@@ -23,6 +23,7 @@ from core.engine import Engine, enqueue, no_fault
 from core.errors import NotAuthorized, PreflightFailed, UnknownModel, clean_text
 from core.escalation import Breach, Escalator
 from core.evidence import EvidenceJob
+from core.followups import FollowUps
 from core.incidents import CLOSED, Event, Incident, journal, utcnow
 from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows, watched_logs
 from core.notify import Mailer, record_notification
@@ -120,6 +121,8 @@ class Services:
         # Transactional outbox (core.outbox): the report, the e-mail and the escalation timers of a state change
         # are queued in its transaction, in every process (serve, work, the CLI, tests), listeners or not.
         self.mailer: Mailer | None = outbox.install(self.engine, self.worker, settings, self.reports)
+        # The runbook's next steps as follow-ups with owners and due dates (their jobs: FollowUps.register).
+        self.followups = FollowUps(self.engine)
 
     def start_background(self) -> None:
         """Recover interrupted rollbacks, then run queued jobs and timers until ``stop_background``."""
@@ -374,10 +377,12 @@ class Services:
 
     def _incident_person(self, incident_id: int, user: str, is_approver: bool, *, action: str, what: str) -> Incident:
         inc = self.engine.get(incident_id)  # UnknownIncident for a wrong id
-        if not access.may_annotate(inc, user, is_approver=is_approver):
+        if not access.may_annotate(inc, user, is_approver=is_approver,
+                                   owns_followup=self.followups.owns(incident_id=incident_id, user=user)):
             self.engine.audit(None, actor=user, action=action, outcome="refused", incident_id=incident_id,
                               reason="not the incident's requester or approver, nor an approver")
-            raise NotAuthorized(f"Only {inc.ref}'s requester and approver, and approvers, may {what}.")
+            raise NotAuthorized(f"Only {inc.ref}'s requester and approver, the owners of its follow-ups, and "
+                                f"approvers, may {what}.")
         return inc
 
     def heavy_command(self, *, user: str, command: str, allowed: bool) -> None:

@@ -125,11 +125,12 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         try:
             inc = engine.get(incident_id)
             user = body["user"]["id"]
-            if not access.may_annotate(inc, user, is_approver=deps.auth.is_approver(user)):
+            if not access.may_annotate(inc, user, is_approver=deps.auth.is_approver(user),
+                                       owns_followup=services.followups.owns(incident_id=incident_id, user=user)):
                 engine.audit(None, actor=user, action="root_cause", outcome="refused", incident_id=incident_id,
                              reason="not the incident's requester or approver, nor an approver")
-                raise NotAuthorized("Only the incident's requester and approver, and approvers, may add its root"
-                                    " cause.")
+                raise NotAuthorized("Only the incident's requester and approver, the owners of its follow-ups, and"
+                                    " approvers, may add its root cause.")
             client.views_open(trigger_id=body["trigger_id"], view=iv.root_cause_modal(inc))
         except Exception as exc:  # noqa: BLE001
             whisper(client, body, f":no_entry: {describe(exc)}")

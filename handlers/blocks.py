@@ -102,6 +102,7 @@ HELP = (
     "• `/rollback halt [reason…]` / `/rollback resume` — stop / restart automated trading\n"
     "• `/rollback incidents` — open and recent incidents\n"
     "• `/rollback report INCIDENT` — post an incident's report again\n"
+    "• `/rollback followups [INCIDENT]` — open follow-ups (owner, due date), or one incident's\n"
     "• `/rollback diagnose MODEL` — root-cause diagnostics\n"
     "• `/rollback doctor` — check the platform against what a rollback needs (approvers)\n"
     "• `/rollback help` — this text"

@@ -16,6 +16,7 @@ from slack_sdk import WebClient
 from core.errors import FilesMismatch
 from core.prerollback import confirmed, split_confirm
 from handlers import blocks as views
+from handlers import followup_views
 from handlers import incident_views as iv
 from handlers.deps import Deps
 from handlers.doctor import doctor_blocks, slack_checks
@@ -49,12 +50,14 @@ class ParsedCommand:
 
 
 # Subcommands whose ack is empty (their work runs afterwards); `help` and unknown ones are answered in the ack.
-WORK_VERBS = frozenset({"status", "backups", "incidents", "start", "halt", "resume", "diagnose", "report", "doctor"})
+WORK_VERBS = frozenset({"status", "backups", "incidents", "start", "halt", "resume", "diagnose", "report", "doctor",
+                        "followups"})
 
 USAGE = {
     "backups": "Usage: `/rollback backups MODEL` (see `/rollback status` for the models).",
     "report": "Usage: `/rollback report INCIDENT` (for example `/rollback report INC-12`).",
     "diagnose": "Usage: `/rollback diagnose MODEL`.",
+    "followups": "Usage: `/rollback followups [INCIDENT]` (for example `/rollback followups INC-12`).",
 }
 
 
@@ -171,6 +174,16 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         run = services.doctor(source=f"/rollback doctor by {cmd.user_id}", chat=slack_checks(client, deps.channel))
         respond(text=f"rollback-bot doctor: {run.summary()}", blocks=doctor_blocks(run), response_type="ephemeral",
                 replace_original=False)
+
+    @on("followups")
+    def followups(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        incident_id = parse_incident_ref(cmd.args[0]) if len(cmd.args) == 1 else None
+        if cmd.args and incident_id is None:
+            return tell(respond, USAGE["followups"])
+        items = services.followups.listing(incident_id=incident_id)
+        inc = engine.get(incident_id) if incident_id is not None else None
+        respond(text=f"Follow-ups of {inc.ref}" if inc else "Open follow-ups", response_type="ephemeral",
+                blocks=followup_views.listing_blocks(items, engine.clock(), incident=inc), replace_original=False)
 
     # ------------------------------------------------------------------------------------ actions
 

@@ -24,6 +24,10 @@ class Action(StrEnum):
     ATTENTION_HALT = "attention_halt"
     ACCEPT = "attention_accept"
     HALT_NOW = "rollback_halt_now"
+    FOLLOWUP_TAKE = "followup_take"
+    FOLLOWUP_ASSIGN = "followup_assign"
+    FOLLOWUP_DONE = "followup_done"
+    ADD_PREVENTION = "add_prevention"
 
 
 # Clicks that decide an incident: handled on a lane of their own, never behind slow commands.
@@ -37,6 +41,8 @@ class View(StrEnum):
     ROOT_CAUSE = "root_cause_modal"
     ACCEPT = "accept_modal"
     RETRAIN = "retrain_modal"
+    FOLLOWUP_ASSIGN = "followup_assign_modal"
+    PREVENTION = "prevention_modal"
 
 
 class Block(StrEnum):
@@ -53,6 +59,9 @@ class Block(StrEnum):
     ATTENTION = "attention_block"
     CHECKS = "checks_block"
     RETRAIN_START = "retrain_start_block"
+    FOLLOWUP_OWNER = "followup_owner_block"
+    PREVENTION = "prevention_block"
+    PREVENTION_ACTIONS = "prevention_actions"
 
 
 class Event(StrEnum):

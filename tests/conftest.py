@@ -37,7 +37,8 @@ TEST_DB = "rollback_bot_test"
 # Platform tables a test may change; restored from a snapshot before each test.
 MUTABLE_PLATFORM = ("model_deployment_log", "clients", "client_settings", "trades")
 BOT_TABLES = (
-    "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries", "incidents",
+    "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries",
+    "followups", "followup_boards", "prevention_measures", "incidents",
     "home_viewers", "doctor_results", "executor_fences", "command_uses",
 )
 

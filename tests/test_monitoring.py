@@ -132,7 +132,7 @@ def test_trouble_is_posted_at_once_and_the_incident_needs_attention_instead_of_r
     steps = services.engine.steps(inc.id)
     monitor_step = next(s for s in steps if s.step == "monitor")
     assert monitor_step.outcome == "warning" and monitor_step.detail["summary"] == summary.text
-    assert checklist(done, steps)[8].done, "Logs monitored is ticked"
+    assert checklist(done, steps)[6].done, "Logs monitored is ticked"
 
 
 def test_a_good_model_and_a_quiet_log_give_no_trouble(settings, db, world, clock, tmp_path, new_day):

@@ -88,10 +88,12 @@ def test_report_of_a_successful_rollback_is_derived_from_the_journal(services, w
     assert timeline.count("| met |") == 4 and "T+1 min 00 s" in timeline
 
     items = checklist(services.engine.get(inc.id), steps)
-    assert [i.done for i in items] == [True] * 8 + [False, False]
+    assert [i.done for i in items] == [True] * 6 + [False] * 4
     box = section(md, "Runbook checklist")
-    assert "- [x] 8. Trading resumed" in box and "- [ ] 9. Logs monitored" in box
-    assert "- [ ] 10. Incident report written and stakeholders notified (report not yet written;" in box
+    assert "- [x] 6. Trading resumed" in box and "- [ ] 7. Logs monitored" in box
+    assert "- [ ] 8. Incident report written and stakeholders notified (report not yet written;" in box
+    assert "- [ ] 9. Root-cause analysis initiated (no root cause recorded" in box
+    assert "- [ ] 10. Prevention measures identified (none written" in box
 
     nxt = section(md, "Prevention and next steps")
     assert f"Keep {inc.from_version} out of production" in nxt
@@ -120,8 +122,9 @@ def test_root_cause_is_added_and_the_end_is_reported(services, world, conn, cloc
     assert "(40 min 00 s)" in section(md, "Impact")
     assert "Record the root cause" not in md
     assert "| State | resolved |" in md
-    assert "closed after 40 min 00 s; checklist 8/10 done" in summary_line(services.engine.get(inc.id),
+    assert "closed after 40 min 00 s; checklist 7/10 done" in summary_line(services.engine.get(inc.id),
                                                                           services.engine.steps(inc.id))
+    assert "- [x] 9. Root-cause analysis initiated (root cause recorded)" in md
 
 
 def test_a_slow_approval_misses_the_halt_target(services, world, clock):
@@ -157,8 +160,8 @@ def test_failed_verification_report(settings, db, world, conn):
     assert done.state == "failed"
     steps = services.engine.steps(inc.id)
     items = checklist(done, steps)
-    assert [i.done for i in items[:6]] == [True] * 6
-    assert not items[6].done and items[6].note == "verification failed" and not items[7].done
+    assert [i.done for i in items[:4]] == [True] * 4
+    assert not items[4].done and items[4].note == "verification failed" and not items[5].done
     md = render(services, inc.id, incidents.utcnow())
     nxt = section(md, "Prevention and next steps")
     assert f"Investigate backup {target}: it failed verification" in nxt
@@ -177,24 +180,24 @@ def test_trades_after_the_halt_are_called_out(services, world, conn, clock):
     services.engine.fault = rogue_trade
     inc = rollback(services, clock)
     md = render(services, inc.id, clock())
-    assert "- [ ] 3. No trades executed after the halt (1 trade(s) executed after the halt)" in md
+    assert "- [ ] 2. Trading halted, no trade after the halt (1 trade(s) executed after the halt)" in md
     assert "The platform did not honour the halt: 1 trade(s)" in md
 
 
-def test_checklist_item_10_needs_the_report_and_a_notification(services, world, clock):
+def test_checklist_item_8_needs_the_report_and_a_notification(services, world, clock):
     inc = rollback(services, clock)
     with services.db.transaction() as c:
         journal(c, incident_id=inc.id, step="report", actor="rollback-bot", at=clock(), detail={"file": "x.md"})
-    assert not checklist(inc, services.engine.steps(inc.id))[9].done
+    assert not checklist(inc, services.engine.steps(inc.id))[7].done
     with services.db.transaction() as c:
         journal(c, incident_id=inc.id, step="notify", actor="rollback-bot", at=clock(), outcome="failed",
                 detail={"channel": "email", "milestone": "opened"}, error="smtp down")
-    item = checklist(inc, services.engine.steps(inc.id))[9]
-    assert not item.done and "1 notification(s) failed" in item.note
+    item = checklist(inc, services.engine.steps(inc.id))[7]
+    assert not item.done and "1 notification(s) failed" in item.note and item.key == "reported"
     with services.db.transaction() as c:
         journal(c, incident_id=inc.id, step="notify", actor="rollback-bot", at=clock(),
                 detail={"channel": "slack", "milestone": "opened"})
-    assert checklist(inc, services.engine.steps(inc.id))[9].done
+    assert checklist(inc, services.engine.steps(inc.id))[7].done
 
 
 def test_manual_halt_report(services, world, clock):
@@ -202,7 +205,8 @@ def test_manual_halt_report(services, world, clock):
     md = render(services, inc.id, clock.advance(minutes=3))
     assert md.startswith(f"# Incident report INC-{inc.id}: halt of automated trading")
     assert "- [x] 2. Trading halted" in md
-    assert "- [ ] 4. Emergency backup of the current model taken (not applicable)" in md
+    assert "- [ ] 3. Emergency backup of the current model taken (not applicable)" in md
+    assert "- [ ] 9. Root-cause analysis initiated" in md and "## Prevention\n" in md
     assert "still halted" in section(md, "Impact")
     assert section(md, "Timeline against the runbook targets").count("not applicable") == 6  # only T+2 applies
 

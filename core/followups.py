@@ -1,0 +1,431 @@
+"""Follow-ups: the runbook's next steps after a rollback, each with an owner, a due date and reminders.
+
+When a rollback finishes (trading resumed and monitoring under way, kept halted after verification, or failed),
+its follow-up items are created once (``UNIQUE (incident_id, kind)``), due counted from the incident's opening,
+as the runbook counts its targets::
+
+    kind         what                                                        due
+    root_cause   Investigate the root cause                                  T+2 h ("root cause identified")
+    monitoring   Enhanced monitoring of the restored model for 24 hours      T+24 h (not after a failed rollback)
+    retrain      Retrain the model on recent data before it is redeployed    T+3 days
+    checklist    Update the deployment checklist                             T+7 days
+    prevention   Identify prevention measures (the report's Prevention)      T+7 days
+
+Jobs in ``rollback_bot.jobs`` (deduplicated, so any number of bot processes schedule each one once)::
+
+    followups      followups:{incident}       create the items, then show them (the Slack layer posts one message);
+                                              queued in the transaction of the state change (the engine's outbox,
+                                              core.outbox), in every process, so a crash right after it loses nothing
+    followup_due   followup-due:{id}:{n}      the n-th reminder of an item still open after its due date; the next
+                                              one is queued REMIND_EVERY later
+
+A reminder is claimed in the item's own row (``reminded_at``) before anybody is told, so two processes (or a job
+run again after its worker died) remind once; a reminder that could not be delivered is released and retried.
+
+Journal steps (read by the report's checklist, items 9 and 10): ``followups`` (created), ``followup`` (detail
+``kind`` and ``action``: assigned, done, reminded), ``prevention`` (a measure written into the report).
+
+Who may act on an incident's follow-ups: operators and approvers (the caller says so, from ``core.auth``), the
+incident's people (who requested, approved or decided it) and the owners of its follow-ups. Anyone may be made
+an owner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from core.access import may_annotate
+from core.engine import Engine, enqueue
+from core.errors import Conflict, InvalidTransition, NotAuthorized, RollbackError, UnknownIncident, clean_text
+from core.incidents import Incident, journal
+
+__all__ = [
+    "CREATE_JOB",
+    "DUE_JOB",
+    "KINDS",
+    "NOT_ALLOWED",
+    "REMIND_EVERY",
+    "FollowUp",
+    "FollowUps",
+    "PreventionMeasure",
+    "UnknownFollowUp",
+    "plan_for",
+]
+
+log = logging.getLogger("rollback_bot.followups")
+
+CREATE_JOB = "followups"
+DUE_JOB = "followup_due"
+REMIND_EVERY = timedelta(hours=24)
+# A rollback in one of these states has finished its runbook run: its follow-ups are due.
+TRIGGER_STATES = frozenset({"monitoring", "verified", "failed", "revert_failed", "needs_attention"})
+_FAILED_STATES = frozenset({"failed", "revert_failed"})
+_BOARD_CLAIM = timedelta(minutes=5)
+
+#: (kind, title template, due after the incident opened, also after a failed rollback)
+KINDS: tuple[tuple[str, str, timedelta, bool], ...] = (
+    ("root_cause", "Investigate the root cause of {model}'s failure", timedelta(hours=2), True),
+    ("monitoring", "Enhanced monitoring of {target} for 24 hours (IC, error logs, trades)", timedelta(hours=24),
+     False),
+    ("retrain", "Retrain {model} on recent data and evaluate it before it is redeployed", timedelta(days=3), True),
+    ("checklist", "Update the deployment checklist with what {ref} taught", timedelta(days=7), True),
+    ("prevention", "Identify prevention measures (write them into the report's Prevention section)",
+     timedelta(days=7), True),
+)
+NOT_ALLOWED = ("Only the incident's people (who requested or approved it, the owners of its follow-ups), operators "
+               "and approvers may act on its follow-ups.")
+_COLUMNS = ("id, incident_id, kind, title, owner, assigned_by, assigned_at, due_at, state, completed_by, completed_at,"
+            " reminded_at, reminders, created_at")
+
+
+class UnknownFollowUp(RollbackError):
+    """No follow-up with that id."""
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    id: int
+    incident_id: int
+    kind: str
+    title: str
+    owner: str | None
+    assigned_by: str | None
+    assigned_at: datetime | None
+    due_at: datetime
+    state: str  # open | done
+    completed_by: str | None
+    completed_at: datetime | None
+    reminded_at: datetime | None
+    reminders: int
+    created_at: datetime
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+    def overdue(self, now: datetime) -> bool:
+        return not self.done and now >= self.due_at
+
+
+@dataclass(frozen=True)
+class PreventionMeasure:
+    id: int
+    incident_id: int
+    text: str
+    added_by: str
+    added_at: datetime
+
+
+def plan_for(incident: Incident) -> list[tuple[str, str, datetime]]:
+    """The follow-ups an incident gets: (kind, title, due)."""
+    failed = incident.state in _FAILED_STATES
+    names = {"model": incident.model_name or "the model", "target": incident.target_backup or "the restored model",
+             "ref": incident.ref}
+    return [(kind, title.format(**names), incident.created_at + after)
+            for kind, title, after, after_failure in KINDS if after_failure or not failed]
+
+
+# ------------------------------------------------------------------------------------------- SQL
+
+
+def for_incident(conn: psycopg.Connection, incident_id: int) -> list[FollowUp]:
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM rollback_bot.followups WHERE incident_id = %s ORDER BY due_at, id",
+                        (incident_id,)).fetchall()
+    return [FollowUp(**r) for r in rows]
+
+
+def prevention_measures(conn: psycopg.Connection, incident_id: int) -> list[PreventionMeasure]:
+    rows = conn.execute("SELECT id, incident_id, text, added_by, added_at FROM rollback_bot.prevention_measures"
+                        " WHERE incident_id = %s ORDER BY id", (incident_id,)).fetchall()
+    return [PreventionMeasure(**r) for r in rows]
+
+
+def _get(conn: psycopg.Connection, followup_id: int) -> FollowUp:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM rollback_bot.followups WHERE id = %s FOR UPDATE",
+                       (followup_id,)).fetchone()
+    if row is None:
+        raise UnknownFollowUp(f"There is no follow-up #{followup_id}.")
+    return FollowUp(**row)
+
+
+def _incident(conn: psycopg.Connection, incident_id: int) -> Incident:
+    row = conn.execute("SELECT * FROM rollback_bot.incidents WHERE id = %s", (incident_id,)).fetchone()
+    if row is None:
+        raise UnknownIncident(f"There is no incident INC-{incident_id}.")
+    return Incident(**row)
+
+
+def _owns(conn: psycopg.Connection, incident_id: int, user: str) -> bool:
+    return bool(user) and conn.execute("SELECT 1 FROM rollback_bot.followups WHERE incident_id = %s AND owner = %s",
+                                       (incident_id, user)).fetchone() is not None
+
+
+def queue_creation(conn: psycopg.Connection, inc: Incident) -> None:
+    """The engine's outbox writer: a rollback that reached a state where its runbook run is over gets its
+    follow-ups queued in the same transaction."""
+    if inc.kind == "rollback" and inc.state in TRIGGER_STATES:
+        enqueue(conn, CREATE_JOB, incident_id=inc.id, dedupe_key=f"followups:{inc.id}")
+
+
+def _schedule_reminder(conn: psycopg.Connection, item: FollowUp, n: int, run_at: datetime) -> None:
+    enqueue(conn, DUE_JOB, incident_id=item.incident_id, payload={"followup": item.id}, run_at=run_at,
+            dedupe_key=f"followup-due:{item.id}:{n}")
+
+
+# ------------------------------------------------------------------------------------------- the service
+
+
+BoardCallback = Callable[[Incident], None]
+ReminderCallback = Callable[[Incident, FollowUp], None]
+
+
+class FollowUps:
+    """Creates, assigns, completes and reminds; tells people through the callbacks given to ``register``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.db = engine.db
+        self.on_board: BoardCallback | None = None
+        self.on_reminder: ReminderCallback | None = None
+        engine.follow_ups.append(queue_creation)  # the outbox: in the state change's transaction
+
+    def register(self, worker: Any, *, on_board: BoardCallback, on_reminder: ReminderCallback) -> None:
+        """Install the job handlers on ``worker`` (a process that can tell people: the Slack app's)."""
+        self.on_board = on_board
+        self.on_reminder = on_reminder
+        worker.on(CREATE_JOB, self._create_job)
+        worker.on(DUE_JOB, self._due_job)
+
+    # -- creation
+
+    def create(self, incident_id: int) -> list[FollowUp]:
+        """The incident's follow-ups, created if they are not yet (idempotent), with their first reminders."""
+        now = self.engine.clock()
+        with self.db.transaction() as conn:
+            inc = _incident(conn, incident_id)
+            created = []
+            for kind, title, due in plan_for(inc):
+                row = conn.execute(
+                    f"INSERT INTO rollback_bot.followups (incident_id, kind, title, due_at, created_at)"
+                    f" VALUES (%s, %s, %s, %s, %s) ON CONFLICT (incident_id, kind) DO NOTHING RETURNING {_COLUMNS}",
+                    (inc.id, kind, title[:500], due, now),
+                ).fetchone()
+                if row is not None:
+                    item = FollowUp(**row)
+                    created.append(item)
+                    _schedule_reminder(conn, item, 1, item.due_at)
+            if created:
+                journal(conn, incident_id=inc.id, step="followups", actor="rollback-bot", at=now,
+                        detail={"kinds": [i.kind for i in created]})
+            return for_incident(conn, inc.id)
+
+    def _create_job(self, job: dict) -> None:
+        items = self.create(job["incident_id"])
+        if items and self.on_board is not None:
+            self.on_board(self.engine.get(job["incident_id"]))
+
+    # -- reading
+
+    def items(self, incident_id: int) -> list[FollowUp]:
+        with self.db.transaction() as conn:
+            return for_incident(conn, incident_id)
+
+    def prevention(self, incident_id: int) -> list[PreventionMeasure]:
+        with self.db.transaction() as conn:
+            return prevention_measures(conn, incident_id)
+
+    def listing(self, *, incident_id: int | None = None, limit: int = 200) -> list[FollowUp]:
+        """``/rollback followups [INCIDENT]``: every follow-up of one incident, or the open ones of all, the
+        soonest due first."""
+        with self.db.transaction() as conn:
+            if incident_id is not None:
+                _incident(conn, incident_id)  # UnknownIncident for a wrong id
+                return for_incident(conn, incident_id)
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM rollback_bot.followups WHERE state = 'open'"
+                                " ORDER BY due_at, id LIMIT %s", (limit,)).fetchall()
+        return [FollowUp(**r) for r in rows]
+
+    def get(self, followup_id: int) -> FollowUp:
+        with self.db.transaction() as conn:
+            return _get(conn, followup_id)
+
+    # -- who may act
+
+    def _may_act(self, conn: psycopg.Connection, inc: Incident, user: str, operator: bool) -> bool:
+        return may_annotate(inc, user, is_approver=operator, owns_followup=_owns(conn, inc.id, user))
+
+    def owns(self, *, incident_id: int, user: str) -> bool:
+        """Whether ``user`` owns one of the incident's follow-ups (one of its people, for core.access)."""
+        with self.db.transaction() as conn:
+            return _owns(conn, incident_id, user)
+
+    def may_act(self, *, incident_id: int, user: str, operator: bool) -> bool:
+        with self.db.transaction() as conn:
+            return self._may_act(conn, _incident(conn, incident_id), user, operator)
+
+    def _refuse(self, inc: Incident, user: str, action: str, reason: str, **detail: Any) -> None:
+        self.engine.audit(None, actor=user, action=action, outcome="refused", incident_id=inc.id, reason=reason,
+                          **detail)
+
+    # -- acting
+
+    def assign(self, *, followup_id: int, owner: str, by: str, operator: bool) -> FollowUp:
+        """Make ``owner`` responsible for an open follow-up (``owner == by``: "Take it")."""
+        owner = clean_text(owner, 200)
+        if not owner:
+            raise InvalidTransition("Choose who owns this follow-up.")
+        now = self.engine.clock()
+        with self.db.transaction() as conn:
+            item = _get(conn, followup_id)
+            inc = _incident(conn, item.incident_id)
+            refusal = None
+            if not self._may_act(conn, inc, by, operator):
+                refusal = NotAuthorized(NOT_ALLOWED)
+            elif item.done:
+                refusal = Conflict(f"“{item.title}” is already done (by {item.completed_by}).")
+            elif item.owner == owner:
+                refusal = Conflict(f"“{item.title}” is already owned by {owner}.")
+            if refusal is not None:
+                conn.rollback()
+                self._refuse(inc, by, "followup_assign", str(refusal), followup=item.id, owner=owner)
+                raise refusal
+            row = conn.execute(
+                f"UPDATE rollback_bot.followups SET owner = %s, assigned_by = %s, assigned_at = %s WHERE id = %s"
+                f" RETURNING {_COLUMNS}", (owner, by, now, item.id),
+            ).fetchone()
+            journal(conn, incident_id=inc.id, step="followup", actor=by, at=now,
+                    detail={"kind": item.kind, "action": "assigned", "owner": owner, "followup": item.id})
+            self.engine.audit(conn, actor=by, action="followup_assign", outcome="ok", incident_id=inc.id,
+                              followup=item.id, kind=item.kind, owner=owner, previous_owner=item.owner)
+            self._refresh_report(conn, inc.id, now)
+        return FollowUp(**row)
+
+    def complete(self, *, followup_id: int, by: str, operator: bool) -> FollowUp:
+        """Mark a follow-up done. The root-cause one needs a recorded root cause, the prevention one a measure."""
+        now = self.engine.clock()
+        with self.db.transaction() as conn:
+            item = _get(conn, followup_id)
+            inc = _incident(conn, item.incident_id)
+            refusal: RollbackError | None = None
+            if not self._may_act(conn, inc, by, operator):
+                refusal = NotAuthorized(NOT_ALLOWED)
+            elif item.done:
+                refusal = Conflict(f"“{item.title}” is already done (by {item.completed_by}).")
+            elif item.kind == "root_cause" and not (inc.root_cause or "").strip():
+                refusal = InvalidTransition("Record the root cause first (*Add root cause* on the incident's card),"
+                                            " then mark the investigation done.")
+            elif item.kind == "prevention" and not prevention_measures(conn, inc.id):
+                refusal = InvalidTransition("Write at least one prevention measure first (*Add prevention measure*),"
+                                            " then mark this done.")
+            if refusal is not None:
+                conn.rollback()
+                self._refuse(inc, by, "followup_done", str(refusal), followup=item.id)
+                raise refusal
+            row = conn.execute(
+                f"UPDATE rollback_bot.followups SET state = 'done', completed_by = %s, completed_at = %s,"
+                f" owner = coalesce(owner, %s) WHERE id = %s AND state = 'open' RETURNING {_COLUMNS}",
+                (by, now, by, item.id),
+            ).fetchone()
+            journal(conn, incident_id=inc.id, step="followup", actor=by, at=now,
+                    detail={"kind": item.kind, "action": "done", "followup": item.id})
+            self.engine.audit(conn, actor=by, action="followup_done", outcome="ok", incident_id=inc.id,
+                              followup=item.id, kind=item.kind)
+            self._refresh_report(conn, inc.id, now)
+        return FollowUp(**row)
+
+    def add_prevention(self, *, incident_id: int, text: str, by: str, operator: bool) -> PreventionMeasure:
+        """A person's prevention measure, kept for the report's Prevention section."""
+        text = clean_text(text, 2900)
+        now = self.engine.clock()
+        with self.db.transaction() as conn:
+            inc = _incident(conn, incident_id)
+            refusal: RollbackError | None = None
+            if not text:
+                refusal = InvalidTransition("Describe the prevention measure.")
+            elif not self._may_act(conn, inc, by, operator):
+                refusal = NotAuthorized(NOT_ALLOWED.replace("act on its follow-ups", "add prevention measures"))
+            if refusal is not None:
+                conn.rollback()
+                self._refuse(inc, by, "prevention", str(refusal))
+                raise refusal
+            row = conn.execute(
+                "INSERT INTO rollback_bot.prevention_measures (incident_id, text, added_by, added_at)"
+                " VALUES (%s, %s, %s, %s) RETURNING id, incident_id, text, added_by, added_at",
+                (inc.id, text, by, now),
+            ).fetchone()
+            journal(conn, incident_id=inc.id, step="prevention", actor=by, at=now, detail={"chars": len(text)})
+            self.engine.audit(conn, actor=by, action="prevention", outcome="ok", incident_id=inc.id, chars=len(text))
+            self._refresh_report(conn, inc.id, now)
+        return PreventionMeasure(**row)
+
+    def _refresh_report(self, conn: psycopg.Connection, incident_id: int, now: datetime) -> None:
+        """The report shows follow-ups and prevention: rewrite it (no dedupe key: every change is shown)."""
+        enqueue(conn, "report", incident_id=incident_id, payload={"upload": False}, run_at=now)
+
+    # -- reminders
+
+    def _due_job(self, job: dict) -> None:
+        followup_id = int(job["payload"]["followup"])
+        now = self.engine.clock()
+        with self.db.transaction() as conn:
+            before = conn.execute("SELECT reminded_at FROM rollback_bot.followups WHERE id = %s FOR UPDATE",
+                                  (followup_id,)).fetchone()
+            row = conn.execute(
+                f"UPDATE rollback_bot.followups SET reminded_at = %s, reminders = reminders + 1 WHERE id = %s"
+                f" AND state = 'open' AND due_at <= %s AND (reminded_at IS NULL OR reminded_at <= %s)"
+                f" RETURNING {_COLUMNS}",
+                (now, followup_id, now, now - REMIND_EVERY),
+            ).fetchone()
+        if row is None:
+            return  # done, not due, or reminded already (by another process)
+        item = FollowUp(**row)
+        inc = self.engine.get(item.incident_id)
+        try:
+            if self.on_reminder is not None:
+                self.on_reminder(inc, item)
+        except Exception:
+            with self.db.transaction() as conn:  # not delivered: the job's retry reminds again
+                conn.execute("UPDATE rollback_bot.followups SET reminded_at = %s, reminders = reminders - 1"
+                             " WHERE id = %s", (before["reminded_at"] if before else None, item.id))
+            raise
+        with self.db.transaction() as conn:
+            journal(conn, incident_id=inc.id, step="followup", actor="rollback-bot", at=now,
+                    detail={"kind": item.kind, "action": "reminded", "owner": item.owner, "followup": item.id})
+            _schedule_reminder(conn, item, item.reminders + 1, now + REMIND_EVERY)
+        log.info("%s: reminded of follow-up %s (%s)", inc.ref, item.id, item.kind)
+
+    # -- where the follow-ups message is
+
+    def board(self, incident_id: int) -> tuple[str, str] | None:
+        """(channel, ts) of the incident's follow-ups message, once posted."""
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT channel, message_ts FROM rollback_bot.followup_boards WHERE incident_id = %s",
+                               (incident_id,)).fetchone()
+        return (row["channel"], row["message_ts"]) if row and row["message_ts"] else None
+
+    def claim_board(self, incident_id: int) -> bool:
+        """True for the one process that is to post the message (a claim left by a dead process expires)."""
+        now = self.engine.clock()
+        with self.db.transaction() as conn:
+            return conn.execute(
+                "INSERT INTO rollback_bot.followup_boards AS b (incident_id, claimed_at) VALUES (%s, %s)"
+                " ON CONFLICT (incident_id) DO UPDATE SET claimed_at = excluded.claimed_at"
+                " WHERE b.message_ts IS NULL AND b.claimed_at < %s RETURNING incident_id",
+                (incident_id, now, now - _BOARD_CLAIM),
+            ).fetchone() is not None
+
+    def set_board(self, incident_id: int, *, channel: str, message_ts: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE rollback_bot.followup_boards SET channel = %s, message_ts = %s WHERE incident_id = %s",
+                         (channel, message_ts, incident_id))
+
+    def release_board(self, incident_id: int) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM rollback_bot.followup_boards WHERE incident_id = %s AND message_ts IS NULL",
+                         (incident_id,))
