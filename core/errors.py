@@ -16,6 +16,7 @@ its ``str()`` is a sentence fit to show in Slack or on a terminal. The tree::
     ├── Conflict                 another open incident / a concurrent action got there first
     ├── VerificationFailed       the restored model failed verification
     ├── UnknownIncident          no such incident
+    ├── InvalidInput             a value a person typed is not acceptable (e.g. an amount)
     └── DatabaseUnavailable      PostgreSQL does not answer
 """
 
@@ -75,6 +76,10 @@ class UnknownIncident(RollbackError):
 
 
 class DatabaseUnavailable(RollbackError):
+    pass
+
+
+class InvalidInput(RollbackError):
     pass
 
 

@@ -100,6 +100,7 @@ HELP = (
     "• `/rollback halt [reason…]` / `/rollback resume` — stop / restart automated trading\n"
     "• `/rollback incidents` — open and recent incidents\n"
     "• `/rollback report INCIDENT` — post an incident's report again\n"
+    "• `/rollback loss INCIDENT AMOUNT` — update an incident's estimated loss (kept with its history)\n"
     "• `/rollback diagnose MODEL` — root-cause diagnostics\n"
     "• `/rollback help` — this text"
 )

@@ -14,12 +14,15 @@ class Action(StrEnum):
     FIX_REFRESH_VIEW = "fix_refresh_view"
     FIX_RESTORE_MODEL = "fix_restore_model"
     MODAL_MODEL_SELECT = "start_model_select"
+    UPDATE_LOSS = "loss_update"
+    ACKNOWLEDGE_PAGE = "page_acknowledge"
 
 
 class View(StrEnum):
     START = "rollback_start_modal"
     DENY = "rollback_deny_modal"
     ROOT_CAUSE = "root_cause_modal"
+    LOSS = "loss_modal"
 
 
 class Block(StrEnum):
@@ -32,6 +35,8 @@ class Block(StrEnum):
     DENY_REASON = "deny_reason_block"
     ROOT_CAUSE = "root_cause_block"
     DECISION = "decision_block"
+    LIVE = "live_actions_block"
+    PAGE = "page_actions_block"
 
 
 class Event(StrEnum):

@@ -28,6 +28,7 @@ from core.registry import BackupInfo
 from core.timeline import Milestone, fmt_elapsed, milestones
 from handlers.blocks import clip, context, esc, finish, md, num, section
 from handlers.ids import Action, Block as B, View as V
+from handlers.paging_views import live_blocks
 
 STATE_EMOJI = {
     "requested": ":hourglass_flowing_sand:",
@@ -173,6 +174,7 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
             blocks.append(context(f"Approval window ends {incident.expires_at:%H:%M:%S} UTC. You cannot approve your own request."))
     elif incident.state in CLOSED or incident.state in ("monitoring", "verified"):
         blocks.append(ActionsBlock(elements=[ButtonElement(text="Add root cause", action_id=Action.ADD_ROOT_CAUSE.value, value=str(incident.id))]))
+    blocks += live_blocks(incident, steps)  # the latest loss figure, the page; Update loss, Acknowledge
     return finish(blocks)
 
 

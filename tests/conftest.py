@@ -26,7 +26,7 @@ TEST_DB = "rollback_bot_test"
 MUTABLE_PLATFORM = ("model_deployment_log", "clients", "client_settings", "trades")
 BOT_TABLES = (
     "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries", "incidents",
-    "home_viewers",
+    "home_viewers", "loss_estimates", "pages", "page_log",
 )
 
 
@@ -37,8 +37,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith(("SLACK_", "ROLLBACK_")) or name in {
             "DATABASE_URL", "MODELS_DIR", "INCIDENTS_DIR", "INCIDENT_CHANNEL", "OPERATORS", "APPROVERS",
             "STAKEHOLDERS", "STAKEHOLDER_EMAILS", "SMTP_URL", "ESCALATION_CONTACTS", "ESCALATE_AFTER_MINUTES",
-            "LOSS_ESCALATION_THRESHOLD", "PORT",
-        }:
+            "LOSS_ESCALATION_THRESHOLD", "PORT", "PRIMARY_CONTACTS", "EMERGENCY_CONTACTS", "ESCALATION_ACK_MINUTES",
+            "PNL_QUERY",
+        } or name.startswith("PAGERDUTY_"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no stray .env is read
 
