@@ -127,13 +127,14 @@ class Paging:
         """The incident's page (idempotent: only its first escalation starts one)."""
         now = self.engine.clock()
         with self.db.transaction() as conn:
+            closed = self.engine.get(incident.id, conn).state in CLOSING  # e.g. denied before the page's job ran
             row = conn.execute(
-                "INSERT INTO rollback_bot.pages (incident_id, dedup_key, reason, paged_at, emergency_due_at)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (incident_id) DO NOTHING RETURNING *",
-                (incident.id, dedup_key(incident), reason[:2000], now, now + self.ack),
+                "INSERT INTO rollback_bot.pages (incident_id, dedup_key, reason, paged_at, emergency_due_at, closed_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (incident_id) DO NOTHING RETURNING *",
+                (incident.id, dedup_key(incident), reason[:2000], now, now + self.ack, now if closed else None),
             ).fetchone()
-            if row is None:
-                return self.get(incident.id, conn)
+            if row is None or closed:
+                return Page(**row) if row else self.get(incident.id, conn)
             enqueue(conn, EMERGENCY_JOB, incident_id=incident.id, run_at=now + self.ack,
                     dedupe_key=f"page-emergency:{incident.id}")
             if self.pagerduty is not None:

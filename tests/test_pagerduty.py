@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from bot.observability import secret_values
 from bot.pagerduty_standin import PagerDutyStandIn
 from core.errors import ConfigError
 from core.pagerduty import RATE_LIMIT_RETRIES, PagerDuty, PagerDutyFailed
@@ -87,6 +88,7 @@ def test_settings(monkeypatch):
     monkeypatch.setenv("PAGERDUTY_ROUTING_KEY", KEY)
     s = load_settings(_env_file=None)
     assert KEY not in repr(s) and KEY not in str(s.model_dump())
+    assert KEY in secret_values(s)  # redacted from every log line
     for bad, why in [("http://10.1.2.3/v2/enqueue", "https"), ("https://events.pagerduty.com/v2/change/enqueue",
                                                               "/v2/enqueue"), ("events.pagerduty.com", "https")]:
         monkeypatch.setenv("PAGERDUTY_EVENTS_URL", bad)

@@ -270,3 +270,18 @@ def test_two_processes_page_the_emergency_tier_once_and_a_restart_forgets_nothin
         for b in boxes:
             b.stop()
     assert page_row(conn, inc.id)["emergency_paged_at"] == clock.at(minutes=41)
+
+
+def test_an_incident_closed_before_its_page_ran_starts_no_alert(settings, db, people, pd, clock, world, conn):
+    standin = people
+    with box(settings, db, standin, pd, clock, loss_escalation_threshold=100_000) as b:
+        target = b.services.registry.recommend(MODEL).backup.name
+        b.responses(b.command("U0ALICE", f"start {MODEL} {target} losing money").response_key)
+        inc = b.services.engine.list_incidents()[0]
+        b.responses(b.command("U0ALICE", f"loss {inc.ref} 500k").response_key)
+        b.services.engine.deny(incident_id=inc.id, user="U0CAROL", note="wrong model")
+        b.run_worker()
+        clock.at(minutes=30)
+        b.run_worker()
+        assert pd.events() == [] and not dm_pages(standin, "U0GRACE", "Emergency")
+        assert page_row(conn, inc.id)["closed_at"] is not None
