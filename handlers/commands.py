@@ -213,9 +213,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         incident_id = parse_incident_ref(cmd.args[0]) if len(cmd.args) == 2 else None
         if incident_id is None:
             return tell(respond, USAGE["loss"])
-        amount = parse_amount(cmd.args[1])
         if not deps.auth.is_operator(cmd.user_id):
             return refuse(cmd, respond, "loss", "Only operators may update the estimated loss (OPERATORS).")
+        amount = parse_amount(cmd.args[1])
         update = services.loss.record(incident_id=incident_id, amount=amount, by=cmd.user_id, source="slack")
         was = f" (was {money(update.previous)})" if update.previous is not None else ""
         respond(text=f"{update.incident.ref}: the estimated loss is now {money(update.entry.amount)}{was}."

@@ -73,7 +73,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         incident_id = _incident_id(body)
         user = body["user"]["id"]
         action = (body.get("actions") or [{}])[0]
-        if incident_id is None or not services.claim_delivery(f"action:{body.get('trigger_id')}:{action.get('action_ts')}"):
+        delivery = f"action:{body.get('trigger_id')}:{action.get('action_ts')}"
+        if incident_id is None or not services.claim_delivery(delivery):
             return
         try:
             page = services.paging.acknowledge(incident_id=incident_id, user=user, allowed=may_acknowledge(deps, user))

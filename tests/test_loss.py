@@ -202,8 +202,8 @@ def add_trade(conn, at, amount):
 
 def test_pnl_query_is_polled_read_only_into_the_history(settings, db, world, conn, clock):
     pager = Pager()
-    services = bot(settings.model_copy(update={"pnl_query": PNL, "pnl_poll_minutes": 5,
-                                               "loss_escalation_threshold": 10_000}), db, clock, pager, threshold=10_000)
+    s = settings.model_copy(update={"pnl_query": PNL, "pnl_poll_minutes": 5, "loss_escalation_threshold": 10_000})
+    services = bot(s, db, clock, pager, threshold=10_000)
     target = services.registry.recommend(MODEL).backup.name
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
     add_trade(conn, clock.now - timedelta(minutes=5), 99_999)  # before the incident: not counted

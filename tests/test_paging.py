@@ -233,6 +233,7 @@ def test_slack_down_does_not_keep_the_page_from_pagerduty(settings, db, people, 
         assert [e["event_action"] for e in pd.events()] == ["trigger"]
         assert conn.execute("SELECT outcome FROM rollback_bot.audit_log WHERE action = 'escalate'"
                             ).fetchone()["outcome"] == "failed"  # the Slack page is retried by its timer
+        assert page_row(conn, inc.id)["pagerduty_sent"] == "trigger"
 
 
 def test_two_processes_page_the_emergency_tier_once_and_a_restart_forgets_nothing(settings, db, people, pd, clock,
