@@ -292,6 +292,8 @@ class SlackStandIn:
         team_id, team_domain, bot_user_id, bot_id, app_id: identity reported by
             ``auth.test`` and used in answers.
         require_auth: answer ``not_authed`` to Web API calls without a token.
+        joined: the channel ids the bot is a member of (``conversations.info``'s ``is_member``); None (the
+            default): every channel, as if it had been invited everywhere. ``join``/``leave`` change it.
     """
 
     def __init__(
@@ -306,6 +308,7 @@ class SlackStandIn:
         bot_id: str = "B0ROLLBOT",
         app_id: str = "A0001",
         require_auth: bool = True,
+        joined: Iterable[str] | None = None,
     ) -> None:
         self.users: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (users or {}).items()}
         self.usergroups: dict[str, list[str]] = {k: list(v) for k, v in (usergroups or {}).items()}
@@ -316,6 +319,8 @@ class SlackStandIn:
         self.bot_id = bot_id
         self.app_id = app_id
         self.require_auth = require_auth
+        self._joined: set[str] | None = None if joined is None else set(joined)
+        self._left: set[str] = set()
         self.socket_mode_url: str | None = None
         """When set, ``apps.connections.open`` answers ``{"ok": true, "url": socket_mode_url}``."""
 
@@ -337,6 +342,7 @@ class SlackStandIn:
             "views.update": self._views_update,
             "views.publish": self._views_publish,
             "conversations.open": self._conversations_open,
+            "conversations.info": self._conversations_info,
             "users.info": self._users_info,
             "usergroups.users.list": self._usergroups_users_list,
             "files.getUploadURLExternal": self._files_get_upload_url_external,
@@ -423,6 +429,24 @@ class SlackStandIn:
             self._response_targets[key] = _ResponseTarget(channel, user, message_ts, thread_ts)
         return f"{self.origin}/response/{quote(key, safe='')}"
 
+    def join(self, channel: str) -> None:
+        """The bot becomes a member of ``channel``."""
+        with self._lock:
+            self._left.discard(channel)
+            if self._joined is not None:
+                self._joined.add(channel)
+
+    def leave(self, channel: str) -> None:
+        """The bot is no longer a member of ``channel`` (``conversations.info`` says ``is_member: false``)."""
+        with self._lock:
+            self._left.add(channel)
+            if self._joined is not None:
+                self._joined.discard(channel)
+
+    def is_member(self, channel: str) -> bool:
+        with self._lock:
+            return channel not in self._left and (self._joined is None or channel in self._joined)
+
     def fail_next(self, method: str, *, status: int = 429, retry_after: int | None = 1,
                   error: str | None = None, times: int = 1) -> None:
         """Make the next ``times`` calls of ``method`` fail.
@@ -436,6 +460,12 @@ class SlackStandIn:
             raise ValueError("times must be >= 1")
         with self._lock:
             self._faults.setdefault(method, deque()).append(_Fault(status, retry_after, error, times))
+
+    def revoke_token(self, error: str = "token_revoked") -> None:
+        """From now on Slack refuses the bot's token: every Web API method, ``auth.test`` included, answers
+        ``{"ok": false, "error": error}`` (``token_revoked``, ``invalid_auth``, …), as after an uninstall."""
+        for method in self._methods:
+            self.fail_next(method, error=error, times=1 << 30)
 
     # ------------------------------------------------------------------ recorded calls
 
@@ -841,6 +871,17 @@ class SlackStandIn:
         existed = tuple(sorted(users)) in self._dms
         channel = self._dm_for(users)
         return {"ok": True, "no_op": existed, "already_open": existed, "channel": {"id": channel}}
+
+    def _conversations_info(self, body: JSONDict) -> JSONDict:
+        channel = self._resolve_channel(body.get("channel"))
+        if channel is None or channel[0] not in "CGD":
+            return _err("channel_not_found")
+        names = {v: k for k, v in self.channels.items()}
+        return {"ok": True, "channel": {
+            "id": channel, "name": names.get(channel, channel.lower()), "is_channel": channel[0] == "C",
+            "is_group": channel[0] == "G", "is_im": channel[0] == "D", "is_private": channel[0] != "C",
+            "is_archived": False, "is_member": self.is_member(channel), "created": _TS_BASE,
+        }}
 
     def _users_info(self, body: JSONDict) -> JSONDict:
         user_id = body.get("user")

@@ -12,12 +12,15 @@ its ``str()`` is a sentence fit to show in Slack or on a terminal. The tree::
     ├── RightsNotKept            a model file cannot be written with the owner, group and mode it must keep
     ├── PreflightFailed          a target failed pre-flight checks (nothing was changed)
     ├── NotAuthorized            the user may not do this
+    │   └── RateLimited          …not again so soon (heavy commands per person per minute)
     ├── InvalidTransition        the incident is not in a state that allows this step
     ├── Conflict                 another open incident / a concurrent action got there first
     ├── VerificationFailed       the restored model failed verification
     ├── UnknownIncident          no such incident
     ├── InvalidInput             a value a person typed is not acceptable (e.g. an amount)
-    └── DatabaseUnavailable      PostgreSQL does not answer
+    ├── DatabaseUnavailable      PostgreSQL does not answer (or a step's lock/statement timeout)
+    │   └── LostLock (core.fencing)  this process no longer holds a rollback's lock
+    └── FilesMismatch            production files differ from their production row (resume refused)
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ class NotAuthorized(RollbackError):
     pass
 
 
+class RateLimited(NotAuthorized):
+    pass
+
+
 class InvalidTransition(RollbackError):
     pass
 
@@ -77,6 +84,15 @@ class UnknownIncident(RollbackError):
 
 class DatabaseUnavailable(RollbackError):
     pass
+
+
+class FilesMismatch(RollbackError):
+    """``/rollback resume`` refused: some model's files are not its production row's. ``mismatches`` lists
+    them (core.integrity.FileMismatch); two different approvers may override."""
+
+    def __init__(self, message: str, mismatches: list | None = None) -> None:
+        super().__init__(message)
+        self.mismatches = list(mismatches or [])
 
 
 class InvalidInput(RollbackError):

@@ -19,6 +19,10 @@ def work_pool(workers: int = 4) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-work", initializer=lower_thread_priority)
 
 
+def decision_pool(workers: int = 2) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-decide")
+
+
 RemoteSubmit = Callable[[str, dict[str, Any]], None]
 
 
@@ -29,6 +33,9 @@ class Deps:
     executor: ThreadPoolExecutor
     works: dict[str, Callable[..., Any]] = field(default_factory=dict)
     remote: RemoteSubmit | None = None  # set by `serve`: work goes to the work process (bot/workproc.py)
+    # A lane of its own for decisions (Approve, Deny, Proceed anyway, Abandon, Take over): however many slow
+    # commands (diagnose, backups) fill the work pool, a decision never waits behind them.
+    decisions: ThreadPoolExecutor = field(default_factory=lambda: decision_pool())
 
     @property
     def channel(self) -> str:
@@ -39,24 +46,33 @@ class Deps:
         self.works[work_name(fn)] = fn
         return fn
 
-    def later(self, work: Callable[..., Any], **kwargs: Any) -> None:
+    def later(self, work: Callable[..., Any], *, urgent: bool = False, **kwargs: Any) -> None:
         """Run ``work`` after the ack: in the work process when there is one, else on the app's small pool
-        (cheaper than Bolt's lazy listeners, which deep-copy each request). The ack never waits for it."""
+        (cheaper than Bolt's lazy listeners, which deep-copy each request). The ack never waits for it.
+        ``urgent``: on the decisions lane, never behind slow commands."""
         if self.remote is not None:
             from bot.workproc import encode
 
-            self.remote(work_name(work), encode(kwargs))
+            payload = encode(kwargs)
+            if urgent:
+                payload["urgent"] = True
+            self.remote(work_name(work), payload)
             return
-        self.run_local(work, **kwargs)
+        self.run_local(work, urgent=urgent, **kwargs)
 
-    def run_local(self, work: Callable[..., Any], **kwargs: Any) -> None:
+    def run_local(self, work: Callable[..., Any], *, urgent: bool = False, **kwargs: Any) -> None:
         def run() -> None:
             try:
                 work(**kwargs)
             except Exception:  # noqa: BLE001 - work reports its own errors; this is the last resort
                 log.exception("background work %s failed", getattr(work, "__name__", work))
 
-        self.executor.submit(run)
+        (self.decisions if urgent else self.executor).submit(run)
+
+    def shutdown(self) -> None:
+        """Wait for the work after the ack (both lanes) to finish."""
+        self.executor.shutdown(wait=True)
+        self.decisions.shutdown(wait=True)
 
 
 def work_name(fn: Callable[..., Any]) -> str:
