@@ -42,13 +42,14 @@ def _settings_with_database(settings: Settings, *, ensure_local: bool) -> Settin
     return settings.model_copy(update={"database_url": SecretStr(url)})
 
 
-def build_services(settings: Settings):
+def build_services(settings: Settings, *, migrate_first: bool = True, wait: bool = True):
     from core.db import Database, migrate
     from core.services import Services
 
     dsn = settings.database_dsn()
-    migrate(dsn)
-    db = Database(dsn, max_size=settings.db_pool_max).open()
+    if migrate_first:
+        migrate(dsn)
+    db = Database(dsn, max_size=settings.db_pool_max).open(wait=wait)
     return Services(settings, db)
 
 
@@ -134,7 +135,9 @@ def cmd_work(args: argparse.Namespace, settings: Settings) -> int:
 
     lower_process_priority()  # acknowledging Slack (the parent) comes first when both want a CPU
     settings = _settings_with_database(settings, ensure_local=False)
-    services = build_services(settings)
+    # `serve` migrated before starting it; started again while PostgreSQL is down, it still answers Slack
+    # (that the database does not answer, since when, and what to check) instead of dying at start.
+    services = build_services(settings, migrate_first=False, wait=False)
     # Requests reach this process from `serve`, which verified their signatures already.
     app = build_app(settings.model_copy(update={"slack_signing_secret": None}), services)
     freeze_startup_heap()

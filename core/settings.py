@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     trading_log: Path | None = None
     trading_stop_command: list[str] | None = None
     trading_stop_timeout_seconds: float = Field(default=30, gt=0)
-    training_log: Path | None = None
+    training_log: Path | None = None  # may hold {model}, {strategy}, {marketcap}: one log per model
+    api_log: Path | None = None  # the platform's API log: error lines in diagnostics and after the resume
     db_pool_max: int = Field(default=10, ge=2, le=100)
     log_format: Literal["json", "text"] = "json"
     diagnostics_days: int = Field(default=30, ge=5, le=365)
@@ -112,6 +113,8 @@ class Settings(BaseSettings):
     halt_quiet_timeout_seconds: float = Field(default=120, gt=0)
     # `/rollback diagnose`, `backups`, `status MODEL`: at most this many per person per minute (all processes).
     heavy_commands_per_minute: int = Field(default=10, ge=1, le=10000)
+    enhanced_monitor_hours: float = Field(default=24, gt=0, le=24 * 14)  # the runbook's 24 hours of monitoring
+    enhanced_monitor_every_minutes: float = Field(default=30, gt=0)  # ... and its crontab's interval
     pagerduty_backoff_seconds: float = Field(default=1.5, gt=0)  # first wait before a retry on 429/5xx
     # A read-only query giving the P&L since the incident opened (%(start)s), polled into the loss history.
     pnl_query: str | None = None
@@ -183,6 +186,14 @@ class Settings(BaseSettings):
         parts = value.split(".")
         if not 1 <= len(parts) <= 2 or not all(p.replace("_", "a").isalnum() and not p[0].isdigit() for p in parts):
             raise ValueError("must be a plain SQL identifier, optionally schema-qualified")
+        return value
+
+    @field_validator("enhanced_monitor_every_minutes")
+    @classmethod
+    def _watch_interval(cls, value: float, info: ValidationInfo) -> float:
+        hours = info.data.get("enhanced_monitor_hours")
+        if hours is not None and value > hours * 60:
+            raise ValueError("must not be longer than ENHANCED_MONITOR_HOURS")
         return value
 
     @field_validator("metrics_addr")

@@ -19,6 +19,9 @@ class Action(StrEnum):
     PROCEED_ANYWAY = "rollback_proceed_anyway"
     ABANDON = "rollback_abandon"
     TAKE_OVER = "rollback_take_over"
+    ROLLBACK_AGAIN = "attention_rollback_again"
+    ATTENTION_HALT = "attention_halt"
+    ACCEPT = "attention_accept"
     UPDATE_LOSS = "loss_update"
     ACKNOWLEDGE_PAGE = "page_acknowledge"
 
@@ -32,6 +35,7 @@ class View(StrEnum):
     START = "rollback_start_modal"
     DENY = "rollback_deny_modal"
     ROOT_CAUSE = "root_cause_modal"
+    ACCEPT = "accept_modal"
     LOSS = "loss_modal"
 
 
@@ -45,6 +49,8 @@ class Block(StrEnum):
     DENY_REASON = "deny_reason_block"
     ROOT_CAUSE = "root_cause_block"
     DECISION = "decision_block"
+    ACCEPT_REASON = "accept_reason_block"
+    ATTENTION = "attention_block"
     LIVE = "live_actions_block"
     PAGE = "page_actions_block"
 
