@@ -22,6 +22,8 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 # `serve` names each of its starts for its work process, so the doctor runs once per start (handlers/doctor.py at_start).
 START_ID_ENV = "ROLLBACK_BOT_START_ID"
+#: Docker/Compose secrets and Kubernetes secret volumes: one file per setting, named after it.
+SECRETS_DIR = Path("/run/secrets")
 
 
 def _settings_with_database(settings: Settings, *, ensure_local: bool) -> Settings:
@@ -307,8 +309,13 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """Break-glass: the same engine and journal as Slack, printing each step as it happens."""
     import socket
 
-    from core.incidents import Event
+    from core.incidents import Event, utcnow
+    from core.prerollback import cli_prompt, confirmed
 
+    if not args.confirm:  # the runbook's pre-rollback checks: nothing is touched (not even the database) without it
+        print(cli_prompt(["rollback-bot", "rollback", args.model, "--to", args.to, "--reason", args.reason,
+                          "--by", args.by] + (["--yes"] if args.yes else [])), file=sys.stderr)
+        return EXIT_USAGE
     who = os_identity()
     services = build_services(_settings_with_database(settings, ensure_local=False))
     services.registry.backup_dir(args.model, args.to)  # bad names are a clear error before anyone is asked
@@ -332,7 +339,9 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
                             f"(OS user {who}), without approval in Slack. Reason: {inc.reason[:500]}")
 
     services.engine.subscribe(show)
-    inc = services.engine.break_glass(model=args.model, backup=args.to, reason=args.reason, by=args.by, os_user=who)
+    inc = services.engine.break_glass(model=args.model, backup=args.to, reason=args.reason, by=args.by, os_user=who,
+                                      confirmations=confirmed(by=args.by, via="rollback-bot rollback --confirm",
+                                                              at=utcnow()))
     alert.post(inc, f"{inc.ref} ended {inc.state}" + (f": {inc.error}" if inc.error else ".")
                + (" Trading stays halted until `/rollback resume`." if inc.state in ("verified", "failed",
                                                                                    "halt_not_effective") else ""),
@@ -376,6 +385,15 @@ def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
     return console.run(root=args.dir.resolve(), size=args.size)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rollback-bot")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _brief(detail: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, [], {}))[:160]
 
@@ -383,7 +401,8 @@ def _brief(detail: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollback-bot", description="Emergency model rollback, as a Slack bot.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")  # not listing `work`
 
     p = sub.add_parser("serve", help="run the Slack app (HTTP, or Socket Mode when SLACK_APP_TOKEN is set)")
     p.add_argument("--host", default="0.0.0.0",
@@ -400,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("demo", "test"), default="test", help="size of the generated world")
     p.set_defaults(func=cmd_console)
 
-    p = sub.add_parser("work", help=argparse.SUPPRESS)  # the work process `serve` starts for itself
+    p = sub.add_parser("work")  # the work process `serve` starts for itself: no help, so not in --help
     p.set_defaults(func=cmd_work)
 
     p = sub.add_parser("db", help="database administration")
@@ -424,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="why (kept in the journal and the deployment log)")
     p.add_argument("--by", required=True, metavar="NAME", help="who is running this (audited, beside the OS user)")
     p.add_argument("--yes", action="store_true", help="confirm without a prompt (required without a terminal)")
+    p.add_argument("--confirm", action="store_true",
+                   help="the runbook's pre-rollback checks hold (without it: the checklist, nothing done)")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("loss", help="update an incident's estimated loss (audited; kept with its history)")
@@ -455,7 +476,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(None, json_format=False, verbose=args.verbose)
     func: Callable[[argparse.Namespace, Settings], int] = args.func
     try:
-        settings = load_settings()
+        settings = load_settings(secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None)
         # JSON lines for the long-running server, readable text for commands a person runs.
         configure_logging(settings, json_format=args.command in ("serve", "work") and settings.log_format == "json",
                           verbose=args.verbose)

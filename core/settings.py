@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     api_log: Path | None = None  # the platform's API log: error lines in diagnostics and after the resume
     db_pool_max: int = Field(default=10, ge=2, le=100)
     log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     diagnostics_days: int = Field(default=30, ge=5, le=365)
     monitor_log: Path | None = None  # the log followed after resume (default: TRADING_LOG)
     monitor_every_minutes: float = Field(default=5, gt=0)
@@ -128,6 +129,11 @@ class Settings(BaseSettings):
     @classmethod
     def _ids(cls, value: Any) -> list[str]:
         return _split_ids(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("slack_api_url")
     @classmethod
@@ -237,10 +243,15 @@ class Settings(BaseSettings):
 SERVE_REQUIRED = ("slack_bot_token", "incident_channel", "approvers", "database_url")
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build Settings from the environment (and .env); a bad value becomes one ConfigError line."""
+def load_settings(*, secrets_dir: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the environment (and .env); a bad value becomes one ConfigError line.
+
+    ``secrets_dir``: a folder of files named after settings (``SLACK_BOT_TOKEN``, ``database_url``, …), each
+    holding one value, as Docker and Compose secrets and Kubernetes secret volumes provide; the environment
+    and ``.env`` win over them.
+    """
     try:
-        return Settings(**overrides)
+        return Settings(_secrets_dir=secrets_dir, **overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
         name = str(err["loc"][0]).upper() if err.get("loc") else "settings"

@@ -22,6 +22,7 @@ class Action(StrEnum):
     ROLLBACK_AGAIN = "attention_rollback_again"
     ATTENTION_HALT = "attention_halt"
     ACCEPT = "attention_accept"
+    HALT_NOW = "rollback_halt_now"
     UPDATE_LOSS = "loss_update"
     ACKNOWLEDGE_PAGE = "page_acknowledge"
 
@@ -51,6 +52,7 @@ class Block(StrEnum):
     DECISION = "decision_block"
     ACCEPT_REASON = "accept_reason_block"
     ATTENTION = "attention_block"
+    CHECKS = "checks_block"
     LIVE = "live_actions_block"
     PAGE = "page_actions_block"
 

@@ -70,3 +70,11 @@ def corrupt_after_restore(model_dir: Path):
             path.write_bytes(path.read_bytes()[:-50])
 
     return hook
+
+
+def checks_ticked(keys=None) -> dict:
+    """The request form's pre-rollback checks block, as Slack submits it: ``keys`` ticked (default: all)."""
+    from core.prerollback import CHECKS
+
+    keys = [c.key for c in CHECKS] if keys is None else keys
+    return {"checks_block": {"checks": {"type": "checkboxes", "selected_options": [{"value": k} for k in keys]}}}
