@@ -154,7 +154,7 @@ def test_acknowledged_in_time_the_emergency_tier_never_fires(settings, db, peopl
     standin = people
     with box(settings, db, standin, pd, clock, loss_escalation_threshold=100_000) as b:
         target = b.services.registry.recommend(MODEL).backup.name
-        b.responses(b.command("U0ALICE", f"start {MODEL} {target} losing money").response_key)
+        b.responses(b.command("U0ALICE", f"start {MODEL} {target} losing money --confirm").response_key)
         inc = b.services.engine.list_incidents()[0]
         b.responses(b.command("U0ALICE", f"loss {inc.ref} 500k").response_key)
         b.run_worker()
@@ -277,7 +277,7 @@ def test_an_incident_closed_before_its_page_ran_starts_no_alert(settings, db, pe
     standin = people
     with box(settings, db, standin, pd, clock, loss_escalation_threshold=100_000) as b:
         target = b.services.registry.recommend(MODEL).backup.name
-        b.responses(b.command("U0ALICE", f"start {MODEL} {target} losing money").response_key)
+        b.responses(b.command("U0ALICE", f"start {MODEL} {target} losing money --confirm").response_key)
         inc = b.services.engine.list_incidents()[0]
         b.responses(b.command("U0ALICE", f"loss {inc.ref} 500k").response_key)
         b.services.engine.deny(incident_id=inc.id, user="U0CAROL", note="wrong model")
