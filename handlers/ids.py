@@ -13,6 +13,7 @@ class Action(StrEnum):
     ADD_ROOT_CAUSE = "add_root_cause"
     FIX_REFRESH_VIEW = "fix_refresh_view"
     FIX_RESTORE_MODEL = "fix_restore_model"
+    FIX_RETRAIN = "fix_retrain"
     MODAL_MODEL_SELECT = "start_model_select"
     MODAL_BACKUP_SELECT = "backup"
     RESUME_OVERRIDE = "resume_override"
@@ -37,6 +38,7 @@ class View(StrEnum):
     DENY = "rollback_deny_modal"
     ROOT_CAUSE = "root_cause_modal"
     ACCEPT = "accept_modal"
+    RETRAIN = "retrain_modal"
     LOSS = "loss_modal"
 
 
@@ -53,6 +55,7 @@ class Block(StrEnum):
     ACCEPT_REASON = "accept_reason_block"
     ATTENTION = "attention_block"
     CHECKS = "checks_block"
+    RETRAIN_START = "retrain_start_block"
     LIVE = "live_actions_block"
     PAGE = "page_actions_block"
 

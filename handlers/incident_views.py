@@ -189,8 +189,9 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
                         value=str(incident.id),
                         style="primary",
                         confirm=ConfirmObject(
-                            title="Approve the rollback?",
+                            title="Approve the rollback?" if not _is_retrain(incident) else "Approve the retrain?",
                             text=clip(
+                                retrain_confirm_text(incident) if _is_retrain(incident) else
                                 f"Halt automated trading, back up {incident.model_name} and restore "
                                 f"{incident.target_backup}. The bot then verifies and resumes trading.",
                                 300,
@@ -210,6 +211,16 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
         blocks.append(ActionsBlock(elements=[ButtonElement(text="Add root cause", action_id=Action.ADD_ROOT_CAUSE.value, value=str(incident.id))]))
     blocks += live_blocks(incident, steps)  # the latest loss figure, the page; Update loss, Acknowledge
     return finish(blocks)
+
+
+def _is_retrain(incident: Incident) -> bool:
+    return incident.kind == "fix" and (incident.plan or {}).get("fix") == "retrain"
+
+
+def retrain_confirm_text(incident: Incident) -> str:
+    from handlers.retrain import approve_confirm_text
+
+    return approve_confirm_text(incident)
 
 
 def halt_not_effective_blocks(incident: Incident) -> list[Block]:
