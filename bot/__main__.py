@@ -371,6 +371,24 @@ def _deliver_follow_ups(services, inc) -> None:
         print(f"{inc.ref}: {len(left)} follow-up job(s) stay queued for `rollback-bot serve` ({kinds}).", flush=True)
 
 
+def cmd_loss(args: argparse.Namespace, settings: Settings) -> int:
+    """The estimated loss from a shell, audited by name; the serving bot shows it and escalates (core.loss)."""
+    from core.loss import money, parse_amount
+    from handlers.commands import parse_incident_ref
+
+    incident_id = parse_incident_ref(args.incident)
+    if incident_id is None:
+        print(f"rollback-bot: {args.incident!r} is not an incident (for example INC-12)", file=sys.stderr)
+        return EXIT_USAGE
+    amount = parse_amount(args.amount)
+    services = build_services(_settings_with_database(settings, ensure_local=False))
+    update = services.loss.record(incident_id=incident_id, amount=amount, by=args.by, source="cli")
+    was = f" (was {money(update.previous)})" if update.previous is not None else ""
+    print(f"{update.incident.ref}: the estimated loss is now {money(update.entry.amount)}{was}"
+          + ("; over LOSS_ESCALATION_THRESHOLD: the serving bot escalates now" if update.escalating else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """The embedded demo: never touches DATABASE_URL (it builds platform tables), only the local cluster."""
     from bot import demo
@@ -445,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confirm", action="store_true",
                    help="the runbook's pre-rollback checks hold (without it: the checklist, nothing done)")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("loss", help="update an incident's estimated loss (audited; kept with its history)")
+    p.add_argument("incident", metavar="INCIDENT", help="the incident, e.g. INC-12")
+    p.add_argument("amount", metavar="AMOUNT", help="the estimated loss, e.g. 250000, 250,000 or 250k")
+    p.add_argument("--by", required=True, metavar="NAME", help="who gives the figure (audited)")
+    p.set_defaults(func=cmd_loss)
     return parser
 
 

@@ -18,8 +18,8 @@ from core.auth import Authorizer
 from core.watchdog import Proposal
 from core.services import Services
 from core.settings import Settings
-from handlers import actions, attention, commands, errors, evidence, followups, halt_trades, home, notifications
-from handlers import pickers, retrain, views
+from handlers import (actions, attention, commands, errors, evidence, followups, halt_trades, home, notifications,
+                      paging, pickers, retrain, views)
 from handlers.deps import Deps, RemoteSubmit, work_pool
 from handlers.progress import SlackProgress
 
@@ -88,6 +88,7 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     views.register(app, deps, progress)
     pickers.register(app, deps)
     home.register(app, deps, progress)
+    paging.register(app, deps, progress)
     return app
 
 

@@ -78,7 +78,8 @@ class RedactSecrets(logging.Filter):
 
 def secret_values(settings: Settings) -> list[str]:
     out = []
-    for name in ("slack_bot_token", "slack_signing_secret", "slack_app_token", "database_url", "smtp_url"):
+    for name in ("slack_bot_token", "slack_signing_secret", "slack_app_token", "database_url", "smtp_url",
+                 "pagerduty_routing_key"):
         value = getattr(settings, name, None)
         if value is None:
             continue

@@ -69,3 +69,16 @@ class Authorizer:
     def may_look(self, user: str) -> bool:
         """The heavy read-only commands (`diagnose`, `backups`, `status MODEL`): operators, approvers, stakeholders."""
         return self.is_operator(user) or self.is_stakeholder(user)
+
+    def is_in(self, user: str, entries: list[str]) -> bool:
+        """``user`` is one of ``entries`` or a member of one of its user groups."""
+        return bool(user) and self._in(user, entries)
+
+    def users_in(self, entries: list[str]) -> list[str]:
+        """The people ``entries`` name: user ids as given, user groups expanded to their members (in order, once)."""
+        out: list[str] = []
+        for entry in entries:
+            for user in sorted(self._members(entry)) if is_group(entry) else [entry]:
+                if user not in out:
+                    out.append(user)
+        return out

@@ -17,6 +17,7 @@ its ``str()`` is a sentence fit to show in Slack or on a terminal. The tree::
     ├── Conflict                 another open incident / a concurrent action got there first
     ├── VerificationFailed       the restored model failed verification
     ├── UnknownIncident          no such incident
+    ├── InvalidInput             a value a person typed is not acceptable (e.g. an amount)
     ├── DatabaseUnavailable      PostgreSQL does not answer (or a step's lock/statement timeout)
     │   └── LostLock (core.fencing)  this process no longer holds a rollback's lock
     └── FilesMismatch            production files differ from their production row (resume refused)
@@ -100,6 +101,10 @@ class FilesMismatch(RollbackError):
     def __init__(self, message: str, mismatches: list | None = None) -> None:
         super().__init__(message)
         self.mismatches = list(mismatches or [])
+
+
+class InvalidInput(RollbackError):
+    pass
 
 
 def clean_text(text: str | None, limit: int = 2000) -> str:

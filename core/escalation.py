@@ -8,7 +8,8 @@ exists once however many processes schedule it)::
                                                   person closes the incident)
     runbook_target  target:{id}:{name}            created_at + 2 / 5 / 7 / 10 / 30 min, 2 h, 24 h: flag a missed
                                                   runbook target
-    escalate_now    escalate-now:{id}:{key}       at once: estimated loss over the threshold ("loss"),
+    escalate_now    escalate-now:{id}:{key}       at once: estimated loss over the threshold ("loss"; a later
+                                                  figure queues ``escalate-now:{id}:loss:{n}``, core.loss),
                                                   a failed rollback ("failed"), a failed
                                                   revert ("revert_failed": files mixed), a halt that
                                                   is not effective ("halt_not_effective"), a rollback
@@ -25,7 +26,8 @@ claim is released and the job retried; if the process dies right after telling t
 
 The decisions are pure functions of the incident, its journal and the time: ``immediate_reasons``,
 ``check_target``, ``age_escalation``. Who is paged and how (Slack DMs, a thread mention) is the callbacks'
-business: ``Escalator.register(worker, on_page, on_breach)``.
+business: ``Escalator.register(worker, on_page, on_breach)``. With ``paging`` (core.paging) a page also starts
+the incident's page first: PagerDuty, and the emergency tier if nobody acknowledges.
 """
 
 from __future__ import annotations
@@ -211,8 +213,10 @@ def release_once(conn: psycopg.Connection, key: str) -> None:
 class Escalator:
     """Schedules and runs the escalation timers; tells people through the callbacks given to ``register``."""
 
-    def __init__(self, engine: Engine, *, escalate_after_minutes: float, loss_threshold: float | None = None) -> None:
+    def __init__(self, engine: Engine, *, escalate_after_minutes: float, loss_threshold: float | None = None,
+                 paging: Any = None) -> None:
         self.engine = engine
+        self.paging = paging  # core.paging.Paging, or None
         self.db = engine.db
         self.minutes = escalate_after_minutes
         self.loss_threshold = loss_threshold
@@ -275,6 +279,8 @@ class Escalator:
                    lambda: self.on_breach(inc, breach) if self.on_breach else None, {"target": name})
 
     def _page(self, inc: Incident, key: str, reason: str) -> None:
+        if self.paging is not None:
+            self.paging.start(inc, reason)  # idempotent; PagerDuty and the emergency tier never wait for Slack
         self._tell(inc, f"paged:{inc.id}:{key}", "escalate", reason,
                    lambda: self.on_page(inc, reason) if self.on_page else None, {"key": key})
 
@@ -298,3 +304,4 @@ class Escalator:
             self.engine.audit(conn, actor="rollback-bot", action="escalate", outcome="ok", incident_id=inc.id,
                               reason=reason, **extra)
         log.info("%s: %s", inc.ref, reason)
+        self.engine.publish(Event("step", self.engine.get(inc.id), step, {"reason": reason, **extra}))

@@ -52,7 +52,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -360,12 +360,33 @@ _LABELS = {
     "watch_end": "Enhanced monitoring summary", "watch_missed": "Monitoring check missed",
     "evidence": "Evidence before approval",
     "followups": "Follow-ups created", "followup": "Follow-up", "prevention": "Prevention measure added",
+    "loss": "Estimated loss updated", "acknowledge": "Page acknowledged", "pnl_query": "P&L query",
 }
 
 
 _FOLLOWUP_KINDS = {"root_cause": "root-cause investigation", "monitoring": "enhanced monitoring",
                    "retrain": "retraining", "checklist": "deployment checklist update",
                    "prevention": "prevention measures"}
+
+
+_LOSS_SOURCES = {"request": "given with the request", "slack": "Slack", "cli": "command line",
+                 "pnl_query": "PNL_QUERY"}
+MAX_LOSS_ROWS = 100
+
+
+def _loss_lines(losses: Sequence[Any], who: Callable[[str | None], str]) -> list[str]:
+    """The estimated loss over time (``core.loss.LossEntry`` rows, oldest first), newest figures kept."""
+    shown = list(losses)[-MAX_LOSS_ROWS:]
+    md = ["### Estimated loss over time", "", "| Time (UTC) | Estimated loss | Source | By |", "|---|---|---|---|"]
+    for e in shown:
+        source = _LOSS_SOURCES.get(e.source, e.source)
+        if e.source == "pnl_query" and (e.detail or {}).get("pnl") is not None:
+            source += f" (P&L {_money(e.detail['pnl'])})"
+        md.append(f"| {_cell(_utc(e.recorded_at).removesuffix(' UTC'))} | {_money(e.amount)} | {_cell(source)} | "
+                  f"{_cell(who(e.recorded_by))} |")
+    if len(losses) > len(shown):
+        md.append(f"\n_{len(losses) - len(shown)} earlier figures not shown._")
+    return md + [""]
 
 
 def _describe(s: Step, who: Callable[[str], str] = str) -> str:
@@ -417,6 +438,13 @@ def _describe(s: Step, who: Callable[[str], str] = str) -> str:
         text = str(d.get("summary", ""))
     elif s.step in ("escalate", "target_missed"):
         text = str(d.get("reason") or d.get("message") or "")
+        if d.get("tier") == "emergency":
+            text = f"emergency contacts: {text}"
+    elif s.step == "loss" and d.get("amount") is not None:
+        was = f"{_money(d['previous'])} → " if d.get("previous") is not None else ""
+        text = f"{was}{_money(d['amount'])} ({_LOSS_SOURCES.get(d.get('source'), d.get('source'))})"
+    elif s.step == "acknowledge":
+        text = "the emergency contacts had been paged" if d.get("emergency_paged") else "before the emergency tier"
     elif s.step == "notify":
         text = f"{d.get('milestone', '?')} by {d.get('channel', '?')}"
         if d.get("recipients") is not None:
@@ -535,7 +563,8 @@ def _next_steps(incident: Incident, steps: list[Step], targets: list[TargetStatu
 def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary: str | None,
                   halted_clients: int | None = None, now: datetime, monitoring_summary: str | None = None,
                   chart_file: str | None = None, people: Callable[[str], str] | None = None,
-                  followups: list[Any] | None = None, prevention: list[Any] | None = None) -> str:
+                  followups: list[Any] | None = None, prevention: list[Any] | None = None,
+                  losses: Sequence[Any] | None = None) -> str:
     """The incident report as Markdown, derived from the incident row and its journal.
 
     ``diagnostics_summary`` defaults to the one stored in the incident's plan (``plan.diagnostics.summary``);
@@ -544,7 +573,8 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
     next to the report) adds the performance chart as an image. ``people`` turns an actor's id (a Slack user
     id) into a name for readers; ids stay as they are without it. ``followups`` and ``prevention`` are the
     incident's ``core.followups.FollowUp`` items and ``PreventionMeasure`` rows (the Follow-ups and Prevention
-    sections).
+    sections). ``losses`` is the estimated loss's history
+    (``core.loss.LossEntry``, oldest first): the latest figure and a table of them all.
     """
     inc = incident
 
@@ -600,11 +630,17 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
                   f"({human_span(inc.resolved_at - inc.created_at)}).")
     else:
         md.append(f"- Duration: opened {_utc(inc.created_at)}, ongoing ({human_span(now - inc.created_at)} so far).")
-    if inc.estimated_loss is not None and math.isfinite(inc.estimated_loss):
+    if losses:
+        last = losses[-1]
+        md.append(f"- Estimated loss: {_money(last.amount)} (the latest of {len(losses)} figures, "
+                  f"{_utc(last.recorded_at)}, {_LOSS_SOURCES.get(last.source, last.source)}).")
+    elif inc.estimated_loss is not None and math.isfinite(inc.estimated_loss):
         md.append(f"- Estimated loss: {_money(inc.estimated_loss)} (as given by the requester).")
     else:
         md.append("- Estimated loss: not given.")
     md.append("")
+    if losses:
+        md += _loss_lines(losses, who)
 
     # Root cause
     md += ["## Root cause", "", "### Diagnostics", ""]
@@ -816,8 +852,10 @@ class Reports:
     def __init__(self, engine: Engine, incidents_dir: Path, *,
                  diagnostics: Callable[[Incident], str | None] | None = None,
                  chart: Callable[[Incident], bytes | None] | None = None,
-                 people: Callable[[str], str] | None = None) -> None:
+                 people: Callable[[str], str] | None = None,
+                 losses: Callable[[int], Sequence[Any]] | None = None) -> None:
         self.engine = engine
+        self.losses = losses
         self.people = people
         self.incidents_dir = Path(incidents_dir)
         self.diagnostics = diagnostics
@@ -836,7 +874,8 @@ class Reports:
             items, measures = followups_of(conn, incident_id), prevention_measures(conn, incident_id)
         markdown = render_report(incident=incident, steps=steps, diagnostics_summary=summary,
                                  now=self.engine.clock(), chart_file=chart_file, people=self.people,
-                                 followups=items, prevention=measures)
+                                 followups=items, prevention=measures,
+                                 losses=self.losses(incident_id) if self.losses is not None else None)
         return incident, markdown
 
     def update(self, incident_id: int, *, actor: str = "rollback-bot") -> Path:

@@ -25,8 +25,12 @@ from core.escalation import Breach, Escalator
 from core.evidence import EvidenceJob
 from core.followups import FollowUps
 from core.incidents import CLOSED, Event, Incident, journal, utcnow
+from core.loss import LossBook
 from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows, watched_logs
 from core.notify import Mailer, record_notification
+from core.pagerduty import PagerDuty
+from core.paging import Page, Paging
+from core.pnl import PnlPoller
 from core.performance import evaluate_booster
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
@@ -115,7 +119,15 @@ class Services:
         # Evidence before approval (core.evidence): a job queued with every rollback request.
         EvidenceJob(self.engine, lambda model: self.diagnose(model=model)).register(self.worker)
         # Runbook step 7: the report is written as soon as the rollback finishes and kept up to date.
-        self.reports = Reports(self.engine, settings.incidents_dir, chart=chart_maker(db, self.registry))
+        # Issue 14: the estimated loss as a live number (and the P&L query), paging that wakes people.
+        self.loss = LossBook(self.engine, loss_threshold=settings.loss_escalation_threshold)
+        self.loss.register(self.worker)
+        if settings.pnl_query:
+            PnlPoller(self.engine, self.loss, query=settings.pnl_query, every_minutes=settings.pnl_poll_minutes,
+                      timeout_seconds=settings.pnl_query_timeout_seconds).register(self.worker)
+        self.paging = Paging(self.engine, ack_minutes=settings.escalation_ack_minutes, pagerduty=pagerduty_of(settings))
+        self.reports = Reports(self.engine, settings.incidents_dir, chart=chart_maker(db, self.registry),
+                               losses=self.loss.history)
         self.engine.subscribe(self._report_on_change)
         self.worker.on("report", self._write_report)
         # Transactional outbox (core.outbox): the report, the e-mail and the escalation timers of a state change
@@ -413,11 +425,15 @@ class Services:
         on_trouble: Callable[[Incident, MonitorCheck], None],
         on_summary: Callable[[Incident, MonitorSummary], None],
         on_email_failed: Callable[[Incident, str, Exception], None],
+        on_emergency: Callable[[Incident, Page], None] | None = None,
+        on_pagerduty_failed: Callable[[Incident, str, str], None] | None = None,
     ) -> None:
-        """Escalation timers, post-resume monitoring and e-mail, telling people through the callbacks."""
+        """Escalation timers and paging, post-resume monitoring and e-mail, telling people through the callbacks."""
         s = self.settings
+        self.paging.register(self.worker, on_emergency=on_emergency, on_pagerduty_failed=on_pagerduty_failed)
         Escalator(self.engine, escalate_after_minutes=s.escalate_after_minutes,
-                  loss_threshold=s.loss_escalation_threshold).register(self.worker, on_page, on_breach)
+                  loss_threshold=s.loss_escalation_threshold, paging=self.paging).register(self.worker, on_page,
+                                                                                           on_breach)
         Monitor(self.engine, log_paths=self.watched_logs(), every_minutes=s.monitor_every_minutes,
                 total_minutes=s.monitor_minutes, min_ic=s.monitor_min_ic).register(self.worker, on_trouble, on_summary)
         if self.mailer is not None:  # installed with the services (core.outbox); the Slack layer reports failures
@@ -463,3 +479,11 @@ class Services:
                 " AND detail->>'channel' = %s AND detail->>'milestone' = %s",
                 (incident_id, channel, milestone),
             ).fetchone() is not None
+
+
+def pagerduty_of(settings: Settings) -> PagerDuty | None:
+    """PagerDuty's Events API v2 when PAGERDUTY_ROUTING_KEY is set."""
+    key = settings.pagerduty_routing_key.get_secret_value() if settings.pagerduty_routing_key else ""
+    if not key:
+        return None
+    return PagerDuty(key, settings.pagerduty_events_url, backoff_seconds=settings.pagerduty_backoff_seconds)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -33,6 +34,18 @@ def _split_ids(value: Any) -> list[str]:
     return [str(v).strip() for v in value if str(v).strip()]
 
 
+def check_events_url(value: str) -> str:
+    """PAGERDUTY_EVENTS_URL: the Events API v2 enqueue endpoint, over https (plain http only to this machine,
+    for a local stand-in)."""
+    parts = urlsplit(value)
+    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and local):
+        raise ValueError("must be an https:// URL (http:// only to 127.0.0.1 or localhost)")
+    if not parts.path.rstrip("/").endswith("/v2/enqueue") or parts.query or parts.fragment:
+        raise ValueError("must be the Events API v2 enqueue endpoint, ending in /v2/enqueue")
+    return value.rstrip("/")
+
+
 class Settings(BaseSettings):
     """Every setting of the bot; names are the environment variables (case-insensitive)."""
 
@@ -51,7 +64,13 @@ class Settings(BaseSettings):
     stakeholders: IdList = Field(default_factory=list)
     stakeholder_emails: IdList = Field(default_factory=list)
     smtp_url: SecretStr | None = None
-    escalation_contacts: IdList = Field(default_factory=list)
+    # Paged on escalation: primary first, emergency when nobody acknowledges within ESCALATION_ACK_MINUTES.
+    primary_contacts: IdList = Field(default_factory=list,
+                                     validation_alias=AliasChoices("primary_contacts", "escalation_contacts"))
+    emergency_contacts: IdList = Field(default_factory=list)
+    escalation_ack_minutes: float = Field(default=15, gt=0)
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
     escalate_after_minutes: float = Field(default=120, gt=0)
     loss_escalation_threshold: float | None = Field(default=None, ge=0)
     port: int = Field(default=3000, ge=1, le=65535)
@@ -100,9 +119,15 @@ class Settings(BaseSettings):
     # The runbook's "overfitted model" fix: a JSON argument list (no shell) that retrains into {output_dir}.
     retrain_command: list[str] | None = None
     retrain_timeout_minutes: float = Field(default=60, gt=0, le=24 * 60)
+    pagerduty_backoff_seconds: float = Field(default=1.5, gt=0)  # first wait before a retry on 429/5xx
+    # A read-only query giving the P&L since the incident opened (%(start)s), polled into the loss history.
+    pnl_query: str | None = None
+    pnl_poll_minutes: float = Field(default=5, gt=0)
+    pnl_query_timeout_seconds: float = Field(default=5, gt=0, le=300)
 
     @field_validator(
-        "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
+        "operators", "approvers", "stakeholders", "stakeholder_emails", "primary_contacts", "emergency_contacts",
+        mode="before",
     )
     @classmethod
     def _ids(cls, value: Any) -> list[str]:
@@ -119,6 +144,29 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value if value.endswith("/") else value + "/"
+
+    @field_validator("pagerduty_events_url")
+    @classmethod
+    def _events_url(cls, value: str) -> str:
+        return check_events_url(value)
+
+    @field_validator("pnl_query")
+    @classmethod
+    def _pnl_query(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        return value
+
+    @property
+    def escalation_contacts(self) -> list[str]:
+        """The older name of PRIMARY_CONTACTS."""
+        return self.primary_contacts
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Settings:
+        if update and "escalation_contacts" in update:  # the alias holds in code too
+            update = {**update, "primary_contacts": update["escalation_contacts"]}
+            del update["escalation_contacts"]
+        return super().model_copy(update=update, deep=deep)
 
     @field_validator("database_url")
     @classmethod

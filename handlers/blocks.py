@@ -103,6 +103,7 @@ HELP = (
     "• `/rollback incidents` — open and recent incidents\n"
     "• `/rollback report INCIDENT` — post an incident's report again\n"
     "• `/rollback followups [INCIDENT]` — open follow-ups (owner, due date), or one incident's\n"
+    "• `/rollback loss INCIDENT AMOUNT` — update an incident's estimated loss (kept with its history)\n"
     "• `/rollback diagnose MODEL` — root-cause diagnostics\n"
     "• `/rollback doctor` — check the platform against what a rollback needs (approvers)\n"
     "• `/rollback help` — this text"

@@ -15,6 +15,7 @@ from slack_sdk import WebClient
 
 from core.errors import FilesMismatch
 from core.prerollback import confirmed, split_confirm
+from core.loss import money, parse_amount
 from handlers import blocks as views
 from handlers import followup_views
 from handlers import incident_views as iv
@@ -51,13 +52,14 @@ class ParsedCommand:
 
 # Subcommands whose ack is empty (their work runs afterwards); `help` and unknown ones are answered in the ack.
 WORK_VERBS = frozenset({"status", "backups", "incidents", "start", "halt", "resume", "diagnose", "report", "doctor",
-                        "followups"})
+                        "followups", "loss"})
 
 USAGE = {
     "backups": "Usage: `/rollback backups MODEL` (see `/rollback status` for the models).",
     "report": "Usage: `/rollback report INCIDENT` (for example `/rollback report INC-12`).",
     "diagnose": "Usage: `/rollback diagnose MODEL`.",
     "followups": "Usage: `/rollback followups [INCIDENT]` (for example `/rollback followups INC-12`).",
+    "loss": "Usage: `/rollback loss INCIDENT AMOUNT` (for example `/rollback loss INC-12 250000`).",
 }
 
 
@@ -254,6 +256,21 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         )
         client.chat_postMessage(channel=deps.channel, text=text)
         respond(text="Trading resumed.", response_type="ephemeral", replace_original=False)
+
+    @on("loss")
+    def loss(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        """`/rollback loss INCIDENT AMOUNT`: the estimated loss, updated at any time (core.loss)."""
+        incident_id = parse_incident_ref(cmd.args[0]) if len(cmd.args) == 2 else None
+        if incident_id is None:
+            return tell(respond, USAGE["loss"])
+        if not deps.auth.is_operator(cmd.user_id):
+            return refuse(cmd, respond, "loss", "Only operators may update the estimated loss (OPERATORS).")
+        amount = parse_amount(cmd.args[1])
+        update = services.loss.record(incident_id=incident_id, amount=amount, by=cmd.user_id, source="slack")
+        was = f" (was {money(update.previous)})" if update.previous is not None else ""
+        respond(text=f"{update.incident.ref}: the estimated loss is now {money(update.entry.amount)}{was}."
+                     + (" It is over LOSS_ESCALATION_THRESHOLD: escalating now." if update.escalating else ""),
+                response_type="ephemeral", replace_original=False)
 
     assert set(handlers) == WORK_VERBS, "WORK_VERBS must list every subcommand (bot/server.py relies on it)"
     app.command(Command.ROLLBACK.value)(on_command)

@@ -28,6 +28,8 @@ class Action(StrEnum):
     FOLLOWUP_ASSIGN = "followup_assign"
     FOLLOWUP_DONE = "followup_done"
     ADD_PREVENTION = "add_prevention"
+    UPDATE_LOSS = "loss_update"
+    ACKNOWLEDGE_PAGE = "page_acknowledge"
 
 
 # Clicks that decide an incident: handled on a lane of their own, never behind slow commands.
@@ -43,6 +45,7 @@ class View(StrEnum):
     RETRAIN = "retrain_modal"
     FOLLOWUP_ASSIGN = "followup_assign_modal"
     PREVENTION = "prevention_modal"
+    LOSS = "loss_modal"
 
 
 class Block(StrEnum):
@@ -62,6 +65,8 @@ class Block(StrEnum):
     FOLLOWUP_OWNER = "followup_owner_block"
     PREVENTION = "prevention_block"
     PREVENTION_ACTIONS = "prevention_actions"
+    LIVE = "live_actions_block"
+    PAGE = "page_actions_block"
 
 
 class Event(StrEnum):

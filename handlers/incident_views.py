@@ -32,6 +32,7 @@ from handlers.blocks import clip, context, esc, finish, md, num, section
 from handlers.attention_views import attention_blocks, attention_reply
 from handlers.evidence import checks_input, evidence_blocks, halt_now_button
 from handlers.ids import Action, Block as B, View as V
+from handlers.paging_views import live_blocks
 
 STATE_EMOJI = {
     "requested": ":hourglass_flowing_sand:",
@@ -208,6 +209,7 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
             blocks.append(context(f"Approval window ends {incident.expires_at:%H:%M:%S} UTC. You cannot approve your own request."))
     elif incident.state in CLOSED or incident.state in ("monitoring", "verified", "revert_failed"):
         blocks.append(ActionsBlock(elements=[ButtonElement(text="Add root cause", action_id=Action.ADD_ROOT_CAUSE.value, value=str(incident.id))]))
+    blocks += live_blocks(incident, steps)  # the latest loss figure, the page; Update loss, Acknowledge
     return finish(blocks)
 
 

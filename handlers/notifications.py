@@ -3,7 +3,8 @@ failed e-mails, and the incident report uploaded to the incident's thread.
 
 Thread replies and DMs go through the reporting thread (``SlackProgress.submit``) so they keep their order
 with the incident's other messages; a failed notification is reported in the thread and never reaches the
-rollback. Escalation pages are sent synchronously so that a page Slack refused is retried by its timer.
+rollback. Escalation pages are sent synchronously so that a page Slack refused is retried by its timer; they
+go to the primary contacts, and to the emergency contacts when nobody acknowledges (core.paging).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from core.escalation import Breach
 from core.incidents import Event, Incident
 from core.monitoring import MonitorCheck, MonitorSummary
 from core.notify import milestone_of
+from core.paging import Page
 from handlers.blocks import esc
 from handlers.deps import Deps
+from handlers.paging_views import page_blocks
 from handlers.progress import SlackProgress
 
 log = logging.getLogger("rollback_bot.notifications")
@@ -102,16 +105,64 @@ class SlackNotifier:
     # ------------------------------------------------------------------------------- escalation
 
     def page(self, incident: Incident, reason: str) -> None:
+        """The primary contacts (user groups expanded): a DM each and a mention in the thread, with *Acknowledge*
+        while nobody has acknowledged the incident's page."""
         inc = self.deps.services.engine.get(incident.id)
-        contacts = self.settings.escalation_contacts
-        text = f":rotating_light: *Escalation* of {inc.ref}: {esc(reason)}"
-        for user in [c for c in contacts if not is_group(c)]:
-            dm = self.client.conversations_open(users=user)["channel"]["id"]
-            self.client.chat_postMessage(channel=dm, text=text + (f" (<#{inc.channel}>)" if inc.channel else ""))
+        page = self.deps.services.paging.get(inc.id)
+        self._page_people(inc, self.settings.primary_contacts, tier="primary",
+                          text=f":rotating_light: *Escalation* of {inc.ref}: {esc(reason)}",
+                          acknowledgeable=page is not None and page.waiting, unset="(no PRIMARY_CONTACTS configured)")
+
+    def emergency(self, incident: Incident, page: Page) -> None:
+        """Nobody acknowledged within ESCALATION_ACK_MINUTES: the emergency contacts, the same way."""
+        inc = self.deps.services.engine.get(incident.id)
+        text = (f":rotating_light: *Emergency escalation* of {inc.ref}: nobody acknowledged the page within "
+                f"{self.settings.escalation_ack_minutes:g} minutes. {esc(page.reason)}")
+        self._page_people(inc, self.settings.emergency_contacts, tier="emergency", text=text, acknowledgeable=True,
+                          unset="(no EMERGENCY_CONTACTS configured)")
+
+    def pagerduty_failed(self, incident: Incident, action: str, error: str) -> None:
+        self._say(incident, f":warning: PagerDuty did not accept the {action} event of {incident.ref}: {esc(error)}."
+                            " It is retried; the Slack pages go on.")
+
+    def _page_people(self, inc: Incident, contacts: list[str], *, tier: str, text: str, acknowledgeable: bool,
+                     unset: str) -> None:
+        """A DM to each person, a thread mention; who was reached is recorded. Raises only when there was somebody
+        to tell and nobody could be told (the page is then retried)."""
+        where = f" (<#{inc.channel}>)" if inc.channel else ""
+        users: list[str] = []
+        failed: dict[str, str] = {}
+        for entry in contacts:
+            try:
+                users += [u for u in self.deps.auth.users_in([entry]) if u not in users]
+            except Exception as exc:  # noqa: BLE001 - reported below; the others are still paged
+                failed[entry] = _slack_error(exc)
+        delivered = []
+        for user in users:
+            try:
+                dm = self.client.conversations_open(users=user)["channel"]["id"]
+                self.client.chat_postMessage(channel=dm, text=text + where,
+                                             blocks=page_blocks(inc, text + where, acknowledgeable=acknowledgeable))
+                delivered.append(user)
+            except Exception as exc:  # noqa: BLE001
+                failed[user] = _slack_error(exc)
+        mentioned = False
         if inc.channel and inc.message_ts:
-            who = " ".join(mention(c) for c in contacts) or "(no ESCALATION_CONTACTS configured)"
-            self.client.chat_postMessage(channel=inc.channel, thread_ts=inc.thread_ts or inc.message_ts,
-                                         text=f"{who} {text}")
+            who = " ".join(mention(c) for c in contacts) or unset
+            try:
+                self.client.chat_postMessage(channel=inc.channel, thread_ts=inc.thread_ts or inc.message_ts,
+                                             text=f"{who} {text}",
+                                             blocks=page_blocks(inc, f"{who} {text}", acknowledgeable=acknowledgeable))
+                mentioned = True
+            except Exception as exc:  # noqa: BLE001
+                failed["thread"] = _slack_error(exc)
+        self.deps.services.paging.record_paged(inc.id, tier=tier, delivered=delivered,
+                                               failed={k: v for k, v in failed.items() if k != "thread"})
+        if failed and (delivered or mentioned):
+            self._say(inc, f":warning: Some of the {tier} contacts could not be paged in Slack: "
+                           + esc("; ".join(f"{k}: {v}" for k, v in failed.items())[:1500]))
+        if failed and not delivered and not mentioned:
+            raise RuntimeError(f"nobody could be paged in Slack: {'; '.join(f'{k}: {v}' for k, v in failed.items())}")
 
     def breach(self, incident: Incident, breach: Breach) -> None:
         self._say(incident, f":alarm_clock: Runbook target missed: {esc(breach.message)}")
@@ -153,6 +204,11 @@ class SlackNotifier:
             self.progress.submit(lambda: self.progress.reply(inc, text), ref=inc.ref)
 
 
+def _slack_error(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    return str((response.get("error") if response is not None else None) or exc)[:300]
+
+
 class PeopleNames:
     """Slack user ids as names for reports ("Alice Smith (@alice)"), from users.info, cached."""
 
@@ -180,5 +236,6 @@ def register(client: WebClient, deps: Deps, progress: SlackProgress) -> SlackNot
     progress.after_change.append(n.on_state)
     progress.on_step["report"] = n.report
     deps.services.register_aftercare(on_page=n.page, on_breach=n.breach, on_trouble=n.trouble,
-                                     on_summary=n.summary, on_email_failed=n.email_failed)
+                                     on_summary=n.summary, on_email_failed=n.email_failed,
+                                     on_emergency=n.emergency, on_pagerduty_failed=n.pagerduty_failed)
     return n

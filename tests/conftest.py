@@ -37,6 +37,7 @@ TEST_DB = "rollback_bot_test"
 # Platform tables a test may change; restored from a snapshot before each test.
 MUTABLE_PLATFORM = ("model_deployment_log", "clients", "client_settings", "trades")
 BOT_TABLES = (
+    "loss_estimates", "pages", "page_log",  # before the incidents they refer to (tests/test_properties.py deletes)
     "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries",
     "followups", "followup_boards", "prevention_measures", "incidents",
     "home_viewers", "doctor_results", "executor_fences", "command_uses",
@@ -58,8 +59,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith(("SLACK_", "ROLLBACK_")) or name in {
             "DATABASE_URL", "MODELS_DIR", "INCIDENTS_DIR", "INCIDENT_CHANNEL", "OPERATORS", "APPROVERS",
             "STAKEHOLDERS", "STAKEHOLDER_EMAILS", "SMTP_URL", "ESCALATION_CONTACTS", "ESCALATE_AFTER_MINUTES",
-            "LOSS_ESCALATION_THRESHOLD", "PORT", "LOG_LEVEL",
-        }:
+            "LOSS_ESCALATION_THRESHOLD", "PORT", "LOG_LEVEL", "PRIMARY_CONTACTS", "EMERGENCY_CONTACTS",
+            "ESCALATION_ACK_MINUTES", "PNL_QUERY",
+        } or name.startswith("PAGERDUTY_"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no stray .env is read
 

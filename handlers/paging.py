@@ -1,0 +1,154 @@
+"""Listeners for the estimated loss and for pages, and how both show in the incident's thread and card.
+
+- *Update loss* on the card opens a small form (``View.LOSS``); its submission is checked and recorded in the
+  ack (one short transaction), errors shown in the form. `/rollback loss INCIDENT AMOUNT` is in commands.py.
+- *Acknowledge* on a page (a DM, the thread message, or the card) acknowledges the incident's page once: the
+  emergency contacts are then not paged and PagerDuty's alert is acknowledged. The pressed message loses its
+  button; a second press is told who was first.
+- Engine events: a recorded loss figure (``loss``), an acknowledgement, a page or a missed target update the
+  card; a person's loss update and an acknowledgement also get a thread reply.
+"""
+
+from __future__ import annotations
+
+import json
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from core.errors import NotAuthorized, RollbackError
+from core.incidents import Event, Incident
+from core.loss import parse_amount
+from handlers.deps import Deps
+from handlers.errors import describe
+from handlers.ids import Action, Block as B, View as V
+from handlers.paging_views import acknowledged_blocks, loss_modal, loss_reply
+from handlers.progress import SlackProgress
+
+
+def may_acknowledge(deps: Deps, user: str) -> bool:
+    """The escalation contacts (user groups expanded), operators and approvers."""
+    s = deps.services.settings
+    return (deps.auth.is_in(user, [*s.primary_contacts, *s.emergency_contacts]) or deps.auth.is_operator(user)
+            or deps.auth.is_approver(user))
+
+
+def _incident_id(body: dict) -> int | None:
+    try:
+        return int(body["actions"][0]["value"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _channel(body: dict) -> str | None:
+    return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+
+
+def register(app: App, deps: Deps, progress: SlackProgress) -> None:
+    services = deps.services
+    engine = services.engine
+
+    def whisper(client: WebClient, body: dict, text: str) -> None:
+        channel = _channel(body)
+        user = body["user"]["id"]
+        if channel and not channel.startswith("D"):
+            client.chat_postEphemeral(channel=channel, user=user, text=text)
+        else:
+            client.chat_postMessage(channel=channel or client.conversations_open(users=user)["channel"]["id"],
+                                    text=text)
+
+    def acking(work):
+        deps.work(work)
+
+        def listener(ack: Ack, body: dict, client: WebClient) -> None:
+            ack()
+            deps.later(work, body=body, client=client)
+
+        listener.__name__ = f"on_{work.__name__}"
+        return listener
+
+    # ------------------------------------------------------------------------------------ Acknowledge
+
+    def acknowledge_page(body: dict, client: WebClient) -> None:
+        incident_id = _incident_id(body)
+        user = body["user"]["id"]
+        action = (body.get("actions") or [{}])[0]
+        delivery = f"action:{body.get('trigger_id')}:{action.get('action_ts')}"
+        if incident_id is None or not services.claim_delivery(delivery):
+            return
+        try:
+            page = services.paging.acknowledge(incident_id=incident_id, user=user, allowed=may_acknowledge(deps, user))
+        except Exception as exc:  # noqa: BLE001 - the person is told why (or an error id)
+            whisper(client, body, f":no_entry: {describe(exc)}")
+            return
+        message = body.get("message") or {}
+        channel = _channel(body)
+        inc = engine.get(incident_id)
+        if channel and message.get("ts") and message.get("ts") != inc.message_ts:  # a page message, not the card
+            text = message.get("text") or f"Escalation of {inc.ref}"
+            client.chat_update(channel=channel, ts=message["ts"], text=text, blocks=acknowledged_blocks(
+                text, by=user, at_text=f"{page.acknowledged_at:%H:%M:%S} UTC"))
+
+    # ------------------------------------------------------------------------------------ the loss
+
+    def update_loss(body: dict, client: WebClient) -> None:
+        incident_id = _incident_id(body)
+        user = body["user"]["id"]
+        if incident_id is None:
+            return
+        try:
+            if not deps.auth.is_operator(user):
+                engine.audit(None, actor=user, action="loss", outcome="refused", incident_id=incident_id,
+                             reason="not an operator")
+                raise NotAuthorized("Only operators may update the estimated loss (OPERATORS).")
+            client.views_open(trigger_id=body["trigger_id"],
+                              view=loss_modal(engine.get(incident_id), channel=_channel(body)))
+        except Exception as exc:  # noqa: BLE001
+            whisper(client, body, f":no_entry: {describe(exc)}")
+
+    def loss_submitted(ack: Ack, body: dict) -> None:
+        meta = json.loads(body["view"].get("private_metadata") or "{}")
+        field = ((body["view"]["state"]["values"].get(B.LOSS.value) or {}).get("loss") or {})
+        user = body["user"]["id"]
+        try:
+            amount = parse_amount(field.get("value") or "")
+            if not deps.auth.is_operator(user):
+                engine.audit(None, actor=user, action="loss", outcome="refused", incident_id=meta.get("incident"),
+                             reason="not an operator")
+                raise NotAuthorized("Only operators may update the estimated loss (OPERATORS).")
+            services.loss.record(incident_id=int(meta["incident"]), amount=amount, by=user, source="slack")
+        except RollbackError as exc:
+            return ack(response_action="errors", errors={B.LOSS.value: str(exc)[:150]})
+        ack()
+
+    # ------------------------------------------------------------------------------------ showing
+
+    def show_loss(inc: Incident, event: Event) -> None:
+        if not (inc.channel and inc.message_ts):
+            return
+        d = event.detail
+        if d.get("source") != "pnl_query" or d.get("escalating"):
+            progress.reply(inc, loss_reply(d))
+        progress.update_card(inc)
+
+    def show_acknowledged(inc: Incident, event: Event) -> None:
+        if not (inc.channel and inc.message_ts):
+            return
+        d = event.detail
+        then = ("the emergency contacts had been paged already" if d.get("emergency_paged")
+                else "the emergency contacts will not be paged")
+        progress.reply(inc, f":white_check_mark: <@{d.get('by')}> acknowledged the page; {then}.")
+        progress.update_card(inc)
+
+    def show_card(inc: Incident, event: Event) -> None:
+        if inc.channel and inc.message_ts:
+            progress.update_card(inc)
+
+    progress.on_step["loss"] = show_loss
+    progress.on_step["acknowledge"] = show_acknowledged
+    progress.on_step["escalate"] = show_card
+    progress.on_step["target_missed"] = show_card
+
+    app.action(Action.ACKNOWLEDGE_PAGE.value)(acking(acknowledge_page))
+    app.action(Action.UPDATE_LOSS.value)(acking(update_loss))
+    app.view(V.LOSS.value)(loss_submitted)
