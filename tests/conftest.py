@@ -26,10 +26,12 @@ from core.settings import Settings
 # Hypothesis settings profiles (tests/test_properties.py): "ci" by default (`make test`), "stress" with
 # `--hypothesis-profile=stress` (`make stress`). No example database (each test runs in a temporary directory):
 # a counterexample is printed with its steps and a @reproduce_failure blob instead.
+# "ci" is derandomized, so a CI run is repeatable; "stress" explores new examples every run.
 hypothesis_settings.register_profile(
     "ci", max_examples=200, stateful_step_count=8, deadline=None, database=None, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-hypothesis_settings.register_profile("stress", hypothesis_settings.get_profile("ci"), max_examples=2000)
+    derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+hypothesis_settings.register_profile("stress", hypothesis_settings.get_profile("ci"), max_examples=2000,
+                                     derandomize=False)
 hypothesis_settings.register_profile("dev", hypothesis_settings.get_profile("ci"), max_examples=20)  # a quick look
 hypothesis_settings.load_profile("ci")
 
