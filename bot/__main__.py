@@ -70,10 +70,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require(*SERVE_REQUIRED)
     if settings.slack_app_token is None:
         settings.require("slack_signing_secret")
-    from bot.app import build_app
+    from bot.app import build_app, build_client
+    from bot.membership import ensure_in_channel
     from bot.server import build_web_app, serve_http
     from bot.workproc import WorkProcess
 
+    # Uploads and ephemeral answers fail in a channel the bot has not joined: join it, or stop with the fix.
+    ensure_in_channel(build_client(settings), settings.incident_channel)
     services = build_services(settings)
     # Slow work and the background worker (recovery, jobs, timers, monitoring) run in a child process, so
     # this one only acknowledges Slack (see bot/workproc.py).

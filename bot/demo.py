@@ -95,7 +95,7 @@ class Narrator:
                 blocks = body.get("blocks")
                 self.say(render_message("rollback-bot (only visible to you)", body.get("text", ""), blocks, self.name,
                                         indent="  "))
-            elif call.method == "chat.postEphemeral":
+            elif call.method == "chat.postEphemeral" and call.ok:
                 who = self.name(body.get("user", ""))
                 self.say(render_message(f"rollback-bot (only visible to {who})", body.get("text", ""),
                                         body.get("blocks"), self.name, indent="  "))
@@ -260,7 +260,7 @@ def _play(box: Sandbox, n: Narrator, clock: DemoClock, world: demo_world.World) 
     card = box.standin.message(CHANNEL, inc.message_ts)
     box.sender.block_action(user_id="U0ALICE", action_id="rollback_approve", channel_id=CHANNEL,
                             message_ts=inc.message_ts, message=card.as_slack())
-    box.standin.wait_for("chat.postEphemeral", lambda c: c.body.get("user") == "U0ALICE")
+    box.standin.wait_for("response_url", lambda c: "own request" in c.body.get("text", ""))
     n.show_new()
 
     n.person("U0BOB", "clicks [Approve] (and confirms)")

@@ -32,14 +32,16 @@ def _to_aiohttp(resp: BoltResponse) -> web.Response:
     return web.Response(status=resp.status, body=resp.body.encode("utf-8"), headers=headers, content_type=content_type)
 
 
-Forward = Callable[[str, dict[str, str]], None]
+Forward = Callable[..., None]  # (body, headers, loading=None): bot/workproc.py WorkProcess.forward
 
 
 def build_web_app(app: App, services: Services, *, workers: int = 32, forward: Forward | None = None,
                   signing_secret: str | None = None, work_alive: Callable[[], bool] | None = None) -> web.Application:
     """With ``forward`` (``serve`` with its work process), a signed request that needs nothing but an empty ack
     (a command other than help, a button click, an event) is acked here at once and handed to the work process
-    whole; everything else (modal submissions, help, Slack's checks) goes through the Bolt App here."""
+    whole; everything else (modal submissions, help, Slack's checks) goes through the Bolt App here. A request
+    that opens a modal gets its loading view here, right after the ack and before the hand-over, so that the
+    3-second trigger never waits behind the work process (handlers/loading.py)."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bolt")
     verifier = SignatureVerifier(signing_secret) if forward is not None and signing_secret else None
 
@@ -56,12 +58,28 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
                            if k.lower().startswith(("x-slack", "content-type"))}
                 # Handed over once this step is done, after the ack has gone out: the work process waking up
                 # then never delays the ack itself.
-                asyncio.get_running_loop().call_soon(forward, body, headers)
+                loop = asyncio.get_running_loop()
+                modal = modal_to_open(body, request.headers.get("Content-Type", ""))
+                if modal is None:
+                    loop.call_soon(forward, body, headers)
+                else:
+                    loop.call_soon(executor.submit, open_then_forward, body, headers, *modal)
                 return web.Response(status=200, body=b"")
         bolt_req = BoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
         loop = asyncio.get_running_loop()
         resp = await loop.run_in_executor(executor, app.dispatch, bolt_req)
         return _to_aiohttp(resp)
+
+    def open_then_forward(body: str, headers: dict[str, str], kind: str, trigger_id: str) -> None:
+        from handlers.loading import open_loading
+
+        try:
+            loading = open_loading(app.client, trigger_id, kind)
+        except Exception:  # noqa: BLE001 - the work is handed over all the same; it opens the form itself
+            log.exception("the loading view could not be opened")
+            loading = {}
+        assert forward is not None
+        forward(body, headers, loading)
 
     async def healthz(_: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
@@ -107,6 +125,21 @@ def needs_only_an_ack(body: str, content_type: str) -> bool:
         verb = (form.get("text", [""])[0].strip().split(" ", 1)[0] or "help").lower()
         return verb in WORK_VERBS
     return False
+
+
+def modal_to_open(body: str, content_type: str) -> tuple[str, str] | None:
+    """(kind, trigger_id) when the request opens a modal (handlers/loading.py ``modal_for``), else None."""
+    from handlers.loading import modal_for
+
+    if "json" in content_type:
+        return None
+    form = parse_qs(body, keep_blank_values=True)
+    try:
+        parsed = json.loads(form["payload"][0]) if "payload" in form else {k: v[0] for k, v in form.items()}
+    except ValueError:
+        return None
+    kind = modal_for(parsed) if isinstance(parsed, dict) else None
+    return (kind, parsed["trigger_id"]) if kind else None
 
 
 def serve_http(web_app: web.Application, *, host: str, port: int) -> None:

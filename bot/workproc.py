@@ -87,9 +87,13 @@ class WorkProcess:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def forward(self, body: str, headers: dict[str, str]) -> None:
-        """A whole Slack request, verified and acked by the parent, for the child's app to handle."""
-        self.submit(DISPATCH, {"body": body, "headers": headers})
+    def forward(self, body: str, headers: dict[str, str], loading: dict | None = None) -> None:
+        """A whole Slack request, verified and acked by the parent, for the child's app to handle; ``loading``:
+        the loading modal the parent opened for it (handlers/loading.py), ``{}`` if that failed."""
+        item: dict[str, Any] = {"body": body, "headers": headers}
+        if loading is not None:
+            item["loading"] = loading
+        self.submit(DISPATCH, item)
 
     def submit(self, name: str, payload: dict[str, Any]) -> None:
         """Hand a work item to the child: written now when the pipe takes it, else queued behind the others."""
@@ -184,7 +188,7 @@ def encode(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Plain values of a listener's keyword arguments (the client and logger are the child's own)."""
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
-        if key in ("body", "event"):
+        if key in ("body", "event", "loading"):
             out[key] = value
         elif key == "respond":
             out["response_url"] = getattr(value, "response_url", None)
@@ -193,7 +197,7 @@ def encode(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def decode(payload: dict[str, Any], client: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"client": client}
-    for key in ("body", "event"):
+    for key in ("body", "event", "loading"):
         if key in payload:
             kwargs[key] = payload[key]
     if "response_url" in payload:
@@ -218,7 +222,9 @@ def serve_stdin(deps: Any, client: Any, stream: Any = None, *, app: Any = None) 
         try:
             item = json.loads(line)
             if item.get("work") == DISPATCH and app is not None:
-                request = BoltRequest(body=item["body"], headers={k: [v] for k, v in item["headers"].items()})
+                context = {"loading": item["loading"]} if "loading" in item else None
+                request = BoltRequest(body=item["body"], headers={k: [v] for k, v in item["headers"].items()},
+                                      context=context)
                 deps.run_local(app.dispatch, req=request)
                 continue
             work = deps.works[item.pop("work")]

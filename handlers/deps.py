@@ -19,6 +19,11 @@ def work_pool(workers: int = 4) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-work", initializer=lower_thread_priority)
 
 
+def opener_pool(workers: int = 4) -> ThreadPoolExecutor:
+    """Opening a loading modal is one Web API call that must not wait behind slow work (handlers/loading.py)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modal-open")
+
+
 RemoteSubmit = Callable[[str, dict[str, Any]], None]
 
 
@@ -29,6 +34,7 @@ class Deps:
     executor: ThreadPoolExecutor
     works: dict[str, Callable[..., Any]] = field(default_factory=dict)
     remote: RemoteSubmit | None = None  # set by `serve`: work goes to the work process (bot/workproc.py)
+    openers: ThreadPoolExecutor = field(default_factory=opener_pool)
 
     @property
     def channel(self) -> str:
@@ -48,6 +54,22 @@ class Deps:
             self.remote(work_name(work), encode(kwargs))
             return
         self.run_local(work, **kwargs)
+
+    def later_modal(self, work: Callable[..., Any], *, kind: str, trigger_id: str, client: Any,
+                    loading: dict | None = None, **kwargs: Any) -> None:
+        """``later`` for work that shows a modal: a loading view is opened first, at once, on a pool of its own
+        (unless ``serve`` opened it already: ``loading`` given), and handed to ``work`` to fill in."""
+        if loading is not None:
+            self.later(work, client=client, loading=loading, **kwargs)
+            return
+
+        def open_then_work() -> None:
+            from handlers.loading import open_loading
+
+            opened = open_loading(client, trigger_id, kind)
+            self.later(work, client=client, loading=opened, **kwargs)
+
+        self.openers.submit(open_then_work)
 
     def run_local(self, work: Callable[..., Any], **kwargs: Any) -> None:
         def run() -> None:

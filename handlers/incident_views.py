@@ -28,6 +28,7 @@ from core.registry import BackupInfo
 from core.timeline import Milestone, fmt_elapsed, milestones
 from handlers.blocks import clip, context, esc, finish, md, num, section
 from handlers.ids import Action, Block as B, View as V
+from handlers.kind_text import text_for
 
 STATE_EMOJI = {
     "requested": ":hourglass_flowing_sand:",
@@ -155,12 +156,8 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
                         value=str(incident.id),
                         style="primary",
                         confirm=ConfirmObject(
-                            title="Approve the rollback?",
-                            text=clip(
-                                f"Halt automated trading, back up {incident.model_name} and restore "
-                                f"{incident.target_backup}. The bot then verifies and resumes trading.",
-                                300,
-                            ),
+                            title=text_for(incident).approve_title,
+                            text=clip(text_for(incident).will(incident), 300),
                             confirm="Approve",
                             deny="Cancel",
                         ),
@@ -257,7 +254,9 @@ def _backup_option(b: BackupInfo, recommended: str | None) -> Option:
 
 
 def start_modal(*, models: list[str], model: str | None, backups: list[BackupInfo], recommended: str | None,
-                channel: str | None, reason: str | None = None) -> dict:
+                channel: str | None, reason: str | None = None, response_url: str | None = None) -> dict:
+    """The request form. ``response_url`` (the command's) is kept in its metadata: the answer to the submission
+    goes there, so it reaches the person even in a channel the bot is not a member of."""
     model_select = StaticSelectElement(
         action_id=Action.MODAL_MODEL_SELECT.value,
         placeholder="Choose a model",
@@ -312,21 +311,24 @@ def start_modal(*, models: list[str], model: str | None, backups: list[BackupInf
         title="Request a rollback",
         submit="Request",
         close="Cancel",
-        private_metadata=json.dumps({"channel": channel, "model": model}),
+        private_metadata=json.dumps({"channel": channel, "model": model, "response_url": response_url}),
         blocks=blocks,
     ).to_dict()
 
 
 def deny_modal(incident: Incident, *, channel: str | None, message_ts: str | None) -> dict:
+    words = text_for(incident)
     return View(
         type="modal",
         callback_id=V.DENY.value,
-        title="Deny the rollback",
+        title=words.deny_title,
         submit="Deny",
         close="Back",
         private_metadata=json.dumps({"incident": incident.id, "channel": channel, "ts": message_ts}),
         blocks=[
             section(f"Deny *{esc(incident_title(incident))}*?"),
+            context(f"Approving it would: {esc(words.will(incident))} Denying it changes nothing; the {words.noun}"
+                    " is closed and the requester is told in its thread."),
             InputBlock(block_id=B.DENY_REASON.value, label="Why?", element=PlainTextInputElement(action_id="reason", multiline=True, max_length=1000)),
         ],
     ).to_dict()

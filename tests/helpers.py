@@ -70,3 +70,11 @@ def corrupt_after_restore(model_dir: Path):
             path.write_bytes(path.read_bytes()[:-50])
 
     return hook
+
+
+def shown_modal(standin, callback_id: str, *, timeout: float = 10.0) -> dict:
+    """The modal ``callback_id`` as the person sees it (id and hash included). A form opens as a loading view at
+    once and is filled in with ``views.update`` (handlers/loading.py); this waits for that update."""
+    [call, *_] = standin.wait_for(
+        "views.update", lambda c: c.ok and c.response["view"]["callback_id"] == callback_id, timeout=timeout)
+    return standin.view(call.response["view"]["id"])
