@@ -66,7 +66,11 @@ class Deps:
         def open_then_work() -> None:
             from handlers.loading import open_loading
 
-            opened = open_loading(client, trigger_id, kind)
+            try:
+                opened = open_loading(client, trigger_id, kind)
+            except Exception:  # noqa: BLE001 - the work runs all the same and opens its form itself
+                log.exception("the loading view could not be opened")
+                opened = {}
             self.later(work, client=client, loading=opened, **kwargs)
 
         self.openers.submit(open_then_work)
