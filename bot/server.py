@@ -18,6 +18,7 @@ from aiohttp import web
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk.signature import SignatureVerifier
 
+from bot.loading_opener import LoadingOpener
 from core.services import Services
 
 log = logging.getLogger("rollback_bot.server")
@@ -44,6 +45,8 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
     3-second trigger never waits behind the work process (handlers/loading.py)."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bolt")
     verifier = SignatureVerifier(signing_secret) if forward is not None and signing_secret else None
+    opener = LoadingOpener(token=app.client.token, base_url=app.client.base_url,
+                           metrics=getattr(app, "metrics", None)) if verifier is not None else None
 
     async def slack_events(request: web.Request) -> web.Response:
         stamp = request.headers.get("X-Slack-Request-Timestamp", "")
@@ -60,26 +63,19 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
                 # then never delays the ack itself.
                 loop = asyncio.get_running_loop()
                 modal = modal_to_open(body, request.headers.get("Content-Type", ""))
-                if modal is None:
+                if modal is None or opener is None:
                     loop.call_soon(forward, body, headers)
                 else:
-                    loop.call_soon(executor.submit, open_then_forward, body, headers, *modal)
+                    loop.call_soon(loop.create_task, open_then_forward(body, headers, *modal))
                 return web.Response(status=200, body=b"")
         bolt_req = BoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
         loop = asyncio.get_running_loop()
         resp = await loop.run_in_executor(executor, app.dispatch, bolt_req)
         return _to_aiohttp(resp)
 
-    def open_then_forward(body: str, headers: dict[str, str], kind: str, trigger_id: str) -> None:
-        from handlers.loading import open_loading
-
-        try:
-            loading = open_loading(app.client, trigger_id, kind)
-        except Exception:  # noqa: BLE001 - the work is handed over all the same; it opens the form itself
-            log.exception("the loading view could not be opened")
-            loading = {}
-        assert forward is not None
-        forward(body, headers, loading)
+    async def open_then_forward(body: str, headers: dict[str, str], kind: str, trigger_id: str) -> None:
+        assert forward is not None and opener is not None
+        forward(body, headers, await opener.open(trigger_id, kind))
 
     async def healthz(_: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
@@ -95,6 +91,8 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
 
     async def on_cleanup(_: web.Application) -> None:
         executor.shutdown(wait=False, cancel_futures=True)
+        if opener is not None:
+            await opener.close()
 
     web_app = web.Application(client_max_size=MAX_BODY)
     web_app.router.add_post(EVENTS_PATH, slack_events)
