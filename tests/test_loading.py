@@ -119,3 +119,16 @@ def test_which_requests_open_a_modal():
     assert modal_for(click("rollback_deny")) == "deny" and modal_for(click("add_root_cause")) == "root_cause"
     assert modal_for(click("rollback_approve")) is None
     assert modal_for({"command": "/rollback", "text": "start"}) is None  # no trigger, no modal
+
+
+def test_serve_retries_a_rate_limited_loading_view(serve, settings, standin, world):
+    url = serve()
+    sender = SlackSender(url + "/slack/events", settings.slack_signing_secret.get_secret_value(),
+                         trigger_ids=standin.issue_trigger_id)
+    standin.rate_limit("views.open", retry_after=1)
+    sender.slash_command(text="start", user_id="U0ALICE", channel_id="C0OPS",
+                         response_url=standin.response_url("start", channel="C0OPS", user="U0ALICE"))
+    form = shown_modal(standin, "rollback_start_modal", timeout=30)
+    limited, opened = standin.calls("views.open")
+    assert limited.status == 429 and opened.ok and form["id"] == opened.response["view"]["id"]
+    assert 1.0 <= opened.at - limited.at < 3.0  # Retry-After honoured, within the trigger's 3 s
