@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from core.settings import Settings, load_settings
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+# `serve` names each of its starts for its work process, so the doctor runs once per start (handlers/doctor.py at_start).
+START_ID_ENV = "ROLLBACK_BOT_START_ID"
 
 
 def _settings_with_database(settings: Settings, *, ensure_local: bool) -> Settings:
@@ -71,33 +74,58 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.slack_app_token is None:
         settings.require("slack_signing_secret")
     from bot.app import build_app, build_client
+    from bot.health import Health, SlackAuth, build_ops_app, verify_token
     from bot.membership import ensure_in_channel
-    from bot.server import build_web_app, serve_http
+    from bot.server import BackgroundServer, build_web_app, serve_http
     from bot.workproc import WorkProcess
 
+    client = build_client(settings)
+    verify_token(client)  # a token Slack refuses stops start-up here, with one line
     # Uploads and ephemeral answers fail in a channel the bot has not joined: join it, or stop with the fix.
-    ensure_in_channel(build_client(settings), settings.incident_channel)
+    ensure_in_channel(client, settings.incident_channel)
     services = build_services(settings)
     # Slow work and the background worker (recovery, jobs, timers, monitoring) run in a child process, so
-    # this one only acknowledges Slack (see bot/workproc.py).
+    # this one only acknowledges Slack (see bot/workproc.py). It also runs the doctor once for this start.
+    import os
+    import uuid
+
+    os.environ[START_ID_ENV] = uuid.uuid4().hex
     work = WorkProcess().start()
     app = build_app(settings, services, remote=work.submit)
+    slack_auth = SlackAuth(app.client, every=settings.slack_auth_check_seconds).start()
+    health = Health(db_ping=services.db.ping, slack=slack_auth, work_alive=work.alive)
+    side: list[BackgroundServer] = []  # /metrics on METRICS_ADDR; /healthz (and /metrics) on HEALTH_PORT
+    log = logging.getLogger("rollback_bot")
     try:
+        metrics_bind = settings.metrics_bind()
+        if metrics_bind is not None:
+            side.append(BackgroundServer(build_ops_app(render=app.metrics.render), *metrics_bind).start())
+            log.info("serving /metrics on %s", settings.metrics_addr)
         if settings.slack_app_token is not None:
+            import signal
+
             from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-            logging.getLogger("rollback_bot").info("starting in Socket Mode")
+            port = settings.health_port or settings.port
+            side.append(BackgroundServer(build_ops_app(
+                health=health, render=None if metrics_bind else app.metrics.render), args.host, port).start())
+            log.info("starting in Socket Mode; /healthz on port %s", port)
             handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value(), web_client=app.client)
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop as HTTP mode does: work stops, files go
             freeze_startup_heap()
             handler.start()
             return 0
-        logging.getLogger("rollback_bot").info("serving HTTP on port %s", settings.port)
+        log.info("serving HTTP on port %s", settings.port)
         secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-        web_app = build_web_app(app, services, forward=work.forward, signing_secret=secret, work_alive=work.alive)
+        web_app = build_web_app(app, services, forward=work.forward, signing_secret=secret, work_alive=work.alive,
+                                health=health, serve_metrics=metrics_bind is None)
         freeze_startup_heap()
         serve_http(web_app, host=args.host, port=settings.port)
         return 0
     finally:
+        for server in side:
+            server.stop()
+        slack_auth.stop()
         work.stop()
         app.progress.flush(5)
 
@@ -115,12 +143,66 @@ def cmd_work(args: argparse.Namespace, settings: Settings) -> int:
     app = build_app(settings.model_copy(update={"slack_signing_secret": None}), services)
     freeze_startup_heap()
     services.start_background()
+    doctor_at_start(app, services)
     try:
         serve_stdin(app.deps, app.client, app=app)
     finally:
         services.stop_background()
         app.progress.flush(10)
     return 0
+
+
+def doctor_at_start(app, services) -> None:
+    """`serve` start: the doctor runs once on a thread of the work process; its problems go to INCIDENT_CHANNEL
+    and `/rollback status` (handlers/doctor.py)."""
+    import os
+    import threading
+    import uuid
+
+    from handlers.doctor import at_start
+
+    start_id = os.environ.get(START_ID_ENV) or uuid.uuid4().hex
+
+    def run() -> None:
+        try:
+            at_start(services, app.client, start_id=start_id)
+        except Exception:  # noqa: BLE001 - the doctor must never take the work process down
+            logging.getLogger("rollback_bot").exception("the doctor at start could not run")
+
+    threading.Thread(target=run, name="doctor-at-start", daemon=True).start()
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """Check the platform against what a rollback needs: one line per check, exit 1 on any problem."""
+    import psycopg
+
+    from core.db import Database
+    from core.doctor import run_doctor, store_run
+    from core.errors import DatabaseUnavailable
+    from core.incidents import utcnow
+
+    settings = _settings_with_database(settings, ensure_local=False)
+    chat = None
+    if settings.slack_bot_token is not None:  # Slack is configured: check it too
+        from bot.app import build_client
+        from handlers.doctor import slack_checks
+
+        chat = slack_checks(build_client(settings), settings.incident_channel)
+    db = Database(settings.database_dsn())
+    run = run_doctor(settings, db.connect, source="rollback-bot doctor (CLI)", at=utcnow(), chat=chat)
+    for check in run.checks:
+        print(check.line(), flush=True)
+    try:
+        with db.connect() as conn:
+            store_run(conn, run)
+    except (psycopg.Error, DatabaseUnavailable) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"rollback-bot: this run is not kept for /rollback status: {first}", file=sys.stderr)
+    if run.ok:
+        print(f"rollback-bot doctor: {run.summary()}.")
+        return 0
+    print(f"rollback-bot doctor: {run.summary()}; a rollback may fail until they are fixed.")
+    return EXIT_FAILED
 
 
 def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -148,11 +230,94 @@ def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def os_identity() -> str:
+    """Who is at the host's shell, as the operating system knows them: the account, the account that ran sudo
+    (``SUDO_USER``) and the login name when they differ. Recorded beside ``--by``."""
+    import pwd
+
+    try:
+        account = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        account = f"uid {os.getuid()}"
+    try:
+        login = os.getlogin()
+    except OSError:  # no controlling terminal
+        login = None
+    sudo = os.environ.get("SUDO_USER")
+    extra = []
+    if sudo and sudo != account:
+        extra.append(f"sudo from {sudo}")
+    if login and login not in (account, sudo):
+        extra.append(f"login {login}")
+    return account + (f" ({', '.join(extra)})" if extra else "")
+
+
+def confirm_break_glass(args: argparse.Namespace, who: str) -> bool:
+    """``--yes``, or a person at a terminal who types the model's name. Without a terminal and without --yes:
+    refused (a script must say --yes explicitly)."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        print("rollback-bot: break-glass rollback refused: no terminal to confirm on; pass --yes to confirm in a"
+              " script", file=sys.stderr)
+        return False
+    print(f"Break-glass rollback of {args.model} to {args.to}, by {args.by} (OS user {who}).\n"
+          "This halts automated trading and swaps the production model without a second person in Slack.\n"
+          f"Type the model name ({args.model}) to go ahead: ", end="", flush=True)
+    answer = sys.stdin.readline().strip()
+    if answer != args.model:
+        print("rollback-bot: not confirmed; nothing was changed", file=sys.stderr)
+        return False
+    return True
+
+
+class BreakGlassAlert:
+    """Tells the incident channel about a break-glass rollback when Slack is reachable (SLACK_BOT_TOKEN and
+    INCIDENT_CHANNEL set). A failure to post is reported on stderr and in the audit log, never fatal."""
+
+    def __init__(self, settings: Settings, services) -> None:
+        self.services = services
+        self.channel = settings.incident_channel
+        self.client = None
+        self.ts: str | None = None
+        if settings.slack_bot_token is not None and settings.incident_channel:
+            from bot.app import build_client
+
+            self.client = build_client(settings)
+            self.client.timeout = 5
+
+    def post(self, incident, text: str, *, reply: bool = False) -> None:
+        if self.client is None or (reply and self.ts is None):
+            return
+        try:
+            resp = self.client.chat_postMessage(channel=self.channel, text=text,
+                                                thread_ts=self.ts if reply else None)
+            if not reply:
+                self.ts = resp["ts"]
+                self.services.engine.set_message(incident.id, channel=resp["channel"], message_ts=resp["ts"])
+        except Exception as exc:  # noqa: BLE001 - Slack being down is why break-glass exists
+            error = getattr(getattr(exc, "response", None), "data", None) or exc
+            error = error.get("error", error) if isinstance(error, dict) else error
+            print(f"rollback-bot: WARNING: could not post the break-glass alert to Slack ({str(error)[:200]});"
+                  " the rollback goes on", file=sys.stderr, flush=True)
+            self.services.engine.audit(None, actor="rollback-bot", action="break_glass_alert", outcome="failed",
+                                       incident_id=incident.id, error=str(error)[:300])
+
+
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """Break-glass: the same engine and journal as Slack, printing each step as it happens."""
+    import socket
+
     from core.incidents import Event
 
+    who = os_identity()
     services = build_services(_settings_with_database(settings, ensure_local=False))
+    services.registry.backup_dir(args.model, args.to)  # bad names are a clear error before anyone is asked
+    if not confirm_break_glass(args, who):
+        services.engine.audit(None, actor=args.by, action="break_glass_rollback", outcome="refused",
+                              reason="not confirmed", os_user=who, model=args.model, backup=args.to)
+        return EXIT_USAGE
+    alert = BreakGlassAlert(settings, services)
 
     def show(event: Event) -> None:
         inc = event.incident
@@ -162,9 +327,17 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  WARNING: {event.error}", flush=True)
         else:
             print(f"{inc.ref}: {inc.state}" + (f" ({event.error})" if event.error else ""), flush=True)
+        if event.kind == "state" and inc.state == "approved" and alert.ts is None:
+            alert.post(inc, f":rotating_light: *Break-glass rollback* {inc.ref}: `{inc.model_name}` to "
+                            f"`{inc.target_backup}` from the command line on {socket.gethostname()}, by {args.by} "
+                            f"(OS user {who}), without approval in Slack. Reason: {inc.reason[:500]}")
 
     services.engine.subscribe(show)
-    inc = services.engine.break_glass(model=args.model, backup=args.to, reason=args.reason, by=args.by)
+    inc = services.engine.break_glass(model=args.model, backup=args.to, reason=args.reason, by=args.by, os_user=who)
+    alert.post(inc, f"{inc.ref} ended {inc.state}" + (f": {inc.error}" if inc.error else ".")
+               + (" Trading stays halted until `/rollback resume`." if inc.state in ("verified", "failed",
+                                                                                   "halt_not_effective") else ""),
+               reply=True)
     if inc.state in ("monitoring", "verified", "resolved"):
         print(f"{inc.ref}: {args.model} is now {args.to}; "
               + ("trading stays halted until `/rollback resume`." if inc.state == "verified" else "trading resumed."))
@@ -196,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the Slack app (HTTP, or Socket Mode when SLACK_APP_TOKEN is set)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (HTTP mode)")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="address to listen on (HTTP mode; /healthz and /metrics in Socket Mode)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="play one whole incident against a local Slack stand-in (no workspace needed)")
@@ -217,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = dbsub.add_parser("migrate", help="apply the bot's schema migrations (idempotent)")
     m.set_defaults(func=cmd_db_migrate)
 
+    p = sub.add_parser("doctor", help="check the platform against what a rollback needs (exit 1 on any problem)")
+    p.set_defaults(func=cmd_doctor)
+
     p = sub.add_parser("status", help="break-glass: production models, open incidents, trading state")
     p.set_defaults(func=cmd_status)
 
@@ -228,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--to", required=True, metavar="BACKUP", help="the backup folder to restore (backup_*)")
     p.add_argument("--reason", required=True, help="why (kept in the journal and the deployment log)")
-    p.add_argument("--by", required=True, metavar="NAME", help="who is running this (audited)")
+    p.add_argument("--by", required=True, metavar="NAME", help="who is running this (audited, beside the OS user)")
+    p.add_argument("--yes", action="store_true", help="confirm without a prompt (required without a terminal)")
     p.set_defaults(func=cmd_rollback)
     return parser
 
@@ -236,6 +414,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    metrics = None
+    if args.command == "serve":  # before anything imports prometheus_client (bot/metrics_dir.py)
+        from bot import metrics_dir
+
+        metrics = metrics_dir.begin()
+    try:
+        return _run(args)
+    finally:
+        if metrics is not None:
+            metrics_dir.end(metrics)
+
+
+def _run(args: argparse.Namespace) -> int:
     from bot.observability import configure_logging
 
     configure_logging(None, json_format=False, verbose=args.verbose)

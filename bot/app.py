@@ -18,7 +18,7 @@ from core.auth import Authorizer
 from core.watchdog import Proposal
 from core.services import Services
 from core.settings import Settings
-from handlers import actions, commands, errors, home, notifications, views
+from handlers import actions, commands, errors, halt_trades, home, notifications, pickers, views
 from handlers.deps import Deps, RemoteSubmit, work_pool
 from handlers.progress import SlackProgress
 
@@ -47,7 +47,8 @@ def build_authorizer(settings: Settings, client: WebClient) -> Authorizer:
     def members(group: str) -> list[str]:
         return list(client.usergroups_users_list(usergroup=group).get("users") or [])
 
-    return Authorizer(operators=settings.operators, approvers=settings.approvers, resolve_group=members)
+    return Authorizer(operators=settings.operators, approvers=settings.approvers, stakeholders=settings.stakeholders,
+                      resolve_group=members)
 
 
 def build_app(settings: Settings, services: Services, *, client: WebClient | None = None,
@@ -73,12 +74,14 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     app.metrics = metrics  # type: ignore[attr-defined] - served at GET /metrics
     app.deps = deps  # type: ignore[attr-defined] - the work process runs deps.works
     notifications.register(client, deps, progress)
+    halt_trades.register(deps, progress)
     services.register_fix_runner()
     services.register_watchdog(watchdog_poster(services, deps, progress))
     errors.register(app)
     commands.register(app, deps, progress)
     actions.register(app, deps, progress)
     views.register(app, deps, progress)
+    pickers.register(app, deps)
     home.register(app, deps, progress)
     return app
 

@@ -5,7 +5,8 @@
 * A filter replaces every configured secret value (tokens, signing secret, database and SMTP passwords)
   with ``[redacted]`` in every record, whatever logged it.
 * ``Metrics`` holds the app's Prometheus collectors in its own registry: rollbacks by outcome, step
-  durations, Slack API errors and retries. ``GET /metrics`` serves them.
+  durations, Slack API calls, errors and retries. ``GET /metrics`` serves them; under `serve` (multiprocess
+  mode, bot/metrics_dir.py) it serves the sum over serve and its work process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.handler import RetryHandler
@@ -26,6 +28,7 @@ from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 
+from bot import metrics_dir
 from core.engine import Engine
 from core.incidents import CLOSED, Event
 from core.logctx import current_incident
@@ -117,15 +120,25 @@ class Metrics:
                                     registry=self.registry)
         self.slack_retries = Counter("rollback_bot_slack_api_retries", "Slack Web API retries", ["reason"],
                                      registry=self.registry)
+        self.slack_calls = Counter("rollback_bot_slack_api_calls", "Slack Web API calls", ["method"],
+                                   registry=self.registry)
+        for outcome in ("rolled_back", *sorted(CLOSED)):  # every outcome shown from the start, at 0
+            self.rollbacks.labels(outcome=outcome)
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """This process's metrics; in multiprocess mode, every process's (serve and its work process)."""
+        path = metrics_dir.active()
+        if path is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=path)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def watch(self, engine: Engine) -> None:
         def on_event(event: Event) -> None:
             inc = event.incident
             if event.kind == "state" and inc.kind == "rollback":
-                if inc.state in CLOSED:
+                if inc.state in CLOSED or inc.state == "revert_failed":
                     self.rollbacks.labels(outcome=inc.state).inc()
                 elif inc.state in ("monitoring", "verified"):
                     self.rollbacks.labels(outcome="rolled_back").inc()
@@ -156,6 +169,8 @@ class InstrumentedWebClient(WebClient):
     metrics: Metrics | None = None
 
     def api_call(self, api_method: str, **kwargs):  # type: ignore[override]
+        if self.metrics is not None:
+            self.metrics.slack_calls.labels(method=api_method).inc()
         try:
             return super().api_call(api_method, **kwargs)
         except SlackApiError as exc:

@@ -70,8 +70,7 @@ class Sandbox:
         if self.server:
             self.server.stop()
         if getattr(self, "app", None) is not None:
-            self.app.deps.openers.shutdown(wait=True)  # loading views hand their work to the executor
-            self.app.deps.executor.shutdown(wait=True)  # work after the ack still talks to the stand-in
+            self.app.deps.shutdown()  # work after the ack still talks to the stand-in
             self.app.progress.flush(10)
             self.app.progress.close()
         if self._own_standin:

@@ -2,7 +2,8 @@
 
 ``POST /slack/events`` turns the request into a ``BoltRequest`` and dispatches it on a thread pool, so the
 event loop never blocks and many requests are acked concurrently; ``GET /healthz`` answers 200 only when the
-database answers; ``GET /metrics`` serves the Prometheus metrics.
+database answers and (under `serve`) Slack accepts the token (bot/health.py); ``GET /metrics`` serves the
+Prometheus metrics, unless they have an address of their own (METRICS_ADDR).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aiohttp import web
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk.signature import SignatureVerifier
 
+from bot.health import Health, ops_routes
 from bot.loading_opener import LoadingOpener
 from core.services import Services
 
@@ -37,7 +39,8 @@ Forward = Callable[..., None]  # (body, headers, loading=None): bot/workproc.py 
 
 
 def build_web_app(app: App, services: Services, *, workers: int = 32, forward: Forward | None = None,
-                  signing_secret: str | None = None, work_alive: Callable[[], bool] | None = None) -> web.Application:
+                  signing_secret: str | None = None, work_alive: Callable[[], bool] | None = None,
+                  health: Health | None = None, serve_metrics: bool = True) -> web.Application:
     """With ``forward`` (``serve`` with its work process), a signed request that needs nothing but an empty ack
     (a command other than help, a button click, an event) is acked here at once and handed to the work process
     whole; everything else (modal submissions, help, Slack's checks) goes through the Bolt App here. A request
@@ -77,18 +80,6 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
         assert forward is not None and opener is not None
         forward(body, headers, await opener.open(trigger_id, kind))
 
-    async def healthz(_: web.Request) -> web.Response:
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(executor, services.db.ping)
-        body = {"ok": ok, "database": "up" if ok else "down"}
-        if work_alive is not None:
-            body["work_process"] = "up" if work_alive() else "restarting"
-        return web.json_response(body, status=200 if ok else 503)
-
-    async def metrics(_: web.Request) -> web.Response:
-        body, content_type = app.metrics.render()  # type: ignore[attr-defined]
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
     async def on_cleanup(_: web.Application) -> None:
         executor.shutdown(wait=False, cancel_futures=True)
         if opener is not None:
@@ -96,8 +87,8 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
 
     web_app = web.Application(client_max_size=MAX_BODY)
     web_app.router.add_post(EVENTS_PATH, slack_events)
-    web_app.router.add_get("/healthz", healthz)
-    web_app.router.add_get("/metrics", metrics)
+    ops_routes(web_app, executor, health=health or Health(db_ping=services.db.ping, work_alive=work_alive),
+               render=app.metrics.render if serve_metrics else None)  # type: ignore[attr-defined]
     web_app.on_cleanup.append(on_cleanup)
     return web_app
 

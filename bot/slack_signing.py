@@ -298,6 +298,37 @@ class SlackSender:
         payload.update(extra or {})
         return self._send_interactivity(payload, timestamp=timestamp, secret=secret, headers=headers)
 
+    def block_suggestion(
+        self,
+        *,
+        user_id: str,
+        action_id: str,
+        value: str,
+        view: Mapping[str, Any],
+        block_id: str | None = None,
+        timestamp: int | None = None,
+        secret: str | None = None,
+    ) -> SenderResponse:
+        """POST a ``block_suggestion`` payload: a person typed ``value`` into the ``external_select`` menu
+        ``action_id`` of the modal ``view`` (its ``state`` and ``private_metadata`` travel with it). The app
+        answers in the acknowledgement: ``{"options": [...]}``."""
+        element = self._find_element(view, action_id)
+        payload: JSONDict = {
+            "type": "block_suggestion",
+            "user": self._user(user_id, None),
+            "container": {"type": "view", "view_id": view.get("id")},
+            "api_app_id": self.api_app_id,
+            "token": self.verification_token,
+            "action_id": action_id,
+            "block_id": block_id or element.get("_block_id") or self._new_id("b"),
+            "value": value,
+            "team": self._team(),
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "view": dict(view),
+        }
+        return self._send_interactivity(payload, timestamp=timestamp, secret=secret)
+
     @staticmethod
     def _find_element(container: Mapping[str, Any], action_id: str) -> JSONDict:
         """The element with ``action_id`` in a message/view's blocks, plus its ``_block_id``."""

@@ -313,8 +313,9 @@ class SlackStandIn:
             ``auth.test`` and used in answers.
         require_auth: answer ``not_authed`` to Web API calls without a token.
         scopes: the bot token's scopes; by default those ``manifest.yml`` declares.
-        joined: channel ids the bot is a member of at the start (it may join public
-            ones with ``conversations.join``; ``invite_bot`` adds one as a person would).
+        joined: channel ids the bot is a member of at the start: none by default, as for a
+            newly installed app (``conversations.join`` joins a public one; ``join`` is a
+            person inviting it, ``leave`` removing it).
         private_channels: channel ids that are private (``G…`` ids always are);
             the bot cannot join them itself and cannot see them until invited.
     """
@@ -467,15 +468,20 @@ class SlackStandIn:
             self._triggers[trigger_id] = time.monotonic() if issued_at is None else issued_at
             return trigger_id
 
-    def invite_bot(self, channel: str) -> None:
-        """A person invites the bot to ``channel`` (public or private)."""
+    def join(self, channel: str) -> None:
+        """The bot becomes a member of ``channel`` (a person invited it, public or private)."""
         with self._lock:
             self.joined.add(channel)
 
-    def remove_bot(self, channel: str) -> None:
-        """The bot is removed from ``channel``."""
+    def leave(self, channel: str) -> None:
+        """The bot is no longer a member of ``channel`` (``conversations.info`` says ``is_member: false``)."""
         with self._lock:
             self.joined.discard(channel)
+
+    def is_member(self, channel: str) -> bool:
+        """A DM always; a channel once joined."""
+        with self._lock:
+            return self._channel_kind(channel) == "im" or channel in self.joined
 
     def rate_limit(self, method: str, *, retry_after: int = 1, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` answer HTTP 429 ``ratelimited`` with ``Retry-After``."""
@@ -494,6 +500,12 @@ class SlackStandIn:
             raise ValueError("times must be >= 1")
         with self._lock:
             self._faults.setdefault(method, deque()).append(_Fault(status, retry_after, error, times))
+
+    def revoke_token(self, error: str = "token_revoked") -> None:
+        """From now on Slack refuses the bot's token: every Web API method, ``auth.test`` included, answers
+        ``{"ok": false, "error": error}`` (``token_revoked``, ``invalid_auth``, …), as after an uninstall."""
+        for method in self._methods:
+            self.fail_next(method, error=error, times=1 << 30)
 
     # ------------------------------------------------------------------ recorded calls
 
@@ -719,13 +731,10 @@ class SlackStandIn:
             return "im"
         return "private" if channel[0] == "G" or channel in self.private_channels else "public"
 
-    def _is_member(self, channel: str) -> bool:
-        return self._channel_kind(channel) == "im" or channel in self.joined
-
     def _refuse_outside(self, channel: str, *, post: bool = False) -> JSONDict | None:
         """``not_in_channel`` unless the bot may write in ``channel`` (a post in a public channel it has not
         joined passes with ``chat:write.public``)."""
-        if self._is_member(channel):
+        if self.is_member(channel):
             return None
         if post and self._channel_kind(channel) == "public" and "chat:write.public" in self.scopes:
             return None
@@ -973,12 +982,12 @@ class SlackStandIn:
         names = {v: k for k, v in self.channels.items()}
         return {"id": channel, "name": names.get(channel, channel.lower()), "is_channel": kind == "public",
                 "is_group": kind == "private", "is_im": kind == "im", "is_private": kind != "public",
-                "is_archived": False, "is_member": self._is_member(channel)}
+                "is_archived": False, "is_member": self.is_member(channel), "created": _TS_BASE}
 
     def _conversations_info(self, body: JSONDict) -> JSONDict:
         channel = self._resolve_channel(body.get("channel"))
         kind = self._channel_kind(channel)
-        if channel is None or kind is None or (kind == "private" and not self._is_member(channel)):
+        if channel is None or kind is None or (kind == "private" and not self.is_member(channel)):
             return _err("channel_not_found")  # a private channel is invisible until the bot is invited
         return {"ok": True, "channel": self._channel_object(channel)}
 

@@ -47,6 +47,10 @@ def status(report: StatusReport) -> str:
         out += [f"  INC-{i.id} {i.kind} {i.model_name or '-'} {i.state} (by {i.requested_by})" for i in report.incidents]
     else:
         out.append("No open incidents.")
+    if report.doctor is not None:
+        run = report.doctor
+        out.append(f"Platform check ({run.source}, {run.at:%Y-%m-%d %H:%M %Z}): {run.summary()}")
+        out += [f"  {c.line()}" for c in run.problems]
     return "\n".join(out)
 
 

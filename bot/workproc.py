@@ -28,6 +28,8 @@ from typing import Any
 
 from slack_bolt.context.respond import Respond
 
+from bot import metrics_dir
+
 log = logging.getLogger("rollback_bot.workproc")
 
 
@@ -71,6 +73,8 @@ class WorkProcess:
         if self._proc is not None and self._proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()  # the old child's pipe
+        if self._proc is not None and self._proc.poll() is not None:
+            metrics_dir.mark_dead(self._proc.pid)  # its counters stay in serve's /metrics
         # A session of its own: where the kernel groups CPU time by session (autogroup), the child's work is
         # then weighed apart from the acks instead of counting against them.
         self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, env=dict(os.environ),
@@ -209,9 +213,25 @@ def decode(payload: dict[str, Any], client: Any) -> dict[str, Any]:
 DISPATCH = "dispatch"
 
 
+def is_decision(body: str) -> bool:
+    """A click that decides an incident (Approve, Deny, Proceed anyway, …): it goes on the decisions lane."""
+    if "block_actions" not in body:
+        return False
+    from urllib.parse import parse_qs
+
+    from handlers.ids import DECISIONS
+
+    try:
+        payload = json.loads(parse_qs(body).get("payload", ["{}"])[0])
+        return payload.get("type") == "block_actions" and payload["actions"][0]["action_id"] in DECISIONS
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return False
+
+
 def serve_stdin(deps: Any, client: Any, stream: Any = None, *, app: Any = None) -> None:
     """The child's loop: run each work item on the app's pool until standard input ends. A ``dispatch`` item
-    is a whole Slack request the parent already verified and acked: the app handles it as if it came itself."""
+    is a whole Slack request the parent already verified and acked: the app handles it as if it came itself.
+    Decisions (Approve, Deny, Proceed anyway, …) run on a lane of their own, never behind slow commands."""
     from slack_bolt import BoltRequest
 
     stream = stream or sys.stdin.buffer  # UTF-8 bytes, whatever the locale (json.loads reads bytes)
@@ -225,13 +245,16 @@ def serve_stdin(deps: Any, client: Any, stream: Any = None, *, app: Any = None) 
                 context = {"loading": item["loading"]} if "loading" in item else None
                 request = BoltRequest(body=item["body"], headers={k: [v] for k, v in item["headers"].items()},
                                       context=context)
-                deps.run_local(app.dispatch, req=request)
+                # a form being filled in (its loading view is open) goes on the decisions lane too
+                urgent = is_decision(item["body"]) or "loading" in item
+                deps.run_local(app.dispatch, urgent=urgent, req=request)
                 continue
             work = deps.works[item.pop("work")]
+            urgent = bool(item.pop("urgent", False))
         except (ValueError, KeyError) as exc:
             log.error("unreadable work item: %s", exc)
             continue
         kwargs = decode(item, client)
         accepted = inspect.signature(work).parameters
-        deps.run_local(work, **{k: v for k, v in kwargs.items() if k in accepted})
-    deps.executor.shutdown(wait=True)
+        deps.run_local(work, urgent=urgent, **{k: v for k, v in kwargs.items() if k in accepted})
+    deps.shutdown()

@@ -1,8 +1,10 @@
-"""Who may do what: OPERATORS request, halt and resume; APPROVERS approve (and resume).
+"""Who may do what: OPERATORS request, halt and quick-fix; APPROVERS approve (and resume), and may also do what
+operators do; STAKEHOLDERS may look (the heavy read-only commands).
 
 Entries are Slack user IDs (``U…``/``W…``) or user-group IDs (``S…``). Group membership comes from a
-resolver the caller supplies (the Slack layer uses ``usergroups.users.list``) and is cached briefly. An
-empty OPERATORS list means everyone may operate; an empty APPROVERS list means nobody may approve.
+resolver the caller supplies (the Slack layer uses ``usergroups.users.list``) and is cached briefly.
+Fail closed: an empty OPERATORS list means only approvers operate (never everyone); an empty APPROVERS list
+means nobody may approve.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ class Authorizer:
         *,
         operators: list[str],
         approvers: list[str],
+        stakeholders: list[str] | None = None,
         resolve_group: GroupResolver | None = None,
         ttl_seconds: float = 60.0,
     ) -> None:
         self.operators = list(operators)
         self.approvers = list(approvers)
+        self.stakeholders = list(stakeholders or [])
         self._resolve = resolve_group
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
@@ -46,12 +50,22 @@ class Authorizer:
         return members
 
     def _in(self, user: str, entries: list[str]) -> bool:
+        if not user or not entries:
+            return False
         if user in entries:
             return True
         return any(is_group(e) and user in self._members(e) for e in entries)
 
     def is_operator(self, user: str) -> bool:
-        return not self.operators or self._in(user, self.operators) or self._in(user, self.approvers)
+        """Listed in OPERATORS, or an approver. With OPERATORS unset: approvers only (fail closed)."""
+        return self._in(user, self.operators) or self.is_approver(user)
 
     def is_approver(self, user: str) -> bool:
-        return bool(self.approvers) and self._in(user, self.approvers)
+        return self._in(user, self.approvers)
+
+    def is_stakeholder(self, user: str) -> bool:
+        return self._in(user, self.stakeholders)
+
+    def may_look(self, user: str) -> bool:
+        """The heavy read-only commands (`diagnose`, `backups`, `status MODEL`): operators, approvers, stakeholders."""
+        return self.is_operator(user) or self.is_stakeholder(user)

@@ -64,7 +64,7 @@ def model_series(conn: psycopg.Connection, registry: ModelRegistry, model: str, 
     """
     folder = registry.model_dir(model) if version in (None, "production") else registry.backup_dir(model, version)
     meta = read_metadata(folder)
-    booster = load_booster(folder / MODEL_FILE)
+    booster = load_booster(folder / MODEL_FILE, max_bytes=registry.max_model_bytes)
     data = labelled_rows(conn, list(meta.features), last_days=days)
     if len(data) == 0:
         return ModelSeries(label or version or "production", [], [])

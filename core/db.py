@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from contextvars import ContextVar
 from importlib import resources
 
 import psycopg
@@ -17,11 +18,35 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from core.errors import DatabaseUnavailable
+from core.errors import ConfigError, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "rollback_bot"
+
+# (lock_timeout, statement_timeout) in milliseconds for every transaction opened in this context (a rollback's
+# steps: ``step_limits``); None: the server's defaults.
+_LIMITS: ContextVar[tuple[int, int] | None] = ContextVar("rollback_bot_db_limits", default=None)
+
+
+@contextlib.contextmanager
+def step_limits(lock_timeout_seconds: float, statement_timeout_seconds: float) -> Iterator[None]:
+    """Every ``Database.transaction()`` opened inside (in this thread) starts with ``SET LOCAL lock_timeout`` and
+    ``SET LOCAL statement_timeout``: a step waiting on a lock someone else holds, or on a statement that does not
+    finish, stops with a clear error instead of hanging while trading is halted."""
+    token = _LIMITS.set((max(1, round(lock_timeout_seconds * 1000)), max(1, round(statement_timeout_seconds * 1000))))
+    try:
+        yield
+    finally:
+        _LIMITS.reset(token)
+
+
+def apply_limits(conn: psycopg.Connection) -> None:
+    """SET LOCAL the limits of the current context, if any, on ``conn``'s transaction (one round trip)."""
+    limits = _LIMITS.get()
+    if limits is not None:
+        conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                     (f"{limits[0]}ms", f"{limits[1]}ms"))
 
 
 class Database:
@@ -55,7 +80,12 @@ class Database:
         """Unit of work: one connection, one transaction; committed on success, rolled back on error."""
         try:
             with self.pool.connection() as conn:
+                apply_limits(conn)
                 yield conn
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+            raise DatabaseUnavailable(
+                f"PostgreSQL: {_reason(exc)} (the step's lock_timeout or statement_timeout); nothing of the step"
+                " was committed, and it runs again later") from None
         except (PoolTimeout, psycopg.OperationalError) as exc:
             raise DatabaseUnavailable(f"PostgreSQL does not answer: {_reason(exc)}") from None
 
@@ -112,15 +142,27 @@ def migrate(dsn: str) -> list[str]:
     with _connect(dsn, autocommit=False) as conn:
         # One migrator at a time, across processes.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.migrate'))")
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
-            " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
+        # Nothing is created that exists already: PostgreSQL checks the privilege to create before it looks
+        # whether an object exists, so even CREATE ... IF NOT EXISTS needs CREATE on the database (schema) or
+        # on the schema (table). A DBA may create the schema for the bot's role and grant nothing on the database.
+        state = conn.execute(
+            "SELECT to_regnamespace(%s) IS NOT NULL AS has_schema, to_regclass(%s) IS NOT NULL AS has_table",
+            (SCHEMA, f"{SCHEMA}.schema_migrations"),
+        ).fetchone()
+        if not state["has_schema"]:
+            _create(conn, f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
+                    f"the schema {SCHEMA} does not exist and this database role may not create it (no CREATE on the "
+                    f"database): have it created for the bot, CREATE SCHEMA {SCHEMA} AUTHORIZATION <the bot's role> "
+                    "(README, Platform requirements)")
+        if not state["has_table"]:
+            _create(conn, f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (version int PRIMARY KEY,"
+                          " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+                    _no_create_in_schema())
         done = {r["version"] for r in conn.execute(f"SELECT version FROM {SCHEMA}.schema_migrations")}
-        for version, name, sql in _migration_files():
-            if version in done:
-                continue
+        pending = [m for m in _migration_files() if m[0] not in done]
+        if pending and not conn.execute("SELECT has_schema_privilege(%s, 'CREATE') AS ok", (SCHEMA,)).fetchone()["ok"]:
+            raise ConfigError(_no_create_in_schema())
+        for version, name, sql in pending:
             log.info("applying migration %s", name)
             conn.execute(sql)
             conn.execute(
@@ -129,3 +171,16 @@ def migrate(dsn: str) -> list[str]:
             applied.append(name)
         conn.commit()
     return applied
+
+
+def _no_create_in_schema() -> str:
+    return (f"migrations are pending but this database role may not create objects in the schema {SCHEMA}: it "
+            f"should own it (ALTER SCHEMA {SCHEMA} OWNER TO <the bot's role>; README, Platform requirements)")
+
+
+def _create(conn: psycopg.Connection, statement: str, refusal: str) -> None:
+    try:
+        with conn.transaction():
+            conn.execute(statement)
+    except psycopg.errors.InsufficientPrivilege:
+        raise ConfigError(refusal) from None

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -35,8 +36,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from core import trading
-from core.db import Database
+from core import access, halt_watch, integrity, revert, trading
+from core import resume as resume_mod
+from core.db import Database, step_limits
+from core.doctor import refuse_if_not_ready
 from core.errors import (
     BackupCorrupt,
     Conflict,
@@ -49,6 +52,7 @@ from core.errors import (
     VerificationFailed,
     clean_text,
 )
+from core.fencing import Fence, LostLock
 from core.incidents import (
     APPROVED,
     BACKING_UP,
@@ -56,6 +60,7 @@ from core.incidents import (
     CLOSED,
     DENIED,
     FAILED,
+    HALT_NOT_EFFECTIVE,
     HALTED,
     HALTING,
     MONITORING,
@@ -64,6 +69,7 @@ from core.incidents import (
     RESOLVED,
     RESTORING,
     RESUMING,
+    REVERT_FAILED,
     REVERTING,
     RUNNABLE,
     STEP_OF_STATE,
@@ -128,10 +134,13 @@ class Engine:
         self.db = db
         self.registry = registry
         self.clock = clock
+        self.sleep: Callable[[float], None] = time.sleep  # the quiet wait after the halt (tests move the clock)
         self.fault = fault_hook
         self.listeners: list[Listener] = []
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._parsing: dict[int, Future] = {}  # incident id -> the approved backup's model, parsed ahead
+        self._fences: dict[int, Fence] = {}  # incident id -> this process's lock on it (core.fencing)
+        self.revert_wait = revert.DEFAULT_WAIT  # back-off between attempts to put the original files back
 
     # ---------------------------------------------------------------------------------------- events
 
@@ -208,12 +217,13 @@ class Engine:
         ``ml_training_features`` and a prediction on the latest rows is finite and not constant."""
         validate_name(model, "model")
         validate_name(backup, "backup")
+        self._refuse_if_platform_not_ready(model)
         folder = self.registry.backup_dir(model, backup)
         checks: list[str] = []
         try:
             meta = read_metadata(folder)
             checks.append("metadata.json parses")
-            booster = load_booster(folder / MODEL_FILE)
+            booster = load_booster(folder / MODEL_FILE, max_bytes=self.registry.max_model_bytes)
             checks.append("model.json loads with xgboost")
         except BackupCorrupt as exc:
             raise PreflightFailed(f"Backup {backup} of {model} fails pre-flight: {exc}") from None
@@ -235,6 +245,7 @@ class Engine:
                     f"{', '.join(missing[:8])}."
                 )
             checks.append("features match ml_training_features")
+            checks.append(self._check_trades_source(conn, f"A rollback of {model} fails pre-flight"))
             day, _, rows = feature_rows(conn, meta.features)
         self._check_prediction(booster, meta.features, rows, what=f"Backup {backup} of {model} fails pre-flight")
         checks.append(f"prediction on {len(rows)} rows of {day} is finite and varies")
@@ -250,6 +261,12 @@ class Engine:
             prediction_rows=len(rows),
             checks=checks,
         )
+
+    def _refuse_if_platform_not_ready(self, model: str) -> None:
+        """What `rollback-bot doctor` checks that this rollback needs (tables, privileges, the trades source, the
+        model's folder): PreflightFailed quoting the doctor's lines, before anything is halted."""
+        with self.db.transaction() as conn:
+            refuse_if_not_ready(conn, self.settings, models_dir=self.registry.models_dir, model=model)
 
     @staticmethod
     def _check_prediction(booster: Any, features: list[str], rows: list, *, what: str) -> None:
@@ -292,7 +309,15 @@ class Engine:
                 f"{model} already has an open rollback, {existing.ref} ({existing.state}, requested by "
                 f"{existing.requested_by}); nothing new was posted."
             )
+        # What is approved is what runs: both files' checksums are pinned here, around the pre-flight that
+        # read them, and checked again before the halt, at the restore and at verification.
+        target_dir = self.registry.backup_dir(model, backup)
+        before = integrity.file_sums(target_dir)
         report = self.preflight(model=model, backup=backup)
+        pinned = integrity.file_sums(target_dir)
+        if pinned != before or pinned[MODEL_FILE] != report.sha256:
+            raise PreflightFailed(f"Backup {backup} of {model} changed while it was being checked; nothing was"
+                                  " changed. Request it again.")
         current = self.registry.production(model)
         current_info = {
             "training_date": current.training_date.isoformat() if current.training_date else None,
@@ -316,7 +341,7 @@ class Engine:
                     (
                         model, backup, prod["version"] if prod else None, reason[:2000], severity, estimated_loss,
                         keep_halted, requested_by, source, channel, report.sha256,
-                        Jsonb({"preflight": report.__dict__, "current": current_info}), now, now,
+                        Jsonb({"preflight": report.__dict__, "current": current_info, "pinned": pinned}), now, now,
                         now + timedelta(minutes=self.settings.approval_timeout_minutes),
                     ),
                 ).fetchone()
@@ -341,6 +366,9 @@ class Engine:
                 refusal = InvalidTransition(f"{inc.ref} is a {inc.kind} incident, not a rollback request.")
             elif inc.state != REQUESTED:
                 refusal = already_decided(inc)
+            elif access.is_unclaimed_proposal(inc):
+                refusal = NotAuthorized("The watchdog proposed this rollback: a person takes it over as requester"
+                                        " (*Take over*), then a different approver approves it.")
             elif approver == inc.requested_by:
                 refusal = NotAuthorized("You cannot approve your own request: a second person must approve it.")
             elif not allowed:
@@ -401,7 +429,8 @@ class Engine:
         return incident
 
     def expire_requests(self) -> list[Incident]:
-        """Cancel requests whose approval window has passed (run by the worker)."""
+        """Cancel requests whose approval window has passed, and approved rollbacks that did not start within
+        APPROVED_START_TIMEOUT_MINUTES (run by the worker)."""
         now = self.clock()
         with self.db.transaction() as conn:
             rows = conn.execute(
@@ -411,6 +440,15 @@ class Engine:
             ).fetchall()
             for r in rows:
                 self._journal_done(conn, r["id"], "expired", "rollback-bot", outcome="skipped")
+            late = conn.execute(
+                "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = %s, updated_at = %s,"
+                " resolved_at = %s WHERE kind = 'rollback' AND state = 'approved' AND approved_at < %s RETURNING *",
+                (self._not_started_note(), now, now, now - self._start_timeout()),
+            ).fetchall()
+            for r in late:
+                self._journal_done(conn, r["id"], "expired", "rollback-bot", outcome="skipped",
+                                   detail={"note": self._not_started_note()})
+            rows += late
         out = [Incident(**r) for r in rows]
         for inc in out:
             self._emit(Event("state", inc))
@@ -484,14 +522,26 @@ class Engine:
             got = lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (self.lock_key(incident_id),)).fetchone()
             if not got["ok"]:
                 return self.get(incident_id)  # another process is running it
+            self._fences[incident_id] = Fence.take(lock_conn, key=self.lock_key(incident_id),
+                                                   incident_id=incident_id, owner=self.owner)
             with incident_context(f"INC-{incident_id}"):
                 return self._run(incident_id, actor, lock_conn)
         finally:
+            self._fences.pop(incident_id, None)
             lock_conn.close()  # releases the advisory lock
+
+    def _fence(self, inc: Incident, what: str) -> None:
+        """Right before a file operation: this process still holds the incident's lock (core.fencing)."""
+        fence = self._fences.get(inc.id)
+        if fence is None:
+            raise LostLock(f"{inc.ref}: this process does not hold the rollback's lock; refusing {what}")
+        fence.check(what)
 
     def _run(self, incident_id: int, actor: str, lock_conn: psycopg.Connection | None = None) -> Incident:
         try:
-            return self._run_steps(self.get(incident_id), actor, lock_conn)
+            # Every transaction of the steps runs with SET LOCAL lock_timeout and statement_timeout.
+            with step_limits(self.settings.step_lock_timeout_seconds, self.settings.step_statement_timeout_seconds):
+                return self._run_steps(self.get(incident_id), actor, lock_conn)
         finally:
             self._parsing.pop(incident_id, None)
 
@@ -508,7 +558,8 @@ class Engine:
             source = self.registry.backup_dir(inc.model_name, inc.target_backup) / MODEL_FILE
         except RollbackError:
             return  # the backup is gone or unusable: the steps themselves say so
-        self._parsing[inc.id] = _PARSER.submit(load_booster_if_identical, source, inc.target_sha256)
+        self._parsing[inc.id] = _PARSER.submit(load_booster_if_identical, source, inc.target_sha256,
+                                               max_bytes=self.registry.max_model_bytes)
 
     def _parsed_ahead(self, incident_id: int) -> Any:
         """The model `_parse_ahead` parsed for this incident, waiting for it if need be; None if there is none."""
@@ -534,6 +585,8 @@ class Engine:
                 inc = self._fail_or_revert(inc, f"step '{step}' was interrupted {MAX_STEP_ATTEMPTS} times")
                 continue
             handler = getattr(self, f"_step_{step}")
+            if step in halt_watch.HELD_STATES:
+                halt_watch.sweep(self)  # clients activated or added while the halt is held are halted too
             self._parse_ahead(inc)
             self.fault(f"before:{step}")
             try:
@@ -559,8 +612,9 @@ class Engine:
             elif inc.state in (APPROVED, HALTING, HALTED, MONITORING):
                 new = self._move(conn, inc, FAILED, error=message[:2000])
             elif inc.state == REVERTING:
-                # Reverting itself keeps failing: stop, keep trading halted, a person must look.
-                new = self._move(conn, inc, FAILED, error=((inc.error or "") + f"; revert failed: {message}")[:2000])
+                # Reverting itself failed: stop, keep trading halted, say what is in place; a person must look.
+                new = self._move(conn, inc, REVERT_FAILED, error=(
+                    (inc.error or "") + f"; revert failed: {message}; {self._files_now(inc)}")[:2000])
             else:  # resuming: the model is verified; retry later rather than undo a good rollback
                 raise RollbackError(message)
             self._journal_done(conn, inc.id, "error", "rollback-bot", outcome="failed", error=message[:2000])
@@ -581,7 +635,24 @@ class Engine:
 
     # -- approved: pre-flight again, right before the first change ----------------------------------
 
+    def _start_timeout(self) -> timedelta:
+        return timedelta(minutes=self.settings.approved_start_timeout_minutes)
+
+    def _not_started_note(self) -> str:
+        return (f"approved but not started within {self.settings.approved_start_timeout_minutes:g} minutes"
+                " (APPROVED_START_TIMEOUT_MINUTES): cancelled rather than run late; request it again")
+
     def _step_approved(self, inc: Incident, actor: str) -> Incident:
+        if inc.approved_at is not None and self.clock() - inc.approved_at > self._start_timeout():
+            with self.db.transaction() as conn:
+                new = self._move(conn, self.get(inc.id, conn, lock=True), CANCELLED,
+                                 decision_note=self._not_started_note())
+                self._journal_done(conn, inc.id, "expired", actor, outcome="skipped",
+                                   detail={"note": self._not_started_note()})
+                self.audit(conn, actor=actor, action="execute", outcome="refused", incident_id=inc.id,
+                           reason=self._not_started_note())
+            self._emit(Event("state", new))
+            return new
         sid = self._begin(inc, "preflight", actor)
         try:
             checks = self._recheck_target(inc)
@@ -601,6 +672,7 @@ class Engine:
         """Pre-flight again right before the halt. When model.json still has the bytes that passed pre-flight
         at request time, loading it again proves nothing new (and takes most of a second for a large model):
         check the checksum, the metadata's features and the feature view instead."""
+        self._refuse_if_platform_not_ready(inc.model_name)
         what = f"Backup {inc.target_backup} of {inc.model_name} fails pre-flight"
         folder = self.registry.backup_dir(inc.model_name, inc.target_backup)
         try:
@@ -609,6 +681,9 @@ class Engine:
             raise PreflightFailed(f"{what}: {MODEL_FILE} cannot be read ({exc.strerror}).") from None
         if inc.target_sha256 and sha != inc.target_sha256:
             raise PreflightFailed(f"{what}: it changed on disk after the request; nothing was changed.")
+        pinned_meta = integrity.pins_of(inc).get(METADATA_FILE)
+        if pinned_meta and integrity.file_sums(folder)[METADATA_FILE] != pinned_meta:
+            raise PreflightFailed(f"{what}: its metadata.json changed on disk after the request; nothing was changed.")
         checked = (inc.plan or {}).get("preflight") or {}
         if not inc.target_sha256 or not checked.get("features"):
             return self.preflight(model=inc.model_name, backup=inc.target_backup).checks
@@ -620,11 +695,21 @@ class Engine:
             raise PreflightFailed(f"{what}: the features in metadata.json changed after the request.")
         with self.db.transaction() as conn:
             available = feature_columns(conn)
+            trades = self._check_trades_source(conn, f"A rollback of {inc.model_name} fails pre-flight")
         missing = [f for f in meta.features if f not in available]
         if missing:
             raise PreflightFailed(f"{what}: ml_training_features lacks {', '.join(missing[:8])}.")
         return ["model.json is the file that passed pre-flight (sha256)", "metadata.json parses, same features",
-                "features match ml_training_features"]
+                "features match ml_training_features", trades]
+
+    def _check_trades_source(self, conn: psycopg.Connection, what: str) -> str:
+        """The trades source the halt is verified against can be read; fail closed before anything changes."""
+        if not trading.has_trades_source(self.settings):
+            return "no trade source (TRADES_TABLE=none): trades after the halt will not be checked"
+        problem = trading.trades_source_problem(conn, self.settings)
+        if problem:
+            raise PreflightFailed(f"{what}: {problem}; nothing was changed.")
+        return "the trades source can be read"
 
     # -- halting: client settings saved and halted, halt flag set, in one transaction ----------------
 
@@ -652,14 +737,17 @@ class Engine:
         except RollbackError as exc:
             self._finish(sid, "failed", error=str(exc))
             raise
-        with self.db.transaction() as conn:
-            n = trading.trades_after(conn, inc.halted_at, table=self.settings.trades_table,
-                                     time_column=self.settings.trades_time_column,
-                                     log_path=self.settings.trading_log)
-        detail = {"trades_after_halt": n, "stop_command": note}
+        try:
+            watch = halt_watch.wait_for_quiet(self, inc)  # until no trade for HALT_QUIET_SECONDS, or the timeout
+        except RollbackError as exc:
+            self._finish(sid, "failed", error=str(exc))
+            raise
+        detail = {**watch.detail, "stop_command": note}
+        if not watch.quiet:
+            return halt_watch.not_effective(self, inc, sid, detail)
+        n = watch.trades
         if n:
             self._finish(sid, "warning", detail, error=f"{n} trade(s) executed after the halt")
-            self._emit(Event("warning", inc, "verify_halt", detail, error=f"{n} trade(s) executed after the halt"))
         else:
             self._finish(sid, "ok", detail)
         self._emit(Event("step", inc, "verify_halt", detail))
@@ -684,9 +772,11 @@ class Engine:
         sid = self._begin(inc, "emergency_backup", actor)
         folder = self.registry.model_dir(inc.model_name)
         dest = folder / inc.emergency_backup
+        self._fence(inc, "removing temporary files")
         _clean_temporaries(folder)
         present = [folder / f for f in MODEL_FILES if (folder / f).is_file()]
         if not dest.exists():
+            self._fence(inc, "the emergency backup")
             try:
                 # What exists is backed up as it is (a corrupt or missing model.json included).
                 copy_folder_atomically(present, dest)
@@ -713,13 +803,16 @@ class Engine:
         sid = self._begin(inc, "restore", actor)
         folder = self.registry.model_dir(inc.model_name)
         source = self.registry.backup_dir(inc.model_name, inc.target_backup)
+        pins = integrity.pins_of(inc)
+        self._fence(inc, "removing temporary files")
         _clean_temporaries(folder)  # a copy interrupted by a crash in an earlier attempt
-        if sha256_file(source / MODEL_FILE) != inc.target_sha256:
-            raise VerificationFailed(f"Backup {inc.target_backup} changed on disk after approval.")
+        integrity.check_pins(source, pins, what=f"Backup {inc.target_backup} changed on disk after approval")
         for name in (METADATA_FILE, MODEL_FILE):
             dst, src = folder / name, source / name
-            if (not dst.exists() or dst.stat().st_size != src.stat().st_size  # differ: no need to hash
+            if (dst.is_symlink() or not dst.exists()  # a link in place is replaced by a plain file
+                    or dst.stat().st_size != src.stat().st_size  # differ: no need to hash
                     or sha256_file(dst) != sha256_file(src)):
+                self._fence(inc, f"restoring {name}")
                 atomic_copy(source / name, folder / name)
                 self.fault(f"restored:{name}")
         detail = {"from": inc.target_backup, "sha256": inc.target_sha256}
@@ -788,20 +881,45 @@ class Engine:
         sha = sha256_file(folder / MODEL_FILE)
         if sha != inc.target_sha256:
             raise VerificationFailed("the model file in place is not the approved backup (checksum differs)")
+        pinned_meta = integrity.pins_of(inc).get(METADATA_FILE)
+        if pinned_meta and integrity.file_sums(folder)[METADATA_FILE] != pinned_meta:
+            raise VerificationFailed("metadata.json in place is not the one approved at request time (checksum"
+                                     " differs)")
         try:
             meta = read_metadata(folder)
-            booster = parsed if parsed is not None else load_booster(folder / MODEL_FILE)
+            booster = parsed if parsed is not None else load_booster(folder / MODEL_FILE,
+                                                                     max_bytes=self.registry.max_model_bytes)
         except BackupCorrupt as exc:
             raise VerificationFailed(str(exc)) from None
-        target_meta = read_metadata(self.registry.backup_dir(inc.model_name, inc.target_backup))
-        if meta.model_dump() != target_meta.model_dump():
-            raise VerificationFailed("metadata.json in place differs from the backup's")
+        if not pinned_meta:  # requested before metadata.json was pinned: compare with the backup's
+            target_meta = read_metadata(self.registry.backup_dir(inc.model_name, inc.target_backup))
+            if meta.model_dump() != target_meta.model_dump():
+                raise VerificationFailed("metadata.json in place differs from the backup's")
+        self._check_feature_order(inc, booster, list(meta.features))
         with self.db.transaction() as conn:
+            available = feature_columns(conn)
+            missing = [f for f in meta.features if f not in available]
+            if missing:
+                raise VerificationFailed(f"ml_training_features lacks {', '.join(missing[:8])}")
             day, _, rows = feature_rows(conn, meta.features)
         self._check_prediction(booster, meta.features, rows, what="Verification")
         return {"sha256": sha, "prediction_day": day.isoformat() if day else None, "rows": len(rows),
                 "training_date": meta.training_date.isoformat(),
                 "parsed": "ahead, from identical bytes" if parsed is not None else "from the file in place"}
+
+    @staticmethod
+    def _check_feature_order(inc: Incident, booster: Any, features: list[str]) -> None:
+        """Pre-flight's feature checks, again on the files in place: the model's features are metadata.json's, in
+        the same order, and the ones checked at request time."""
+        if booster.num_features() != len(features):
+            raise VerificationFailed(f"the model expects {booster.num_features()} features, metadata.json lists"
+                                     f" {len(features)}")
+        if booster.feature_names and list(booster.feature_names) != features:
+            raise VerificationFailed("the model's feature names or their order differ from metadata.json")
+        checked = ((inc.plan or {}).get("preflight") or {}).get("features")
+        if checked and list(checked) != features:
+            raise VerificationFailed("the features in metadata.json, or their order, differ from those checked at"
+                                     " request time")
 
     # -- resuming: only a verified model, each client's own settings back ------------------------------
 
@@ -864,16 +982,14 @@ class Engine:
     def _step_reverting(self, inc: Incident, actor: str) -> Incident:
         sid = self._begin(inc, "revert", actor)
         folder = self.registry.model_dir(inc.model_name)
+        self._fence(inc, "removing temporary files")
         _clean_temporaries(folder)  # a copy interrupted by a crash in an earlier attempt
-        restored_files = []
-        if inc.emergency_backup and (folder / inc.emergency_backup).is_dir():
-            backup = folder / inc.emergency_backup
-            for name in (METADATA_FILE, MODEL_FILE):
-                if not (backup / name).is_file():
-                    continue  # it was missing before the rollback too
-                if not (folder / name).is_file() or sha256_file(folder / name) != sha256_file(backup / name):
-                    atomic_copy(backup / name, folder / name)
-                    restored_files.append(name)
+        # Each file back to the original (core.revert), retried with back-off; the outcome names what is in place.
+        outcome = revert.put_back(
+            folder, self._originals(inc, folder), folder / inc.emergency_backup if inc.emergency_backup else None,
+            original_label=f"original ({inc.from_version or 'before ' + inc.ref})",
+            target=(f"target {inc.target_backup}", integrity.pins_of(inc)),
+            fence=lambda what: self._fence(inc, what), fault=self.fault, wait=self.revert_wait)
         with self.db.transaction() as conn:
             cur = self.get(inc.id, conn, lock=True)
             reverted_log = False
@@ -892,13 +1008,35 @@ class Engine:
                             (inc.model_name, prev["version"], datetime.fromisoformat(prev["deployed_at"])),
                         )
                     reverted_log = True
-            detail = {"restored_files": restored_files, "deployment_log_reverted": reverted_log,
-                      "trading": "stays halted"}
-            new = self._move(conn, cur, FAILED)
-            self._journal_finish(conn, sid, "ok", detail)
+            detail = {"ok": outcome.ok, "restored_files": outcome.restored, "removed_files": outcome.removed,
+                      "attempts": outcome.attempts, "files": outcome.files, "message": outcome.message,
+                      "deployment_log_reverted": reverted_log, "trading": "stays halted"}
+            plan = {**cur.plan, "revert": {"ok": outcome.ok, "message": outcome.message, "files": outcome.files}}
+            if outcome.ok:
+                new = self._move(conn, cur, FAILED, plan=plan)
+            else:  # the files are mixed: open, trading halted, escalated; resume refuses until they are fixed
+                new = self._move(conn, cur, REVERT_FAILED, plan=plan, error=(
+                    (cur.error + "; " if cur.error else "") + outcome.message[0].upper() + outcome.message[1:]
+                    + ". Trading stays halted.")[:2000])
+            self._journal_finish(conn, sid, "ok" if outcome.ok else "failed", detail,
+                                 error=None if outcome.ok else outcome.message[:2000])
         self._emit(Event("step", new, "revert", detail))
         self._emit(Event("state", new, error=new.error))
         return new
+
+    def _originals(self, inc: Incident, folder: Path) -> integrity.Sums | None:
+        return integrity.originals_of(inc, folder / inc.emergency_backup if inc.emergency_backup else None)
+
+    def _files_now(self, inc: Incident) -> str:
+        """Which version each production file of ``inc``'s model is now (for a failure message)."""
+        try:
+            folder = self.registry.model_dir(inc.model_name)
+            known = [(f"original ({inc.from_version or 'before ' + inc.ref})", self._originals(inc, folder) or {}),
+                     (f"target {inc.target_backup}", integrity.pins_of(inc))]
+            files = integrity.describe(folder, integrity.file_sums(folder), known)
+        except (OSError, RollbackError) as exc:
+            return f"the production files could not be read ({exc})"
+        return "production files now: " + ", ".join(f"{name} is {what}" for name, what in files.items())
 
     # ------------------------------------------------------------------------------------- recovery
 
@@ -920,20 +1058,22 @@ class Engine:
                 out.append(self.get(incident_id))
         return out
 
-    def break_glass(self, *, model: str, backup: str, reason: str, by: str) -> Incident:
+    def break_glass(self, *, model: str, backup: str, reason: str, by: str, os_user: str | None = None) -> Incident:
         """The CLI path for when Slack is down: same pre-flight, engine and journal; the operator at the
-        host's shell is the approval, recorded as such."""
+        host's shell is the approval, recorded as such, with the operating-system account beside ``--by``."""
         by = clean_text(by, 200)
         if not by:
             raise NotAuthorized("--by NAME is required: break-glass rollbacks are audited by name.")
+        os_user = clean_text(os_user, 200) or "unknown"
         inc, _ = self.request_rollback(model=model, backup=backup, reason=reason, requested_by=by, source="cli")
         now = self.clock()
+        who = {"by": by, "os_user": os_user, "host": socket.gethostname()}
         with self.db.transaction() as conn:
             cur = self.get(inc.id, conn, lock=True)
-            new = self._move(conn, cur, APPROVED, approved_by=f"{by} (break-glass CLI)",
-                             decided_by=by, approved_at=now)
-            self._journal_done(conn, inc.id, "approved", by, detail={"break_glass": True})
-            self.audit(conn, actor=by, action="break_glass_rollback", outcome="ok", incident_id=inc.id)
+            new = self._move(conn, cur, APPROVED, approved_by=f"{by} (break-glass CLI, OS user {os_user})"[:300],
+                             decided_by=by, approved_at=now, plan={**cur.plan, "break_glass": who})
+            self._journal_done(conn, inc.id, "approved", by, detail={"break_glass": True, **who})
+            self.audit(conn, actor=by, action="break_glass_rollback", outcome="ok", incident_id=inc.id, **who)
         self._emit(Event("state", new))
         return self.execute(inc.id, actor=by)
 
@@ -959,30 +1099,19 @@ class Engine:
         return new
 
     def resume_trading(self, *, user: str) -> trading.ResumeResult:
-        """``/rollback resume`` by an approver: refused while any rollback is under way; rollbacks kept halted
-        after verification resume; every other holder lets go (manual halts, and failed rollbacks, whose
-        trading stays halted until a person has looked and resumes it here)."""
-        with self.db.transaction() as conn:
-            busy = conn.execute(
-                "SELECT id, state FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s)",
-                (list(RUNNABLE - {RESUMING}),),
-            ).fetchall()
-        if busy:
-            refs = ", ".join(f"INC-{r['id']} ({r['state']})" for r in busy)
-            self.audit(None, actor=user, action="resume", outcome="refused", reason=f"rollbacks under way: {refs}")
-            raise InvalidTransition(f"Trading cannot resume while a rollback is under way: {refs}.")
-        for inc in self.list_incidents(open_only=True, limit=100):
-            if inc.kind == "rollback" and inc.state == VERIFIED:
-                self.resume_verified(incident_id=inc.id, actor=user)
-        with self.db.transaction() as conn:
-            manual = conn.execute(
-                "SELECT * FROM rollback_bot.incidents WHERE kind = 'halt' AND state = 'halted' FOR UPDATE"
-            ).fetchall()
-            result = trading.release(conn, holder="", actor=user, force=True)
-            for row in manual:
-                self._move(conn, Incident(**row), RESOLVED, resumed_at=self.clock())
-            self.audit(conn, actor=user, action="resume", outcome="ok", resumed=result.resumed)
-        return result
+        """``/rollback resume`` by an approver (core.resume): refused while any rollback is under way or while any
+        model's files do not match its production row; in one transaction under the trading lock, rollbacks
+        kept halted after verification resume and every holder of a closed incident lets go (manual halts, and
+        failed rollbacks, whose trading stays halted until a person has looked and resumes it here)."""
+        return resume_mod.resume_trading(self, user=user)
+
+    def request_resume_override(self, *, user: str, allowed: bool = True) -> tuple[Incident, bool]:
+        """An approver asks to resume on production files that do not match (a second approver confirms)."""
+        return resume_mod.request_override(self, user=user, allowed=allowed)
+
+    def approve_resume_override(self, *, incident_id: int, approver: str,
+                                allowed: bool = True) -> tuple[Incident, trading.ResumeResult]:
+        return resume_mod.approve_override(self, incident_id=incident_id, approver=approver, allowed=allowed)
 
 
 

@@ -8,14 +8,18 @@ its ``str()`` is a sentence fit to show in Slack or on a terminal. The tree::
     ├── InvalidName              a model or backup name with '/', '\\', '..', NUL, absolute, escaping symlink
     ├── UnknownModel             no such model under MODELS_DIR
     ├── UnknownBackup            no such backup of that model
-    ├── BackupCorrupt            a backup's files do not load or its metadata is bad
+    ├── BackupCorrupt            a backup's files do not load, its metadata is bad, or a file is not a plain file
+    ├── RightsNotKept            a model file cannot be written with the owner, group and mode it must keep
     ├── PreflightFailed          a target failed pre-flight checks (nothing was changed)
     ├── NotAuthorized            the user may not do this
+    │   └── RateLimited          …not again so soon (heavy commands per person per minute)
     ├── InvalidTransition        the incident is not in a state that allows this step
     ├── Conflict                 another open incident / a concurrent action got there first
     ├── VerificationFailed       the restored model failed verification
     ├── UnknownIncident          no such incident
-    └── DatabaseUnavailable      PostgreSQL does not answer
+    ├── DatabaseUnavailable      PostgreSQL does not answer (or a step's lock/statement timeout)
+    │   └── LostLock (core.fencing)  this process no longer holds a rollback's lock
+    └── FilesMismatch            production files differ from their production row (resume refused)
 """
 
 from __future__ import annotations
@@ -45,11 +49,19 @@ class BackupCorrupt(RollbackError):
     pass
 
 
+class RightsNotKept(RollbackError):
+    pass
+
+
 class PreflightFailed(RollbackError):
     pass
 
 
 class NotAuthorized(RollbackError):
+    pass
+
+
+class RateLimited(NotAuthorized):
     pass
 
 
@@ -71,6 +83,15 @@ class UnknownIncident(RollbackError):
 
 class DatabaseUnavailable(RollbackError):
     pass
+
+
+class FilesMismatch(RollbackError):
+    """``/rollback resume`` refused: some model's files are not its production row's. ``mismatches`` lists
+    them (core.integrity.FileMismatch); two different approvers may override."""
+
+    def __init__(self, message: str, mismatches: list | None = None) -> None:
+        super().__init__(message)
+        self.mismatches = list(mismatches or [])
 
 
 def clean_text(text: str | None, limit: int = 2000) -> str:

@@ -6,7 +6,9 @@ exists once however many processes schedule it)::
     escalate_age    escalate-age:{id}             created_at + ESCALATE_AFTER_MINUTES: page if still open
     runbook_target  target:{id}:{name}            created_at + 2 / 5 / 7 / 10 min: flag a missed runbook target
     escalate_now    escalate-now:{id}:{key}       at once: estimated loss over the threshold ("loss"),
-                                                  a failed rollback ("failed")
+                                                  a failed rollback ("failed"), a failed
+                                                  revert ("revert_failed": files mixed), a halt that
+                                                  is not effective ("halt_not_effective")
 
 A job is claimed by one worker at a time, but a job whose worker died after paging would run again when its
 lease ran out. So every page and every breach is also claimed once in the database before anyone is told
@@ -90,11 +92,21 @@ def _immediate(incident: Incident, loss_threshold: float | None) -> list[tuple[s
         why = " ".join((incident.error or "no error recorded").split())
         out.append(("failed", f"{incident.ref}: the rollback of {incident.model_name} failed ({why}); the original "
                               "model is back and trading stays halted"))
+    if incident.kind == "rollback" and incident.state == "revert_failed":
+        why = " ".join((incident.error or "no error recorded").split())
+        out.append(("revert_failed", f"{incident.ref}: the rollback of {incident.model_name} failed AND putting the"
+                                     f" original files back failed ({why}); the production files are mixed and"
+                                     " trading stays halted"))
+    if incident.kind == "rollback" and incident.state == "halt_not_effective":
+        out.append(("halt_not_effective", f"{incident.ref}: the halt is not effective, trades are still executing "
+                                          f"after it; the rollback of {incident.model_name} is paused with trading "
+                                          "halted (an approver other than the requester may Proceed anyway)"))
     return out
 
 
 def immediate_reasons(incident: Incident, *, loss_threshold: float | None) -> list[str]:
-    """Reasons to escalate at once: an estimated loss over the threshold, a failed rollback."""
+    """Reasons to escalate at once: an estimated loss over the threshold, a failed rollback, a halt that is not
+    effective."""
     return [text for _, text in _immediate(incident, loss_threshold)]
 
 
@@ -198,8 +210,9 @@ class Escalator:
                 "SELECT i.* FROM rollback_bot.incidents i WHERE"
                 " (i.state <> ALL(%s) AND NOT EXISTS (SELECT 1 FROM rollback_bot.jobs j"
                 "   WHERE j.dedupe_key = 'escalate-age:' || i.id))"
-                " OR (i.kind = 'rollback' AND i.state = 'failed' AND i.updated_at > %s AND NOT EXISTS ("
-                "   SELECT 1 FROM rollback_bot.jobs j WHERE j.dedupe_key = 'escalate-now:' || i.id || ':failed'))",
+                " OR (i.kind = 'rollback' AND i.state IN ('failed', 'revert_failed') AND i.updated_at > %s"
+                "   AND NOT EXISTS (SELECT 1 FROM rollback_bot.jobs j"
+                "   WHERE j.dedupe_key = 'escalate-now:' || i.id || ':' || i.state))",
                 (list(CLOSED), now - _FAILED_LOOKBACK),
             ).fetchall()
             for row in rows:

@@ -8,7 +8,8 @@ Two fixes:
       requested → approved → resolved | failed
                 ↘ denied (another person) / cancelled (the requester withdrew)
 
-  ``request_fix`` opens it (one open fix of a kind at a time), ``approve_fix`` applies the two-person rule
+  ``request_fix`` opens it (one open fix of a kind at a time; like a rollback request it expires when nobody
+  approves it within APPROVAL_TIMEOUT_MINUTES), ``approve_fix`` applies the two-person rule
   with a conditional UPDATE (exactly one approval wins) and queues a ``fix`` job, ``run_fix`` runs an
   approved fix exactly once (the incident row stays locked while the refresh runs, so a second runner waits
   and then finds it done). Every step goes to ``rollback_bot.steps``, every decision to ``audit_log``.
@@ -27,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, NoReturn
 
 import psycopg
@@ -36,6 +37,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from core.db import Database
+from core.doctor import preflight_reason, rollback_blockers
 from core.engine import Engine, enqueue
 from core.errors import (
     BackupCorrupt,
@@ -220,8 +222,10 @@ def get_fix(db: Database, incident_id: int) -> Incident:
 def request_fix(
     db: Database, *, fix: str, requested_by: str, reason: str = "", model: str | None = None,
     channel: str | None = None, source: str = "slack", clock: Callable[[], datetime] = utcnow,
+    expires_in: timedelta = timedelta(minutes=15),
 ) -> Incident:
-    """Open a fix request awaiting a second person's approval; a second open request of the fix is a Conflict."""
+    """Open a fix request awaiting a second person's approval; a second open request of the fix is a Conflict.
+    Not approved within ``expires_in`` (APPROVAL_TIMEOUT_MINUTES), it is cancelled like a rollback request."""
     if fix not in FIXES:
         raise UnknownFix(f"There is no quick fix {fix!r}; known: {', '.join(FIXES)}.")
     requested_by = (requested_by or "").strip()
@@ -241,9 +245,10 @@ def request_fix(
         now = clock()
         row = conn.execute(
             "INSERT INTO rollback_bot.incidents (kind, model_name, state, reason, severity, requested_by, source,"
-            " channel, plan, created_at, updated_at) VALUES ('fix', %s, 'requested', %s, 'medium', %s, %s, %s, %s,"
-            " %s, %s) RETURNING *",
-            (model, reason, requested_by, source, channel, Jsonb({"fix": fix, "label": FIXES[fix]}), now, now),
+            " channel, plan, created_at, updated_at, expires_at) VALUES ('fix', %s, 'requested', %s, 'medium', %s,"
+            " %s, %s, %s, %s, %s, %s) RETURNING *",
+            (model, reason, requested_by, source, channel, Jsonb({"fix": fix, "label": FIXES[fix]}), now, now,
+             now + expires_in),
         ).fetchone()
         inc = Incident(**row)
         journal(conn, incident_id=inc.id, step="requested", actor=requested_by, at=now,
@@ -267,6 +272,15 @@ def approve_fix(
         elif not allowed:
             refusal = NotAuthorized("Only approvers may approve a fix that changes the platform.")
         now = clock()
+        if refusal is None and inc.expires_at is not None and now > inc.expires_at:
+            conn.execute(
+                "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = 'approval window expired',"
+                " updated_at = %s, resolved_at = %s WHERE id = %s AND state = 'requested'",
+                (now, now, incident_id),
+            )
+            journal(conn, incident_id=incident_id, step="expired", actor=BOT, at=now, outcome="skipped")
+            conn.commit()  # the expiry stands; _refuse then audits the refusal
+            refusal = InvalidTransition(f"{inc.ref} expired before it was approved; request the fix again.")
         if refusal is not None:
             _refuse(conn, refusal, at=now, actor=approver, action="fix_approve", incident_id=incident_id)
         row = conn.execute(
@@ -391,16 +405,20 @@ def _restore_order(backups: list[BackupInfo], production_version: str | None) ->
 
 
 def _local_preflight(registry: ModelRegistry, conn: psycopg.Connection, b: BackupInfo,
-                     features: set[str]) -> list[str]:
+                     features: set[str], settings: Any = None) -> list[str]:
     """The engine's pre-flight checks, for callers without an Engine; raises PreflightFailed."""
     import numpy as np
 
+    model = b.path.parent.name
+    blockers = rollback_blockers(conn, settings, models_dir=registry.models_dir, model=model)
+    if blockers:
+        raise PreflightFailed(preflight_reason(model, blockers))
     reason = registry.unusable_reason(b, features=features or None)
     if reason:
         raise PreflightFailed(reason)
     assert b.metadata is not None
     try:
-        booster = load_booster(b.path / MODEL_FILE)
+        booster = load_booster(b.path / MODEL_FILE, max_bytes=registry.max_model_bytes)
     except BackupCorrupt as exc:
         raise PreflightFailed(str(exc)) from None
     day, _, rows = feature_rows(conn, list(b.metadata.features))
@@ -415,11 +433,12 @@ def _local_preflight(registry: ModelRegistry, conn: psycopg.Connection, b: Backu
 
 def propose_model_restore(
     registry: ModelRegistry, conn: psycopg.Connection, *, model: str, engine: Engine | None = None,
+    settings: Any = None,
 ) -> RestoreProposal | None:
     """None when the production model.json loads; else the restore target by RESTORE_RULE.
 
     With ``engine`` each candidate goes through ``Engine.preflight`` (exactly the checks a rollback runs);
-    without it the same checks run here against ``conn``.
+    without it the same checks run here against ``conn`` (the trades source too when ``settings`` are given).
     """
     folder = registry.model_dir(model)
     problem = registry.load_problem(folder)
@@ -436,7 +455,7 @@ def propose_model_restore(
                 checks = list(report.checks)
             else:
                 report = None
-                checks = _local_preflight(registry, conn, b, features)
+                checks = _local_preflight(registry, conn, b, features, settings)
         except (PreflightFailed, BackupCorrupt) as exc:
             rejected[b.name] = str(exc).split(" fails pre-flight: ", 1)[-1]
             continue

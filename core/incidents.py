@@ -7,6 +7,18 @@ States of a rollback incident::
               ↘ cancelled                                                             ├→ resuming → monitoring → resolved
                                                                                       └→ verified (keep halted) → resuming
     any swap state (backing_up … verifying) → reverting → failed   (original model back, trading stays halted)
+                                                            ↘ revert_failed → failed
+    revert_failed: the original files could not all be put back (retried with back-off); the production files are
+    mixed, trading stays halted, the incident is open and escalated. ``/rollback resume`` closes it (→ failed)
+    once the files match the production row again, or when two approvers override (core.resume).
+
+A resume override (`/rollback resume` refused on production files that do not match their production row)
+is an incident of kind ``resume``: requested → approved (a second approver) → resolved | cancelled.
+
+A rollback paused by a halt that is not working:
+
+    halted → halt_not_effective (trades still coming after HALT_QUIET_TIMEOUT_SECONDS; paged; trading stays
+             halted) → backing_up (an approver other than the requester: "Proceed anyway") | failed ("Abandon")
 
 A trading-only incident (`/rollback halt`) goes halting → halted → resolved (on resume).
 """
@@ -27,12 +39,14 @@ REQUESTED, APPROVED, HALTING, HALTED = "requested", "approved", "halting", "halt
 BACKING_UP, RESTORING, RECORDING, VERIFYING = "backing_up", "restoring", "recording", "verifying"
 VERIFIED, RESUMING, MONITORING, RESOLVED = "verified", "resuming", "monitoring", "resolved"
 DENIED, FAILED, CANCELLED, REVERTING = "denied", "failed", "cancelled", "reverting"
+REVERT_FAILED = "revert_failed"
+HALT_NOT_EFFECTIVE = "halt_not_effective"
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     REQUESTED: frozenset({APPROVED, DENIED, CANCELLED}),
     APPROVED: frozenset({HALTING, FAILED, CANCELLED}),
     HALTING: frozenset({HALTED, FAILED}),
-    HALTED: frozenset({BACKING_UP, FAILED}),
+    HALTED: frozenset({BACKING_UP, FAILED, HALT_NOT_EFFECTIVE}),
     BACKING_UP: frozenset({RESTORING, REVERTING}),
     RESTORING: frozenset({RECORDING, REVERTING}),
     RECORDING: frozenset({VERIFYING, REVERTING}),
@@ -40,17 +54,22 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     VERIFIED: frozenset({RESUMING}),
     RESUMING: frozenset({MONITORING}),
     MONITORING: frozenset({RESOLVED, FAILED}),
-    REVERTING: frozenset({FAILED}),
+    REVERTING: frozenset({FAILED, REVERT_FAILED}),
     RESOLVED: frozenset(),
     DENIED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),
+    REVERT_FAILED: frozenset({FAILED}),
+    # Open, trading stays halted, nothing runs it forward: a person proceeds anyway or abandons.
+    HALT_NOT_EFFECTIVE: frozenset({BACKING_UP, FAILED}),
 }
 # Trading-only incidents (`/rollback halt`): halting → halted → resolved (on resume).
 HALT_TRANSITIONS: dict[str, frozenset[str]] = {HALTING: frozenset({HALTED}), HALTED: frozenset({RESOLVED})}
 CLOSED = frozenset({RESOLVED, DENIED, FAILED, CANCELLED})
 # States in which the production files or the deployment log may differ from both "before" and "after".
 SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING})
+# Open states in which the production files are known to be mixed: trading stays halted, a person must look.
+FILES_MIXED = frozenset({REVERT_FAILED})
 # States the executor drives forward without a person.
 RUNNABLE = frozenset({APPROVED, HALTING, HALTED, BACKING_UP, RESTORING, RECORDING, VERIFYING, RESUMING, REVERTING})
 # The journal's name for the step each state runs: what the attempts counter counts.

@@ -273,7 +273,8 @@ class Monitor:
                 return [f"the production model of {incident.model_name} is no longer {incident.target_backup} "
                         "(its checksum changed since the rollback)"], None, None
             meta = read_metadata(folder)
-            return [], load_booster(folder / MODEL_FILE), list(meta.features)
+            booster = load_booster(folder / MODEL_FILE, max_bytes=self.engine.registry.max_model_bytes)
+            return [], booster, list(meta.features)
         except (BackupCorrupt, OSError) as exc:
             return [f"the production model of {incident.model_name} does not load: {exc}"], None, None
 

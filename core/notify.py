@@ -91,6 +91,7 @@ def milestone_of(event: Event) -> str | None:
         "verifying": "rolled_back",
         "monitoring": "resumed",
         "failed": "failed",
+        "revert_failed": "failed",
         "resolved": "resolved",
         "denied": "closed",
         "cancelled": "closed",

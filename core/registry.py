@@ -6,8 +6,10 @@ Layout (the platform's contract)::
                                      /metadata.json     training_date, performance.{spearman_ic,sharpe_ratio}, features
                                      /backup_*/...      the same two files
 
-Every name that comes from a person is validated before it touches the file system: a name with ``/``,
-``\\``, ``..``, a NUL, an absolute path, or one whose folder is a symlink leaving MODELS_DIR is refused.
+Every name that comes from a person is validated (as a whole: ``re.fullmatch``) before it touches the file
+system: a name with ``/``, ``\\``, ``..``, a NUL, a newline, an absolute path, or one whose folder is a symlink
+leaving MODELS_DIR is refused. A backup folder that is a symbolic link, and a backup file that is not a regular
+file (a link, FIFO or device) or a ``model.json`` over MAX_MODEL_BYTES, is refused too (``core.fileguard``).
 
 Recommendation rule: the candidates are the backups whose metadata is valid, whose model loads with
 xgboost, whose features are all provided by ``ml_training_features`` and whose model differs from the
@@ -29,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import BackupCorrupt, InvalidName, UnknownBackup, UnknownModel
+from core.fileguard import DEFAULT_MAX_MODEL_BYTES, UnsafeFile, check_regular
 from core.modelio import METADATA_FILE, MODEL_FILE, Metadata, load_booster, read_metadata, sha256_file
 
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # always fullmatch: "$" lets a final "\n" through
 EMERGENCY_PREFIX = "backup_emergency_"
 
 
@@ -48,7 +51,7 @@ def validate_name(name: str, what: str = "model") -> str:
         raise InvalidName(f"Invalid {what} name {shown!r}: it contains '..'.")
     if name.startswith(("~", ".")):
         raise InvalidName(f"Invalid {what} name {shown!r}: it must not start with '{name[0]}'.")
-    if not _SAFE.match(name):
+    if not _SAFE.fullmatch(name):
         raise InvalidName(
             f"Invalid {what} name {shown!r}: use letters, digits, '_', '-' and '.' only (at most 128)."
         )
@@ -111,20 +114,21 @@ LiveScore = Callable[["BackupInfo"], Any]
 
 
 class ModelRegistry:
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(self, models_dir: Path, *, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> None:
         self.models_dir = Path(models_dir)
+        self.max_model_bytes = max_model_bytes  # MAX_MODEL_BYTES: a larger model.json is refused
         self._load_cache: dict[tuple[str, int, int], str | None] = {}
         self._boosters: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
 
     def booster(self, folder: Path) -> Any:
         """The loaded model of ``folder`` (a few recent ones are kept, keyed by size and mtime)."""
         path = folder / MODEL_FILE
-        st = path.stat()
+        st = path.lstat()
         key = (str(path), st.st_mtime_ns, st.st_size)
         if key in self._boosters:
             self._boosters.move_to_end(key)
             return self._boosters[key]
-        booster = load_booster(path)
+        booster = load_booster(path, max_bytes=self.max_model_bytes)
         self._boosters[key] = booster
         while len(self._boosters) > 8:
             self._boosters.popitem(last=False)
@@ -164,6 +168,8 @@ class ModelRegistry:
         path = folder / backup
         if path.is_symlink() or path.exists():
             self._inside(path, "backup", backup)
+        if path.is_symlink():
+            raise BackupCorrupt(f"Backup {backup} of {model} is a symbolic link, not a folder: refused.")
         if not path.is_dir():
             raise UnknownBackup(f"Model {model!r} has no backup {backup!r}. Try `/rollback backups {model}`.")
         return path
@@ -176,7 +182,7 @@ class ModelRegistry:
         root = self._root()
         out = []
         for entry in self.models_dir.iterdir():
-            if entry.name.startswith(".") or not _SAFE.match(entry.name) or not entry.is_dir():
+            if entry.name.startswith(".") or not _SAFE.fullmatch(entry.name) or not entry.is_dir():
                 continue
             if entry.is_symlink():
                 resolved = entry.resolve()
@@ -199,11 +205,14 @@ class ModelRegistry:
         root = self._root()
         infos = []
         for entry in folder.iterdir():
-            if not entry.name.startswith("backup_") or not entry.is_dir() or not _SAFE.match(entry.name):
+            if not entry.name.startswith("backup_") or not entry.is_dir() or not _SAFE.fullmatch(entry.name):
                 continue
             resolved = entry.resolve() if entry.is_symlink() or folder.is_symlink() else root / folder.name / entry.name
             if root not in resolved.parents:
                 infos.append(BackupInfo(entry.name, entry, None, ("its folder leads outside MODELS_DIR",), False))
+                continue
+            if entry.is_symlink():
+                infos.append(BackupInfo(entry.name, entry, None, ("its folder is a symbolic link",), False))
                 continue
             infos.append(self._info(entry.name, entry))
         infos.sort(key=lambda b: (b.training_date or date.min, b.name), reverse=True)
@@ -216,8 +225,14 @@ class ModelRegistry:
             metadata = read_metadata(folder)
         except BackupCorrupt as exc:
             problems.append(str(exc).split(": ", 1)[-1])
-        if not (folder / MODEL_FILE).is_file():
+        try:
+            check_regular(folder / MODEL_FILE, max_bytes=self.max_model_bytes, setting="MAX_MODEL_BYTES")
+        except FileNotFoundError:
             problems.append(f"{MODEL_FILE} is missing")
+        except UnsafeFile as exc:
+            problems.append(f"{MODEL_FILE} is refused: {exc.strerror}")
+        except OSError as exc:
+            problems.append(f"{MODEL_FILE} cannot be read ({exc.strerror})")
         return BackupInfo(name, folder, metadata, tuple(problems))
 
     # ------------------------------------------------------------- checking
@@ -226,7 +241,7 @@ class ModelRegistry:
         """None when ``folder/model.json`` loads with xgboost, else the reason (cached by size and mtime)."""
         path = folder / MODEL_FILE
         try:
-            st = path.stat()
+            st = path.lstat()
         except OSError:
             return f"{MODEL_FILE} is missing"
         key = (str(path), st.st_mtime_ns, st.st_size)

@@ -290,7 +290,7 @@ _LABELS = {
     "resolved": "Resolved", "denied": "Denied", "cancelled": "Cancelled", "expired": "Request expired",
     "monitor": "Monitoring summary", "escalate": "Escalated", "target_missed": "Runbook target missed",
     "notify": "Stakeholders notified", "report": "Incident report written", "root_cause": "Root cause added",
-    "diagnostics": "Diagnostics run",
+    "diagnostics": "Diagnostics run", "files_checked": "Production files checked at resume",
 }
 
 
@@ -325,9 +325,15 @@ def _describe(s: Step) -> str:
             text += f"; still halted by {', '.join(d['still_held_by'])}"
         if d.get("trades_during_halt"):
             text += f"; {d['trades_during_halt']} trade(s) during the halt"
-    elif s.step == "revert":
-        text = (f"files restored: {', '.join(d.get('restored_files', [])) or 'none needed'}; deployment log "
+    elif s.step == "revert" and d.get("ok") is False:
+        text = (f"{d.get('message', 'the revert failed')}; deployment log "
                 f"{'reverted' if d.get('deployment_log_reverted') else 'unchanged'}; trading stays halted")
+    elif s.step == "revert":
+        done = d.get("restored_files", []) + [f"{n} removed" for n in d.get("removed_files", [])]
+        text = (f"files restored: {', '.join(done) or 'none needed'}; deployment log "
+                f"{'reverted' if d.get('deployment_log_reverted') else 'unchanged'}; trading stays halted")
+    elif s.step == "files_checked":
+        text = str(d.get("note") or "")
     elif s.step in ("resolved", "denied", "cancelled"):
         text = str(d.get("note") or "")
     elif s.step == "monitor":
@@ -367,6 +373,13 @@ def _next_steps(incident: Incident, steps: list[Step], targets: list[TargetStatu
                    "or choose another backup.")
     if incident.error and "stop command" in incident.error:
         out.append("The trading stop command failed: check the trading service before the next halt.")
+    if rollback and incident.state == "revert_failed":
+        files = ((incident.plan or {}).get("revert") or {}).get("files") or {}
+        where = ", ".join(f"{name} is {what}" for name, what in files.items()) or "see the revert step"
+        out.append(f"URGENT: the original files could not all be put back ({where}). Trading stays halted. Copy "
+                   f"the original files back from {incident.emergency_backup or 'the emergency backup'} by hand, "
+                   "then `/rollback resume` checks them against the production row; resuming on mixed files needs "
+                   "two different approvers to override.")
     if rollback and incident.state == "failed" and incident.halted_at is not None and incident.resumed_at is None:
         out.append(f"Trading stays halted and {incident.from_version or 'the original model'} is back in production:"
                    " a person decides whether to retry the rollback with another backup or to resume trading.")
@@ -398,7 +411,7 @@ def _next_steps(incident: Incident, steps: list[Step], targets: list[TargetStatu
                    "logs again before closing the follow-up.")
     if diagnostics_summary:
         out.append("Follow up the diagnostics findings above (data gaps, missing features, regime change).")
-    if rollback and _finished(steps, "record") is not None and incident.state != "failed":
+    if rollback and _finished(steps, "record") is not None and incident.state not in ("failed", "revert_failed"):
         out.append(f"Keep {incident.from_version or 'the failed version'} out of production until the cause is "
                    "understood; retrain and evaluate on recent data before redeploying.")
     if not (incident.root_cause or "").strip():

@@ -13,12 +13,13 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from core import fixes
+from core import access, fixes, halt_watch
 from core.charts import chart_maker, model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
+from core.doctor import ChatChecks, DoctorRun, latest_run, run_doctor, store_run
 from core.engine import Engine, enqueue, no_fault
-from core.errors import PreflightFailed, UnknownModel, clean_text
+from core.errors import NotAuthorized, PreflightFailed, UnknownModel, clean_text
 from core.escalation import Breach, Escalator
 from core.incidents import Event, Incident, journal, utcnow
 from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows
@@ -57,6 +58,7 @@ class StatusReport:
     trading_halted: bool
     halted_since: datetime | None = None
     halt_reason: str | None = None
+    doctor: DoctorRun | None = None  # the latest `rollback-bot doctor` run, from any process
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,9 @@ CLOSED_STATES = ("resolved", "denied", "failed", "cancelled")
 
 @dataclass(frozen=True)
 class StartForm:
-    """What the rollback request modal offers: models, and for the chosen one its backups."""
+    """What the rollback request modal offers for the chosen model: its backups (models are searched as the
+    person types, see core.picker)."""
 
-    models: list[str]
     model: str | None
     backups: list[BackupInfo]
     recommended: str | None
@@ -96,10 +98,12 @@ class Services:
     ) -> None:
         self.settings = settings
         self.db = db
-        self.registry = registry or ModelRegistry(settings.models_dir)
+        self.registry = registry or ModelRegistry(settings.models_dir, max_model_bytes=settings.max_model_bytes)
         self.engine = Engine(settings, db, self.registry, clock=clock or utcnow, fault_hook=fault_hook or no_fault)
         self.worker = Worker(self.engine)
         self._background = False
+        # While a halt is held, clients activated or added are saved and halted too (core.halt_watch).
+        self.worker.periodic.append(lambda: halt_watch.sweep(self.engine))
         # Runbook step 8: every rollback runs diagnostics right after the halt (a job, so any process may).
         self.engine.subscribe(self._diagnose_after_halt)
         self.worker.on("diagnose", self._run_incident_diagnostics)
@@ -133,6 +137,7 @@ class Services:
                 )
             ]
             halt = conn.execute("SELECT halted, since, reason FROM rollback_bot.trading_state").fetchone()
+            doctor = latest_run(conn)
         by_model: dict[str, list[DeploymentRow]] = {}
         for row in rows:
             by_model.setdefault(row.model_name, []).append(row)
@@ -158,6 +163,7 @@ class Services:
             trading_halted=bool(halt and halt["halted"]),
             halted_since=halt["since"] if halt else None,
             halt_reason=halt["reason"] if halt else None,
+            doctor=doctor,
         )
 
     def backups(self, *, model: str) -> BackupsReport:
@@ -178,14 +184,20 @@ class Services:
             recommendation=recommendation,
         )
 
+    def doctor(self, *, source: str, chat: ChatChecks | None = None) -> DoctorRun:
+        """`rollback-bot doctor`: every check a rollback relies on; the run is kept for `/rollback status`."""
+        run = run_doctor(self.settings, self.db.connect, source=source, at=self.engine.clock(), chat=chat,
+                         models_dir=self.registry.models_dir)
+        with self.db.transaction() as conn:
+            return store_run(conn, run)
+
     def start_form(self, *, model: str | None = None) -> StartForm:
-        models = self.registry.list_models()
         if model is None:
-            return StartForm(models, None, [], None)
+            return StartForm(None, [], None)
         report = self.backups(model=model)
         usable = [b for b in report.backups if b.usable]
         rec = report.recommendation.backup
-        return StartForm(models, model, usable, rec.name if rec else None)
+        return StartForm(model, usable, rec.name if rec else None)
 
     def open_rollback(self, *, model: str):
         validate_name(model, "model")
@@ -199,9 +211,10 @@ class Services:
                 "INSERT INTO rollback_bot.deliveries (key) VALUES (%s) ON CONFLICT DO NOTHING", (key[:500],)
             ).rowcount == 1
 
-    def set_root_cause(self, *, incident_id: int, text: str, user: str) -> None:
-        """A person's account of the root cause; kept on the incident and used by its report."""
-        self.engine.get(incident_id)  # UnknownIncident for a wrong id
+    def set_root_cause(self, *, incident_id: int, text: str, user: str, is_approver: bool) -> None:
+        """A person's account of the root cause (the incident's people and approvers); kept on the incident and
+        used by its report."""
+        self._incident_person(incident_id, user, is_approver, action="root_cause", what="add its root cause")
         with self.db.transaction() as conn:
             add_root_cause(conn, incident_id=incident_id, text=clean_text(text, 5000), by=user, at=self.engine.clock())
             enqueue(conn, "report", incident_id=incident_id, payload={"upload": False},
@@ -269,7 +282,8 @@ class Services:
 
     def request_fix(self, *, fix: str, requested_by: str, model: str | None = None, channel: str | None = None):
         return fixes.request_fix(self.db, fix=fix, requested_by=requested_by, model=model, channel=channel,
-                                 clock=self.engine.clock)
+                                 clock=self.engine.clock,
+                                 expires_in=timedelta(minutes=self.settings.approval_timeout_minutes))
 
     def approve_fix(self, *, incident_id: int, approver: str, allowed: bool):
         inc = fixes.approve_fix(self.db, incident_id=incident_id, approver=approver, allowed=allowed,
@@ -308,13 +322,14 @@ class Services:
 
     # ------------------------------------------------------------------------------ after the rollback
 
-    REPORT_STATES = {"rollback": ("monitoring", "verified", "failed", "resolved", "denied", "cancelled"),
+    REPORT_STATES = {"rollback": ("monitoring", "verified", "failed", "resolved", "denied", "cancelled",
+                                  "revert_failed"),
                      "halt": ("halted", "resolved")}
 
     def _report_on_change(self, event: Event) -> None:
         inc = event.incident
         if event.kind == "state" and inc.state in self.REPORT_STATES.get(inc.kind, ()):
-            upload = inc.state in ("monitoring", "verified", "failed", "resolved")
+            upload = inc.state in ("monitoring", "verified", "failed", "resolved", "revert_failed")
             with self.db.transaction() as conn:
                 enqueue(conn, "report", incident_id=inc.id, payload={"upload": upload},
                         dedupe_key=f"report:{inc.id}:{inc.state}")
@@ -322,9 +337,28 @@ class Services:
     def _write_report(self, job: dict) -> None:
         self._update_report(job["incident_id"], upload=bool(job["payload"].get("upload")))
 
-    def report(self, *, incident_id: int, actor: str) -> Path:
-        """``/rollback report INCIDENT``: bring the report up to date and return its file."""
+    def report(self, *, incident_id: int, actor: str, is_approver: bool) -> Path:
+        """``/rollback report INCIDENT`` (the incident's people and approvers): bring the report up to date and
+        return its file."""
+        self._incident_person(incident_id, actor, is_approver, action="report", what="post its report again")
         return self._update_report(incident_id, actor=actor, upload=True, again=True)
+
+    def _incident_person(self, incident_id: int, user: str, is_approver: bool, *, action: str, what: str) -> Incident:
+        inc = self.engine.get(incident_id)  # UnknownIncident for a wrong id
+        if not access.may_annotate(inc, user, is_approver=is_approver):
+            self.engine.audit(None, actor=user, action=action, outcome="refused", incident_id=incident_id,
+                              reason="not the incident's requester or approver, nor an approver")
+            raise NotAuthorized(f"Only {inc.ref}'s requester and approver, and approvers, may {what}.")
+        return inc
+
+    def heavy_command(self, *, user: str, command: str, allowed: bool) -> None:
+        """`/rollback diagnose`, `backups`, `status MODEL`: operators, approvers and stakeholders, rate-limited
+        per person across every bot process (``HEAVY_COMMANDS_PER_MINUTE``)."""
+        if not allowed:
+            self.engine.audit(None, actor=user, action=command, outcome="refused", reason="not allowed")
+            raise NotAuthorized(f"`/rollback {command}` is for operators, approvers and stakeholders.")
+        access.take_heavy_slot(self.engine, user=user, command=command,
+                               per_minute=self.settings.heavy_commands_per_minute)
 
     def _update_report(self, incident_id: int, *, upload: bool, actor: str = "rollback-bot",
                        again: bool = False) -> Path:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -78,6 +78,21 @@ class Settings(BaseSettings):
     watchdog_days: int = Field(default=20, ge=5, le=365)
     watchdog_min_days: int = Field(default=10, ge=3, le=365)
     watchdog_cooldown_minutes: float = Field(default=1440, ge=0)
+    max_model_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # a larger model.json is refused
+    health_port: int | None = Field(default=None, ge=1, le=65535)  # Socket Mode's /healthz, /metrics (default PORT)
+    metrics_addr: str | None = None  # host:port of /metrics on an address of its own
+    slack_auth_check_seconds: float = Field(default=60, gt=0)
+    # An approved rollback that has not started within this is cancelled, never run late.
+    approved_start_timeout_minutes: float = Field(default=10, gt=0)
+    # SET LOCAL lock_timeout / statement_timeout on every transaction of a rollback's steps.
+    step_lock_timeout_seconds: float = Field(default=10, gt=0, le=3600)
+    step_statement_timeout_seconds: float = Field(default=60, gt=0, le=86400)
+    # The swap waits until the trades source has been quiet this long since the halt; past the timeout the
+    # halt is "not effective" (paged; an approver other than the requester may proceed anyway).
+    halt_quiet_seconds: float = Field(default=3, ge=0)
+    halt_quiet_timeout_seconds: float = Field(default=120, gt=0)
+    # `/rollback diagnose`, `backups`, `status MODEL`: at most this many per person per minute (all processes).
+    heavy_commands_per_minute: int = Field(default=10, ge=1, le=10000)
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
@@ -120,6 +135,31 @@ class Settings(BaseSettings):
         parts = value.split(".")
         if not 1 <= len(parts) <= 2 or not all(p.replace("_", "a").isalnum() and not p[0].isdigit() for p in parts):
             raise ValueError("must be a plain SQL identifier, optionally schema-qualified")
+        return value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        host, sep, port = value.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9100")
+        return value.strip()
+
+    def metrics_bind(self) -> tuple[str, int] | None:
+        """METRICS_ADDR as (host, port), brackets of an IPv6 address removed."""
+        if self.metrics_addr is None:
+            return None
+        host, _, port = self.metrics_addr.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @field_validator("halt_quiet_timeout_seconds")
+    @classmethod
+    def _quiet_timeout(cls, value: float, info: ValidationInfo) -> float:
+        quiet = info.data.get("halt_quiet_seconds")
+        if quiet is not None and value <= quiet:
+            raise ValueError("must be greater than HALT_QUIET_SECONDS")
         return value
 
     def require(self, *names: str) -> None:

@@ -8,8 +8,13 @@
 * Resume: a holder lets go; when the last one does, each client's saved values are written back exactly
   (never a blanket true/false). A client whose settings a person changed during the halt is left as the
   person set it, and reported.
-* Optional stop command (an argument list, no shell, with a timeout) instead of the runbook's ``pkill -f``.
-* Verification: no trade executed after the halt time, read from a trades table or a trading log.
+* Clients that become active, or are added, while a halt is held are saved and halted too (``sweep``); a client
+  a person re-enabled during the halt is reported, and left as the person set it.
+* Optional stop command (an argument list, no shell, a minimal environment without the bot's secrets, with a
+  timeout that kills its whole process group) instead of the runbook's ``pkill -f``.
+* Verification: no trade executed after the halt time, read from a trades table or a trading log. A trades
+  source that is configured but missing fails closed (``trades_source_problem``); "no trade source" is said
+  explicitly with ``TRADES_TABLE=none``.
 
 The platform's key types are the platform's: ``client_id`` may be ``integer``, ``bigint``, ``text`` or
 ``uuid``. The saved copy keeps each key as its canonical text (``client_id::text``, a cast that cannot fail
@@ -19,7 +24,11 @@ platform's type.
 
 from __future__ import annotations
 
+import os
+import pwd
+import signal
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -97,15 +106,18 @@ def halt(conn: psycopg.Connection, *, holder: str, actor: str, reason: str) -> H
     return HaltResult(halt_id, row["halted_at"], False, len(saved))
 
 
-def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = False) -> ResumeResult:
-    """``holder`` lets go of the halt; the last one out restores every client's own settings exactly."""
+def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = False,
+            keep: Collection[str] = ()) -> ResumeResult:
+    """``holder`` lets go of the halt; the last one out restores every client's own settings exactly.
+    ``force``: every holder lets go but those in ``keep`` (the holders of rollbacks that are not closed)."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.trading'))")
     current = active_halt(conn)
     if current is None:
         return ResumeResult(False, None)
     halt_id = current["id"]
     if force:
-        conn.execute("DELETE FROM rollback_bot.halt_holders WHERE halt_id = %s", (halt_id,))
+        conn.execute("DELETE FROM rollback_bot.halt_holders WHERE halt_id = %s AND holder <> ALL(%s)",
+                     (halt_id, list(keep)))
     else:
         conn.execute("DELETE FROM rollback_bot.halt_holders WHERE halt_id = %s AND holder = %s", (halt_id, holder))
     remaining = holders(conn, halt_id)
@@ -138,24 +150,138 @@ def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = 
     return ResumeResult(True, halt_id, restored=restored, left_alone=left)
 
 
+@dataclass(frozen=True)
+class SweepResult:
+    halt_id: int | None
+    added: list[str] = field(default_factory=list)      # clients saved and halted by this sweep
+    reenabled: list[str] = field(default_factory=list)  # halted clients a person switched back on
+
+
+def sweep(conn: psycopg.Connection) -> SweepResult:
+    """While a halt is held: save and halt every active client the halt does not cover yet (activated or added
+    after it began), and list the halted clients a person re-enabled. In the caller's transaction."""
+    if active_halt(conn) is None:
+        return SweepResult(None)
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.trading'))")
+    current = active_halt(conn)
+    if current is None:
+        return SweepResult(None)
+    halt_id = current["id"]
+    added = [r["client_id"] for r in conn.execute(
+        "INSERT INTO rollback_bot.saved_client_settings (halt_id, client_id, auto_rebalance, require_manual_approval) "
+        "SELECT %s, s.client_id::text, s.auto_rebalance, s.require_manual_approval "
+        "FROM client_settings s JOIN clients c ON c.client_id = s.client_id WHERE c.active "
+        "ON CONFLICT (halt_id, client_id) DO NOTHING RETURNING client_id",
+        (halt_id,),
+    ).fetchall()]
+    if added:
+        conn.execute(
+            "UPDATE client_settings s SET auto_rebalance = false, require_manual_approval = true "
+            "WHERE s.client_id::text = ANY(%s)",
+            (added,),
+        )
+    reenabled = [r["client_id"] for r in conn.execute(
+        "SELECT v.client_id FROM rollback_bot.saved_client_settings v "
+        "JOIN client_settings s ON s.client_id::text = v.client_id "
+        "WHERE v.halt_id = %s AND NOT v.restored AND "
+        "(s.auto_rebalance IS DISTINCT FROM false OR s.require_manual_approval IS DISTINCT FROM true) "
+        "ORDER BY v.client_id",
+        (halt_id,),
+    )]
+    return SweepResult(halt_id, sorted(added), reenabled)
+
+
 def is_halted(conn: psycopg.Connection) -> bool:
     return bool(conn.execute("SELECT halted FROM rollback_bot.trading_state").fetchone()["halted"])
 
 
+# The stop command's whole environment: nothing of the bot's (no Slack token, no database URL or password).
+STOP_COMMAND_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def stop_command_env() -> dict[str, str]:
+    """A minimal environment for the stop command: PATH, LANG, HOME and USER of the account the bot runs as."""
+    try:
+        account = pwd.getpwuid(os.getuid())
+        home, user = account.pw_dir, account.pw_name
+    except KeyError:
+        home, user = "/", str(os.getuid())
+    return {"PATH": STOP_COMMAND_PATH, "LANG": "C.UTF-8", "HOME": home or "/", "USER": user, "LOGNAME": user}
+
+
 def run_stop_command(argv: list[str] | None, timeout: float) -> str | None:
-    """Run the configured stop command (no shell). Returns a note, or raises RollbackError on failure."""
+    """Run the configured stop command (no shell, a scrubbed environment, a session of its own). On timeout its
+    whole process group is killed, so nothing it started lives on. Returns a note, or raises RollbackError."""
     if not argv:
         return None
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, shell=False, check=False)
-    except subprocess.TimeoutExpired:
-        raise RollbackError(f"the trading stop command did not finish within {timeout:g} s") from None
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, shell=False, env=stop_command_env(), start_new_session=True)
     except OSError as exc:
         raise RollbackError(f"the trading stop command could not run: {exc.strerror}") from None
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise RollbackError(f"the trading stop command did not finish within {timeout:g} s (its process group"
+                            " was killed)") from None
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+        tail = (err or out).strip().splitlines()[-1:] or [""]
         raise RollbackError(f"the trading stop command exited with {proc.returncode}: {tail[0][:200]}")
     return f"stop command exited 0 ({argv[0]})"
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the stop command and everything it started (its session's process group), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the group id is the child's pid
+    except ProcessLookupError:
+        pass
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:  # a grandchild that left the group still holds the pipes
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+NO_TRADES_TABLE = "none"
+
+
+def has_trades_table(table: str) -> bool:
+    return table.strip().lower() != NO_TRADES_TABLE
+
+
+def trades_source_problem(conn: psycopg.Connection, settings: Any) -> str | None:
+    """Why the configured trades source cannot be read (None: it can, or ``TRADES_TABLE=none`` with no
+    ``TRADING_LOG`` says explicitly that there is none). A missing source is never read as "0 trades"."""
+    problems = []
+    table, column = settings.trades_table, settings.trades_time_column
+    if has_trades_table(table):
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AS found,"
+            " (SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s"
+            "  AND attnum > 0 AND NOT attisdropped) AS columns",
+            (table, table, column),
+        ).fetchone()
+        if not row["found"]:
+            problems.append(f"the trades table {table} does not exist (TRADES_TABLE; set TRADES_TABLE=none if the"
+                            " platform has no trades table)")
+        elif not row["columns"]:
+            problems.append(f"the trades table {table} has no column {column} (TRADES_TIME_COLUMN)")
+        elif not conn.execute("SELECT has_table_privilege(%s, 'SELECT') AS ok", (table,)).fetchone()["ok"]:
+            problems.append(f"the bot may not read the trades table {table} (grant SELECT)")
+    log_path = settings.trading_log
+    if log_path is not None:
+        path = Path(log_path)
+        if not path.is_file():
+            problems.append(f"the trading log {path} does not exist (TRADING_LOG)")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"the trading log {path} cannot be read (TRADING_LOG)")
+    return "; ".join(problems) or None
+
+
+def has_trades_source(settings: Any) -> bool:
+    return has_trades_table(settings.trades_table) or settings.trading_log is not None
 
 
 def trades_after(
@@ -164,7 +290,8 @@ def trades_after(
     """Trades executed after ``since``: from the trades table, or (when configured) the trading log too."""
     parts = table.split(".")
     count = 0
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS ok", (table,)).fetchone()["ok"]
+    exists = has_trades_table(table) and conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL AS ok", (table,)).fetchone()["ok"]
     if exists:
         query = sql.SQL("SELECT count(*) AS n FROM {} WHERE {} > %s").format(
             sql.Identifier(*parts), sql.Identifier(time_column)

@@ -1,7 +1,9 @@
-"""Button listeners: Approve, Deny, Add root cause, and the model picker inside the request modal.
+"""Button listeners: Approve, Deny, Take over (a watchdog proposal), Proceed anyway and Abandon (a halt that is
+not effective), Add root cause, and the model picker inside the request modal.
 
-Clicks are acked at once; the decision runs afterwards on the app's pool. Exactly-once is the engine's conditional
-state change in PostgreSQL: of ten approvers clicking together one wins, the others are told who did.
+Clicks are acked at once; the work runs afterwards on the app's pool, and decisions on a lane of their own
+(``Deps.decisions``), so slow commands never delay them. Exactly-once is the engine's conditional state change
+in PostgreSQL: of ten approvers clicking together one wins, the others are told who did.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
+from core import access, halt_watch
 from core.errors import NotAuthorized, RollbackError
 from core.incidents import already_decided
 from handlers import incident_views as iv
@@ -33,9 +36,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
     engine = services.engine
 
-    def acking(work, opens: str | None = None):
-        """A listener that acks the click at once and does ``work`` after it; for a click that ``opens`` a modal,
-        its loading view opens at once (handlers/loading.py)."""
+    def acking(work, *, urgent: bool = False, opens: str | None = None):
+        """A listener that acks the click at once and does ``work`` after it (``urgent``: on the decisions lane);
+        for a click that ``opens`` a modal, its loading view opens at once (handlers/loading.py)."""
 
         deps.work(work)
 
@@ -45,7 +48,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                 deps.later_modal(work, kind=opens, trigger_id=body["trigger_id"], client=client,
                                  loading=context.get("loading"), body=body)
             else:
-                deps.later(work, body=body, client=client)
+                deps.later(work, urgent=urgent, body=body, client=client)
 
         listener.__name__ = f"on_{work.__name__}"
         return listener
@@ -100,12 +103,44 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         except Exception as exc:  # noqa: BLE001
             answer(client, body, loading, f":no_entry: {describe(exc)}", modal.DENY)
 
+    def decide(body: dict, client: WebClient, decision) -> None:
+        """Take over / Proceed anyway / Abandon: one call into core; refusals are whispered to the person."""
+        incident_id = _incident_id(body)
+        if incident_id is None or not first_delivery(body):
+            return
+        try:
+            decision(incident_id, body["user"]["id"])
+        except Exception as exc:  # noqa: BLE001 - the person is told why (or an error id)
+            whisper(client, body, f":no_entry: {describe(exc)}")
+
+    def take_over(body: dict, client: WebClient) -> None:
+        decide(body, client, lambda i, user: access.take_over(engine, incident_id=i, user=user,
+                                                               allowed=deps.auth.is_operator(user)))
+
+    def proceed_anyway(body: dict, client: WebClient) -> None:
+        decide(body, client, lambda i, user: halt_watch.proceed_anyway(engine, incident_id=i, approver=user,
+                                                                        allowed=deps.auth.is_approver(user)))
+
+    def abandon(body: dict, client: WebClient) -> None:
+        def act(i: int, user: str):
+            allowed = deps.auth.is_approver(user) or user == engine.get(i).requested_by
+            return halt_watch.abandon(engine, incident_id=i, user=user, allowed=allowed)
+
+        decide(body, client, act)
+
     def add_root_cause(body: dict, client: WebClient, loading: dict | None = None) -> None:
         incident_id = _incident_id(body)
         if incident_id is None:
             return answer(client, body, loading, ":no_entry: This button names no incident.", modal.ROOT_CAUSE)
         try:
-            modal.show(client, loading, trigger_id=body["trigger_id"], view=iv.root_cause_modal(engine.get(incident_id)))
+            inc = engine.get(incident_id)
+            user = body["user"]["id"]
+            if not access.may_annotate(inc, user, is_approver=deps.auth.is_approver(user)):
+                engine.audit(None, actor=user, action="root_cause", outcome="refused", incident_id=incident_id,
+                             reason="not the incident's requester or approver, nor an approver")
+                raise NotAuthorized("Only the incident's requester and approver, and approvers, may add its root"
+                                    " cause.")
+            modal.show(client, loading, trigger_id=body["trigger_id"], view=iv.root_cause_modal(inc))
         except Exception as exc:  # noqa: BLE001
             answer(client, body, loading, f":no_entry: {describe(exc)}", modal.ROOT_CAUSE)
 
@@ -119,7 +154,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             form = services.start_form()
         client.views_update(
             view_id=view.get("id"), hash=view.get("hash"),
-            view=iv.start_modal(models=form.models, model=form.model, backups=form.backups,
+            view=iv.start_modal(model=form.model, backups=form.backups,
                                 recommended=form.recommended, channel=meta.get("channel"),
                                 response_url=meta.get("response_url")),
         )
@@ -145,9 +180,30 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         except Exception as exc:  # noqa: BLE001
             whisper(client, body, f":no_entry: {describe(exc)}")
 
-    app.action(Action.APPROVE.value)(acking(approve))
+    def resume_override(body: dict, client: WebClient) -> None:
+        """*Override* on a refused resume: a second, different approver resumes trading on those files."""
+        incident_id = _incident_id(body)
+        user = body["user"]["id"]
+        if incident_id is None or not first_delivery(body):
+            return
+        try:
+            inc, result = engine.approve_resume_override(incident_id=incident_id, approver=user,
+                                                         allowed=deps.auth.is_approver(user))
+            client.chat_postMessage(
+                channel=deps.channel,
+                text=f":warning: <@{user}> confirmed <@{inc.requested_by}>'s override ({inc.ref}): automated trading"
+                     + (f" resumed on mismatched files; {result.restored} clients back to their own settings."
+                        if result.resumed else " is released by this override; other holders keep it halted."))
+        except Exception as exc:  # noqa: BLE001
+            whisper(client, body, f":no_entry: {describe(exc)}")
+
+    app.action(Action.APPROVE.value)(acking(approve, urgent=True))
+    app.action(Action.RESUME_OVERRIDE.value)(acking(resume_override, urgent=True))
     app.action(Action.FIX_REFRESH_VIEW.value)(acking(quick_fix))
     app.action(Action.FIX_RESTORE_MODEL.value)(acking(quick_fix))
-    app.action(Action.DENY.value)(acking(deny, opens=modal.DENY))
+    app.action(Action.DENY.value)(acking(deny, urgent=True, opens=modal.DENY))
+    app.action(Action.TAKE_OVER.value)(acking(take_over, urgent=True))
+    app.action(Action.PROCEED_ANYWAY.value)(acking(proceed_anyway, urgent=True))
+    app.action(Action.ABANDON.value)(acking(abandon, urgent=True))
     app.action(Action.ADD_ROOT_CAUSE.value)(acking(add_root_cause, opens=modal.ROOT_CAUSE))
     app.action(Action.MODAL_MODEL_SELECT.value)(acking(model_selected))

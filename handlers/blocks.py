@@ -101,6 +101,7 @@ HELP = (
     "• `/rollback incidents` — open and recent incidents\n"
     "• `/rollback report INCIDENT` — post an incident's report again\n"
     "• `/rollback diagnose MODEL` — root-cause diagnostics\n"
+    "• `/rollback doctor` — check the platform against what a rollback needs (approvers)\n"
     "• `/rollback help` — this text"
 )
 
@@ -124,6 +125,7 @@ def status_blocks(report: StatusReport) -> list[dict]:
         )
     else:
         blocks.append(context(":large_green_circle: Automated trading is running."))
+    blocks += _doctor_blocks(report)  # near the top: never cut by the 50-block limit
     if not report.models:
         blocks.append(section("No production models found in `model_deployment_log` or MODELS_DIR."))
     if len(report.models) > DETAILED_MODELS:
@@ -155,6 +157,19 @@ def status_blocks(report: StatusReport) -> list[dict]:
     else:
         blocks.append(context("No open incidents."))
     return finish(blocks, more_hint="Use `/rollback status` in the App Home for the full list.")
+
+
+def _doctor_blocks(report: StatusReport) -> list[Block]:
+    """The latest `rollback-bot doctor` run: its problems, or one line saying all passed."""
+    run = report.doctor
+    if run is None:
+        return []
+    where = f"{when(run.at)}, {esc(run.source)}"
+    if run.ok:
+        return [context(f":white_check_mark: Platform check: {run.summary()} ({where}).")]
+    lines = "\n".join(f"• {esc(c.reason)}" for c in run.problems[:12])
+    return [section(f":stethoscope: *Platform check: {run.summary()}* ({where}); a rollback may fail until they are"
+                    f" fixed (`/rollback doctor` checks again):\n{lines}")]
 
 
 DETAILED_MODELS = 12

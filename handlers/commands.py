@@ -13,10 +13,12 @@ from dataclasses import dataclass, replace
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
+from core.errors import FilesMismatch
 from handlers import blocks as views
 from handlers import incident_views as iv
 from handlers import loading as modal
 from handlers.deps import Deps
+from handlers.doctor import doctor_blocks, slack_checks
 from handlers.errors import describe, guarded
 from handlers.ids import Command
 from handlers.progress import SlackProgress
@@ -48,7 +50,7 @@ class ParsedCommand:
 
 
 # Subcommands whose ack is empty (their work runs afterwards); `help` and unknown ones are answered in the ack.
-WORK_VERBS = frozenset({"status", "backups", "incidents", "start", "halt", "resume", "diagnose", "report"})
+WORK_VERBS = frozenset({"status", "backups", "incidents", "start", "halt", "resume", "diagnose", "report", "doctor"})
 
 USAGE = {
     "backups": "Usage: `/rollback backups MODEL` (see `/rollback status` for the models).",
@@ -125,8 +127,13 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         report = services.status()
         respond(text="Production models", blocks=views.status_blocks(report), response_type="ephemeral")
 
+    def heavy(cmd: ParsedCommand, command: str) -> None:
+        """Operators, approvers and stakeholders only, a few a minute per person (raises with the reason)."""
+        services.heavy_command(user=cmd.user_id, command=command, allowed=deps.auth.may_look(cmd.user_id))
+
     def status_of_model(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         """`/rollback status MODEL`: its backups and recommendation, and its performance chart in a DM."""
+        heavy(cmd, "status MODEL")
         report = services.backups(model=cmd.args[0])
         respond(text=f"Status of {report.model}", blocks=views.backups_blocks(report), response_type="ephemeral")
         png = services.model_chart(model=report.model)
@@ -141,7 +148,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         incident_id = parse_incident_ref(cmd.args[0]) if len(cmd.args) == 1 else None
         if incident_id is None:
             return tell(respond, USAGE["report"])
-        path = services.report(incident_id=incident_id, actor=cmd.user_id)
+        path = services.report(incident_id=incident_id, actor=cmd.user_id,
+                               is_approver=deps.auth.is_approver(cmd.user_id))
         inc = engine.get(incident_id)
         where = f"<#{inc.channel}>" if inc.channel else f"<#{deps.channel}>"
         respond(text=f"The report of {inc.ref} ({path.name}) is posted again in its thread in {where}.",
@@ -151,6 +159,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     def backups(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         if len(cmd.args) != 1:
             return tell(respond, USAGE["backups"])
+        heavy(cmd, "backups")
         report = services.backups(model=cmd.args[0])
         respond(text=f"Backups of {report.model}", blocks=views.backups_blocks(report), response_type="ephemeral")
 
@@ -163,9 +172,18 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     def diagnose(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         if len(cmd.args) != 1:
             return tell(respond, USAGE["diagnose"])
+        heavy(cmd, "diagnose")
         report = services.diagnose(model=cmd.args[0])
         respond(text=f"Diagnostics of {report.model}: {report.likely_cause}",
                 blocks=views.diagnostics_blocks(report), response_type="ephemeral", replace_original=False)
+
+    @on("doctor")
+    def doctor(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
+        if not deps.auth.is_approver(cmd.user_id):
+            return refuse(cmd, respond, "doctor", "Only approvers may run the platform check (APPROVERS).")
+        run = services.doctor(source=f"/rollback doctor by {cmd.user_id}", chat=slack_checks(client, deps.channel))
+        respond(text=f"rollback-bot doctor: {run.summary()}", blocks=doctor_blocks(run), response_type="ephemeral",
+                replace_original=False)
 
     # ------------------------------------------------------------------------------------ actions
 
@@ -191,8 +209,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             return
         view = services.start_form(model=model)
         modal.show(client, cmd.loading, trigger_id=cmd.trigger_id, view=iv.start_modal(
-            models=view.models, model=view.model, backups=view.backups, recommended=view.recommended,
-            channel=cmd.channel_id, reason=reason or None, response_url=getattr(respond, "response_url", None)))
+            model=view.model, backups=view.backups, recommended=view.recommended, channel=cmd.channel_id,
+            reason=reason or None, response_url=getattr(respond, "response_url", None)))
 
     @on("halt")
     def halt(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
@@ -208,7 +226,14 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     def resume(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         if not deps.auth.is_approver(cmd.user_id):
             return refuse(cmd, respond, "resume", "Only approvers may resume trading (APPROVERS).")
-        result = engine.resume_trading(user=cmd.user_id)
+        try:
+            result = engine.resume_trading(user=cmd.user_id)
+        except FilesMismatch as exc:  # a second, different approver may override: posted for them
+            inc, new = engine.request_resume_override(user=cmd.user_id, allowed=True)
+            if new:
+                inc = progress.post_card(inc)
+            return tell(respond, f"{exc} {inc.ref} in <#{deps.channel}> asks a second, different approver to press"
+                                 " *Override*.")
         if not result.halt_id:
             return tell(respond, "Trading is not halted; nothing to resume.")
         text = (

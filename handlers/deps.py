@@ -24,6 +24,10 @@ def opener_pool(workers: int = 4) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modal-open")
 
 
+def decision_pool(workers: int = 2) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-decide")
+
+
 RemoteSubmit = Callable[[str, dict[str, Any]], None]
 
 
@@ -35,6 +39,9 @@ class Deps:
     works: dict[str, Callable[..., Any]] = field(default_factory=dict)
     remote: RemoteSubmit | None = None  # set by `serve`: work goes to the work process (bot/workproc.py)
     openers: ThreadPoolExecutor = field(default_factory=opener_pool)
+    # A lane of its own for decisions (Approve, Deny, Proceed anyway, Abandon, Take over): however many slow
+    # commands (diagnose, backups) fill the work pool, a decision never waits behind them.
+    decisions: ThreadPoolExecutor = field(default_factory=lambda: decision_pool())
 
     @property
     def channel(self) -> str:
@@ -45,22 +52,27 @@ class Deps:
         self.works[work_name(fn)] = fn
         return fn
 
-    def later(self, work: Callable[..., Any], **kwargs: Any) -> None:
+    def later(self, work: Callable[..., Any], *, urgent: bool = False, **kwargs: Any) -> None:
         """Run ``work`` after the ack: in the work process when there is one, else on the app's small pool
-        (cheaper than Bolt's lazy listeners, which deep-copy each request). The ack never waits for it."""
+        (cheaper than Bolt's lazy listeners, which deep-copy each request). The ack never waits for it.
+        ``urgent``: on the decisions lane, never behind slow commands."""
         if self.remote is not None:
             from bot.workproc import encode
 
-            self.remote(work_name(work), encode(kwargs))
+            payload = encode(kwargs)
+            if urgent:
+                payload["urgent"] = True
+            self.remote(work_name(work), payload)
             return
-        self.run_local(work, **kwargs)
+        self.run_local(work, urgent=urgent, **kwargs)
 
     def later_modal(self, work: Callable[..., Any], *, kind: str, trigger_id: str, client: Any,
                     loading: dict | None = None, **kwargs: Any) -> None:
         """``later`` for work that shows a modal: a loading view is opened first, at once, on a pool of its own
-        (unless ``serve`` opened it already: ``loading`` given), and handed to ``work`` to fill in."""
+        (unless ``serve`` opened it already: ``loading`` given), and handed to ``work`` to fill in on the
+        decisions lane (the person is looking at the loading view; it never waits behind slow commands)."""
         if loading is not None:
-            self.later(work, client=client, loading=loading, **kwargs)
+            self.later(work, urgent=True, client=client, loading=loading, **kwargs)
             return
 
         def open_then_work() -> None:
@@ -71,18 +83,24 @@ class Deps:
             except Exception:  # noqa: BLE001 - the work runs all the same and opens its form itself
                 log.exception("the loading view could not be opened")
                 opened = {}
-            self.later(work, client=client, loading=opened, **kwargs)
+            self.later(work, urgent=True, client=client, loading=opened, **kwargs)
 
         self.openers.submit(open_then_work)
 
-    def run_local(self, work: Callable[..., Any], **kwargs: Any) -> None:
+    def run_local(self, work: Callable[..., Any], *, urgent: bool = False, **kwargs: Any) -> None:
         def run() -> None:
             try:
                 work(**kwargs)
             except Exception:  # noqa: BLE001 - work reports its own errors; this is the last resort
                 log.exception("background work %s failed", getattr(work, "__name__", work))
 
-        self.executor.submit(run)
+        (self.decisions if urgent else self.executor).submit(run)
+
+    def shutdown(self) -> None:
+        """Wait for the work after the ack (loading views first: they hand work to both lanes) to finish."""
+        self.openers.shutdown(wait=True)
+        self.executor.shutdown(wait=True)
+        self.decisions.shutdown(wait=True)
 
 
 def work_name(fn: Callable[..., Any]) -> str:

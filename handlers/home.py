@@ -1,16 +1,25 @@
 """App Home: production models with metrics, open incidents and their state, the trading state, recent
-rollbacks. Published on ``app_home_opened`` and re-published for recent viewers when an incident changes."""
+rollbacks. Published on ``app_home_opened`` and re-published for recent viewers when an incident changes.
+
+Re-publishing is off the live-progress path: an incident's change only marks the home stale
+(``HomePublisher.changed``), and a thread of its own builds the view once per burst of changes and sends it to
+every recent viewer. A rollback's card and thread replies never wait for App Home, however many people look at
+it or however slowly Slack answers ``views.publish``.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 from slack_sdk.models.blocks import DividerBlock, HeaderBlock
 from slack_sdk.models.views import View
 
-from core.incidents import Incident
+from core.worker import lower_thread_priority
 from handlers import blocks as views
 from handlers import incident_views as iv
 from handlers.deps import Deps
@@ -42,6 +51,56 @@ def publish_home(client: WebClient, deps: Deps, user_id: str) -> None:
     client.views_publish(user_id=user_id, view=home_view(deps))
 
 
+class HomePublisher:
+    """Runs ``publish`` on its own thread after incidents change: once for a burst of changes (when none came
+    for ``quiet`` seconds, or ``max_wait`` after the first), never on the caller's thread. The thread starts on
+    the first change and ends after ``idle`` seconds without one."""
+
+    def __init__(self, publish: Callable[[], None], *, quiet: float = 1.0, max_wait: float = 5.0,
+                 idle: float = 60.0) -> None:
+        self.publish = publish
+        self.quiet, self.max_wait, self.idle = quiet, max_wait, idle
+        self._cond = threading.Condition()
+        self._dirty = self._busy = False
+        self._first = self._last = 0.0
+        self._thread: threading.Thread | None = None
+
+    def changed(self, *_: object) -> None:
+        with self._cond:
+            now = time.monotonic()
+            if not self._dirty:
+                self._first = now
+            self._dirty, self._last = True, now
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="home-publisher", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until no change is waiting to be published (tests)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._dirty and not self._busy, timeout)
+
+    def _run(self) -> None:
+        lower_thread_priority()
+        while True:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._dirty, self.idle):
+                    self._thread = None
+                    return
+                while (wait := min(self._last + self.quiet, self._first + self.max_wait) - time.monotonic()) > 0:
+                    self._cond.wait(wait)
+                self._dirty, self._busy = False, True
+            try:
+                self.publish()
+            except Exception:  # noqa: BLE001 - the next change tries again
+                log.exception("could not re-publish the App Home")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
 
@@ -60,9 +119,18 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
     deps.work(on_home_opened)
 
-    def refresh_viewers(_: Incident) -> None:
-        for user in services.recent_home_viewers():
-            publish_home(progress.client, deps, user)
+    def refresh_viewers() -> None:
+        users = services.recent_home_viewers()
+        if not users:
+            return
+        view = home_view(deps)  # built once, sent to everyone
+        for user in users:
+            try:
+                progress.client.views_publish(user_id=user, view=view)
+            except Exception:  # noqa: BLE001 - one viewer's failure must not keep the others stale
+                log.exception("could not re-publish the App Home of %s", user)
 
-    progress.after_change.append(refresh_viewers)
+    publisher = HomePublisher(refresh_viewers)
+    progress.after_change.append(publisher.changed)
+    app.home_publisher = publisher  # type: ignore[attr-defined] - tests wait on it
     app.event(Event.APP_HOME_OPENED.value)(on_event)

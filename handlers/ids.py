@@ -14,6 +14,16 @@ class Action(StrEnum):
     FIX_REFRESH_VIEW = "fix_refresh_view"
     FIX_RESTORE_MODEL = "fix_restore_model"
     MODAL_MODEL_SELECT = "start_model_select"
+    MODAL_BACKUP_SELECT = "backup"
+    RESUME_OVERRIDE = "resume_override"
+    PROCEED_ANYWAY = "rollback_proceed_anyway"
+    ABANDON = "rollback_abandon"
+    TAKE_OVER = "rollback_take_over"
+
+
+# Clicks that decide an incident: handled on a lane of their own, never behind slow commands.
+DECISIONS = frozenset({Action.APPROVE, Action.DENY, Action.PROCEED_ANYWAY, Action.ABANDON, Action.TAKE_OVER,
+                       Action.RESUME_OVERRIDE})
 
 
 class View(StrEnum):

@@ -12,6 +12,7 @@ from slack_sdk.models.blocks import (
     CheckboxesElement,
     ConfirmObject,
     DividerBlock,
+    ExternalDataSelectElement,
     HeaderBlock,
     InputBlock,
     NumberInputElement,
@@ -47,6 +48,8 @@ STATE_EMOJI = {
     "cancelled": ":heavy_multiplication_x:",
     "failed": ":red_circle:",
     "reverting": ":rewind:",
+    "revert_failed": ":sos:",
+    "halt_not_effective": ":rotating_light:",
 }
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -64,7 +67,7 @@ def _tick(m: Milestone, failed: bool) -> str:
 
 
 def checklist_text(incident: Incident, steps: list[Step]) -> str:
-    failed = incident.state in ("failed", "reverting")
+    failed = incident.state in ("failed", "reverting", "revert_failed")
     lines = []
     keep = {"halt": ("halted", "resolved"), "fix": ("requested", "approved", "resolved")}.get(incident.kind)
     for m in milestones(incident, steps):
@@ -95,6 +98,8 @@ def incident_title(incident: Incident) -> str:
         return f"{incident.ref} · Trading halt"
     if incident.kind == "fix":
         return f"{incident.ref} · Quick fix: {(incident.plan or {}).get('label') or 'fix'}"
+    if incident.kind == "resume":
+        return f"{incident.ref} · Resume on mismatched files (override)"
     return f"{incident.ref} · {incident.kind}"
 
 
@@ -110,11 +115,20 @@ def _person(ident: str | None, source: str) -> str:
 
 def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
     """The request message, updated in place as the status card."""
+    if incident.kind == "resume":
+        from handlers.override_views import override_card
+
+        return override_card(incident, emoji=STATE_EMOJI.get(incident.state, ""))
     emoji = STATE_EMOJI.get(incident.state, "")
     blocks: list[Block] = [HeaderBlock(text=clip(incident_title(incident), 150))]
-    who = f"Requested by {_person(incident.requested_by, incident.source)}"
-    if incident.source == "watchdog" and incident.state == "requested":
-        who += " — the watchdog proposes; nothing happens until an approver approves"
+    taken = (incident.plan or {}).get("taken_over") if incident.source == "watchdog" else None
+    if taken:
+        who = f"Proposed by the watchdog, taken over by {_person(incident.requested_by, 'slack')}"
+    else:
+        who = f"Requested by {_person(incident.requested_by, incident.source)}"
+    if incident.source == "watchdog" and incident.state == "requested" and not taken:
+        who += (" — the watchdog only proposes: a person takes it over as requester (*Take over*), then a different"
+                " approver approves")
     if incident.approved_by:
         approver_source = "cli" if incident.source == "cli" else "slack"
         who += f" · approved by {_person(incident.approved_by, approver_source) if approver_source == 'slack' else esc(incident.approved_by)}"
@@ -143,9 +157,21 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
     blocks.append(section(checklist_text(incident, steps)))
     if incident.error:
         blocks.append(section(f":red_circle: *{esc(clip(incident.error, 2500))}*"))
-    if incident.state == "failed":
-        blocks.append(context("The original model is in place and trading stays halted; an approver resumes with `/rollback resume` after a look."))
-    if incident.state == "requested":
+    if incident.state == "failed" and (incident.decision_note or "").startswith("closed at resume"):
+        blocks.append(context(_failed_files(incident)))
+    elif incident.state == "failed":
+        blocks.append(context(f"{_failed_files(incident)} Trading stays halted; an approver resumes with `/rollback resume` after a look."))
+    if incident.state == "revert_failed":
+        blocks.append(context(":sos: The original files could not all be put back: the production files are mixed (above). Trading stays halted."
+                              " Put the original files back by hand; `/rollback resume` checks them, and resuming on mixed files needs two different approvers."))
+    if incident.state == "halt_not_effective":
+        blocks += halt_not_effective_blocks(incident)
+    elif incident.state == "requested" and incident.source == "watchdog" and not taken:
+        blocks.append(ActionsBlock(block_id=B.DECISION.value, elements=[
+            ButtonElement(text="Take over", action_id=Action.TAKE_OVER.value, value=str(incident.id), style="primary"),
+            ButtonElement(text="Deny", action_id=Action.DENY.value, value=str(incident.id), style="danger"),
+        ]))
+    elif incident.state == "requested":
         blocks.append(
             ActionsBlock(
                 block_id=B.DECISION.value,
@@ -168,9 +194,29 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
         )
         if incident.expires_at:
             blocks.append(context(f"Approval window ends {incident.expires_at:%H:%M:%S} UTC. You cannot approve your own request."))
-    elif incident.state in CLOSED or incident.state in ("monitoring", "verified"):
+    elif incident.state in CLOSED or incident.state in ("monitoring", "verified", "revert_failed"):
         blocks.append(ActionsBlock(elements=[ButtonElement(text="Add root cause", action_id=Action.ADD_ROOT_CAUSE.value, value=str(incident.id))]))
     return finish(blocks)
+
+
+def halt_not_effective_blocks(incident: Incident) -> list[Block]:
+    """The pause: trades still came after the halt. Proceed anyway (an approver other than the requester) or
+    abandon (nothing was swapped; trading stays halted)."""
+    return [
+        context("Trading stays halted and nothing was swapped. Escalation was paged. An approver other than the"
+                " requester may *Proceed anyway*; *Abandon* ends the incident (an approver then resumes trading)."),
+        ActionsBlock(block_id=B.DECISION.value, elements=[
+            ButtonElement(
+                text="Proceed anyway", action_id=Action.PROCEED_ANYWAY.value, value=str(incident.id), style="danger",
+                confirm=ConfirmObject(
+                    title="Proceed although trades continue?",
+                    text=clip(f"Trades were still executing after the halt. Swap {incident.model_name} to "
+                              f"{incident.target_backup} anyway? This is audited under your name.", 300),
+                    confirm="Proceed anyway", deny="Cancel"),
+            ),
+            ButtonElement(text="Abandon", action_id=Action.ABANDON.value, value=str(incident.id)),
+        ]),
+    ]
 
 
 def step_reply(incident: Incident, step: str, detail: dict, error: str | None = None) -> str:
@@ -182,9 +228,24 @@ def step_reply(incident: Incident, step: str, detail: dict, error: str | None = 
     if step == "verify_halt":
         n = d.get("trades_after_halt", 0)
         cmd = f" {d['stop_command']}." if d.get("stop_command") else ""
+        if error:
+            return f":rotating_light: {esc(error)}{cmd}"
+        if str(d.get("source", "")).startswith("none"):
+            return f":grey_question: No trade source (TRADES_TABLE=none): trades after the halt were not checked.{cmd}"
+        quiet = f"{d['quiet_seconds']:g} s" if d.get("quiet_seconds") is not None else "a while"
         if n:
-            return f":warning: {n} trade(s) executed after the halt: the platform did not honour it.{cmd}"
-        return f":white_check_mark: No trade after the halt.{cmd}"
+            return (f":warning: {n} trade(s) executed after the halt; then none for {quiet}, so the swap goes"
+                    f" ahead.{cmd}")
+        return f":white_check_mark: No trade after the halt (quiet for {quiet}).{cmd}"
+    if step == "halt_sweep":
+        parts = []
+        if d.get("added"):
+            parts.append(f":octagonal_sign: Client(s) {esc(', '.join(d['added']))} became active during the halt:"
+                         " their own settings are saved and they are halted too.")
+        if d.get("reenabled"):
+            parts.append(f":warning: A person re-enabled client(s) {esc(', '.join(d['reenabled']))} while trading is"
+                         " halted: they may trade during the swap. Left as they set them (not restored on resume).")
+        return " ".join(parts) or "Halt sweep: nothing new."
     if step == "emergency_backup":
         return f":floppy_disk: Emergency backup `{esc(d.get('backup'))}` taken (sha256 {str(d.get('model_sha256'))[:12]}…)."
     if step == "restore":
@@ -210,8 +271,11 @@ def step_reply(incident: Incident, step: str, detail: dict, error: str | None = 
         from handlers.blocks import mrkdwn_from_markdown
 
         return ":stethoscope: " + mrkdwn_from_markdown(d.get("markdown") or d.get("summary") or "")[:2900]
+    if step == "revert" and d.get("ok") is False:
+        return (f":sos: *Revert failed*: {esc(d.get('message'))}. Deployment log"
+                f" {'reverted' if d.get('deployment_log_reverted') else 'unchanged'}; trading stays halted.")
     if step == "revert":
-        files = ", ".join(d.get("restored_files") or []) or "unchanged"
+        files = ", ".join((d.get("restored_files") or []) + [f"{n} removed" for n in d.get("removed_files") or []]) or "unchanged"
         return (
             f":rewind: Reverted: original files back ({esc(files)}),"
             f" deployment log {'reverted' if d.get('deployment_log_reverted') else 'unchanged'}; trading stays halted."
@@ -235,8 +299,23 @@ def state_reply(incident: Incident) -> str | None:
         return f":no_entry_sign: Denied by <@{esc(incident.decided_by)}>: {esc(incident.decision_note or 'no reason given')}"
     if s == "cancelled":
         return f":heavy_multiplication_x: Cancelled: {esc(incident.decision_note or 'by the requester')}"
+    if incident.kind == "resume":
+        from handlers.override_views import override_reply
+
+        return override_reply(incident)
+    if s == "failed" and (incident.decision_note or "").startswith("closed at resume"):
+        return f":white_check_mark: {esc(incident.ref)} {_failed_files(incident)[0].lower()}{_failed_files(incident)[1:]}"
     if s == "failed":
-        return f":red_circle: *Rollback failed*: {esc(incident.error or 'see the journal')}. The original model is in place and trading stays halted."
+        return f":red_circle: *Rollback failed*: {esc(incident.error or 'see the journal')}. {_failed_files(incident)} Trading stays halted."
+    if s == "revert_failed":
+        return (f":sos: *Rollback failed and the revert failed*: {esc(incident.error or 'see the journal')}"
+                " Escalated; `/rollback resume` is refused until the files match the production row (or two approvers override).")
+    if s == "halt_not_effective":
+        return (f":rotating_light: *Halt not effective*: {esc(incident.error or 'trades continue after the halt')}"
+                " Escalation is paged. An approver other than the requester may *Proceed anyway* on the card.")
+    if s == "backing_up" and (incident.plan or {}).get("proceeded_anyway"):
+        who = incident.plan["proceeded_anyway"].get("by")
+        return f":warning: <@{esc(who)}> chose *Proceed anyway*: the swap goes ahead although the halt was late."
     if s == "verified":
         return ":pause_button: Verified. Trading stays halted as requested: an approver resumes with `/rollback resume`."
     if s == "resolved":
@@ -244,42 +323,60 @@ def state_reply(incident: Incident) -> str | None:
     return None
 
 
+def _failed_files(incident: Incident) -> str:
+    """What a failed rollback left in place, as its revert recorded it."""
+    note = incident.decision_note or ""
+    if note.startswith("closed at resume"):
+        return f"{esc(note[:1].upper() + note[1:])}."
+    message = str(((incident.plan or {}).get("revert") or {}).get("message") or "")
+    if message:
+        return f"{esc(message[:1].upper() + message[1:])}."
+    return "The original model is in place."
+
+
 # ------------------------------------------------------------------------------------------- modals
 
 
-def _backup_option(b: BackupInfo, recommended: str | None) -> Option:
+def backup_option(b: BackupInfo, recommended: str | None) -> Option:
     star = "★ " if b.name == recommended else ""
     label = f"{star}{b.name} · IC {num(b.spearman_ic, 3)} · Sharpe {num(b.sharpe_ratio, 2)}"
     return Option(text=PlainTextObject(text=clip(label, 75)), value=b.name)
 
 
-def start_modal(*, models: list[str], model: str | None, backups: list[BackupInfo], recommended: str | None,
+def model_option(model: str) -> Option:
+    return Option(text=PlainTextObject(text=clip(model, 75)), value=model)
+
+
+def start_modal(*, model: str | None, backups: list[BackupInfo], recommended: str | None,
                 channel: str | None, reason: str | None = None, response_url: str | None = None) -> dict:
-    """The request form. ``response_url`` (the command's) is kept in its metadata: the answer to the submission
-    goes there, so it reaches the person even in a channel the bot is not a member of."""
-    model_select = StaticSelectElement(
+    """The request form. Its model and backup menus load their options as the person types
+    (``external_select``, answered by handlers/pickers.py), so they scale past Slack's 100 static options; the
+    backup menu offers the chosen model's backups (the model is in ``private_metadata`` and in the form's state),
+    with ``recommended`` pre-selected. ``response_url`` (the command's) is kept in its metadata: the answer to
+    the submission goes there, so it reaches the person even in a channel the bot is not a member of."""
+    model_select = ExternalDataSelectElement(
         action_id=Action.MODAL_MODEL_SELECT.value,
-        placeholder="Choose a model",
-        options=[Option(text=PlainTextObject(text=clip(m, 75)), value=m) for m in models[:100]] or [Option(text="(no models)", value="-")],
-        initial_option=Option(text=PlainTextObject(text=clip(model, 75)), value=model) if model in models else None,
+        placeholder="Type to search models",
+        min_query_length=0,
+        initial_option=model_option(model) if model else None,
     )
     blocks: list[Block] = [
         InputBlock(block_id=B.MODEL.value, label="Model", element=model_select, dispatch_action=True),
     ]
-    ordered = sorted(backups, key=lambda b: (b.name != recommended,))
+    chosen = next((b for b in backups if b.name == recommended), None)
     if model:
-        if ordered:
+        if backups:
             blocks.append(
                 InputBlock(
                     block_id=B.BACKUP.value,
                     label="Roll back to",
-                    element=StaticSelectElement(
-                        action_id="backup",
-                        placeholder="Choose a backup",
-                        options=[_backup_option(b, recommended) for b in ordered[:100]],
-                        initial_option=_backup_option(ordered[0], recommended) if recommended else None,
+                    element=ExternalDataSelectElement(
+                        action_id=Action.MODAL_BACKUP_SELECT.value,
+                        placeholder="Type to search backups",
+                        min_query_length=0,
+                        initial_option=backup_option(chosen, recommended) if chosen else None,
                     ),
-                    hint="★ marks the recommended target (best Sharpe among backups that pass checks)." if recommended else None,
+                    hint="★ marks the recommended target (best Sharpe among backups that pass checks)." if chosen else None,
                 )
             )
         else:
@@ -311,7 +408,8 @@ def start_modal(*, models: list[str], model: str | None, backups: list[BackupInf
         title="Request a rollback",
         submit="Request",
         close="Cancel",
-        private_metadata=json.dumps({"channel": channel, "model": model, "response_url": response_url}),
+        private_metadata=json.dumps({"channel": channel, "model": model, "recommended": recommended,
+                                     "response_url": response_url}),
         blocks=blocks,
     ).to_dict()
 

@@ -30,7 +30,7 @@ MILESTONE_TEXT = {
     "halted": ":octagonal_sign: *{ref}*: automated trading halted.",
     "rolled_back": ":ledger: *{ref}*: {model} rolled back to `{target}`; verifying.",
     "resumed": ":arrow_forward: *{ref}*: trading resumed on `{target}`; monitoring for {minutes:g} minutes.",
-    "failed": ":red_circle: *{ref} FAILED*: {error}. The original model is in place; trading stays halted.",
+    "failed": ":red_circle: *{ref} FAILED*: {error}. {after}",
     "resolved": ":large_green_circle: *{ref} resolved*.",
     "closed": ":heavy_multiplication_x: *{ref}* {state}.",
 }
@@ -68,6 +68,9 @@ class SlackNotifier:
             ref=inc.ref, what=what, reason=esc(inc.reason[:300]), model=inc.model_name, target=inc.target_backup,
             minutes=self.settings.monitor_minutes, error=esc((incident.error or "see the thread")[:300]),
             state=incident.state,
+            after=("The original files could NOT all be put back (the production files are mixed); trading stays"
+                   " halted." if incident.state == "revert_failed" else
+                   "The original model is in place; trading stays halted."),
         )
         errors = []
         try:

@@ -76,6 +76,11 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                     errors[B.MODEL.value] = f"{existing.ref} is already open for this model ({existing.state})."
             except RollbackError as exc:
                 errors[B.MODEL.value] = str(exc)[:150]
+        if not errors:
+            try:  # the menus search as one types: a backup chosen for another model must not slip through
+                services.registry.backup_dir(fields["model"], fields["backup"])
+            except RollbackError as exc:
+                errors[B.BACKUP.value] = str(exc)[:150]
         if errors:
             ack(response_action="errors", errors=errors)
         else:
@@ -123,7 +128,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         if not text:
             return ack(response_action="errors", errors={B.ROOT_CAUSE.value: "Describe the root cause."})
         try:
-            services.set_root_cause(incident_id=int(meta["incident"]), text=text, user=body["user"]["id"])
+            user = body["user"]["id"]
+            services.set_root_cause(incident_id=int(meta["incident"]), text=text, user=user,
+                                    is_approver=deps.auth.is_approver(user))
         except RollbackError as exc:
             return ack(response_action="errors", errors={B.ROOT_CAUSE.value: str(exc)[:150]})
         ack()

@@ -26,7 +26,7 @@ TEST_DB = "rollback_bot_test"
 MUTABLE_PLATFORM = ("model_deployment_log", "clients", "client_settings", "trades")
 BOT_TABLES = (
     "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries", "incidents",
-    "home_viewers",
+    "home_viewers", "doctor_results", "executor_fences", "command_uses",
 )
 
 
@@ -69,6 +69,9 @@ def world_template(database_url: str, tmp_path_factory: pytest.TempPathFactory):
 def build_snapshot_world(url: str, models: Path):
     """The test world in the database at ``url``, the bot's schema, and a snapshot ``reset_database`` restores."""
     with psycopg.connect(url) as conn:
+        # The platform lives in public. Once the bot's schema exists, "$user" (rollback_bot, the test role's
+        # name) would come first in the default search_path.
+        conn.execute("SET search_path = public")
         world = demo_world.build_world(conn, models, size="test", seed=7)
         conn.execute("CREATE SCHEMA IF NOT EXISTS test_snapshot")
         for table in MUTABLE_PLATFORM:
@@ -87,6 +90,16 @@ def reset_database(url: str) -> None:
         for table in MUTABLE_PLATFORM:
             conn.execute(f"INSERT INTO public.{table} SELECT * FROM test_snapshot.{table}")
         conn.commit()
+
+
+@pytest.fixture(scope="session")
+def platforms(database_url: str, tmp_path_factory: pytest.TempPathFactory):
+    """Platforms built by somebody else (tests/platforms.py): one database per client-id type, built on first use,
+    a separate owner role, the bot as a least-privilege role; databases and roles dropped at the end."""
+    from tests.platforms import Platforms, admin_url
+
+    with Platforms(admin_url(), tmp_path_factory.mktemp("platforms")) as p:
+        yield p
 
 
 @pytest.fixture
@@ -113,6 +126,7 @@ def settings(world, database_url: str, tmp_path: Path) -> Settings:
         approvers=["U0BOB", "U0CAROL"],
         monitor_minutes=30,
         watchdog_every_minutes=0,  # tests that want the watchdog turn it on
+        halt_quiet_seconds=0,  # no real wait after each halt; tests of the quiet wait set it and move the clock
     )
 
 

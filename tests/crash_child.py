@@ -3,7 +3,7 @@
 Run by tests/test_crash.py as a real subprocess, from the project root::
 
     python -m tests.crash_child --db URL --models DIR --incidents DIR --model NAME --backup NAME \\
-        --kill-at LABEL [--mode run|recover] [--corrupt-after-restore]
+        --kill-at LABEL [--mode run|recover] [--corrupt-after-restore] [--read-only-at LABEL]
 
 ``--mode run`` requests, approves (a second person) and executes a rollback; ``--mode recover`` does what a
 restarted bot does, ``engine.recover()``. ``--kill-at`` is a label the engine passes to its fault hook
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("run", "recover"), default="run")
     parser.add_argument("--corrupt-after-restore", action="store_true",
                         help="truncate the restored model.json at after:restoring, so verification fails")
+    parser.add_argument("--read-only-at", default=None, metavar="LABEL",
+                        help="make the model's folder read-only (0555) at this fault label")
     args = parser.parse_args(argv)
 
     from core.db import Database
@@ -67,11 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.corrupt_after_restore and label == "after:restoring":
             path = args.models / args.model / "model.json"
             path.write_bytes(path.read_bytes()[:-50])
+        if label == args.read_only_at:
+            os.chmod(args.models / args.model, 0o555)
         if label == args.kill_at:
             _die()
 
     settings = Settings(_env_file=None, database_url=args.db, models_dir=args.models,
-                        incidents_dir=args.incidents, monitor_minutes=30)
+                        incidents_dir=args.incidents, monitor_minutes=30, halt_quiet_seconds=0)
     db = Database(settings.database_dsn(), min_size=1, max_size=4).open()
     try:
         services = Services(settings, db, fault_hook=fault)

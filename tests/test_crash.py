@@ -71,7 +71,7 @@ def fresh_world(world_template, url: str, where: Path) -> Run:
 
 def make_settings(run: Run) -> Settings:
     return Settings(_env_file=None, database_url=run.url, models_dir=run.models, incidents_dir=run.incidents,
-                    monitor_minutes=30)
+                    monitor_minutes=30, halt_quiet_seconds=0)
 
 
 def run_child(run: Run, kill_at: str, *, mode: str = "run", corrupt: bool = False, model: str = MODEL,

@@ -319,7 +319,7 @@ def test_break_glass_cli(settings, world, conn):
     r = run_cli("rollback", "nope", "--to", target, "--reason", "x", "--by", "ops", env=env)
     assert r.returncode == 1 and "Unknown model" in r.stderr
     assert conn.execute("SELECT count(*) AS n FROM rollback_bot.incidents").fetchone()["n"] == 0
-    r = run_cli("rollback", MODEL, "--to", target, "--reason", "Slack is down; Sharpe collapsed", "--by", "oncall-jane",
+    r = run_cli("rollback", MODEL, "--to", target, "--reason", "Slack is down; Sharpe collapsed", "--by", "oncall-jane", "--yes",
                 env=env)
     assert r.returncode == 0, r.stderr
     assert "restore" in r.stdout and "trading resumed" in r.stdout

@@ -133,7 +133,7 @@ def private_run(private_pg, tmp_path) -> Iterator[PrivateRun]:
     shutil.copytree(private_pg.world.models_dir, models, symlinks=True)
     world = dataclasses.replace(private_pg.world, models_dir=models)
     settings = Settings(_env_file=None, database_url=private_pg.url, models_dir=models,
-                        incidents_dir=tmp_path / "incidents", monitor_minutes=30)
+                        incidents_dir=tmp_path / "incidents", monitor_minutes=30, halt_quiet_seconds=0)
     with psycopg.connect(private_pg.url, row_factory=dict_row, autocommit=True) as conn:
         before = client_settings(conn)
     yield PrivateRun(private_pg, settings, world, before)
@@ -416,7 +416,7 @@ def _drop_root_file_powers() -> None:
 
 
 def run_engine_child(url: str, models: Path, incidents: Path, backup: str, *, drop_file_powers: bool = False,
-                     fsize_limit: int | None = None) -> subprocess.CompletedProcess:
+                     fsize_limit: int | None = None, read_only_at: str | None = None) -> subprocess.CompletedProcess:
     """A bot process (tests/crash_child.py, never killed) running one whole rollback."""
     def before_exec() -> None:
         if drop_file_powers:
@@ -431,6 +431,8 @@ def run_engine_child(url: str, models: Path, incidents: Path, backup: str, *, dr
            "PYTHONDONTWRITEBYTECODE": "1"}
     argv = [sys.executable, "-m", "tests.crash_child", "--db", url, "--models", str(models), "--incidents",
             str(incidents), "--model", MODEL, "--backup", backup, "--kill-at", "never"]
+    if read_only_at is not None:
+        argv += ["--read-only-at", read_only_at]
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
                           preexec_fn=before_exec)
 
@@ -467,14 +469,14 @@ def test_no_space_for_the_emergency_backup_stops_before_any_production_change(sa
 
 def test_no_permission_for_the_emergency_backup_stops_before_any_production_change(world, conn, database_url,
                                                                                       tmp_path):
-    """The bot may read the model folder but not write in it (EACCES). Run as root, the child bot drops the
-    capabilities that let root ignore file permissions, so the folder's mode applies to it too."""
+    """The bot may read the model folder but not write in it (EACCES) from just after the approval: pre-flight
+    passed (a folder read-only from the start is refused there, see test_doctor). Run as root, the child bot drops
+    the capabilities that let root ignore file permissions, so the folder's mode applies to it too."""
     folder = world.models_dir / MODEL
     original = file_sums(folder)
-    os.chmod(folder, 0o555)
     try:
         r = run_engine_child(database_url, world.models_dir, tmp_path / "incidents", target_of(world),
-                             drop_file_powers=os.geteuid() == 0)
+                             drop_file_powers=os.geteuid() == 0, read_only_at="after:approved")
     finally:
         os.chmod(folder, 0o755)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -34,7 +34,7 @@ def test_a_member_stays_a_public_channel_is_joined_a_private_one_needs_an_invite
         with pytest.raises(ConfigError, match=r"invite @rollback-bot .*/invite @rollback-bot"):
             ensure_in_channel(c, "G0SECRET")
         assert "G0SECRET" not in s.joined
-        s.invite_bot("G0SECRET")
+        s.join("G0SECRET")
         assert ensure_in_channel(c, "G0SECRET") == "member"
 
 

@@ -14,6 +14,10 @@ models interleaved, and time passing (monitoring ends). After every step:
 * trading is never running on an unverified model (the file in place was the production model at the start
   or passed the engine's verification) nor while a rollback is between halt and verification;
 * whenever trading runs, each client's settings equal those before the first halt.
+
+It runs on two platforms: the demo world (text client ids, the tests' own role) and one built by somebody else
+(tests/platforms.py: uuid client ids, the platform's own columns, checks and triggers, the bot connecting as a
+role holding only the README's grants).
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, settings as hyp_settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from psycopg.rows import dict_row
@@ -64,6 +72,24 @@ def reset_rows(conn: psycopg.Connection) -> None:
             conn.execute(f"INSERT INTO public.{table} SELECT * FROM test_snapshot.{table}")
 
 
+@dataclass(frozen=True)
+class PropertyWorld:
+    engine_url: str                          # the bot's connections
+    check_url: str                           # the test's own checks and resets
+    reset: Callable[[psycopg.Connection], None]
+    models_dir: Path
+    models: dict[str, Any]                   # demo_world.ModelInfo by name
+
+
+@pytest.fixture(params=["text", "uuid"])
+def property_world(request) -> PropertyWorld:
+    if request.param == "text":
+        template, url = request.getfixturevalue("world_template"), request.getfixturevalue("database_url")
+        return PropertyWorld(url, url, reset_rows, template.models_dir, template.models)
+    pw = request.getfixturevalue("platforms").world(request.param)
+    return PropertyWorld(pw.bot_url, pw.admin_url, pw.reset, pw.models_dir, pw.world.models)
+
+
 class Crash(BaseException):
     """A simulated crash of the bot process at a fault label."""
 
@@ -92,30 +118,34 @@ def collect_labels(engine: E.Engine, model: str, backup: str, models_dir: Path) 
     return sorted(set(labels) | set(normal))
 
 
-def test_rollback_engine_invariants(world_template, database_url, tmp_path):
+def test_rollback_engine_invariants(property_world: PropertyWorld, tmp_path):
     # Crashes here are simulated in-process, never a power loss: commits need not wait for the WAL flush,
     # which makes each example several times faster. Visibility and locking are unchanged.
-    sep = "&" if "?" in database_url else "?"
-    database_url = f"{database_url}{sep}options=-c%20synchronous_commit%3Doff"
+    def no_wal_wait(url: str) -> str:
+        return f"{url}{'&' if '?' in url else '?'}options=-c%20synchronous_commit%3Doff"
+
+    world = property_world
+    database_url = no_wal_wait(world.engine_url)
     db = Database(database_url, max_size=6).open()
-    check = psycopg.connect(database_url, row_factory=dict_row, autocommit=True)
-    base_settings = Settings(_env_file=None, database_url=database_url, models_dir=world_template.models_dir,
-                             incidents_dir=tmp_path / "incidents", monitor_minutes=30)
-    models = sorted(world_template.models)
-    initial_sha = {m: sha256_file(world_template.models_dir / m / MODEL_FILE) for m in models}
+    check = psycopg.connect(no_wal_wait(world.check_url), row_factory=dict_row, autocommit=True)
+    base_settings = Settings(_env_file=None, database_url=database_url, models_dir=world.models_dir,
+                             incidents_dir=tmp_path / "incidents", monitor_minutes=30,
+                             halt_quiet_seconds=0)  # no real quiet wait after each halt (tests/test_halt_watch.py)
+    models = sorted(world.models)
+    initial_sha = {m: sha256_file(world.models_dir / m / MODEL_FILE) for m in models}
     originals: dict = {}
     counter = itertools.count()
 
     def fresh(n: int) -> tuple[Path, Services]:
-        reset_rows(check)
+        world.reset(check)
         folder = tmp_path / f"example{n}"
         shutil.rmtree(tmp_path / f"example{n - 1}", ignore_errors=True)
-        shutil.copytree(world_template.models_dir, folder, symlinks=True)
+        shutil.copytree(world.models_dir, folder, symlinks=True)
         return folder, Services(base_settings.model_copy(update={"models_dir": folder}), db)
 
     folder, services = fresh(next(counter))
     originals.update(client_settings(check))
-    labels = collect_labels(services.engine, models[0], world_template.models[models[0]].backups[0].name, folder)
+    labels = collect_labels(services.engine, models[0], world.models[models[0]].backups[0].name, folder)
 
     class RollbackMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -269,6 +299,11 @@ def test_rollback_engine_invariants(world_template, database_url, tmp_path):
         def interleaved(self, first, label, pick):
             """Two models' rollbacks at once: the second runs whole while the first is at ``label``."""
             second = next(m for m in models if m != first)
+            # Both models' earlier monitoring ends first: time passing between A's approval and its run would
+            # (rightly) cancel A (APPROVED_START_TIMEOUT_MINUTES).
+            if any((o := self.engine.open_incident_for(m)) is not None and o.state == incidents.MONITORING
+                   for m in (first, second)):
+                self.time_passes()
             a = self._request(first, self._target(first, pick, None))
             if a is None:
                 return

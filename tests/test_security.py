@@ -472,7 +472,7 @@ def test_cli_break_glass_rollback_at_debug_logs_no_secret(tmp_path, world, conn,
     backup = world.models[MODEL].backups[0].name
     env = cli_env(DATABASE_URL=secret_dsn, SLACK_BOT_TOKEN=token, SLACK_SIGNING_SECRET=secret,
                   MODELS_DIR=str(world.models_dir), INCIDENTS_DIR=str(tmp_path / "incidents"))
-    r = run_cli(["-v", "rollback", MODEL, "--to", backup, "--reason", "model broke", "--by", "ops-oncall"], env,
+    r = run_cli(["-v", "rollback", MODEL, "--to", backup, "--reason", "model broke", "--by", "ops-oncall", "--yes"], env,
                 tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert leaks(r.stdout + r.stderr, [password, token, secret]) == []
@@ -804,7 +804,7 @@ def test_sql_metacharacters_in_cli_by_and_reason_are_stored_verbatim(tmp_path, w
     by = "o'neil\"; DELETE FROM model_deployment_log; --"
     env = cli_env(DATABASE_URL=database_url, MODELS_DIR=str(world.models_dir),
                   INCIDENTS_DIR=str(tmp_path / "incidents"))
-    r = run_cli(["rollback", MODEL, "--to", backup, "--reason", SQL_NASTY, "--by", by], env, tmp_path)
+    r = run_cli(["rollback", MODEL, "--to", backup, "--reason", SQL_NASTY, "--by", by, "--yes"], env, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     inc = conn.execute("SELECT * FROM rollback_bot.incidents").fetchone()
     assert inc["reason"] == SQL_NASTY and inc["requested_by"] == by

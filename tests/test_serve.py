@@ -47,10 +47,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
 def serve(settings, standin, world, tmp_path):
     procs: list[subprocess.Popen] = []
 
-    def start() -> str:
-        return start_proc()[0]
+    def start(**extra: str) -> str:
+        return start_proc(**extra)[0]
 
-    def start_proc() -> tuple[str, subprocess.Popen]:
+    def start_proc(*, wait: bool = True, **extra: str) -> tuple[str, subprocess.Popen]:
         port = free_port()
         env = {
             "PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
@@ -59,13 +59,14 @@ def serve(settings, standin, world, tmp_path):
             "SLACK_API_URL": standin.base_url, "DATABASE_URL": settings.database_dsn(),
             "MODELS_DIR": str(world.models_dir), "INCIDENTS_DIR": str(tmp_path / "incidents"),
             "INCIDENT_CHANNEL": "C0INCIDENT", "OPERATORS": "U0ALICE,U0BOB,U0CAROL", "APPROVERS": "U0BOB,U0CAROL",
-            "PORT": str(port), "WATCHDOG_EVERY_MINUTES": "0",
+            "PORT": str(port), "WATCHDOG_EVERY_MINUTES": "0", **extra,
         }
         proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1"], env=env, cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, proc)
+        if wait:
+            wait_healthy(url, proc)
         return url, proc
 
     start.with_process = start_proc  # type: ignore[attr-defined]
@@ -94,7 +95,9 @@ def test_serve_answers_signed_commands_and_stops_cleanly(serve, settings, standi
     with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
         assert b"rollback_bot_rollbacks" in resp.read()
     with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:
-        assert json.loads(resp.read()) == {"ok": True, "database": "up", "work_process": "up"}
+        health = json.loads(resp.read())
+    assert health.pop("slack_checked_at")
+    assert health == {"ok": True, "database": "up", "slack": "up", "work_process": "up"}
 
 
 def test_two_serve_processes_behave_as_one(serve, settings, standin, conn, world):
@@ -177,3 +180,79 @@ def test_a_dead_work_process_is_started_again(serve, settings, standin):
                              response_url=standin.response_url("after", channel="C1", user="U0ALICE"))
     assert r.status == 200
     standin.wait_for("response_url", lambda c: c.body.get("key") == "after", timeout=20)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample at ``url`` (Prometheus text), by (name, sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_metrics_of_the_work_process_reach_serve_on_their_own_address(serve, settings, standin, conn, world):
+    """Rollbacks run in the work process; serve's /metrics (multiprocess mode, on METRICS_ADDR) counts them."""
+    metrics_port = free_port()
+    url, proc = serve.with_process(METRICS_ADDR=f"127.0.0.1:{metrics_port}")
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with pytest.raises(urllib.error.HTTPError) as refused:  # not on the public Slack port
+        urllib.request.urlopen(url + "/metrics", timeout=5)
+    assert refused.value.code == 404
+    before = scrape(metrics_url)
+    assert total(before, "rollback_bot_rollbacks_total", outcome="rolled_back") == 0
+    assert total(before, "rollback_bot_slack_api_calls_total", method="chat.update") == 0
+    [child] = children(proc.pid)
+    directory = Path(environ_of(child)["PROMETHEUS_MULTIPROC_DIR"])
+    assert directory.is_dir() and str(proc.pid) in directory.name
+
+    from core.registry import ModelRegistry
+
+    target = ModelRegistry(world.models_dir).recommend(MODEL).backup.name
+    sender = SlackSender(url + "/slack/events", settings.slack_signing_secret.get_secret_value())
+    sender.slash_command(text=f"start {MODEL} {target} Sharpe collapsed", user_id="U0ALICE", channel_id="C1",
+                         response_url=standin.response_url("start", channel="C1", user="U0ALICE"))
+    card = standin.wait_for("chat.postMessage", lambda c: c.body.get("channel") == "C0INCIDENT", timeout=20)[0]
+    ts = card.response["ts"]
+    sender.block_action(user_id="U0BOB", action_id="rollback_approve", channel_id="C0INCIDENT", message_ts=ts,
+                        message=standin.message("C0INCIDENT", ts).as_slack())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT state FROM rollback_bot.incidents").fetchone()
+        if row and row["state"] in ("monitoring", "failed"):
+            break
+        time.sleep(0.1)
+    assert row["state"] == "monitoring"
+    standin.wait_for("chat.update", lambda c: c.body.get("ts") == ts, timeout=20)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the work process counts right after the state is committed
+        after = scrape(metrics_url)
+        if total(after, "rollback_bot_rollbacks_total", outcome="rolled_back") > 0:
+            break
+        time.sleep(0.2)
+    assert total(after, "rollback_bot_rollbacks_total", outcome="rolled_back") == 1
+    assert total(after, "rollback_bot_step_duration_seconds_count", step="restore") >= 1
+    assert total(after, "rollback_bot_slack_api_calls_total", method="chat.update") > 0
+    assert total(after, "rollback_bot_slack_api_calls_total", method="chat.postMessage") > 0
+
+    # the work process dies and is started again: what it counted stays
+    os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not [c for c in children(proc.pid) if c != child]:
+        time.sleep(0.1)
+    assert [c for c in children(proc.pid) if c != child], "the work process was not started again"
+    assert total(scrape(metrics_url), "rollback_bot_rollbacks_total", outcome="rolled_back") == 1
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert not directory.exists(), "serve left its metrics directory behind"

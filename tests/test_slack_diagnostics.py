@@ -112,7 +112,10 @@ def test_watchdog_posts_a_prefilled_request_and_never_rolls_back_alone(settings,
         box.run_worker()  # the same slot does not propose twice
         assert len([m for m in standin.messages(CHANNEL) if not m.is_reply]) == len(posted)
         card = next(m for m in posted if MODEL in json.dumps(m.blocks))
-        click(box, "U0BOB", "rollback_approve", card)
+        assert "rollback_approve" not in json.dumps(card.blocks)  # nobody has taken the proposal over yet
+        click(box, "U0ALICE", "rollback_take_over", card)  # a person becomes the requester ...
+        standin.wait_for("chat.update", lambda c: "taken over by" in json.dumps(c.body.get("blocks")))
+        click(box, "U0BOB", "rollback_approve", standin.message(CHANNEL, card.ts))  # ... a different one approves
         standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
         box.run_worker()
         states = {r["model_name"]: r["state"] for r in conn.execute("SELECT model_name, state FROM rollback_bot.incidents")}

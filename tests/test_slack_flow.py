@@ -159,15 +159,17 @@ def test_start_without_arguments_opens_the_modal_and_validates(sandbox, world, c
     assert loading.ok and loading.response["view"]["callback_id"] == "loading_modal"
     view = shown_modal(sandbox.standin, "rollback_start_modal")
     assert view["id"] == loading.response["view"]["id"]
-    # choosing a model fills in its backups, recommended first
+    # choosing a model fills in its backup menu, the recommended one pre-selected and offered first
     sandbox.sender.block_action(user_id="U0ALICE", action_id="start_model_select", view=view,
-                                action_type="static_select",
+                                action_type="external_select",
                                 action={"selected_option": {"text": {"type": "plain_text", "text": MODEL}, "value": MODEL}})
     upd = sandbox.standin.wait_for("views.update", lambda c: "backup_block" in json.dumps(c.body), count=1)[0]
     assert upd.ok, upd.response
     updated = sandbox.standin.view(view["id"])
     backup_block = next(b for b in updated["blocks"] if b.get("block_id") == "backup_block")
-    first = backup_block["element"]["options"][0]
+    assert backup_block["element"]["initial_option"]["value"] == target(sandbox)
+    r = sandbox.sender.block_suggestion(user_id="U0ALICE", action_id="backup", value="", view={**updated, "id": "V1"})
+    first = r.json()["options"][0]
     assert first["text"]["text"].startswith("★") and first["value"] == target(sandbox)
     sel = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
     values = {"model_block": {"start_model_select": sel(MODEL)}, "backup_block": {"backup": sel(target(sandbox))},
@@ -242,6 +244,7 @@ def test_start_with_a_model_but_no_backup_opens_the_form_prefilled(sandbox, worl
     view = shown_modal(sandbox.standin, "rollback_start_modal")
     blocks = {b.get("block_id"): b for b in view["blocks"]}
     assert blocks["model_block"]["element"]["initial_option"]["value"] == MODEL
-    assert blocks["backup_block"]["element"]["options"][0]["text"]["text"].startswith("★")
+    recommended = blocks["backup_block"]["element"]["initial_option"]
+    assert recommended["value"] == target(sandbox) and recommended["text"]["text"].startswith("★")
     assert blocks["reason_block"]["element"]["initial_value"] == "IC negative since Monday"
     assert conn.execute("SELECT count(*) AS n FROM rollback_bot.incidents").fetchone()["n"] == 0

@@ -82,9 +82,9 @@ def test_posts_ephemerals_and_file_shares_need_membership(slack, client):
     assert client.files_upload_v2(channel=JOINED, content=b"x", filename="a.txt")["ok"]
     assert client.chat_postMessage(channel="U0ALICE", text="a DM")["ok"]
     # a person invites it, or it leaves
-    slack.invite_bot(OTHER)
+    slack.join(OTHER)
     assert client.chat_postMessage(channel=OTHER, text="hi")["ok"]
-    slack.remove_bot(OTHER)
+    slack.leave(OTHER)
     assert error_of(client.chat_postMessage, channel=OTHER, text="hi") == "not_in_channel"
 
 
@@ -106,7 +106,7 @@ def test_conversations_info_and_join(slack, client):
     # a private channel: invisible until invited, and never joined by the bot itself
     assert error_of(client.conversations_info, channel=PRIVATE) == "channel_not_found"
     assert error_of(client.conversations_join, channel=PRIVATE) == "method_not_supported_for_channel_type"
-    slack.invite_bot(PRIVATE)
+    slack.join(PRIVATE)
     info = client.conversations_info(channel=PRIVATE)["channel"]
     assert (info["is_member"], info["is_private"]) == (True, True)
 

@@ -1,0 +1,91 @@
+"""Who may act on what, beyond the role lists of ``core.auth``: heavy commands rate-limited per person, the
+incident's own people, and watchdog proposals taken over by a person.
+
+* ``take_heavy_slot``: `/rollback diagnose`, `backups` and `status MODEL` cost seconds of machine time. Each
+  person may run ``HEAVY_COMMANDS_PER_MINUTE`` of them a minute; the count lives in PostgreSQL
+  (``rollback_bot.command_uses``, serialised per person with an advisory lock), so two bot processes limit a
+  person as one.
+* ``may_annotate``: *Add root cause* and `/rollback report` belong to the incident's people (requester,
+  approver, whoever decided it) and to approvers.
+* ``take_over``: the watchdog only proposes. A person (an operator) takes the proposal over as its requester;
+  then, as for any request, a different approver approves it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from psycopg.types.json import Jsonb
+
+from core.errors import Conflict, InvalidTransition, NotAuthorized, RateLimited, RollbackError
+from core.incidents import REQUESTED, Event, Incident, already_decided, journal
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+__all__ = ["HEAVY_WINDOW", "is_unclaimed_proposal", "may_annotate", "take_heavy_slot", "take_over"]
+
+HEAVY_WINDOW = timedelta(minutes=1)
+
+
+def take_heavy_slot(engine: Engine, *, user: str, command: str, per_minute: int) -> None:
+    """Count one heavy command for ``user``, or raise RateLimited (audited) when the minute's share is used."""
+    now = engine.clock()
+    with engine.db.transaction() as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.rate:' || %s))", (user,))
+        conn.execute("DELETE FROM rollback_bot.command_uses WHERE user_id = %s AND at <= %s",
+                     (user, now - HEAVY_WINDOW))
+        rows = conn.execute("SELECT at FROM rollback_bot.command_uses WHERE user_id = %s ORDER BY at",
+                            (user,)).fetchall()
+        if len(rows) < per_minute:
+            conn.execute("INSERT INTO rollback_bot.command_uses (user_id, command, at) VALUES (%s, %s, %s)",
+                         (user, command, now))
+            return
+        wait = max(1, int((rows[0]["at"] + HEAVY_WINDOW - now).total_seconds() + 0.999))
+    engine.audit(None, actor=user, action=command, outcome="refused", reason="rate limited")
+    raise RateLimited(f"You ran {per_minute} heavy commands (`diagnose`, `backups`, `status MODEL`) in the last"
+                      f" minute; try again in {wait} s.")
+
+
+def may_annotate(inc: Incident, user: str, *, is_approver: bool) -> bool:
+    """*Add root cause* and `/rollback report`: the incident's people and approvers."""
+    return is_approver or (bool(user) and user in {inc.requested_by, inc.approved_by, inc.decided_by})
+
+
+def is_unclaimed_proposal(inc: Incident) -> bool:
+    """A watchdog proposal no person has taken over yet: it cannot be approved."""
+    return inc.source == "watchdog" and not (inc.plan or {}).get("taken_over")
+
+
+def take_over(engine: Engine, *, incident_id: int, user: str, allowed: bool) -> Incident:
+    """A person becomes the requester of a watchdog proposal (audited); a different approver approves it."""
+    refusal: RollbackError | None = None
+    with engine.db.transaction() as conn:
+        inc = engine.get(incident_id, conn, lock=True)
+        if inc.kind != "rollback" or inc.source != "watchdog":
+            refusal = InvalidTransition(f"{inc.ref} is not a watchdog proposal.")
+        elif inc.state != REQUESTED:
+            refusal = already_decided(inc)
+        elif not is_unclaimed_proposal(inc):
+            refusal = Conflict(f"{inc.ref} was already taken over by {inc.requested_by}.")
+        elif not allowed:
+            refusal = NotAuthorized("Only operators may take over a watchdog proposal (OPERATORS).")
+        else:
+            now = engine.clock()
+            claim = {"by": user, "from": inc.requested_by, "at": now.isoformat()}
+            row = conn.execute(
+                "UPDATE rollback_bot.incidents SET requested_by = %s, plan = plan || %s, updated_at = %s,"
+                " expires_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
+                (user, Jsonb({"taken_over": claim}), now,
+                 now + timedelta(minutes=engine.settings.approval_timeout_minutes), inc.id),
+            ).fetchone()
+            new = Incident(**row)
+            journal(conn, incident_id=inc.id, step="taken_over", actor=user, at=now, detail=claim)
+            engine.audit(conn, actor=user, action="take_over", outcome="ok", incident_id=inc.id)
+    if refusal is not None:
+        engine.audit(None, actor=user, action="take_over", outcome="refused", incident_id=incident_id,
+                     reason=str(refusal))
+        raise refusal
+    engine.publish(Event("state", new))
+    return new

@@ -1,0 +1,258 @@
+"""``/rollback resume``: one transaction under the trading lock, and never on production files that do not match.
+
+* The check that no rollback is under way and the release of the halt happen in ONE transaction holding the
+  trading lock (the lock every halt takes), so a rollback approved meanwhile either is seen as under way
+  (resume refused) or halts after the resume. Holders of rollbacks that are not closed are never dropped: a
+  rollback kept halted after verification resumes through its own resume step (which re-checks the model);
+  one whose revert failed keeps trading halted until the files pass the check below or are overridden.
+* Before that, every model's files are compared with its production row (``core.integrity``). On any
+  mismatch resume is refused, naming the files and the versions they are. Two different approvers may
+  override: the first asks (``request_override``: an incident of kind ``resume`` holding exactly which files
+  differ), a second approver confirms (``approve_override``); the override applies to those files as they
+  were (a fingerprint), expires like a rollback request, is used once, and all of it is journaled and audited.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from psycopg.types.json import Jsonb
+
+from core import trading
+from core.db import step_limits
+from core.errors import Conflict, FilesMismatch, InvalidTransition, NotAuthorized, RollbackError, clean_text
+from core.incidents import (
+    CLOSED,
+    FAILED,
+    FILES_MIXED,
+    RESOLVED,
+    RESUMING,
+    RUNNABLE,
+    HALT_NOT_EFFECTIVE,
+    VERIFIED,
+    Event,
+    Incident,
+    already_decided,
+    journal,
+)
+from core.integrity import FileMismatch, fingerprint, production_mismatches
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+__all__ = ["OVERRIDE_KIND", "approve_override", "check_files", "request_override", "resume_trading"]
+
+OVERRIDE_KIND = "resume"
+TRADING_LOCK = "SELECT pg_advisory_xact_lock(hashtext('rollback_bot.trading'))"
+
+
+def check_files(engine: Engine) -> list[FileMismatch]:
+    with engine.db.transaction() as conn:
+        return production_mismatches(conn, engine.registry)
+
+
+def mismatch_text(mismatches: list[FileMismatch], limit: int = 8) -> str:
+    text = "; ".join(m.text for m in mismatches[:limit])
+    return text + (f"; and {len(mismatches) - limit} more" if len(mismatches) > limit else "")
+
+
+def resume_trading(engine: Engine, *, user: str, override: Incident | None = None) -> trading.ResumeResult:
+    """Resume automated trading (see the module's docstring). ``override``: an approved override incident."""
+    with engine.db.transaction() as conn:  # said first (files mid-swap differ anyway); checked again below
+        _refuse_if_busy(engine, conn, user)
+    mismatches = check_files(engine)
+    if mismatches and (override is None or (override.plan or {}).get("fingerprint") != fingerprint(mismatches)):
+        engine.audit(None, actor=user, action="resume", outcome="refused", reason="production files do not match",
+                     mismatches=[m.text for m in mismatches])
+        raise FilesMismatch(
+            "Trading was not resumed: the production files do not match their production rows: "
+            f"{mismatch_text(mismatches)}. Put the right files back, or two different approvers override.",
+            mismatches)
+    s = engine.settings
+    moved: list[Incident] = []
+    to_run: list[int] = []
+    with step_limits(s.step_lock_timeout_seconds, s.step_statement_timeout_seconds), engine.db.transaction() as conn:
+        conn.execute(TRADING_LOCK)  # every halt takes it: nothing halts or joins the halt until we commit
+        _refuse_if_busy(engine, conn, user)
+        now = engine.clock()
+        for row in conn.execute(
+            "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s) ORDER BY id"
+            " FOR UPDATE", ([VERIFIED, RESUMING, *FILES_MIXED],),
+        ).fetchall():
+            inc = Incident(**row)
+            if inc.state == VERIFIED:
+                moved.append(engine._move(conn, inc, RESUMING))
+                to_run.append(inc.id)
+            elif inc.state == RESUMING:
+                to_run.append(inc.id)  # its own resume step (interrupted) lets go of its holder
+            else:  # files were mixed by a failed revert: they pass the check now, or two approvers overrode
+                how = (f"override {override.ref} by {override.requested_by} and {override.approved_by}"
+                       if override is not None and mismatches else "the files match the production row again")
+                moved.append(engine._move(conn, inc, FAILED, decision_note=f"closed at resume: {how}"))
+                journal(conn, incident_id=inc.id, step="files_checked", actor=user, at=now,
+                        detail={"note": how})
+        for row in conn.execute(
+            "SELECT * FROM rollback_bot.incidents WHERE kind = 'halt' AND state = 'halted' FOR UPDATE"
+        ).fetchall():
+            moved.append(engine._move(conn, Incident(**row), RESOLVED, resumed_at=now))
+        keep = [f"incident:{r['id']}" for r in conn.execute(
+            "SELECT id FROM rollback_bot.incidents WHERE kind = 'rollback' AND state <> ALL(%s)", (list(CLOSED),))]
+        result = trading.release(conn, holder="", actor=user, force=True, keep=keep)
+        if override is not None:
+            row = conn.execute(
+                "UPDATE rollback_bot.incidents SET state = 'resolved', resumed_at = %s, resolved_at = %s,"
+                " updated_at = %s WHERE id = %s AND kind = %s AND state = 'approved' RETURNING *",
+                (now, now, now, override.id, OVERRIDE_KIND),
+            ).fetchone()
+            if row is None:
+                raise Conflict(f"{override.ref} was already used or cancelled; nothing was resumed.")
+            moved.append(Incident(**row))
+            journal(conn, incident_id=override.id, step="resolved", actor=user, at=now,
+                    detail={"note": "trading resumed under this override"})
+        engine.audit(conn, actor=user, action="resume", outcome="ok", resumed=result.resumed,
+                     override=override.ref if override else None,
+                     approvers=[override.requested_by, override.approved_by] if override else None,
+                     mismatches=[m.text for m in mismatches], kept_by=result.remaining_holders)
+    for inc in moved:
+        engine.publish(Event("state", inc))
+    for incident_id in to_run:
+        engine.execute(incident_id, actor=user)
+    return _outcome(engine, result, to_run)
+
+
+def _refuse_if_busy(engine: Engine, conn, user: str) -> None:  # noqa: ANN001
+    """InvalidTransition (audited apart from ``conn``'s transaction, which is rolled back) while any rollback is
+    under way."""
+    busy = conn.execute(
+        "SELECT id, state FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s) ORDER BY id",
+        (list((RUNNABLE - {RESUMING}) | {HALT_NOT_EFFECTIVE}),),
+    ).fetchall()
+    if busy:
+        refs = ", ".join(f"INC-{r['id']} ({r['state']})" for r in busy)
+        conn.rollback()
+        engine.audit(conn, actor=user, action="resume", outcome="refused", reason=f"rollbacks under way: {refs}")
+        conn.commit()
+        raise InvalidTransition(f"Trading cannot resume while a rollback is under way: {refs}.")
+
+
+def _outcome(engine: Engine, released: trading.ResumeResult, resumed_by_steps: list[int]) -> trading.ResumeResult:
+    """What the resume did: the release above, or the resume step of a rollback that let go last."""
+    if released.resumed or not resumed_by_steps:
+        return released
+    for step in reversed([s for i in resumed_by_steps for s in engine.steps(i) if s.step == "resume"]):
+        d = step.detail or {}
+        if d.get("resumed"):
+            return trading.ResumeResult(True, released.halt_id, restored=int(d.get("restored_clients") or 0),
+                                        left_alone=list(d.get("left_alone") or []))
+    with engine.db.transaction() as conn:
+        current = trading.active_halt(conn)
+        still = trading.holders(conn, current["id"]) if current else []
+    return trading.ResumeResult(current is None, released.halt_id, remaining_holders=still)
+
+
+# ------------------------------------------------------------------------------------------- overrides
+
+
+def request_override(engine: Engine, *, user: str, allowed: bool = True) -> tuple[Incident, bool]:
+    """An approver asks to resume on files that do not match: an override request a second approver confirms.
+    Returns the request and whether it is new (an identical open one is returned as it is)."""
+    if not allowed:
+        engine.audit(None, actor=user, action="resume_override_request", outcome="refused", reason="not an approver")
+        raise NotAuthorized("Only approvers may ask to override the resume check (APPROVERS).")
+    mismatches = check_files(engine)
+    if not mismatches:
+        raise InvalidTransition("The production files match their production rows: `/rollback resume` needs no"
+                                " override.")
+    fp = fingerprint(mismatches)
+    now = engine.clock()
+    events: list[Incident] = []
+    with engine.db.transaction() as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.resume_override'))")
+        for row in conn.execute(
+            "SELECT * FROM rollback_bot.incidents WHERE kind = %s AND state = 'requested' FOR UPDATE",
+            (OVERRIDE_KIND,),
+        ).fetchall():
+            other = Incident(**row)
+            if (other.plan or {}).get("fingerprint") == fp and (other.expires_at is None or other.expires_at > now):
+                return other, False
+            events.append(_cancel(conn, other, now, "the production files changed; a new request replaces it"))
+        text = mismatch_text(mismatches)
+        row = conn.execute(
+            "INSERT INTO rollback_bot.incidents (kind, state, reason, severity, requested_by, plan, created_at,"
+            " updated_at, expires_at) VALUES (%s, 'requested', %s, 'critical', %s, %s, %s, %s, %s) RETURNING *",
+            (OVERRIDE_KIND, clean_text(f"Resume trading although the production files do not match: {text}"),
+             user, Jsonb({"fingerprint": fp, "mismatches": [m.as_dict() for m in mismatches]}), now, now,
+             now + timedelta(minutes=engine.settings.approval_timeout_minutes)),
+        ).fetchone()
+        inc = Incident(**row)
+        journal(conn, incident_id=inc.id, step="requested", actor=user, at=now,
+                detail={"reason": text, "fingerprint": fp})
+        engine.audit(conn, actor=user, action="resume_override_request", outcome="ok", incident_id=inc.id,
+                     mismatches=[m.text for m in mismatches])
+    for other in [*events, inc]:
+        engine.publish(Event("state", other))
+    return inc, True
+
+
+def approve_override(engine: Engine, *, incident_id: int, approver: str,
+                     allowed: bool = True) -> tuple[Incident, trading.ResumeResult]:
+    """A second, different approver confirms an override request: trading resumes on exactly those files."""
+    now = engine.clock()
+    with engine.db.transaction() as conn:
+        inc = engine.get(incident_id, conn, lock=True)
+        refusal: RollbackError | None = None
+        if inc.kind != OVERRIDE_KIND:
+            refusal = InvalidTransition(f"{inc.ref} is not a request to override the resume check.")
+        elif inc.state != "requested":
+            refusal = already_decided(inc)
+        elif not allowed:
+            refusal = NotAuthorized("Only approvers may override the resume check (APPROVERS).")
+        elif approver == inc.requested_by:
+            refusal = NotAuthorized("You asked for this override: a second, different approver must confirm it.")
+        elif inc.expires_at is not None and now > inc.expires_at:
+            _cancel(conn, inc, now, "approval window expired")
+            journal(conn, incident_id=inc.id, step="expired", actor="rollback-bot", at=now, outcome="skipped")
+            refusal = InvalidTransition(f"{inc.ref} expired before a second approver confirmed it; run"
+                                        " `/rollback resume` again.")
+        if refusal is not None:
+            conn.commit()
+            engine.audit(None, actor=approver, action="resume_override", outcome="refused", incident_id=incident_id,
+                         reason=str(refusal))
+            raise refusal
+        row = conn.execute(
+            "UPDATE rollback_bot.incidents SET state = 'approved', approved_by = %s, decided_by = %s,"
+            " approved_at = %s, updated_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
+            (approver, approver, now, now, incident_id),
+        ).fetchone()
+        approved = Incident(**row)
+        journal(conn, incident_id=incident_id, step="approved", actor=approver, at=now)
+        engine.audit(conn, actor=approver, action="resume_override", outcome="ok", incident_id=incident_id,
+                     requested_by=inc.requested_by)
+    engine.publish(Event("state", approved))
+    try:
+        result = resume_trading(engine, user=approver, override=approved)
+    except RollbackError as exc:
+        with engine.db.transaction() as conn:
+            current = engine.get(incident_id, conn, lock=True)
+            cancelled = _cancel(conn, current, engine.clock(), f"not used: {exc}"[:2000]) \
+                if current.state in ("requested", "approved") else None
+        if cancelled is not None:
+            engine.publish(Event("state", cancelled))
+        if isinstance(exc, FilesMismatch):
+            raise FilesMismatch(f"The production files changed after {inc.ref} was asked for, so it does not apply"
+                                f" (it is cancelled). {exc}", exc.mismatches) from None
+        raise
+    return engine.get(incident_id), result
+
+
+def _cancel(conn, inc: Incident, now, note: str) -> Incident:  # noqa: ANN001
+    row = conn.execute(
+        "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = %s, updated_at = %s, resolved_at = %s"
+        " WHERE id = %s AND state = ANY(%s) RETURNING *",
+        (note, now, now, inc.id, ["requested", "approved"]),
+    ).fetchone()
+    if row is None:
+        return inc
+    journal(conn, incident_id=inc.id, step="cancelled", actor="rollback-bot", at=now, detail={"note": note})
+    return Incident(**row)
