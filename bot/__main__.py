@@ -22,6 +22,8 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 # `serve` names each of its starts for its work process, so the doctor runs once per start (handlers/doctor.py at_start).
 START_ID_ENV = "ROLLBACK_BOT_START_ID"
+#: Docker/Compose secrets and Kubernetes secret volumes: one file per setting, named after it.
+SECRETS_DIR = Path("/run/secrets")
 
 
 def _settings_with_database(settings: Settings, *, ensure_local: bool) -> Settings:
@@ -42,13 +44,14 @@ def _settings_with_database(settings: Settings, *, ensure_local: bool) -> Settin
     return settings.model_copy(update={"database_url": SecretStr(url)})
 
 
-def build_services(settings: Settings):
+def build_services(settings: Settings, *, migrate_first: bool = True, wait: bool = True):
     from core.db import Database, migrate
     from core.services import Services
 
     dsn = settings.database_dsn()
-    migrate(dsn)
-    db = Database(dsn, max_size=settings.db_pool_max).open()
+    if migrate_first:
+        migrate(dsn)
+    db = Database(dsn, max_size=settings.db_pool_max).open(wait=wait)
     return Services(settings, db)
 
 
@@ -138,7 +141,9 @@ def cmd_work(args: argparse.Namespace, settings: Settings) -> int:
 
     lower_process_priority()  # acknowledging Slack (the parent) comes first when both want a CPU
     settings = _settings_with_database(settings, ensure_local=False)
-    services = build_services(settings)
+    # `serve` migrated before starting it; started again while PostgreSQL is down, it still answers Slack
+    # (that the database does not answer, since when, and what to check) instead of dying at start.
+    services = build_services(settings, migrate_first=False, wait=False)
     # Requests reach this process from `serve`, which verified their signatures already.
     app = build_app(settings.model_copy(update={"slack_signing_secret": None}), services)
     freeze_startup_heap()
@@ -359,6 +364,15 @@ def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
     return console.run(root=args.dir.resolve(), size=args.size)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rollback-bot")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _brief(detail: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, [], {}))[:160]
 
@@ -366,7 +380,8 @@ def _brief(detail: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollback-bot", description="Emergency model rollback, as a Slack bot.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")  # not listing `work`
 
     p = sub.add_parser("serve", help="run the Slack app (HTTP, or Socket Mode when SLACK_APP_TOKEN is set)")
     p.add_argument("--host", default="0.0.0.0",
@@ -383,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("demo", "test"), default="test", help="size of the generated world")
     p.set_defaults(func=cmd_console)
 
-    p = sub.add_parser("work", help=argparse.SUPPRESS)  # the work process `serve` starts for itself
+    p = sub.add_parser("work")  # the work process `serve` starts for itself: no help, so not in --help
     p.set_defaults(func=cmd_work)
 
     p = sub.add_parser("db", help="database administration")
@@ -432,7 +447,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(None, json_format=False, verbose=args.verbose)
     func: Callable[[argparse.Namespace, Settings], int] = args.func
     try:
-        settings = load_settings()
+        settings = load_settings(secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None)
         # JSON lines for the long-running server, readable text for commands a person runs.
         configure_logging(settings, json_format=args.command in ("serve", "work") and settings.log_format == "json",
                           verbose=args.verbose)

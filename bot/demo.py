@@ -10,6 +10,7 @@ database and on disk.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 import threading
@@ -29,6 +30,7 @@ from bot.slack_standin import SlackStandIn
 from bot.transcript import render_blocks, render_message
 from core.db import Database, migrate
 from core.modelio import sha256_file
+from core.report import target_status
 from core.services import Services
 from core.settings import Settings
 
@@ -39,7 +41,8 @@ MODEL = "growth_momentum_large"
 
 
 class DemoClock:
-    """Real time plus an offset the demo can move forward (to show 30 minutes of monitoring at once)."""
+    """Real time plus an offset the demo can move forward (to show 30 minutes of monitoring at once, and the
+    24 hours of enhanced monitoring in 30-minute steps)."""
 
     def __init__(self) -> None:
         self.offset = timedelta()
@@ -285,19 +288,61 @@ def _play(box: Sandbox, n: Narrator, clock: DemoClock, world: demo_world.World) 
     n.show_new()
     inc = engine.get(inc.id)
     n.card(inc.message_ts, f"{inc.ref} resolved")
+    resolved = inc.state == "resolved"
+    _watch_a_day(box, n, clock, inc)
+    inc = engine.get(inc.id)
     report = services.reports.path(inc.id)
     if report is not None:
         n.narrate(f"The incident report, {report} (first lines):")
         for line in report.read_text(encoding="utf-8").splitlines()[1:16]:
             n.say(f"  │ {line}")
-    return [Check("the rollback ran end to end after one approval", inc.state == "resolved",
+    return [Check("the rollback ran end to end after one approval", resolved and inc.state == "resolved",
                   f"approval → trading resumed in {machine_seconds:.2f} s of machine time")]
+
+
+def _watch_a_day(box: Sandbox, n: Narrator, clock: DemoClock, inc) -> None:
+    """The runbook's root cause by T+2h and its 24 hours of enhanced monitoring, condensed on the demo clock."""
+    services, engine = box.services, box.services.engine
+    n.person("U0CAROL", "clicks [Add root cause] and writes what the diagnostics showed")
+    card = box.standin.message(CHANNEL, inc.message_ts)
+    box.sender.block_action(user_id="U0CAROL", action_id="add_root_cause", channel_id=CHANNEL,
+                            message_ts=inc.message_ts, message=card.as_slack())
+    view = box.standin.wait_for("views.open", lambda c: "root_cause_modal" in str(c.body.get("view")))[-1].body["view"]
+    view = view if isinstance(view, dict) else json.loads(view)
+    box.sender.view_submission(user_id="U0CAROL", callback_id="root_cause_modal", private_metadata=view[
+        "private_metadata"], state_values={"root_cause_block": {"text": "Regime change in late October: momentum "
+                                                                        "reversed; the model learned the old regime."}})
+    wait_until(lambda: any(s.step == "root_cause" for s in engine.steps(inc.id)), 30, "the root cause")
+    slots = int(((engine.get(inc.id).plan or {}).get("watch") or {}).get("slots") or 0)
+    n.narrate(f"The next 24 hours pass on the demo clock: the watch checks every "
+              f"{services.settings.enhanced_monitor_every_minutes:g} minutes and updates one thread message")
+
+    def checks() -> int:
+        return len(((engine.get(inc.id).plan or {}).get("watch") or {}).get("checks") or [])
+
+    while checks() < slots:
+        done = checks()
+        clock.advance(services.settings.enhanced_monitor_every_minutes)
+        services.worker.run_due()  # beside the background worker: jobs are claimed once either way
+        wait_until(lambda: checks() > done, 30, f"enhanced monitoring check {done + 1}")
+    wait_until(lambda: any(s.step == "watch_end" for s in engine.steps(inc.id)), 30, "the watch's summary")
+    wait_until(lambda: _report_says(services, inc.id, "Completed: "), 30, "the report of the watch")
+    box.settle()
+    n.show_new()
+    ts = ((engine.get(inc.id).plan or {}).get("watch") or {}).get("message_ts")
+    message = box.standin.message(CHANNEL, ts) if ts else None
+    if message is not None:
+        n.say(render_message("rollback-bot in #incidents (thread), the watch's message after "
+                             f"{len(message.versions)} updates", message.text, None, n.name, indent="      ↳ "))
+    n.card(inc.message_ts, f"{inc.ref} after 24 hours")
 
 
 def _verify(conn: psycopg.Connection, services: Services, world: demo_world.World,
             settings_before: dict[str, tuple], standin: SlackStandIn) -> list[Check]:
     inc = services.engine.list_incidents(limit=1)[0]
-    steps = {s.step: s for s in services.engine.steps(inc.id)}
+    steps_all = services.engine.steps(inc.id)
+    steps = {s.step: s for s in steps_all}
+    watch = (inc.plan or {}).get("watch") or {}
     rows = conn.execute("SELECT * FROM model_deployment_log WHERE model_name = %s AND is_production", (MODEL,)).fetchall()
     folder = services.settings.models_dir / MODEL
     out = [
@@ -325,6 +370,13 @@ def _verify(conn: psycopg.Connection, services: Services, world: demo_world.Worl
               f"{(steps['monitor'].detail or {}).get('rows', 0)} rows" if "monitor" in steps else ""),
         Check("the incident report was written and uploaded", _report_ok(services, inc) and any(
             u.completed and u.thread_ts == inc.message_ts for u in standin.uploads())),
+        Check("24 hours of enhanced monitoring: every check made, none missed, summary posted",
+              "watch_end" in steps and steps["watch_end"].outcome == "ok" and not watch.get("missed")
+              and len(watch.get("checks") or []) == watch.get("slots"),
+              f"{len(watch.get('checks') or [])} checks every {watch.get('every_minutes', 0):g} min"),
+        Check("the runbook's T+30, T+2h and T+24h targets were met",
+              all(t.status == "met" for t in target_status(inc, list(steps_all), services.engine.clock())
+                  if t.name in ("stable", "root_cause", "watched"))),
         Check("stakeholders were told in the thread and by DM at every milestone",
               conn.execute("SELECT count(*) AS n FROM rollback_bot.steps WHERE incident_id = %s AND step = 'notify'"
                            " AND outcome = 'ok'", (inc.id,)).fetchone()["n"] >= 5),
@@ -333,8 +385,12 @@ def _verify(conn: psycopg.Connection, services: Services, world: demo_world.Worl
 
 
 def _report_says_resolved(services: Services, incident_id: int) -> bool:
+    return _report_says(services, incident_id, "| State | resolved |")
+
+
+def _report_says(services: Services, incident_id: int, text: str) -> bool:
     path = services.reports.path(incident_id)
-    return path is not None and "| State | resolved |" in path.read_text(encoding="utf-8")
+    return path is not None and text in path.read_text(encoding="utf-8")
 
 
 def _report_ok(services: Services, inc) -> bool:

@@ -14,29 +14,44 @@ The synthetic market
 Trading days are weekdays.  Every ticker ``i`` has a beta, a volatility and a volume level.  The
 return realised on day ``t`` is::
 
-    r[t,i] = beta_i * m[t] + s * (c_mom(t) * z(ret_5d[t-1,i]) + c_vol(t) * z(log volume_ratio_20d[t-1,i]))
+    r[t,i] = beta_i * m[t] + s * ((c_mom(t) + n * x[t]) * z(ret_5d[t-1,i])
+                                  + (c_vol(t) + n * y[t]) * z(log volume_ratio_20d[t-1,i]))
              + sigma_i * v(t) * eps[t,i]
 
 where ``z`` is a cross-sectional z-score (clipped to +-3), ``ret_5d`` and ``volume_ratio_20d`` are
 exactly the view's columns of the previous day, ``m`` is a market factor (vol 0.9%/day),
-``sigma_i`` ~ 1.5%/day and ``s = 1.5% * signal_strength`` (1.0 for size "test", 0.4 for "demo",
-whose 300 tickers give more statistical power).  So the features predict the next day's return.
-Three regimes, by the day the return is realised:
+``sigma_i`` ~ 1.5%/day and ``s = 1.5% * signal_strength``.  So the features predict the next day's
+return.  ``x`` and ``y`` are standard normal draws, one per day: each factor's payoff is noisy from
+day to day (``n = payoff_noise``), as real factor returns are.  That noise, common to every ticker
+on a day, is what makes a desk's numbers modest: without it, 200 tickers' idiosyncratic noise
+averages out and a long-short portfolio earns an annualised Sharpe of 20-40.  ``MarketStyle`` holds
+these parameters.  Three regimes, by the day the return is realised (``c_mom``, ``c_vol``, ``v``):
 
-====================  ========================================  =====  =====  ====
-era                   days                                      c_mom  c_vol  v(t)
-====================  ========================================  =====  =====  ====
-momentum (old)        first ~40% of the pre-change history      +0.30  +0.20  1.0
-reversal              the rest of the pre-change history        -0.40  +0.20  1.0
-REGIME CHANGE         the last ``regime_change_days`` days      +0.40  +0.15  2.0
-====================  ========================================  =====  =====  ====
+====================  =========================================  ===================  ==================
+era                   days                                       size "test"          size "demo"
+====================  =========================================  ===================  ==================
+momentum (old)        first ~40% (demo ~46%) of the history      +0.30  +0.20  1.0    +0.18  +0.10  1.0
+reversal              the rest of the pre-change history         -0.40  +0.20  1.0    -0.22  +0.10  1.0
+REGIME CHANGE         the last ``regime_change_days`` days       +0.40  +0.15  2.0    +0.60   0.00  2.0
+====================  =========================================  ===================  ==================
 
 (market volatility is also doubled after the change).  A model trained on recent pre-change data
-learns "short-term reversal" and looks excellent on its holdout, then fails after the change
-(negative IC) when momentum returns with doubled volatility; the oldest backup, trained in the
-momentum era, keeps working after the change.  Ranking backups by their metadata metrics alone
-does NOT find it: those metrics are true but were measured before the change, and the backups
-trained in the reversal era look best there.  Evaluate the backups on the post-change days.
+learns "short-term reversal" and looks good on its holdout, then fails after the change (negative
+IC) when momentum returns with doubled volatility; the oldest backup, trained in the momentum era,
+keeps working after the change.  Ranking backups by their metadata metrics alone does NOT find it:
+those metrics are true but were measured before the change, and the backups trained in the
+reversal era look best there.  Evaluate the backups on the post-change days.
+
+Size "test" (40 tickers, no payoff noise, ``signal_strength`` 1) is deliberately strong: holdout IC
+~0.3, Sharpe 5-40, so that every property above shows in 40 tickers and a few weeks of data, for
+any seed.  Size "demo" looks like a real desk: 200 tickers over ~4 years, one-year holdouts,
+``signal_strength`` 0.25 and ``payoff_noise`` 1.5, so holdout ICs are 0.02-0.05 and long-short
+Sharpe ratios 1.5-3 (annualised with sqrt(252)).  At that signal-to-noise a 20-day window is a
+noisy estimate (one standard error of an annualised 20-day Sharpe is sqrt(252/20) ~ 3.5), so
+which backup looks best over the last weeks is partly luck.  The demo's world (seed 0, payoff
+stream 81) was chosen to tell the typical incident: production's 20-day IC and Sharpe negative,
+the oldest backup the best over those days, every figure in a desk's range
+(``tests/test_demo_world.py`` holds it); other seeds may not.
 
 Models (``build_world``)
 ------------------------
@@ -93,6 +108,7 @@ __all__ = [
     "BackupInfo",
     "ClientInfo",
     "Market",
+    "MarketStyle",
     "ModelInfo",
     "World",
     "build_world",
@@ -305,26 +321,45 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 _SIGNAL_UNIT = 0.015
 
 
-def _era_boundary_index(days: int, regime_change_days: int) -> int:
+def _era_boundary_index(days: int, regime_change_days: int, era_fraction: float = 0.4) -> int:
     change = days - regime_change_days
-    return WARMUP_ROWS + int(round(0.4 * (change - 2 - WARMUP_ROWS)))
+    return WARMUP_ROWS + int(round(era_fraction * (change - 2 - WARMUP_ROWS)))
 
 
-def _regime(t: int, era: int, change: int) -> tuple[float, float, float]:
+#: (c_mom, c_vol, volatility multiplier) of the three eras: momentum (old), reversal, after the change.
+_REGIMES = ((0.30, 0.20, 1.0), (-0.40, 0.20, 1.0), (0.40, 0.15, 2.0))
+
+
+@dataclass(frozen=True)
+class MarketStyle:
+    """How the synthetic market behaves (see the module docstring).  The defaults are size "test"'s market."""
+
+    signal_strength: float = 1.0  # scales the predictable part of the returns (s = 1.5% * signal_strength)
+    payoff_noise: float = 0.0     # daily volatility of each factor's payoff, in units of its coefficient c
+    payoff_stream: int = 5        # which random stream draws that noise (with the seed)
+    regimes: tuple[tuple[float, float, float], ...] = _REGIMES  # (c_mom, c_vol, vol multiplier) per era
+    era_fraction: float = 0.4     # where the reversal era starts, as a fraction of the pre-change history
+
+
+def _regime(t: int, era: int, change: int,
+            regimes: tuple[tuple[float, float, float], ...] = _REGIMES) -> tuple[float, float, float]:
     """(c_mom, c_vol, volatility multiplier) of the return realised on day index t."""
     if t >= change:
-        return 0.40, 0.15, 2.0
+        return regimes[2]
     if t >= era:
-        return -0.40, 0.20, 1.0
-    return 0.30, 0.20, 1.0
+        return regimes[1]
+    return regimes[0]
 
 
 def _simulate(n_tickers: int, n_days: int, regime_change_days: int, seed: int,
-              signal_strength: float = 1.0) -> dict[str, np.ndarray]:
+              style: MarketStyle = MarketStyle()) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    unit = _SIGNAL_UNIT * signal_strength
+    # The factor payoffs' noise comes from a stream of its own: a market without it (payoff_noise 0, size
+    # "test") draws exactly the numbers it drew before that noise existed.
+    frng = np.random.default_rng([seed, style.payoff_stream])
+    unit = _SIGNAL_UNIT * style.signal_strength
     change = n_days - regime_change_days
-    era = _era_boundary_index(n_days, regime_change_days)
+    era = _era_boundary_index(n_days, regime_change_days, style.era_fraction)
     beta = rng.uniform(0.6, 1.4, n_tickers)
     sigma = 0.015 * rng.uniform(0.7, 1.3, n_tickers)
     base_logv = rng.uniform(math.log(2e5), math.log(2e7), n_tickers)
@@ -338,7 +373,7 @@ def _simulate(n_tickers: int, n_days: int, regime_change_days: int, seed: int,
     open_[0] = close[0] * (1 + rng.normal(0, 0.003, n_tickers))
     logv[0] = base_logv + rng.normal(0, 0.3, n_tickers)
     for t in range(n_days):
-        c_mom, c_vol, vmult = _regime(t, era, change)
+        c_mom, c_vol, vmult = _regime(t, era, change, style.regimes)
         if t > 0:
             if t >= 6:
                 ret5 = close[t - 1] / close[t - 6] - 1
@@ -351,8 +386,9 @@ def _simulate(n_tickers: int, n_days: int, regime_change_days: int, seed: int,
                 vr = np.zeros(n_tickers)
             market = rng.normal(0.0003, 0.009 * vmult)
             eps = rng.standard_normal(n_tickers)
+            pay = frng.standard_normal(2) * style.payoff_noise
             r = (beta * market
-                 + unit * (c_mom * _zscore(ret5) + c_vol * _zscore(vr))
+                 + unit * ((c_mom + pay[0]) * _zscore(ret5) + (c_vol + pay[1]) * _zscore(vr))
                  + sigma * vmult * eps)
             r = np.clip(r, -0.4, 0.4)
             ret[t] = r
@@ -400,6 +436,7 @@ def generate_market(
     null_feature: str | tuple[str, date | int] | None = None,
     signal_strength: float = 1.0,
     held_back: int = 0,
+    style: MarketStyle | None = None,
 ) -> Market:
     """Replace ``daily_bars`` with a synthetic market and refresh ``ml_training_features``.
 
@@ -412,7 +449,8 @@ def generate_market(
     ``"hl_range"``, optionally as ``(name, day)`` (default day: the last one): ~25% of the tickers
     get a NULL in that feature that day (NULL volume / NULL high in ``daily_bars``).
     ``signal_strength`` scales the predictable part of the returns (1.0: holdout IC ~0.3 with
-    depth-3 models; 0.4: ~0.13).
+    depth-3 models; 0.4: ~0.13).  ``style`` sets every parameter of the market at once (its
+    ``signal_strength`` then wins); size "demo" uses it for a market with realistic metrics.
     """
     if days < WARMUP_ROWS + 40:
         raise ValueError(f"days must be at least {WARMUP_ROWS + 40}")
@@ -426,7 +464,9 @@ def generate_market(
     all_days = trading_days_ending(end_date, days + held_back)
     trading_days = all_days[:days]
     names = [f"T{i:04d}" for i in range(tickers)]
-    sim = _simulate(tickers, days + held_back, regime_change_days + held_back, seed, signal_strength)
+    if style is None:
+        style = MarketStyle(signal_strength=signal_strength)
+    sim = _simulate(tickers, days + held_back, regime_change_days + held_back, seed, style)
     plant_rng = np.random.default_rng([seed, 7])
     n_plant = max(1, tickers // 4)
 
@@ -435,7 +475,7 @@ def generate_market(
         trading_days=trading_days,
         tickers=names,
         regime_change_start=trading_days[days - regime_change_days],
-        era_boundary=trading_days[_era_boundary_index(days, regime_change_days)],
+        era_boundary=trading_days[_era_boundary_index(days, regime_change_days, style.era_fraction)],
         close=sim["close"][:days],
     )
     if missing_day is not None:
@@ -590,9 +630,12 @@ def load_features(
 
 def train_model(
     X: np.ndarray, y: np.ndarray, features: list[str], *, n_trees: int, max_depth: int, seed: int,
-    learning_rate: float = 0.1,
+    learning_rate: float = 0.1, min_child_weight: float = 5,
 ) -> Any:
-    """Train an XGBoost regressor (``reg:squarederror``, ``nthread=2``); returns the ``xgboost.Booster``.
+    """Train an XGBoost regressor (``reg:squarederror``); returns the ``xgboost.Booster``.
+
+    One thread (``nthread=1``): a second gains little at these sizes and, on a busy 2-core machine,
+    made training several times slower.
 
     Rows with a NaN label are dropped; NaN features are left to XGBoost's missing-value handling.
     ``booster.feature_names`` is ``features``.
@@ -602,14 +645,14 @@ def train_model(
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     ok = np.isfinite(y)
-    dtrain = xgboost.DMatrix(X[ok], label=y[ok], feature_names=list(features), missing=np.nan, nthread=2)
+    dtrain = xgboost.DMatrix(X[ok], label=y[ok], feature_names=list(features), missing=np.nan, nthread=1)
     params = {
         "objective": "reg:squarederror",
         "max_depth": max_depth,
         "eta": learning_rate,
-        "min_child_weight": 5,
+        "min_child_weight": min_child_weight,
         "tree_method": "hist",
-        "nthread": 2,
+        "nthread": 1,
         "seed": seed,
         "verbosity": 0,
     }
@@ -621,7 +664,7 @@ def train_model(
 def _predict(booster: Any, X: np.ndarray, features: list[str]) -> np.ndarray:
     import xgboost
 
-    return booster.predict(xgboost.DMatrix(X, feature_names=list(features), missing=np.nan, nthread=2))
+    return booster.predict(xgboost.DMatrix(X, feature_names=list(features), missing=np.nan, nthread=1))
 
 
 def write_model_dir(path: Path, booster: Any, metadata: dict[str, Any]) -> None:
@@ -714,10 +757,14 @@ class World:
 
 
 _SIZES = {
-    # tickers, days, regime_change_days, clients
-    "test": dict(tickers=40, days=200, regime_change_days=30, clients=8, signal_strength=1.0),
-    "demo": dict(tickers=300, days=520, regime_change_days=25, clients=25,
-                 signal_strength=0.4),
+    # tickers, days, regime_change_days, clients, the market's style, the models' windows and training
+    "test": dict(tickers=40, days=200, regime_change_days=30, clients=8, style=MarketStyle(),
+                 windows=dict(), min_child_weight=5),
+    "demo": dict(tickers=200, days=1040, regime_change_days=25, clients=25,
+                 style=MarketStyle(signal_strength=0.25, payoff_noise=1.5, payoff_stream=81, era_fraction=0.458,
+                                   regimes=((0.18, 0.10, 1.0), (-0.22, 0.10, 1.0), (0.60, 0.0, 2.0))),
+                 windows=dict(holdout_days=252, train_days=200, retrain_every=42),
+                 min_child_weight=1000),
 }
 
 # name, n_trees, max_depth, feature subset (None: all), which rolling windows (0 oldest .. 3 newest)
@@ -727,9 +774,9 @@ _MODEL_SPECS = {
         ("value_small", 30, 3, ["ret_5d", "ret_20d", "vol_20d", "volume_ratio_20d", "ma_gap_10d"], (0, 2, 3)),
     ],
     "demo": [
-        ("growth_momentum_large", 80, 4, None, (0, 1, 2, 3)),
-        ("value_small", 60, 3, ["ret_5d", "ret_20d", "vol_20d", "volume_ratio_20d", "ma_gap_10d"], (0, 2, 3)),
-        ("mean_reversion_mid", 60, 3, None, (0, 1, 2, 3)),
+        ("growth_momentum_large", 60, 3, None, (0, 1, 2, 3)),
+        ("value_small", 40, 2, ["ret_5d", "ret_20d", "vol_20d", "volume_ratio_20d", "ma_gap_10d"], (0, 2, 3)),
+        ("mean_reversion_mid", 50, 3, None, (0, 1, 2, 3)),
     ],
 }
 _DEFECTIVE = {"demo": ("mean_reversion_mid", 2)}  # (model, window) trained under an old feature name
@@ -747,19 +794,26 @@ _CLIENT_NAMES = [
 _CLIENT_KINDS = ["auto", "auto", "manual", "auto", "inactive", "auto", "manual", "auto"]
 
 
-def _windows(n_days: int, regime_change_days: int) -> list[tuple[int, int, int, int]]:
+def _windows(n_days: int, regime_change_days: int, *, era_fraction: float = 0.4,
+             holdout_days: int | None = None, train_days: int | None = None,
+             retrain_every: int | None = None) -> list[tuple[int, int, int, int]]:
     """Four rolling (train_start, train_end, holdout_start, holdout_end) feature-date indices.
 
     Window 0 lies in the momentum era (its labels end before the era boundary); window 3 ends
-    two days before the regime change (its last label is the day before it); 1 and 2 are between.
+    two days before the regime change (its last label is the day before it); 1 and 2 are between,
+    evenly spaced, or ``retrain_every`` and twice that many days before window 3.  Holdouts and
+    training windows are 10% and 40% of the pre-change history unless given in days.
     """
     change = n_days - regime_change_days
-    era = _era_boundary_index(n_days, regime_change_days)
+    era = _era_boundary_index(n_days, regime_change_days, era_fraction)
     pre_len = (change - 2) - WARMUP_ROWS + 1
-    hold = max(10, int(round(0.1 * pre_len)))
-    train = max(30, int(round(0.4 * pre_len)))
+    hold = holdout_days or max(10, int(round(0.1 * pre_len)))
+    train = train_days or max(30, int(round(0.4 * pre_len)))
     he0, he3 = era - 2, change - 3
-    ends = [he0, he0 + (he3 - he0) // 3, he0 + 2 * (he3 - he0) // 3, he3]
+    if retrain_every:
+        ends = [he0, he3 - 2 * retrain_every, he3 - retrain_every, he3]
+    else:
+        ends = [he0, he0 + (he3 - he0) // 3, he0 + 2 * (he3 - he0) // 3, he3]
     out = []
     for he in ends:
         hs = he - hold + 1
@@ -795,8 +849,8 @@ def build_world(
 
     ``size="test"``: 40 tickers x 200 days (regime change: last 30), 8 clients, 2 models (4 and 3
     backups); ~0.7 s on 2 cores.
-    ``size="demo"``: 300 tickers x 520 days (regime change: last 25), 25 clients, 3 models (4, 3, 4
-    backups; one defective); ~6 s.
+    ``size="demo"``: 200 tickers x 1040 days (regime change: last 25), 25 clients, 3 models (4, 3, 4
+    backups; one defective; realistic metrics, see the module docstring); ~10 s, most of it in PostgreSQL.
     ``end_date`` defaults to today (UTC); the last trading day is the last weekday on or before it.
     ``missing_day`` / ``null_feature`` are passed to ``generate_market`` (planted before the models
     are evaluated, so metadata stays consistent with the view).
@@ -819,8 +873,8 @@ def build_world(
         seed=seed,
         missing_day=missing_day,
         null_feature=null_feature,
-        signal_strength=spec["signal_strength"],
         held_back=held_back,
+        style=spec["style"],
     )
     days = list(market.trading_days)
     n_days = len(days)
@@ -839,7 +893,8 @@ def build_world(
 
     post_lo, post_hi = change, n_days - 2
     models: dict[str, ModelInfo] = {}
-    windows = _windows(n_days, spec["regime_change_days"])
+    windows = _windows(n_days, spec["regime_change_days"], era_fraction=spec["style"].era_fraction,
+                       **spec["windows"])
     defective = _DEFECTIVE.get(size)
     log_rows = []
     for m_i, (name, n_trees, depth, subset, which) in enumerate(_MODEL_SPECS[size]):
@@ -857,7 +912,8 @@ def build_world(
             if defective == (name, k):
                 defect = "features_mismatch"
                 names = [_OLD_NAME.get(f, f) for f in feats]
-            booster = train_model(Xtr, ytr, names, n_trees=n_trees, max_depth=depth, seed=model_seed)
+            booster = train_model(Xtr, ytr, names, n_trees=n_trees, max_depth=depth, seed=model_seed,
+                                  min_child_weight=spec["min_child_weight"])
             hd, Xh, yh = window(hs, he, feats)
             holdout = evaluate(hd, _predict(booster, Xh, names), yh)
             post = None
@@ -885,6 +941,7 @@ def build_world(
                 "n_trees": n_trees,
                 "max_depth": depth,
                 "learning_rate": 0.1,
+                "min_child_weight": spec["min_child_weight"],
                 "seed": model_seed,
                 "train_rows": int(len(ytr)),
                 "xgboost_version": _xgb_version(),

@@ -102,7 +102,8 @@ def configure_logging(settings: Settings | None, *, json_format: bool, verbose: 
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    level = "DEBUG" if verbose else settings.log_level if settings is not None else "INFO"
+    root.setLevel(getattr(logging, level))
 
 
 # --------------------------------------------------------------------------------------------- metrics

@@ -11,9 +11,11 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from contextvars import ContextVar
+from datetime import datetime, timezone
 from importlib import resources
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -50,10 +52,20 @@ def apply_limits(conn: psycopg.Connection) -> None:
 
 
 class Database:
-    """A psycopg_pool pool with a unit-of-work helper. Rows come back as dicts."""
+    """A psycopg_pool pool with a unit-of-work helper. Rows come back as dicts.
 
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0) -> None:
+    When PostgreSQL stops answering, a transaction fails within seconds, not after the pool's whole ``timeout``:
+    after ``quick_wait`` seconds without a connection the server is probed directly (one connection attempt); if
+    it does not answer, ``DatabaseUnavailable`` is raised at once, and while it stays down every transaction
+    probes first. ``down_since`` keeps when this process first saw it fail (cleared when it answers again)."""
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0,
+                 quick_wait: float = 2.0) -> None:
         self._dsn = dsn
+        self.timeout = timeout
+        self.quick_wait = quick_wait
+        self.down_since: datetime | None = None
+        self.target = _target(dsn)
         self.pool = ConnectionPool(
             dsn,
             min_size=min_size,
@@ -69,37 +81,86 @@ class Database:
         try:
             self.pool.open(wait=wait, timeout=timeout)
         except PoolTimeout as exc:
-            raise DatabaseUnavailable(f"PostgreSQL does not answer: {_reason(exc)}") from None
+            raise self._failed(exc) from None
         return self
 
     def close(self) -> None:
         self.pool.close()
 
+    def _failed(self, exc: BaseException) -> DatabaseUnavailable:
+        """Note the failure (the first one since the database last answered sets ``down_since``)."""
+        if self.down_since is None:
+            self.down_since = datetime.now(timezone.utc)
+        reason = _reason(exc)
+        return DatabaseUnavailable(f"PostgreSQL does not answer: {reason}", since=self.down_since,
+                                   target=self.target, reason=reason)
+
+    def _probe(self) -> None:
+        """One direct connection attempt; OperationalError when the server does not answer."""
+        psycopg.connect(self._dsn, connect_timeout=max(2, int(self.quick_wait) + 1)).close()
+
+    def _getconn(self) -> psycopg.Connection:
+        if self.down_since is not None:
+            self._probe()  # still down: fail at once instead of waiting for the pool
+        quick = min(self.quick_wait, self.timeout)
+        try:
+            return self.pool.getconn(timeout=quick)
+        except PoolTimeout:
+            if quick >= self.timeout:
+                raise
+        self._probe()  # no connection yet: is the server there at all, or is the pool only busy?
+        return self.pool.getconn(timeout=self.timeout - quick)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
         """Unit of work: one connection, one transaction; committed on success, rolled back on error."""
         try:
-            with self.pool.connection() as conn:
+            conn = self._getconn()
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise self._failed(exc) from None
+        self.down_since = None  # it answers (the pool checked the connection)
+        try:
+            with conn:  # commit or roll back; a pool's connection stays open
                 apply_limits(conn)
                 yield conn
         except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
             raise DatabaseUnavailable(
                 f"PostgreSQL: {_reason(exc)} (the step's lock_timeout or statement_timeout); nothing of the step"
                 " was committed, and it runs again later") from None
-        except (PoolTimeout, psycopg.OperationalError) as exc:
-            raise DatabaseUnavailable(f"PostgreSQL does not answer: {_reason(exc)}") from None
+        except psycopg.OperationalError as exc:
+            raise self._failed(exc) from None
+        finally:
+            self.pool.putconn(conn)
 
     def connect(self, **kwargs) -> psycopg.Connection:
         """A dedicated connection outside the pool (advisory locks held for a whole rollback, LISTEN)."""
-        return _connect(self._dsn, **kwargs)
+        try:
+            conn = _connect(self._dsn, **kwargs)
+        except DatabaseUnavailable as exc:
+            raise self._failed(exc) from None
+        self.down_since = None
+        return conn
 
     def ping(self) -> bool:
         try:
             with self.pool.connection(timeout=2.0) as conn:
                 conn.execute("SELECT 1")
-            return True
-        except Exception:  # noqa: BLE001 - health check: any failure means "not healthy"
+        except Exception as exc:  # noqa: BLE001 - health check: any failure means "not healthy"
+            self._failed(exc)
             return False
+        self.down_since = None
+        return True
+
+
+def _target(dsn: str) -> str | None:
+    """host:port/dbname of a DSN, never its password."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return None
+    host = info.get("host") or "localhost"
+    port = info.get("port") or "5432"
+    return f"{host}:{port}/{info.get('dbname') or info.get('user') or ''}"
 
 
 def _reason(exc: BaseException) -> str:

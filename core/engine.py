@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from core import access, halt_watch, integrity, revert, trading
+from core import access, aftercare, halt_watch, integrity, revert, trading
 from core import resume as resume_mod
 from core.db import Database, step_limits
 from core.doctor import refuse_if_not_ready
@@ -64,6 +64,7 @@ from core.incidents import (
     HALTED,
     HALTING,
     MONITORING,
+    NEEDS_ATTENTION,
     RECORDING,
     REQUESTED,
     RESOLVED,
@@ -172,11 +173,13 @@ class Engine:
         return Incident(**row)
 
     def open_incident_for(self, model: str) -> Incident | None:
+        """The model's open rollback that blocks a new request (one that needs attention does not: a follow-up
+        rollback is how it gets fixed, see core.aftercare)."""
         with self.db.transaction() as conn:
             row = conn.execute(
                 "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND model_name = %s "
                 "AND state <> ALL(%s) ORDER BY id DESC LIMIT 1",
-                (model, list(CLOSED)),
+                (model, list(CLOSED | {NEEDS_ATTENTION})),
             ).fetchone()
         return Incident(**row) if row else None
 
@@ -332,6 +335,7 @@ class Engine:
                 "ORDER BY deployed_at DESC LIMIT 1",
                 (model,),
             ).fetchone()
+            follows = aftercare.follow_up_of(conn, model)
             try:
                 row = conn.execute(
                     "INSERT INTO rollback_bot.incidents (kind, model_name, target_backup, from_version, state, reason,"
@@ -341,7 +345,8 @@ class Engine:
                     (
                         model, backup, prod["version"] if prod else None, reason[:2000], severity, estimated_loss,
                         keep_halted, requested_by, source, channel, report.sha256,
-                        Jsonb({"preflight": report.__dict__, "current": current_info, "pinned": pinned}), now, now,
+                        Jsonb({"preflight": report.__dict__, "current": current_info, "pinned": pinned,
+                               **({"follows": follows} if follows else {})}), now, now,
                         now + timedelta(minutes=self.settings.approval_timeout_minutes),
                     ),
                 ).fetchone()
@@ -395,7 +400,10 @@ class Engine:
             incident = Incident(**row)
             self._journal_done(conn, incident_id, "approved", approver)
             self.audit(conn, actor=approver, action="approve", outcome="ok", incident_id=incident_id)
+            superseded = aftercare.supersede(conn, incident, at=now)
             enqueue(conn, "execute", incident_id=incident_id, dedupe_key=f"execute:{incident_id}")
+        for old in superseded:
+            self._emit(Event("state", old))
         self._emit(Event("state", incident))
         return incident
 
@@ -1074,6 +1082,9 @@ class Engine:
                              decided_by=by, approved_at=now, plan={**cur.plan, "break_glass": who})
             self._journal_done(conn, inc.id, "approved", by, detail={"break_glass": True, **who})
             self.audit(conn, actor=by, action="break_glass_rollback", outcome="ok", incident_id=inc.id, **who)
+            superseded = aftercare.supersede(conn, new, at=now)
+        for old in superseded:
+            self._emit(Event("state", old))
         self._emit(Event("state", new))
         return self.execute(inc.id, actor=by)
 

@@ -82,7 +82,15 @@ class UnknownIncident(RollbackError):
 
 
 class DatabaseUnavailable(RollbackError):
-    pass
+    """``since``: when this process first saw the database fail (since it last answered); ``target``: host:port/db
+    (never the password); ``reason``: the driver's first line."""
+
+    def __init__(self, message: str, *, since: object = None, target: str | None = None,
+                 reason: str | None = None) -> None:
+        super().__init__(message)
+        self.since = since
+        self.target = target
+        self.reason = reason
 
 
 class FilesMismatch(RollbackError):

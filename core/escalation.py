@@ -3,12 +3,19 @@
 Timers are jobs in ``rollback_bot.jobs`` (queued with ``core.engine.enqueue`` and a dedupe key, so each
 exists once however many processes schedule it)::
 
-    escalate_age    escalate-age:{id}             created_at + ESCALATE_AFTER_MINUTES: page if still open
-    runbook_target  target:{id}:{name}            created_at + 2 / 5 / 7 / 10 min: flag a missed runbook target
+    escalate_age    escalate-age:{id}[:{round}]   first report + round × ESCALATE_AFTER_MINUTES: page if still
+                                                  open, and queue the next round (it keeps firing until a
+                                                  person closes the incident)
+    runbook_target  target:{id}:{name}            created_at + 2 / 5 / 7 / 10 / 30 min, 2 h, 24 h: flag a missed
+                                                  runbook target
     escalate_now    escalate-now:{id}:{key}       at once: estimated loss over the threshold ("loss"),
                                                   a failed rollback ("failed"), a failed
                                                   revert ("revert_failed": files mixed), a halt that
-                                                  is not effective ("halt_not_effective")
+                                                  is not effective ("halt_not_effective"), a rollback
+                                                  that does not resolve the issue ("needs_attention[:n]")
+
+"Still open" is counted from the first report: across a chain of follow-up rollbacks of one model
+(``core.aftercare.first_reported_at``).
 
 A job is claimed by one worker at a time, but a job whose worker died after paging would run again when its
 lease ran out. So every page and every breach is also claimed once in the database before anyone is told
@@ -33,9 +40,11 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from core.aftercare import first_reported_at
 from core.engine import Engine, enqueue
 from core.incidents import CLOSED, Event, Incident, Step, journal
-from core.report import TARGETS, human_span, target_status
+from core.report import TARGET_CHECK_DELAY, TARGETS, human_span, target_status
+from core.timeline import target_label
 
 __all__ = [
     "AGE_JOB",
@@ -101,12 +110,20 @@ def _immediate(incident: Incident, loss_threshold: float | None) -> list[tuple[s
         out.append(("halt_not_effective", f"{incident.ref}: the halt is not effective, trades are still executing "
                                           f"after it; the rollback of {incident.model_name} is paused with trading "
                                           "halted (an approver other than the requester may Proceed anyway)"))
+    attention = (incident.plan or {}).get("attention") or {}
+    if incident.kind == "rollback" and incident.state == "needs_attention":
+        n = int(attention.get("count") or 1)
+        why = "; ".join(attention.get("reasons") or []) or "see the thread"
+        out.append(("needs_attention" if n == 1 else f"needs_attention:{n}",
+                    f"{incident.ref}: the rollback of {incident.model_name} to {incident.target_backup} does not "
+                    f"resolve the issue ({why}); roll back to another backup, halt trading, or accept it with a "
+                    "reason"))
     return out
 
 
 def immediate_reasons(incident: Incident, *, loss_threshold: float | None) -> list[str]:
-    """Reasons to escalate at once: an estimated loss over the threshold, a failed rollback, a halt that is not
-    effective."""
+    """Reasons to escalate at once: an estimated loss over the threshold, a failed rollback or revert, a halt
+    that is not effective, a rollback that does not resolve the issue."""
     return [text for _, text in _immediate(incident, loss_threshold)]
 
 
@@ -118,23 +135,38 @@ def check_target(incident: Incident, steps: list[Step], target_name: str, now: d
         if now < t.deadline or t.status not in ("missed", "overdue"):
             return None
         if t.reached_at is not None:
-            message = (f"{incident.ref}: runbook target T+{t.minutes} ({t.label.lower()}) missed: reached at "
-                       f"T+{human_span(t.reached_at - incident.created_at)}")
+            message = (f"{incident.ref}: runbook target {target_label(t.minutes)} ({t.label.lower()}) missed: "
+                       f"reached at T+{human_span(t.reached_at - incident.created_at)}")
         else:
-            message = (f"{incident.ref}: runbook target T+{t.minutes} ({t.label.lower()}) missed: not done after "
-                       f"{human_span(now - incident.created_at)} (state {incident.state})")
+            message = (f"{incident.ref}: runbook target {target_label(t.minutes)} ({t.label.lower()}) missed: not "
+                       f"done after {human_span(now - incident.created_at)} (state {incident.state})")
         return Breach(incident.id, t.name, t.label, t.minutes, t.deadline, t.reached_at, incident.state, message)
     raise ValueError(f"unknown runbook target {target_name!r}")
 
 
 def age_escalation(incident: Incident, now: datetime, minutes: float) -> str | None:
-    """Why to page because the incident is still open after ``minutes`` (None: not yet, or closed)."""
+    """Why to page because the issue is still open ``minutes`` after it was first reported (None: not yet, or
+    the incident is closed)."""
     if not incident.is_open:
         return None
-    age = now - incident.created_at
+    first = first_reported_at(incident)
+    age = now - first
     if age < timedelta(minutes=minutes):
         return None
-    return f"{incident.ref} is still open after {human_span(age)} (state {incident.state})"
+    since = "" if first == incident.created_at else \
+        f" since it was first reported (INC-{((incident.plan or {}).get('follows') or {}).get('id', '?')})"
+    return f"{incident.ref} is still open after {human_span(age)}{since} (state {incident.state})"
+
+
+def age_round(incident: Incident, now: datetime, minutes: float) -> int:
+    """The age escalation's round due at ``now``: round k fires at first report + k × ``minutes`` (at least 1)."""
+    return max(1, int((now - first_reported_at(incident)) // timedelta(minutes=minutes)))
+
+
+def _queue_age(conn: psycopg.Connection, incident: Incident, minutes: float, round_: int) -> None:
+    key = f"escalate-age:{incident.id}" + ("" if round_ == 1 else f":{round_}")
+    enqueue(conn, AGE_JOB, incident_id=incident.id, payload={"round": round_}, dedupe_key=key,
+            run_at=first_reported_at(incident) + round_ * timedelta(minutes=minutes))
 
 
 # ------------------------------------------------------------------------------------------- scheduling
@@ -145,13 +177,14 @@ def schedule_for(conn: psycopg.Connection, incident: Incident, *, escalate_after
     """Queue the incident's timers (idempotent): the age escalation, the runbook target checks of a rollback,
     and an immediate escalation when one is due already. In the caller's transaction."""
     if incident.is_open:
-        enqueue(conn, AGE_JOB, incident_id=incident.id,
-                run_at=incident.created_at + timedelta(minutes=escalate_after_minutes),
-                dedupe_key=f"escalate-age:{incident.id}")
+        _queue_age(conn, incident, escalate_after_minutes, 1)
+        if (round_ := age_round(incident, incident.updated_at, escalate_after_minutes)) > 1:
+            _queue_age(conn, incident, escalate_after_minutes, round_)  # reopened long after the first report
         if incident.kind == "rollback":
             for name, minutes, _, _ in TARGETS:
                 enqueue(conn, TARGET_JOB, incident_id=incident.id, payload={"target": name},
-                        run_at=incident.created_at + timedelta(minutes=minutes),
+                        run_at=incident.created_at + timedelta(minutes=minutes) + TARGET_CHECK_DELAY.get(
+                            name, timedelta()),
                         dedupe_key=f"target:{incident.id}:{name}")
     for key, _ in _immediate(incident, loss_threshold):
         enqueue(conn, NOW_JOB, incident_id=incident.id, payload={"key": key}, run_at=incident.updated_at,
@@ -235,9 +268,13 @@ class Escalator:
 
     def _age_job(self, job: dict) -> None:
         inc = self.engine.get(job["incident_id"])
+        round_ = int((job.get("payload") or {}).get("round") or 1)
         reason = age_escalation(inc, self.engine.clock(), self.minutes)
         if reason is not None:
-            self._page(inc, "age", reason)
+            self._page(inc, "age" if round_ == 1 else f"age:{round_}", reason)
+        if inc.is_open:  # it keeps firing until a person closes the incident
+            with self.db.transaction() as conn:
+                _queue_age(conn, inc, self.minutes, max(round_, age_round(inc, self.engine.clock(), self.minutes)) + 1)
 
     def _now_job(self, job: dict) -> None:
         inc = self.engine.get(job["incident_id"])

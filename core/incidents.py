@@ -20,6 +20,15 @@ A rollback paused by a halt that is not working:
     halted → halt_not_effective (trades still coming after HALT_QUIET_TIMEOUT_SECONDS; paged; trading stays
              halted) → backing_up (an approver other than the requester: "Proceed anyway") | failed ("Abandon")
 
+When the rollback does not fix it (``core.aftercare``)::
+
+    monitoring / resolved → needs_attention → resolved    (an approver accepts, with a written reason)
+                                            → superseded  (a follow-up rollback of the same model was approved)
+
+``needs_attention`` is open: monitoring found trouble (IC below the threshold on new data, error lines, trades
+while halted), so the incident never resolves by itself; a resolved incident whose 24-hour watch finds trouble
+is reopened as ``needs_attention``.
+
 A trading-only incident (`/rollback halt`) goes halting → halted → resolved (on resume).
 """
 
@@ -41,6 +50,7 @@ VERIFIED, RESUMING, MONITORING, RESOLVED = "verified", "resuming", "monitoring",
 DENIED, FAILED, CANCELLED, REVERTING = "denied", "failed", "cancelled", "reverting"
 REVERT_FAILED = "revert_failed"
 HALT_NOT_EFFECTIVE = "halt_not_effective"
+NEEDS_ATTENTION, SUPERSEDED = "needs_attention", "superseded"
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     REQUESTED: frozenset({APPROVED, DENIED, CANCELLED}),
@@ -53,19 +63,21 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     VERIFYING: frozenset({RESUMING, VERIFIED, REVERTING}),
     VERIFIED: frozenset({RESUMING}),
     RESUMING: frozenset({MONITORING}),
-    MONITORING: frozenset({RESOLVED, FAILED}),
+    MONITORING: frozenset({RESOLVED, FAILED, NEEDS_ATTENTION}),
     REVERTING: frozenset({FAILED, REVERT_FAILED}),
-    RESOLVED: frozenset(),
+    RESOLVED: frozenset({NEEDS_ATTENTION}),  # the 24-hour watch found trouble after the incident resolved
     DENIED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),
     REVERT_FAILED: frozenset({FAILED}),
     # Open, trading stays halted, nothing runs it forward: a person proceeds anyway or abandons.
     HALT_NOT_EFFECTIVE: frozenset({BACKING_UP, FAILED}),
+    NEEDS_ATTENTION: frozenset({RESOLVED, SUPERSEDED}),
+    SUPERSEDED: frozenset(),
 }
 # Trading-only incidents (`/rollback halt`): halting → halted → resolved (on resume).
 HALT_TRANSITIONS: dict[str, frozenset[str]] = {HALTING: frozenset({HALTED}), HALTED: frozenset({RESOLVED})}
-CLOSED = frozenset({RESOLVED, DENIED, FAILED, CANCELLED})
+CLOSED = frozenset({RESOLVED, DENIED, FAILED, CANCELLED, SUPERSEDED})
 # States in which the production files or the deployment log may differ from both "before" and "after".
 SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING})
 # Open states in which the production files are known to be mixed: trading stays halted, a person must look.
@@ -78,8 +90,9 @@ STEP_OF_STATE = {
     RESTORING: "restore", RECORDING: "record", VERIFYING: "verify", RESUMING: "resume", REVERTING: "revert",
 }
 
-# The runbook's recovery timeline (minutes after the incident opened).
-RUNBOOK_TARGETS = {"halted": 2, "rolled_back": 5, "verified": 7, "resumed": 10}
+# The runbook's recovery timeline (minutes after the incident opened): the one place its targets are written.
+RUNBOOK_TARGETS = {"halted": 2, "rolled_back": 5, "verified": 7, "resumed": 10,
+                   "stable": 30, "root_cause": 120, "watched": 24 * 60}
 
 
 def already_decided(inc: Incident) -> Conflict:

@@ -1,30 +1,31 @@
 """Runbook step 9: watch the restored model for a while after trading resumes.
 
 When a rollback enters ``monitoring`` the monitor records a baseline in the incident's plan (``plan.monitor``):
-the newest feature date the model was verified on and the size of the watched log file. Then, every
-``every_minutes`` until the window ends, a ``monitor_check`` job (chained, each carrying the log offset it
-reached) looks at
+the newest feature date the model was verified on and where each watched log ends (``core.logfollow``). Then,
+every ``every_minutes`` until the window ends, a ``monitor_check`` job (chained, each carrying the log
+positions it reached) looks at
 
 * the restored model's predictions against realized returns on data that arrived since: feature rows dated
   on or after the baseline day whose next trading day is now in ``ml_training_features`` (the prediction
   made at the baseline day's close is realized by the first new day). ``core.metrics.evaluate`` gives the
   mean daily Spearman IC; an IC below ``min_ic`` is trouble;
 * the production model file: it must still be the restored backup (checksum) and load;
-* the lines appended to the log file since the last look that say ERROR, CRITICAL or Traceback.
+* the lines appended to every configured log (MONITOR_LOG, TRADING_LOG, API_LOG) since the last look that say
+  ERROR, CRITICAL or Traceback.
 
-Trouble is handed to ``on_trouble`` at once. The window's end is the engine's own ``monitor_end`` job (queued
-when trading resumed, ``MONITOR_MINUTES`` later): ``Monitor.register`` takes over its handler so that the
-summary is computed over the whole window, journaled as the ``monitor`` step (which ticks "Logs monitored"),
-handed to ``on_summary``, and only then is the incident resolved. The summary is produced once even if the
-job runs again.
+Trouble is handed to ``on_trouble`` at once and the incident needs attention (``core.aftercare``: it stays open
+and escalates; checks go on until the window ends). The window's end is the engine's own ``monitor_end`` job
+(queued when trading resumed, ``MONITOR_MINUTES`` later): ``Monitor.register`` takes over its handler so that
+the summary is computed over the whole window, journaled as the ``monitor`` step (which ticks "Logs
+monitored") and handed to ``on_summary``; then the incident is resolved only if the window found no trouble
+(never over a live problem). The summary is produced once even if the job runs again. The 24 hours of
+enhanced monitoring that follow are ``core.watch``'s; ``look_at_model`` and ``look_at_logs`` serve both.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -36,10 +37,12 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from core.aftercare import raise_attention
 from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt
 from core.escalation import claim_once
 from core.incidents import Event, Incident, journal
+from core.logfollow import LogLook, LogState, follow_logs, log_baseline, scan_log, watched_logs
 from core.metrics import evaluate
 from core.modelio import MODEL_FILE, load_booster, predict, read_metadata, sha256_file
 from core.platform import FEATURE_VIEW, latest_feature_date
@@ -48,19 +51,23 @@ from core.report import human_span
 __all__ = [
     "CHECK_JOB",
     "LabelledRows",
+    "LogLook",
+    "LogState",
+    "ModelLook",
     "Monitor",
     "MonitorCheck",
     "MonitorSummary",
+    "follow_logs",
     "labelled_rows",
+    "log_baseline",
     "scan_log",
+    "watched_logs",
 ]
 
 log = logging.getLogger("rollback_bot.monitoring")
 
 CHECK_JOB = "monitor_check"
 END_JOB = "monitor_end"  # queued by the engine when trading resumes
-_ERROR_LINE = re.compile(rb"\b(ERROR|CRITICAL|FATAL)\b|Traceback \(most recent call last\)")
-_MAX_READ = 16 << 20  # at most 16 MiB of new log per look
 
 
 # ------------------------------------------------------------------------------------------ market data
@@ -118,33 +125,6 @@ def labelled_rows(conn: psycopg.Connection, features: list[str], *, since: date 
     )
 
 
-# ------------------------------------------------------------------------------------------------- logs
-
-
-def scan_log(path: Path | None, offset: int, *, inode: int | None = None,
-             max_lines: int = 20) -> tuple[list[str], int, int, int | None]:
-    """Error lines appended to ``path`` after byte ``offset``: ``(first max_lines lines, how many, new offset,
-    inode)``. Only complete lines are read; a file that shrank or was replaced is read from the start."""
-    if path is None:
-        return [], 0, offset, inode
-    try:
-        st = os.stat(path)
-    except OSError:
-        return [], 0, offset, inode
-    if st.st_size < offset or (inode is not None and st.st_ino != inode):
-        offset = 0  # rotated
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        data = fh.read(_MAX_READ)
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], 0, offset, st.st_ino
-    lines = data[: end + 1].splitlines()
-    hits = [ln for ln in lines if _ERROR_LINE.search(ln)]
-    shown = [ln.decode("utf-8", "replace").strip()[:300] for ln in hits[:max_lines]]
-    return shown, len(hits), offset + end + 1, st.st_ino
-
-
 # ------------------------------------------------------------------------------------------------- checks
 
 
@@ -157,9 +137,21 @@ class MonitorCheck:
     days: int = 0
     sharpe: float | None = None
     error_count: int = 0
-    offset: int = 0           # log offset reached
-    inode: int | None = None
+    logs: dict = field(default_factory=dict)  # how far each log was read (LogState)
     ic_trouble: str | None = None  # the IC part of ``trouble``, if any
+    per_log: dict = field(default_factory=dict)  # log file name -> new error lines
+
+
+@dataclass(frozen=True)
+class ModelLook:
+    """The restored model on the data that arrived since the baseline day."""
+
+    trouble: list[str]
+    ic: float | None = None
+    sharpe: float | None = None
+    rows: int = 0
+    days: int = 0
+    ic_trouble: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,11 +182,12 @@ def _finite(x: float) -> float | None:
 class Monitor:
     """Follows a restored model after the resume; see the module docstring."""
 
-    def __init__(self, engine: Engine, *, log_path: Path | None = None, every_minutes: float = 5.0,
-                 total_minutes: float | None = None, min_ic: float = 0.0, max_lines: int = 20) -> None:
+    def __init__(self, engine: Engine, *, log_path: Path | None = None, log_paths: list[Path] | None = None,
+                 every_minutes: float = 5.0, total_minutes: float | None = None, min_ic: float = 0.0,
+                 max_lines: int = 20) -> None:
         self.engine = engine
         self.db = engine.db
-        self.log_path = Path(log_path) if log_path else None
+        self.log_paths = watched_logs(*(log_paths or []), log_path)
         self.every = every_minutes
         self.total = engine.settings.monitor_minutes if total_minutes is None else total_minutes
         self.min_ic = min_ic
@@ -204,7 +197,8 @@ class Monitor:
 
     # -- baseline and scheduling
 
-    def _baseline(self, conn: psycopg.Connection, incident: Incident) -> dict:
+    def baseline_day(self, conn: psycopg.Connection, incident: Incident) -> str | None:
+        """The newest feature date the restored model was verified on (new data is what comes after it)."""
         row = conn.execute(
             "SELECT detail->>'prediction_day' AS day FROM rollback_bot.steps WHERE incident_id = %s"
             " AND step = 'verify' AND outcome = 'ok' ORDER BY id DESC LIMIT 1",
@@ -214,15 +208,10 @@ class Monitor:
         if day is None:
             latest = latest_feature_date(conn)
             day = latest.isoformat() if latest else None
-        offset, inode = 0, None
-        if self.log_path is not None:
-            try:
-                st = os.stat(self.log_path)
-                offset, inode = st.st_size, st.st_ino
-            except OSError:
-                pass
-        return {"baseline_day": day, "log_path": str(self.log_path) if self.log_path else None,
-                "log_offset": offset, "log_inode": inode}
+        return day
+
+    def _baseline(self, conn: psycopg.Connection, incident: Incident) -> dict:
+        return {"baseline_day": self.baseline_day(conn, incident), "logs": log_baseline(self.log_paths)}
 
     def schedule(self, conn: psycopg.Connection, incident: Incident, *, every_minutes: float | None = None,
                  total_minutes: float | None = None) -> None:
@@ -239,7 +228,7 @@ class Monitor:
         start = incident.resumed_at or self.engine.clock()
         if every < total:
             enqueue(conn, CHECK_JOB, incident_id=incident.id, run_at=start + timedelta(minutes=every),
-                    payload={"n": 1, "offset": base["log_offset"], "inode": base["log_inode"], "rows_seen": 0},
+                    payload={"n": 1, "logs": base["logs"], "rows_seen": 0},
                     dedupe_key=f"monitor-check:{incident.id}:1")
 
     def on_event(self, event: Event) -> None:
@@ -278,10 +267,8 @@ class Monitor:
         except (BackupCorrupt, OSError) as exc:
             return [f"the production model of {incident.model_name} does not load: {exc}"], None, None
 
-    def _evaluate(self, incident: Incident, booster: Any,
-                  features: list[str]) -> tuple[list[str], float | None, float | None, int, int]:
-        plan = self._plan(incident)
-        day = plan.get("baseline_day")
+    def _evaluate(self, booster: Any, features: list[str],
+                  day: str | None) -> tuple[list[str], float | None, float | None, int, int]:
         since = date.fromisoformat(day) if day else None
         if since is None:
             return [], None, None, 0, 0
@@ -301,26 +288,40 @@ class Monitor:
                            f"new data, below {self.min_ic:+.2f}")
         return trouble, ic, sharpe, len(data), perf.days
 
-    def check(self, incident: Incident, now: datetime, *, offset: int | None = None,
-              inode: int | None = None) -> MonitorCheck:
-        """One look: the model against new realized returns, the model file, and new error lines in the log
-        (after ``offset``; default: where the log ended when monitoring began)."""
-        plan = self._plan(incident)
+    def look_at_model(self, incident: Incident, *, baseline_day: str | None) -> ModelLook:
+        """The production model: still the restored backup and loading, and its IC on the realized returns of
+        feature days from ``baseline_day`` on."""
         trouble, booster, features = self._model_state(incident)
-        ic = sharpe = ic_trouble = None
-        rows = days = 0
-        if booster is not None:
-            more, ic, sharpe, rows, days = self._evaluate(incident, booster, features)
-            trouble += more
-            ic_trouble = next((t for t in more if t.startswith("the restored model's IC")), None)
-        if offset is None:
-            offset, inode = int(plan.get("log_offset") or 0), plan.get("log_inode")
-        lines, count, new_offset, new_inode = scan_log(self.log_path, offset, inode=inode, max_lines=self.max_lines)
-        if count:
-            name = self.log_path.name if self.log_path else "the log"
-            trouble.append(f"{count} error line(s) in {name} since the last look, first: {lines[0]}")
-        return MonitorCheck(trouble=trouble, ic=ic, rows=rows, error_lines=lines, days=days, sharpe=sharpe,
-                            error_count=count, offset=new_offset, inode=new_inode, ic_trouble=ic_trouble)
+        if booster is None:
+            return ModelLook(trouble)
+        more, ic, sharpe, rows, days = self._evaluate(booster, features, baseline_day)
+        ic_trouble = next((t for t in more if t.startswith("the restored model's IC")), None)
+        return ModelLook(trouble + more, ic, sharpe, rows, days, ic_trouble)
+
+    def look_at_logs(self, state: LogState) -> LogLook:
+        return follow_logs(self.log_paths, state, max_lines=self.max_lines)
+
+    def describe_errors(self, look: LogLook) -> str | None:
+        if not look.count:
+            return None
+        if len(self.log_paths) == 1:
+            return (f"{look.count} error line(s) in {self.log_paths[0].name} since the last look, first: "
+                    f"{look.lines[0]}")
+        return look.describe()
+
+    def check(self, incident: Incident, now: datetime, *, logs: LogState | None = None) -> MonitorCheck:
+        """One look: the model against new realized returns, the model file, and new error lines in the logs
+        (after ``logs``; default: where they ended when monitoring began)."""
+        plan = self._plan(incident)
+        model = self.look_at_model(incident, baseline_day=plan.get("baseline_day"))
+        looked = self.look_at_logs(dict(plan.get("logs") or {}) if logs is None else logs)
+        trouble = list(model.trouble)
+        errors = self.describe_errors(looked)
+        if errors:
+            trouble.append(errors)
+        return MonitorCheck(trouble=trouble, ic=model.ic, rows=model.rows, error_lines=looked.lines, days=model.days,
+                            sharpe=model.sharpe, error_count=looked.count, logs=looked.state,
+                            ic_trouble=model.ic_trouble, per_log=looked.per_log)
 
     def summarize(self, incident: Incident, now: datetime) -> MonitorSummary:
         """The whole window: the model on all new data, and every error line since monitoring began."""
@@ -328,12 +329,15 @@ class Monitor:
         start = incident.resumed_at or now
         minutes = (now - start).total_seconds() / 60
         whole = self.check(incident, now)
-        if self.log_path is None:
+        names = ", ".join(p.name for p in self.log_paths)
+        if not self.log_paths:
             log_note = "No log file configured."
         elif plan.get("late"):
-            log_note = f"{self.log_path.name} was not watched during the window (monitoring began at its end)."
+            log_note = f"{names} {'was' if len(self.log_paths) == 1 else 'were'} not watched during the window " \
+                       "(monitoring began at its end)."
         else:
-            log_note = f"{whole.error_count} error line(s) in {self.log_path.name}."
+            log_note = ", ".join(f"{n} error line(s) in {name}" if i == 0 else f"{n} in {name}"
+                                 for i, (name, n) in enumerate(whole.per_log.items())) + "."
         parts = [f"Monitored {incident.model_name} on {incident.target_backup} for {human_span(now - start)} after "
                  "the resume."]
         if whole.rows:
@@ -352,16 +356,22 @@ class Monitor:
 
     def _check_job(self, job: dict) -> None:
         inc = self.engine.get(job["incident_id"])
-        if inc.state != "monitoring":
+        if inc.state not in ("monitoring", "needs_attention"):
             return
         p = job["payload"]
         now = self.engine.clock()
-        result = self.check(inc, now, offset=int(p.get("offset") or 0), inode=p.get("inode"))
+        logs = p.get("logs")
+        if logs is None:  # a job queued by an older version: one log, its offset and inode
+            path = self.log_paths[0] if self.log_paths else None
+            logs = {str(path): [int(p.get("offset") or 0), p.get("inode")]} if path else {}
+        result = self.check(inc, now, logs=logs)
         seen = int(p.get("rows_seen") or 0)
         # Model trouble is news only when new rows arrived; file and log trouble always is.
         trouble = [t for t in result.trouble if t != result.ic_trouble or result.rows > seen]
-        if trouble and self.on_trouble is not None:
-            self.on_trouble(inc, MonitorCheck(**{**result.__dict__, "trouble": trouble}))
+        if trouble:
+            if self.on_trouble is not None:
+                self.on_trouble(inc, MonitorCheck(**{**result.__dict__, "trouble": trouble}))
+            raise_attention(self.engine, inc.id, trouble, source="monitoring after the resume")
         plan = self._plan(inc)
         every = float(plan.get("every_minutes") or self.every)
         total = float(plan.get("total_minutes") or self.total)
@@ -371,12 +381,13 @@ class Monitor:
         if run_at < start + timedelta(minutes=total):
             with self.db.transaction() as conn:
                 enqueue(conn, CHECK_JOB, incident_id=inc.id, run_at=run_at, dedupe_key=f"monitor-check:{inc.id}:{n}",
-                        payload={"n": n, "offset": result.offset, "inode": result.inode,
-                                 "rows_seen": max(seen, result.rows)})
+                        payload={"n": n, "logs": result.logs, "rows_seen": max(seen, result.rows)})
 
     def _end_job(self, job: dict) -> None:
+        """The window's end: the summary, then resolve, unless monitoring found trouble (then the incident
+        needs attention: it never resolves over a live problem)."""
         inc = self.engine.get(job["incident_id"])
-        if inc.state != "monitoring":
+        if inc.state not in ("monitoring", "needs_attention"):
             return
         now = self.engine.clock()
         summary = None
@@ -400,4 +411,7 @@ class Monitor:
                 self.on_summary(inc, summary)
             except Exception:  # noqa: BLE001 - posting the summary must not keep the incident open
                 log.exception("%s: posting the monitoring summary failed", inc.ref)
-        self.engine.resolve(incident_id=inc.id, note="monitoring window ended")
+        if computed.trouble:
+            raise_attention(self.engine, inc.id, computed.trouble, source="monitoring after the resume")
+        elif self.engine.get(inc.id).state == "monitoring":
+            self.engine.resolve(incident_id=inc.id, note="monitoring window ended")

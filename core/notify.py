@@ -8,7 +8,8 @@ Milestones of an incident, from the engine's events (``milestone_of``)::
     resumed      trading resumed on the verified model (state ``monitoring``)
     failed       the rollback failed (original model back, trading halted)
     resolved     monitoring ended, or a manual halt was lifted
-    closed       the request was denied or cancelled
+    closed       the request was denied or cancelled (or superseded by a follow-up rollback)
+    needs_attention  monitoring found the restored model failing too (core.aftercare)
 
 E-mail goes out from the background worker (job ``notify_email``, one per incident and milestone), never
 from inside a rollback: ``Mailer.on_event`` only queues. ``EmailNotifier.send`` retries transient failures
@@ -64,7 +65,7 @@ __all__ = [
 
 log = logging.getLogger("rollback_bot.notify")
 
-MILESTONES = ("opened", "halted", "rolled_back", "resumed", "failed", "resolved", "closed")
+MILESTONES = ("opened", "halted", "rolled_back", "resumed", "failed", "resolved", "closed", "needs_attention")
 END_MILESTONES = frozenset({"failed", "resolved", "closed"})
 Attachment = tuple[str, bytes, str]  # (file name, content, MIME type)
 
@@ -95,6 +96,8 @@ def milestone_of(event: Event) -> str | None:
         "resolved": "resolved",
         "denied": "closed",
         "cancelled": "closed",
+        "needs_attention": "needs_attention",
+        "superseded": "closed",
     }.get(inc.state)
 
 
@@ -116,6 +119,7 @@ def notice(incident: Incident, milestone: str) -> Notice:
         "failed": f"{inc.ref} FAILED: {what}; trading stays halted",
         "resolved": f"{inc.ref} resolved: {what}",
         "closed": f"{inc.ref} {inc.state}: {what}",
+        "needs_attention": f"{inc.ref} NEEDS ATTENTION: the {what} to {inc.target_backup} did not resolve the issue",
     }.get(milestone, f"{inc.ref}: {milestone}")
     lines = [head + ".", ""]
     lines.append(f"Reason: {' '.join(inc.reason.split())}")

@@ -9,6 +9,12 @@ The runbook's recovery timeline (minutes after the incident opened, ``created_at
     T+5   rolled back           the ``record`` step finished ok (the backup is production in the deployment log)
     T+7   model verified        the ``verify`` step finished ok
     T+10  trading resumed       the ``resume`` step finished (ok, or with a warning)
+    T+30  stability confirmed   the first clean check of the enhanced monitoring (``stable``, core.watch)
+    T+2h  root cause identified a ``root_cause`` step (a person's "Add root cause")
+    T+24h enhanced monitoring   the 24-hour watch's last check and summary (``watch_end``)
+
+The last three are followed after the incident resolves (monitoring goes on for 24 hours; the root cause is
+owed either way); a check that ran on time counts at the time it was due.
 
 The runbook's ten-item checklist, ticked from the journal::
 
@@ -54,6 +60,8 @@ from core.engine import Engine
 from core.errors import RollbackError, UnknownIncident
 from core.incidents import RUNBOOK_TARGETS, Incident, Step, audit, journal
 from core.modelio import fsync_dir
+from core.timeline import reached_at, target_label
+from core.watchview import watch_report_lines
 
 __all__ = [
     "CHECKLIST",
@@ -108,7 +116,16 @@ TARGETS: list[tuple[str, int, str, str]] = [
     ("rolled_back", RUNBOOK_TARGETS["rolled_back"], "Rolled back (deployment log updated)", "record"),
     ("verified", RUNBOOK_TARGETS["verified"], "Restored model verified", "verify"),
     ("resumed", RUNBOOK_TARGETS["resumed"], "Trading resumed", "resume"),
+    ("stable", RUNBOOK_TARGETS["stable"], "Monitoring confirms stability", "stable"),
+    ("root_cause", RUNBOOK_TARGETS["root_cause"], "Root cause identified", "root_cause"),
+    ("watched", RUNBOOK_TARGETS["watched"], "24-hour enhanced monitoring completed", "watch_end"),
 ]
+#: Targets reached by a scheduled check (core.watch) due at the deadline itself: a check that ran within this
+#: grace of its time counts at the time it was due, and the escalation timer runs this much after the deadline
+#: (so the check due at the same moment is looked at first).
+TARGET_CHECK_DELAY = {"stable": timedelta(minutes=5), "watched": timedelta(minutes=5)}
+# Targets still followed after the incident closed (unless it was denied, cancelled or superseded).
+_AFTER_CLOSE = frozenset({"stable", "root_cause", "watched"})
 _DONE = ("ok", "warning")
 
 
@@ -126,11 +143,17 @@ def milestone_times(incident: Incident, steps: list[Step]) -> dict[str, datetime
     record = _finished(steps, "record")
     verify = _finished(steps, "verify")
     resume = _finished(steps, "resume", _DONE)
+    stable = _finished(steps, "stable")
+    cause = _finished(steps, "root_cause")
+    watched = _finished(steps, "watch_end", _DONE)
     return {
         "halted": halt.finished_at if halt else incident.halted_at,
         "rolled_back": record.finished_at if record else None,
         "verified": verify.finished_at if verify else None,
         "resumed": resume.finished_at if resume else (incident.resumed_at if incident.kind == "rollback" else None),
+        "stable": reached_at(stable) if stable else None,
+        "root_cause": cause.finished_at if cause else None,
+        "watched": reached_at(watched) if watched else None,
     }
 
 
@@ -158,16 +181,25 @@ def target_status(incident: Incident, steps: list[Step], now: datetime) -> list[
         at = reached[name]
         if incident.kind != "rollback" and name != "halted":
             status = "not applicable"
-        elif name == "resumed" and incident.keep_halted and at is None:
+        elif name in ("resumed", "stable", "watched") and incident.keep_halted and at is None:
             status = "not applicable"  # trading was kept halted on request
         elif at is not None:
             status = "met" if at <= deadline else "missed"
-        elif not incident.is_open:
+        elif not incident.is_open and not _followed_after_close(incident, name):
             status = "not reached"
         else:
             status = "overdue" if now >= deadline else "pending"
         out.append(TargetStatus(name, label, minutes, deadline, at, status))
     return out
+
+
+def _followed_after_close(incident: Incident, name: str) -> bool:
+    """A closed incident still owes its root cause, and a resumed one its 24 hours of monitoring."""
+    if name not in _AFTER_CLOSE or incident.state in ("denied", "cancelled", "superseded"):
+        return False
+    if name == "watched" and ((incident.plan or {}).get("watch") or {}).get("stopped"):
+        return False  # the model was handed to a later rollback, which has its own watch
+    return name == "root_cause" or incident.resumed_at is not None
 
 
 @dataclass(frozen=True)
@@ -250,6 +282,13 @@ def as_utc(at: datetime) -> datetime:
     return at.astimezone(timezone.utc) if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
+def _as_dt(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else value
+    except ValueError:
+        return None
+
+
 def _utc(at: datetime | None) -> str:
     return as_utc(at).strftime("%Y-%m-%d %H:%M:%S UTC") if at else "-"
 
@@ -291,6 +330,9 @@ _LABELS = {
     "monitor": "Monitoring summary", "escalate": "Escalated", "target_missed": "Runbook target missed",
     "notify": "Stakeholders notified", "report": "Incident report written", "root_cause": "Root cause added",
     "diagnostics": "Diagnostics run", "files_checked": "Production files checked at resume",
+    "needs_attention": "Needs attention", "accepted": "Accepted with a reason",
+    "superseded": "Superseded by a follow-up rollback", "stable": "Monitoring confirms stability",
+    "watch_end": "Enhanced monitoring summary", "watch_missed": "Monitoring check missed",
 }
 
 
@@ -346,6 +388,14 @@ def _describe(s: Step) -> str:
             text += f" to {d['recipients']} recipient(s)"
     elif s.step == "report":
         text = str(d.get("file", ""))
+    elif s.step == "needs_attention":
+        text = ("reopened: " if d.get("reopened") else "") + "; ".join(d.get("reasons") or [])
+    elif s.step == "accepted":
+        text = str(d.get("reason") or "")
+    elif s.step == "superseded":
+        text = f"{d.get('by', '?')} rolls back to {d.get('backup', '?')}"
+    elif s.step in ("stable", "watch_end", "watch_missed"):
+        text = str(d.get("summary") or "")
     elif s.step == "diagnostics":
         text = str(d.get("likely_cause") or (f"{d['findings']} finding(s)" if "findings" in d else ""))
     if s.error:
@@ -400,7 +450,7 @@ def _next_steps(incident: Incident, steps: list[Step], targets: list[TargetStatu
         out.append("Trading stays halted at the requester's wish: an approver resumes it once the model is checked.")
     missed = [t for t in targets if t.status in ("missed", "overdue")]
     if missed:
-        what = ", ".join(f"{t.label.lower()} (T+{t.minutes})" for t in missed)
+        what = ", ".join(f"{t.label.lower()} ({target_label(t.minutes)})" for t in missed)
         text = f"Runbook targets missed: {what}. Review what delayed them"
         if incident.approved_at and incident.approved_at - incident.created_at > timedelta(minutes=2):
             text += f"; the approval alone took {human_span(incident.approved_at - incident.created_at)}"
@@ -418,6 +468,18 @@ def _next_steps(incident: Incident, steps: list[Step], targets: list[TargetStatu
         out.append("Record the root cause (the \"Add root cause\" action).")
     if incident.estimated_loss:
         out.append(f"Confirm the estimated loss of {_money(incident.estimated_loss)} with risk and finance.")
+    if incident.state == "needs_attention":
+        why = "; ".join(((incident.plan or {}).get("attention") or {}).get("reasons") or []) or "see the journal"
+        out.insert(0, f"The rollback did not resolve the issue ({why}). Roll back to another backup, halt trading, "
+                      "or have an approver accept it with a written reason.")
+    superseded_by = (incident.plan or {}).get("superseded_by") or {}
+    if incident.state == "superseded" and superseded_by:
+        out.insert(0, f"Followed up by {superseded_by.get('ref')} (rollback to {superseded_by.get('backup')}): see "
+                      "its report.")
+    missed_checks = ((incident.plan or {}).get("watch") or {}).get("missed") or []
+    if missed_checks:
+        out.append(f"{len(missed_checks)} enhanced monitoring check(s) were missed while the bot was down: find out "
+                   "why it stopped, and look at that time's logs by hand.")
     if not out:
         out.append("No follow-up found in the journal.")
     return out
@@ -468,6 +530,10 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
         facts.append(("Approved by", f"{who(inc.approved_by)} at {_utc(inc.approved_at)}"))
     elif inc.decided_by:
         facts.append((inc.state.capitalize() + " by", f"{who(inc.decided_by)}: {_line(inc.decision_note)}"))
+    follows = (inc.plan or {}).get("follows") or {}
+    if follows:
+        facts.append(("Follows", f"{follows.get('ref', '?')}, which this rollback follows up (first reported "
+                                 f"{_utc(_as_dt(follows.get('first_reported_at')))})"))
     if inc.error:
         facts.append(("Error", _line(inc.error)))
     md += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in facts] + [""]
@@ -519,7 +585,7 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
            "| Target | Milestone | Deadline (UTC) | Reached (UTC) | Elapsed | Status |", "|---|---|---|---|---|---|"]
     for t in targets:
         elapsed = f"T+{human_span(t.elapsed)}" if t.elapsed is not None else "-"
-        md.append(f"| T+{t.minutes} | {t.label} | {_hms(t.deadline)} | {_hms(t.reached_at)} | {elapsed} | "
+        md.append(f"| {target_label(t.minutes)} | {t.label} | {_hms(t.deadline)} | {_hms(t.reached_at)} | {elapsed} | "
                   f"{t.status} |")
     md.append("")
 
@@ -533,7 +599,23 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
         else:
             md.append("Not run (trading was not resumed on the restored model)."
                       if inc.resumed_at is None else "No summary was recorded.")
+        restored = (((inc.plan or {}).get("diagnostics") or {}).get("restored") or {}).get("line")
+        if restored and inc.state != "failed":
+            md += ["", f"{restored.strip()} (measured by the incident's diagnostics)."]
         md.append("")
+        watch = watch_report_lines((inc.plan or {}).get("watch"))
+        if watch:
+            md += ["### Enhanced monitoring (24 hours)", "", *watch, ""]
+        attention = (inc.plan or {}).get("attention") or {}
+        accepted = (inc.plan or {}).get("accepted") or {}
+        if attention:
+            md += ["### Needs attention", "",
+                   f"Monitoring found trouble ({attention.get('source', '?')}, {attention.get('since', '?')}): "
+                   + "; ".join(attention.get("reasons") or []) + "."]
+            if accepted:
+                md.append(f"Accepted by {who(accepted.get('by'))} at {accepted.get('at', '?')}: "
+                          f"{_line(accepted.get('reason'))}")
+            md.append("")
 
     # Checklist
     md += ["## Runbook checklist", ""]

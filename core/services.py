@@ -13,22 +13,24 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from core import access, fixes, halt_watch
+from core import access, aftercare, fixes, halt_watch
 from core.charts import chart_maker, model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
+from core.diagnostics.incident import diagnose_incident
 from core.doctor import ChatChecks, DoctorRun, latest_run, run_doctor, store_run
 from core.engine import Engine, enqueue, no_fault
 from core.errors import NotAuthorized, PreflightFailed, UnknownModel, clean_text
 from core.escalation import Breach, Escalator
-from core.incidents import Event, Incident, journal, utcnow
-from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows
+from core.incidents import CLOSED, Event, Incident, journal, utcnow
+from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows, watched_logs
 from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
 from core.performance import evaluate_booster
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
 from core.report import Reports, add_root_cause, summary_line
 from core.settings import Settings
+from core.watch import EnhancedWatch
 from core.watchdog import Proposal, Watchdog
 from core.worker import Worker
 
@@ -71,7 +73,7 @@ class BackupsReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-CLOSED_STATES = ("resolved", "denied", "failed", "cancelled")
+CLOSED_STATES = tuple(sorted(CLOSED))
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,8 @@ class Services:
         self.registry.model_dir(model)
         with self.db.transaction() as conn:
             return run_diagnostics(conn, self.registry, model=model, days=self.settings.diagnostics_days,
-                                   training_log=self.settings.training_log)
+                                   training_log=self.settings.training_log, api_log=self.settings.api_log,
+                                   today=self.engine.clock().date())
 
     def _diagnose_after_halt(self, event: Event) -> None:
         inc = event.incident
@@ -268,16 +271,18 @@ class Services:
 
     def _run_incident_diagnostics(self, job: dict) -> None:
         inc = self.engine.get(job["incident_id"])
-        report = self.diagnose(model=inc.model_name)
-        detail = {"summary": report.summary(), "markdown": report.to_markdown(), "likely_cause": report.likely_cause,
-                  "findings": len(report.findings)}
+        # The version that failed (the job may run after the swap), and the restored model's figures apart.
+        s = self.settings
+        report, detail = diagnose_incident(self.db, self.registry, inc, lambda: self.engine.get(inc.id),
+                                           days=s.diagnostics_days, training_log=s.training_log, api_log=s.api_log,
+                                           today=self.engine.clock().date())
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s",
                 (Jsonb({"diagnostics": detail}), inc.id),
             )
             journal(conn, incident_id=inc.id, step="diagnostics", actor="rollback-bot", at=self.engine.clock(),
-                    detail={"likely_cause": report.likely_cause})
+                    detail={"likely_cause": report.likely_cause, "version": detail["version"]})
         self.engine.publish(Event("step", self.engine.get(inc.id), "diagnostics", detail))
 
     def request_fix(self, *, fix: str, requested_by: str, model: str | None = None, channel: str | None = None):
@@ -323,16 +328,16 @@ class Services:
     # ------------------------------------------------------------------------------ after the rollback
 
     REPORT_STATES = {"rollback": ("monitoring", "verified", "failed", "resolved", "denied", "cancelled",
-                                  "revert_failed"),
+                                  "revert_failed", "needs_attention", "superseded"),
                      "halt": ("halted", "resolved")}
 
     def _report_on_change(self, event: Event) -> None:
         inc = event.incident
         if event.kind == "state" and inc.state in self.REPORT_STATES.get(inc.kind, ()):
-            upload = inc.state in ("monitoring", "verified", "failed", "resolved", "revert_failed")
-            with self.db.transaction() as conn:
+            upload = inc.state in ("monitoring", "verified", "failed", "resolved", "revert_failed", "needs_attention")
+            with self.db.transaction() as conn:  # a state may come back (needs attention, resolved again)
                 enqueue(conn, "report", incident_id=inc.id, payload={"upload": upload},
-                        dedupe_key=f"report:{inc.id}:{inc.state}")
+                        dedupe_key=f"report:{inc.id}:{inc.state}:{inc.updated_at.timestamp()}")
 
     def _write_report(self, job: dict) -> None:
         self._update_report(job["incident_id"], upload=bool(job["payload"].get("upload")))
@@ -384,12 +389,30 @@ class Services:
         s = self.settings
         Escalator(self.engine, escalate_after_minutes=s.escalate_after_minutes,
                   loss_threshold=s.loss_escalation_threshold).register(self.worker, on_page, on_breach)
-        Monitor(self.engine, log_path=s.monitor_log or s.trading_log, every_minutes=s.monitor_every_minutes,
+        Monitor(self.engine, log_paths=self.watched_logs(), every_minutes=s.monitor_every_minutes,
                 total_minutes=s.monitor_minutes, min_ic=s.monitor_min_ic).register(self.worker, on_trouble, on_summary)
         if s.smtp_url is not None and s.stakeholder_emails:
             notifier = EmailNotifier(s.smtp_url.get_secret_value(), s.email_sender, s.stakeholder_emails)
             Mailer(self.engine, notifier, attachments=fresh_report(self.reports)).register(
                 self.worker, on_failed=on_email_failed)
+
+    def watched_logs(self) -> list[Path]:
+        """Every configured log followed for error lines after the resume."""
+        s = self.settings
+        return watched_logs(s.monitor_log, s.trading_log, s.api_log)
+
+    def register_watch(self, *, on_update: Callable[[Incident, dict], None],
+                       on_end: Callable[[Incident, str], None]) -> EnhancedWatch:
+        """The runbook's 24 hours of enhanced monitoring after the resume (core.watch)."""
+        s = self.settings
+        self.watch = EnhancedWatch(self.engine, log_paths=self.watched_logs(), hours=s.enhanced_monitor_hours,
+                                   every_minutes=s.enhanced_monitor_every_minutes, min_ic=s.monitor_min_ic)
+        self.watch.register(self.worker, on_update, on_end)
+        return self.watch
+
+    def accept(self, *, incident_id: int, user: str, reason: str, allowed: bool) -> Incident:
+        """An approver closes an incident that needs attention, with a written reason (core.aftercare)."""
+        return aftercare.accept(self.engine, incident_id=incident_id, user=user, reason=reason, allowed=allowed)
 
     def record_notification(self, *, incident_id: int, channel: str, milestone: str, ok: bool | None,
                             recipients: int | None = None, error: str | None = None) -> None:

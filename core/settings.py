@@ -64,9 +64,11 @@ class Settings(BaseSettings):
     trading_log: Path | None = None
     trading_stop_command: list[str] | None = None
     trading_stop_timeout_seconds: float = Field(default=30, gt=0)
-    training_log: Path | None = None
+    training_log: Path | None = None  # may hold {model}, {strategy}, {marketcap}: one log per model
+    api_log: Path | None = None  # the platform's API log: error lines in diagnostics and after the resume
     db_pool_max: int = Field(default=10, ge=2, le=100)
     log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     diagnostics_days: int = Field(default=30, ge=5, le=365)
     monitor_log: Path | None = None  # the log followed after resume (default: TRADING_LOG)
     monitor_every_minutes: float = Field(default=5, gt=0)
@@ -93,6 +95,8 @@ class Settings(BaseSettings):
     halt_quiet_timeout_seconds: float = Field(default=120, gt=0)
     # `/rollback diagnose`, `backups`, `status MODEL`: at most this many per person per minute (all processes).
     heavy_commands_per_minute: int = Field(default=10, ge=1, le=10000)
+    enhanced_monitor_hours: float = Field(default=24, gt=0, le=24 * 14)  # the runbook's 24 hours of monitoring
+    enhanced_monitor_every_minutes: float = Field(default=30, gt=0)  # ... and its crontab's interval
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
@@ -100,6 +104,11 @@ class Settings(BaseSettings):
     @classmethod
     def _ids(cls, value: Any) -> list[str]:
         return _split_ids(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("slack_api_url")
     @classmethod
@@ -135,6 +144,14 @@ class Settings(BaseSettings):
         parts = value.split(".")
         if not 1 <= len(parts) <= 2 or not all(p.replace("_", "a").isalnum() and not p[0].isdigit() for p in parts):
             raise ValueError("must be a plain SQL identifier, optionally schema-qualified")
+        return value
+
+    @field_validator("enhanced_monitor_every_minutes")
+    @classmethod
+    def _watch_interval(cls, value: float, info: ValidationInfo) -> float:
+        hours = info.data.get("enhanced_monitor_hours")
+        if hours is not None and value > hours * 60:
+            raise ValueError("must not be longer than ENHANCED_MONITOR_HOURS")
         return value
 
     @field_validator("metrics_addr")
@@ -178,10 +195,15 @@ class Settings(BaseSettings):
 SERVE_REQUIRED = ("slack_bot_token", "incident_channel", "approvers", "database_url")
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build Settings from the environment (and .env); a bad value becomes one ConfigError line."""
+def load_settings(*, secrets_dir: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the environment (and .env); a bad value becomes one ConfigError line.
+
+    ``secrets_dir``: a folder of files named after settings (``SLACK_BOT_TOKEN``, ``database_url``, …), each
+    holding one value, as Docker and Compose secrets and Kubernetes secret volumes provide; the environment
+    and ``.env`` win over them.
+    """
     try:
-        return Settings(**overrides)
+        return Settings(_secrets_dir=secrets_dir, **overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
         name = str(err["loc"][0]).upper() if err.get("loc") else "settings"

@@ -268,8 +268,9 @@ def trades_source_problem(conn: psycopg.Connection, settings: Any) -> str | None
                             " platform has no trades table)")
         elif not row["columns"]:
             problems.append(f"the trades table {table} has no column {column} (TRADES_TIME_COLUMN)")
-        elif not conn.execute("SELECT has_table_privilege(%s, 'SELECT') AS ok", (table,)).fetchone()["ok"]:
-            problems.append(f"the bot may not read the trades table {table} (grant SELECT)")
+        elif not conn.execute("SELECT has_column_privilege(%s, %s, 'SELECT') AS ok", (table, column)).fetchone()["ok"]:
+            # the count reads only the time column: a column grant is enough
+            problems.append(f"the bot may not read {column} of the trades table {table} (grant SELECT)")
     log_path = settings.trading_log
     if log_path is not None:
         path = Path(log_path)

@@ -1,6 +1,7 @@
 """One place that turns errors into what a person sees.
 
-Domain errors (``RollbackError``) become a clear ephemeral message. Anything else is logged with a short
+Domain errors (``RollbackError``) become a clear ephemeral message; a database that does not answer says since
+when and what to check by hand (core/outage.py). Anything else is logged with a short
 error id, and the person is told that id so they can quote it.
 """
 
@@ -14,13 +15,16 @@ from typing import Any
 
 from slack_bolt import App, BoltResponse
 
-from core.errors import RollbackError
+from core.errors import DatabaseUnavailable, RollbackError
+from core.outage import outage_text
 from handlers.blocks import error_blocks
 
 log = logging.getLogger("rollback_bot.handlers")
 
 
 def describe(exc: BaseException) -> str:
+    if isinstance(exc, DatabaseUnavailable):
+        return outage_text(exc)  # what failed, since when, and the runbook's checks by hand
     if isinstance(exc, RollbackError):
         return str(exc)
     error_id = uuid.uuid4().hex[:8]

@@ -19,6 +19,9 @@ class Action(StrEnum):
     PROCEED_ANYWAY = "rollback_proceed_anyway"
     ABANDON = "rollback_abandon"
     TAKE_OVER = "rollback_take_over"
+    ROLLBACK_AGAIN = "attention_rollback_again"
+    ATTENTION_HALT = "attention_halt"
+    ACCEPT = "attention_accept"
 
 
 # Clicks that decide an incident: handled on a lane of their own, never behind slow commands.
@@ -32,6 +35,7 @@ class View(StrEnum):
     ROOT_CAUSE = "root_cause_modal"
     LOADING = "loading_modal"  # opened at once, then filled in (handlers/loading.py)
     NOTICE = "notice_modal"  # a loading view turned into a message (a refusal, an error)
+    ACCEPT = "accept_modal"
 
 
 class Block(StrEnum):
@@ -44,6 +48,8 @@ class Block(StrEnum):
     DENY_REASON = "deny_reason_block"
     ROOT_CAUSE = "root_cause_block"
     DECISION = "decision_block"
+    ACCEPT_REASON = "accept_reason_block"
+    ATTENTION = "attention_block"
 
 
 class Event(StrEnum):

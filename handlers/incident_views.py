@@ -26,8 +26,9 @@ from slack_sdk.models.views import View
 
 from core.incidents import CLOSED, Incident, Step
 from core.registry import BackupInfo
-from core.timeline import Milestone, fmt_elapsed, milestones
+from core.timeline import Milestone, fmt_elapsed, milestones, target_label
 from handlers.blocks import clip, context, esc, finish, md, num, section
+from handlers.attention_views import attention_blocks, attention_reply
 from handlers.ids import Action, Block as B, View as V
 from handlers.kind_text import text_for
 
@@ -50,6 +51,8 @@ STATE_EMOJI = {
     "reverting": ":rewind:",
     "revert_failed": ":sos:",
     "halt_not_effective": ":rotating_light:",
+    "needs_attention": ":rotating_light:",
+    "superseded": ":arrow_right_hook:",
 }
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -77,7 +80,7 @@ def checklist_text(incident: Incident, steps: list[Step]) -> str:
         if m.elapsed_seconds is not None:
             line += f" — {fmt_elapsed(m.elapsed_seconds)}"
         if m.target_minutes is not None:
-            target = f"target T+{m.target_minutes}m"
+            target = f"target {target_label(m.target_minutes, unit='m')}"
             line += f" ({'missed ' if m.breached else ''}{target})"
         lines.append(line)
     return "\n".join(lines)
@@ -164,6 +167,7 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
     if incident.state == "revert_failed":
         blocks.append(context(":sos: The original files could not all be put back: the production files are mixed (above). Trading stays halted."
                               " Put the original files back by hand; `/rollback resume` checks them, and resuming on mixed files needs two different approvers."))
+    blocks += attention_blocks(incident)
     if incident.state == "halt_not_effective":
         blocks += halt_not_effective_blocks(incident)
     elif incident.state == "requested" and incident.source == "watchdog" and not taken:
@@ -319,7 +323,13 @@ def state_reply(incident: Incident) -> str | None:
     if s == "verified":
         return ":pause_button: Verified. Trading stays halted as requested: an approver resumes with `/rollback resume`."
     if s == "resolved":
+        accepted = (incident.plan or {}).get("accepted") or {}
+        if accepted:
+            return (f":large_green_circle: Accepted and closed by <@{esc(accepted.get('by'))}>: "
+                    f"{esc(clip(accepted.get('reason') or '', 1500))}")
         return ":large_green_circle: Incident resolved."
+    if s in ("needs_attention", "superseded"):
+        return attention_reply(incident)
     return None
 
 

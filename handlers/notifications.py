@@ -33,6 +33,8 @@ MILESTONE_TEXT = {
     "failed": ":red_circle: *{ref} FAILED*: {error}. {after}",
     "resolved": ":large_green_circle: *{ref} resolved*.",
     "closed": ":heavy_multiplication_x: *{ref}* {state}.",
+    "needs_attention": ":rotating_light: *{ref} needs attention*: monitoring found `{target}` failing too; see the"
+                       " card for the next step.",
 }
 
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Create .venv and install the pinned dependency set (requirements.lock) plus this project.
-# Safe to run again: it does nothing when the lock file has not changed since the last install.
+# Create .venv, the development environment of `make demo` and `make test`: the locked runtime set plus the
+# test extra (requirements-test.lock, a superset of requirements.lock), every file checked against its hash,
+# then this project itself (editable). Production installs use requirements.lock alone (see the Dockerfile).
+# Safe to run again: it does nothing when neither lock nor pyproject.toml changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+LOCK=requirements-test.lock
 STAMP=.venv/.installed
-if [[ -f "$STAMP" && "$STAMP" -nt requirements.lock && "$STAMP" -nt pyproject.toml ]]; then
+if [[ -f "$STAMP" && "$STAMP" -nt "$LOCK" && "$STAMP" -nt requirements.lock && "$STAMP" -nt pyproject.toml ]]; then
     exit 0
 fi
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
@@ -25,7 +28,7 @@ if [[ ! -x .venv/bin/python ]]; then
         fi
     fi
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+.venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r "$LOCK"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>/dev/null \
     || .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 touch "$STAMP"

@@ -37,7 +37,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith(("SLACK_", "ROLLBACK_")) or name in {
             "DATABASE_URL", "MODELS_DIR", "INCIDENTS_DIR", "INCIDENT_CHANNEL", "OPERATORS", "APPROVERS",
             "STAKEHOLDERS", "STAKEHOLDER_EMAILS", "SMTP_URL", "ESCALATION_CONTACTS", "ESCALATE_AFTER_MINUTES",
-            "LOSS_ESCALATION_THRESHOLD", "PORT",
+            "LOSS_ESCALATION_THRESHOLD", "PORT", "LOG_LEVEL",
         }:
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no stray .env is read

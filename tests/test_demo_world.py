@@ -395,3 +395,99 @@ def test_held_back_day_is_released_into_bars_and_view(conn):
     assert day == _q(conn, "SELECT max(date) AS d FROM ml_training_features")[0]["d"]
     assert _q(conn, "SELECT count(*) AS n FROM daily_bars WHERE date = %s", (day,))[0]["n"] == 12
     assert dw.release_day(conn, market) is None
+
+
+# --------------------------------------------------------------------------------------------- the demo's world
+
+# What a desk sees: a daily Spearman IC of 0.01-0.08 and an annualised long-short Sharpe of 0.5-3 on a holdout
+# (a year of days, here). Over a 20- or 30-day window the same strategy shows a wider spread: one standard error
+# of an annualised 20-day Sharpe is sqrt(252 / 20) ~ 3.5, so live figures may reach 3 plus about that.
+DESK_IC, DESK_SHARPE = (0.01, 0.08), (0.5, 3.0)
+LIVE_IC, LIVE_SHARPE = 0.08, 6.0
+
+
+@pytest.fixture(scope="module")
+def demo(database_url, tmp_path_factory):
+    """The demo's world (size "demo", seed 0, one day held back, as ``rollback-bot demo`` builds it)."""
+    models = tmp_path_factory.mktemp("demo-models")
+    with psycopg.connect(database_url, row_factory=dict_row, autocommit=True) as conn:
+        with dw.isolated_schema(conn, prefix="t_dw_demo_"):
+            yield conn, dw.build_world(conn, models, size="demo", seed=0, held_back=1)
+
+
+def _live(conn, registry, backup, days: int):
+    from core.monitoring import labelled_rows
+    from core.performance import evaluate_booster
+
+    return evaluate_booster(registry.booster(backup.path), backup.features,
+                            labelled_rows(conn, backup.features, last_days=days))
+
+
+def test_demo_world_metadata_metrics_are_a_desks(demo) -> None:
+    conn, world = demo
+    assert len(world.tickers) >= 200 and len(world.models) == 3
+    for model in world.models.values():
+        for b in model.backups:
+            perf = json.loads((b.path / "metadata.json").read_text())["performance"]
+            assert DESK_IC[0] <= perf["spearman_ic"] <= DESK_IC[1], (model.name, b.name, perf)
+            assert DESK_SHARPE[0] <= perf["sharpe_ratio"] <= DESK_SHARPE[1], (model.name, b.name, perf)
+            assert b.holdout.days >= 250  # a year out of sample, not a few weeks
+    for row in _q(conn, "SELECT model_name, spearman_ic, sharpe_ratio FROM model_deployment_log"):
+        assert DESK_IC[0] <= row["spearman_ic"] <= DESK_IC[1] and DESK_SHARPE[0] <= row["sharpe_ratio"] <= DESK_SHARPE[1]
+
+
+def test_demo_world_live_figures_are_a_desks_and_tell_the_incident(demo) -> None:
+    """Production fails after the change, the oldest backup works and is recommended, metadata alone misleads."""
+    from core.diagnostics import run_diagnostics
+    from core.platform import feature_columns
+    from core.registry import LIVE_RULE, ModelRegistry
+    from core.settings import Settings
+
+    conn, world = demo
+    defaults = Settings(_env_file=None)
+    registry = ModelRegistry(world.models_dir)
+    features = feature_columns(conn)
+    for name, model in world.models.items():
+        prod, oldest = model.production, model.backups[0]
+        live = {b.name: _live(conn, registry, b, 20) for b in model.backups if b.defect is None}
+        for backup, perf in live.items():
+            assert perf.days == 20
+            assert abs(perf.spearman_ic) <= LIVE_IC and abs(perf.sharpe_ratio) <= LIVE_SHARPE, (name, backup, perf)
+        # production's live IC is negative, below what the watchdog tolerates by default; the oldest is above it
+        assert live[prod.name].spearman_ic < 0 and live[prod.name].sharpe_ratio < defaults.watchdog_sharpe_threshold
+        assert live[oldest.name].spearman_ic > defaults.watchdog_ic_threshold
+        assert live[oldest.name].sharpe_ratio > defaults.watchdog_sharpe_threshold
+        assert oldest.training_date < world.era_boundary
+        rec = registry.recommend(name, available_features=features,
+                                 live_score=lambda b: _live(conn, registry, b, 20))
+        assert rec.rule == LIVE_RULE and rec.backup.name == oldest.name
+        # the metadata, measured before the change, point elsewhere: at a reversal-era backup or a defective one
+        others = [b for b in model.backups if b.name != prod.name]
+        assert max(others, key=lambda b: b.holdout.sharpe_ratio).name != oldest.name
+        # /rollback diagnose: 30 days, in a desk's range, and the model degraded by a regime change
+        report = run_diagnostics(conn, registry, model=name, days=30)
+        perf = report.performance
+        assert abs(perf.mean_ic) <= LIVE_IC and abs(perf.sharpe) <= LIVE_SHARPE, (name, perf)
+        assert perf.verdict == "degraded" and perf.mean_ic < 0 and perf.sharpe < 0
+        assert report.regime.verdict == "regime change"
+    # the demo's model: its bot picks a reversal-era backup when it knows only the metadata
+    assert registry.recommend("growth_momentum_large", available_features=features).backup.name != \
+        world.models["growth_momentum_large"].backups[0].name
+    defective = world.models["mean_reversion_mid"].backups[2]
+    assert defective.defect == "features_mismatch" and "vol_ratio_20d" in defective.features
+
+
+def test_demo_world_held_back_day_confirms_the_restored_model(demo) -> None:
+    """The day the demo releases during monitoring: the restored (oldest) backup is right on it, modestly."""
+    from core.monitoring import labelled_rows
+
+    conn, world = demo
+    oldest = world.models["growth_momentum_large"].backups[0]
+    day = dw.release_day(conn, world.market)
+    assert day is not None and day > world.end_date
+    rows = labelled_rows(conn, oldest.features, last_days=1)  # what monitoring evaluates after the resume
+    booster = xgboost.Booster(model_file=str(oldest.path / "model.json"))
+    perf = M.evaluate(rows.dates, booster.predict(xgboost.DMatrix(rows.X, feature_names=oldest.features)),
+                      rows.realized)
+    assert perf.days == 1 and len(rows) == len(world.tickers)
+    assert 0 < perf.spearman_ic <= 0.3  # above MONITOR_MIN_IC (0.0); one day's IC is noisy, not 0.9

@@ -297,7 +297,7 @@ def test_missing_platform_tables_are_reported_per_section(database_url: str, wor
     assert report.data_quality.error and report.regime.verdict == "error"
     assert report.log_scan.counts["error"] == 1
     areas = {f.area for f in report.findings if "could not be checked" in f.message}
-    assert areas == {"performance", "data_quality", "drift", "regime"}
+    assert areas == {"performance", "data_quality", "drift", "regime", "system"}
 
 
 def test_bad_model_names_are_refused(world, conn) -> None:

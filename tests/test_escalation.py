@@ -62,7 +62,7 @@ def kept_halted_rollback(services, **kw):
     return done
 
 
-def test_an_open_incident_pages_once_after_the_threshold(settings, db, world, clock):
+def test_an_open_incident_pages_after_the_threshold_and_again_each_interval_while_open(settings, db, world, clock):
     pager = Pager()
     services = bot(settings, db, clock, pager)
     inc = kept_halted_rollback(services)
@@ -71,15 +71,31 @@ def test_an_open_incident_pages_once_after_the_threshold(settings, db, world, cl
     assert pager.pages == [] and pager.breaches == []
     clock.at(minutes=120)
     services.worker.run_due()
-    assert pager.pages == [(inc.id, f"INC-{inc.id} is still open after 2 h 00 min (state verified)")]
-    clock.at(minutes=400)
     services.worker.run_due()
-    assert len(pager.pages) == 1
+    assert pager.pages == [(inc.id, f"INC-{inc.id} is still open after 2 h 00 min (state verified)")]
+    clock.at(minutes=239)
+    services.worker.run_due()
+    assert len(pager.pages) == 1, "once per interval"
+    clock.at(minutes=400)  # the bot was down from T+4h: one page on its return, not one per missed round
+    services.worker.run_due()
+    services.worker.run_due()
+    assert pager.pages[1:] == [(inc.id, f"INC-{inc.id} is still open after 6 h 40 min (state verified)")]
+    clock.at(minutes=480)
+    services.worker.run_due()
+    assert len(pager.pages) == 3 and "after 8 h 00 min" in pager.pages[2][1]
     steps = [s for s in services.engine.steps(inc.id) if s.step == "escalate"]
-    assert len(steps) == 1 and "still open" in steps[0].detail["reason"]
+    assert len(steps) == 3 and all("still open" in s.detail["reason"] for s in steps)
     with db.transaction() as conn:
-        audit = conn.execute("SELECT * FROM rollback_bot.audit_log WHERE action = 'escalate'").fetchall()
-    assert [(a["outcome"], a["incident_id"]) for a in audit] == [("ok", inc.id)]
+        audit = conn.execute("SELECT * FROM rollback_bot.audit_log WHERE action = 'escalate' AND detail ? 'key'"
+                             " ORDER BY id").fetchall()
+    assert [(a["outcome"], a["incident_id"], a["detail"]["key"]) for a in audit] == [
+        ("ok", inc.id, "age"), ("ok", inc.id, "age:2"), ("ok", inc.id, "age:4")]  # round 3 fell in the gap
+    assert [b[1] for b in pager.breaches] == ["root_cause"], "T+2h passed without a root cause"
+    services.engine.resume_trading(user="U0BOB")
+    services.engine.resolve(incident_id=inc.id)
+    clock.at(minutes=700)
+    services.worker.run_due()
+    assert len(pager.pages) == 3, "a closed incident is not paged"
 
 
 def test_a_closed_incident_is_not_paged(settings, db, world, clock):
@@ -145,8 +161,8 @@ def test_a_page_that_fails_is_retried(settings, db, world, clock):
     assert [p[0] for p in pager.pages] == [inc.id]
     with db.transaction() as conn:
         outcomes = [r["outcome"] for r in conn.execute(
-            "SELECT outcome FROM rollback_bot.audit_log WHERE action = 'escalate' ORDER BY id")]
-    assert outcomes == ["failed", "ok"]
+            "SELECT outcome FROM rollback_bot.audit_log WHERE action = 'escalate' AND detail ? 'key' ORDER BY id")]
+    assert outcomes == ["failed", "ok"]  # (the T+2h root cause target is flagged beside it, audited apart)
 
 
 def test_a_loss_over_the_threshold_escalates_at_once(settings, db, world, clock):

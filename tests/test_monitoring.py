@@ -83,12 +83,12 @@ def monitored_rollback(settings, db, clock, log_path, *, subscribe=True):
     return services, monitor, posts, services.engine.get(inc.id)
 
 
-def test_trouble_is_posted_at_once_and_the_summary_comes_before_resolve(settings, db, world, clock, tmp_path,
-                                                                        new_day):
+def test_trouble_is_posted_at_once_and_the_incident_needs_attention_instead_of_resolving(
+        settings, db, world, clock, tmp_path, new_day):
     log = tmp_path / "trading.log"
     log.write_text("2026-01-01 ERROR an old problem, before the resume\n")
     services, monitor, posts, inc = monitored_rollback(settings, db, clock, log)
-    assert inc.plan["monitor"]["log_offset"] == log.stat().st_size
+    assert inc.plan["monitor"]["logs"][str(log)][0] == log.stat().st_size
 
     clock.at(minutes=5)
     services.worker.run_due()
@@ -103,6 +103,9 @@ def test_trouble_is_posted_at_once_and_the_summary_comes_before_resolve(settings
     assert check.ic == pytest.approx(-1.0) and check.rows == 40 and check.days == 1
     assert check.error_lines == ["12:01 ERROR order router rejected 3 orders"], "a partial line waits"
     assert any("IC is -1.000 on 40 row(s)" in t for t in check.trouble)
+    now = services.engine.get(inc.id)
+    assert now.state == "needs_attention", "trouble never waits for the window's end"
+    assert now.plan["attention"]["reasons"] == check.trouble and now.plan["attention"]["count"] == 1
 
     with log.open("a") as fh:
         fh.write(" a line\n")
@@ -120,11 +123,12 @@ def test_trouble_is_posted_at_once_and_the_summary_comes_before_resolve(settings
     clock.at(minutes=30)
     services.worker.run_due()
     ((state, summary),) = posts.summaries
-    assert state == "monitoring", "the summary is posted before the incident is resolved"
+    assert state == "needs_attention"
     assert summary.error_count == 2 and summary.ic == pytest.approx(-1.0) and not summary.ok
     assert "IC -1.000" in summary.text and "2 error line(s) in trading.log" in summary.text
     done = services.engine.get(inc.id)
-    assert done.state == "resolved"
+    assert done.state == "needs_attention", "monitoring never resolves over a live problem"
+    assert done.is_open and done.resolved_at is None
     steps = services.engine.steps(inc.id)
     monitor_step = next(s for s in steps if s.step == "monitor")
     assert monitor_step.outcome == "warning" and monitor_step.detail["summary"] == summary.text

@@ -167,6 +167,9 @@ def test_status_backups_diagnostics_and_the_refresh_fix_as_the_least_privilege_r
     body = sandbox.responses(reply.response_key, timeout=60)[0]
     text = json.dumps(body["blocks"])
     assert "Likely cause" in text and "stale" in text, text
+    # the system-wide checks, as far as an ordinary role can read them
+    assert "*System* (all models): database " in text and " connections, " in text, text
+    assert "could not be checked" not in text and "return_1d IS NULL: 0 row(s)" in text, text
     button = next(e for b in body["blocks"] if b["type"] == "actions" for e in b["elements"]
                   if e["text"]["text"] == "Refresh feature view")
     sandbox.sender.block_action(user_id="U0ALICE", action_id=button["action_id"], value=button["value"],
@@ -338,7 +341,7 @@ def test_break_glass_rollback_with_only_the_readmes_file_rights(platforms, tmp_p
         target = pw.world.models[MODEL].backups[0].name
         check = pw.connect()
         before = {k: (r["auto_rebalance"], r["require_manual_approval"]) for k, r in pw.settings_rows(check).items()}
-        out = run("rollback", MODEL, "--to", target, "--reason", "break-glass drill", "--by", "oncall")
+        out = run("rollback", MODEL, "--to", target, "--reason", "break-glass drill", "--by", "oncall", "--yes")
         assert out.returncode == 0 and f"is now {target}" in out.stdout, out.stdout + out.stderr
         assert [r["version"] for r in check.execute("SELECT version FROM model_deployment_log WHERE model_name = %s"
                                                     " AND is_production", (MODEL,))] == [target]

@@ -128,7 +128,8 @@ def test_a_slow_approval_misses_the_halt_target(services, world, clock):
     inc = rollback(services, clock, approve_after=3)
     steps = services.engine.steps(inc.id)
     status = {t.name: t.status for t in target_status(inc, steps, clock())}
-    assert status == {"halted": "missed", "rolled_back": "met", "verified": "met", "resumed": "met"}
+    assert status == {"halted": "missed", "rolled_back": "met", "verified": "met", "resumed": "met",
+                      "stable": "pending", "root_cause": "pending", "watched": "pending"}
     md = render(services, inc.id, clock())
     assert "Runbook targets missed: trading halted (T+2)" in md and "the approval alone took 3 min 00 s" in md
 
@@ -139,7 +140,8 @@ def test_open_targets_are_pending_then_overdue(services, world, clock):
     early = {t.name: t.status for t in target_status(inc, [], clock.now + timedelta(minutes=1))}
     late = {t.name: t.status for t in target_status(inc, [], clock.now + timedelta(minutes=6))}
     assert early == dict.fromkeys(early, "pending")
-    assert late == {"halted": "overdue", "rolled_back": "overdue", "verified": "pending", "resumed": "pending"}
+    assert late == {"halted": "overdue", "rolled_back": "overdue", "verified": "pending", "resumed": "pending",
+                    "stable": "pending", "root_cause": "pending", "watched": "pending"}
     closed = dataclasses.replace(inc, state="denied")
     assert {t.status for t in target_status(closed, [], clock.now + timedelta(minutes=20))} == {"not reached"}
 
@@ -202,7 +204,7 @@ def test_manual_halt_report(services, world, clock):
     assert "- [x] 2. Trading halted" in md
     assert "- [ ] 4. Emergency backup of the current model taken (not applicable)" in md
     assert "still halted" in section(md, "Impact")
-    assert section(md, "Timeline against the runbook targets").count("not applicable") == 3
+    assert section(md, "Timeline against the runbook targets").count("not applicable") == 6  # only T+2 applies
 
 
 # ------------------------------------------------------------------------------------------------- files
