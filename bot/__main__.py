@@ -313,8 +313,13 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """Break-glass: the same engine and journal as Slack, printing each step as it happens."""
     import socket
 
-    from core.incidents import Event
+    from core.incidents import Event, utcnow
+    from core.prerollback import cli_prompt, confirmed
 
+    if not args.confirm:  # the runbook's pre-rollback checks: nothing is touched (not even the database) without it
+        print(cli_prompt(["rollback-bot", "rollback", args.model, "--to", args.to, "--reason", args.reason,
+                          "--by", args.by] + (["--yes"] if args.yes else [])), file=sys.stderr)
+        return EXIT_USAGE
     who = os_identity()
     services = build_services(_settings_with_database(settings, ensure_local=False))
     services.registry.backup_dir(args.model, args.to)  # bad names are a clear error before anyone is asked
@@ -338,7 +343,9 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
                             f"(OS user {who}), without approval in Slack. Reason: {inc.reason[:500]}")
 
     services.engine.subscribe(show)
-    inc = services.engine.break_glass(model=args.model, backup=args.to, reason=args.reason, by=args.by, os_user=who)
+    inc = services.engine.break_glass(model=args.model, backup=args.to, reason=args.reason, by=args.by, os_user=who,
+                                      confirmations=confirmed(by=args.by, via="rollback-bot rollback --confirm",
+                                                              at=utcnow()))
     alert.post(inc, f"{inc.ref} ended {inc.state}" + (f": {inc.error}" if inc.error else ".")
                + (" Trading stays halted until `/rollback resume`." if inc.state in ("verified", "failed",
                                                                                    "halt_not_effective") else ""),
@@ -422,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="why (kept in the journal and the deployment log)")
     p.add_argument("--by", required=True, metavar="NAME", help="who is running this (audited, beside the OS user)")
     p.add_argument("--yes", action="store_true", help="confirm without a prompt (required without a terminal)")
+    p.add_argument("--confirm", action="store_true",
+                   help="the runbook's pre-rollback checks hold (without it: the checklist, nothing done)")
     p.set_defaults(func=cmd_rollback)
     return parser
 

@@ -178,7 +178,7 @@ class Console:
                 block, action, question = "root_cause_block", "text", "Root cause: "
             else:
                 self.say("  (a form opened; in the console give MODEL BACKUP and a reason on the command line:"
-                         " /rollback start MODEL BACKUP reason…)")
+                         " /rollback start MODEL BACKUP reason… --confirm)")
                 continue
             answer = read(question)
             r = self.env.box.sender.view_submission(user_id=self.user, callback_id=callback,

@@ -251,12 +251,15 @@ def _play(box: Sandbox, n: Narrator, clock: DemoClock, world: demo_world.World) 
     n.show_new()
 
     reason = "Sharpe collapsed since the market turned; IC negative for days"
-    n.person("U0ALICE", f"/rollback start {MODEL} {target.name} {reason}")
-    r = box.command("U0ALICE", f"start {MODEL} {target.name} {reason}")
+    n.person("U0ALICE", f"/rollback start {MODEL} {target.name} {reason} --confirm")
+    r = box.command("U0ALICE", f"start {MODEL} {target.name} {reason} --confirm")
     box.responses(r.response_key)
     box.settle()
     n.show_new()
     inc = engine.list_incidents(limit=1)[0]
+    wait_until(lambda: "evidence" in (engine.get(inc.id).plan or {}), 60, "the evidence before approval")
+    box.settle()
+    n.card(inc.message_ts, f"{inc.ref} with the evidence for the approver")
 
     n.person("U0ALICE", "clicks [Approve] on her own request")
     card = box.standin.message(CHANNEL, inc.message_ts)
@@ -363,6 +366,10 @@ def _verify(conn: psycopg.Connection, services: Services, world: demo_world.Worl
         Check("verification loaded the model and predicted", steps.get("verify") is not None and
               steps["verify"].outcome == "ok"),
         Check("the incident is resolved", inc.state == "resolved"),
+        Check("the approver saw the evidence before approving",
+              ((inc.plan or {}).get("evidence") or {}).get("state") == "ready" and
+              steps.get("evidence") is not None and steps["evidence"].finished_at <= inc.approved_at,
+              ((inc.plan or {}).get("evidence") or {}).get("verdict", "")),
         Check("diagnostics ran after the halt and were posted", "diagnostics" in steps and
               "Likely cause" in ((inc.plan or {}).get("diagnostics") or {}).get("summary", "")),
         Check("monitoring checked the restored model against the newly realized returns",

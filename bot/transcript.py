@@ -17,6 +17,7 @@ EMOJI = {
     ":star:": "★", ":rotating_light:": "🚨", ":bell:": "🔔", ":chart_with_downwards_trend:": "📉",
     ":page_facing_up:": "📄", ":telephone_receiver:": "📞", ":email:": "✉", ":stethoscope:": "🩺",
     ":dog:": "🐕",
+    ":dart:": "🎯", ":globe_with_meridians:": "🌐", ":grey_question:": "❔", ":ballot_box_with_check:": "☑",
 }
 _MENTION = re.compile(r"<([@#!])([A-Z0-9^|a-z_\-]+)(?:\|([^>]*))?>")
 _LINK = re.compile(r"<(https?://[^|>]+)(?:\|([^>]*))?>")

@@ -188,17 +188,6 @@ class WorkProcess:
             log.error("%d work items were not handed to the work process before it stopped", len(self._backlog))
 
 
-def encode(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Plain values of a listener's keyword arguments (the client and logger are the child's own)."""
-    out: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if key in ("body", "event", "loading"):
-            out[key] = value
-        elif key == "respond":
-            out["response_url"] = getattr(value, "response_url", None)
-    return out
-
-
 def decode(payload: dict[str, Any], client: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"client": client}
     for key in ("body", "event", "loading"):

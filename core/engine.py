@@ -297,8 +297,10 @@ class Engine:
         keep_halted: bool = False,
         source: str = "slack",
         channel: str | None = None,
+        confirmations: dict | None = None,
     ) -> tuple[Incident, PreflightReport]:
-        """Open a rollback request after pre-flight. A second open request for the model is a Conflict."""
+        """Open a rollback request after pre-flight. A second open request for the model is a Conflict.
+        ``confirmations``: the requester's pre-rollback checks (``core.prerollback.confirmed``), kept in the plan."""
         reason = clean_text(reason)
         requested_by = clean_text(requested_by, 200)
         if not reason:
@@ -346,7 +348,8 @@ class Engine:
                         model, backup, prod["version"] if prod else None, reason[:2000], severity, estimated_loss,
                         keep_halted, requested_by, source, channel, report.sha256,
                         Jsonb({"preflight": report.__dict__, "current": current_info, "pinned": pinned,
-                               **({"follows": follows} if follows else {})}), now, now,
+                               **({"follows": follows} if follows else {}),
+                               **({"confirmations": confirmations} if confirmations else {})}), now, now,
                         now + timedelta(minutes=self.settings.approval_timeout_minutes),
                     ),
                 ).fetchone()
@@ -1066,14 +1069,16 @@ class Engine:
                 out.append(self.get(incident_id))
         return out
 
-    def break_glass(self, *, model: str, backup: str, reason: str, by: str, os_user: str | None = None) -> Incident:
+    def break_glass(self, *, model: str, backup: str, reason: str, by: str, os_user: str | None = None,
+                    confirmations: dict | None = None) -> Incident:
         """The CLI path for when Slack is down: same pre-flight, engine and journal; the operator at the
         host's shell is the approval, recorded as such, with the operating-system account beside ``--by``."""
         by = clean_text(by, 200)
         if not by:
             raise NotAuthorized("--by NAME is required: break-glass rollbacks are audited by name.")
         os_user = clean_text(os_user, 200) or "unknown"
-        inc, _ = self.request_rollback(model=model, backup=backup, reason=reason, requested_by=by, source="cli")
+        inc, _ = self.request_rollback(model=model, backup=backup, reason=reason, requested_by=by, source="cli",
+                                       confirmations=confirmations)
         now = self.clock()
         who = {"by": by, "os_user": os_user, "host": socket.gethostname()}
         with self.db.transaction() as conn:

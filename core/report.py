@@ -62,6 +62,7 @@ from core.incidents import RUNBOOK_TARGETS, Incident, Step, audit, journal
 from core.modelio import fsync_dir
 from core.timeline import reached_at, target_label
 from core.watchview import watch_report_lines
+from core.prerollback import report_section as before_approval_section
 
 __all__ = [
     "CHECKLIST",
@@ -333,6 +334,7 @@ _LABELS = {
     "needs_attention": "Needs attention", "accepted": "Accepted with a reason",
     "superseded": "Superseded by a follow-up rollback", "stable": "Monitoring confirms stability",
     "watch_end": "Enhanced monitoring summary", "watch_missed": "Monitoring check missed",
+    "evidence": "Evidence before approval",
 }
 
 
@@ -347,6 +349,9 @@ def _describe(s: Step) -> str:
         text = f"{len(d.get('checks', []))} checks passed"
     elif s.step == "halt":
         text = f"{d.get('clients', '?')} active client(s)" + (" (joined an existing halt)" if d.get("joined") else "")
+        text += " (Halt now, before approval)" if d.get("before_approval") else ""
+    elif s.step == "evidence":
+        text = str(d.get("verdict") or d.get("note") or "")
     elif s.step == "verify_halt":
         n = d.get("trades_after_halt")
         text = "no trades after the halt" if n == 0 else (f"{n} trade(s) after the halt" if n is not None else "")
@@ -446,6 +451,9 @@ def _next_steps(incident: Incident, steps: list[Step], targets: list[TargetStatu
     if resume is not None and resume.detail.get("still_held_by"):
         out.append("Trading is still halted by " + ", ".join(resume.detail["still_held_by"])
                    + ": resume once those are settled.")
+    if rollback and incident.state in ("denied", "cancelled") and (incident.plan or {}).get("early_halt"):
+        out.append("Trading stays halted since the Halt now before approval: a request that was not approved does"
+                   " not resume it. An approver resumes with `/rollback resume` once the desk agrees.")
     if incident.state == "verified":
         out.append("Trading stays halted at the requester's wish: an approver resumes it once the model is checked.")
     missed = [t for t in targets if t.status in ("missed", "overdue")]
@@ -567,6 +575,9 @@ def render_report(*, incident: Incident, steps: list[Step], diagnostics_summary:
     md.append(inc.root_cause.strip() if inc.root_cause and inc.root_cause.strip()
               else "Not recorded yet.")
     md.append("")
+
+    if rollback:
+        md += before_approval_section(inc)
 
     if chart_file:
         md += ["## Model performance", "", f"![Daily IC and rolling Sharpe, last 30 days]({chart_file})", ""]

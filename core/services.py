@@ -22,6 +22,7 @@ from core.doctor import ChatChecks, DoctorRun, latest_run, run_doctor, store_run
 from core.engine import Engine, enqueue, no_fault
 from core.errors import NotAuthorized, PreflightFailed, UnknownModel, clean_text
 from core.escalation import Breach, Escalator
+from core.evidence import EvidenceJob
 from core.incidents import CLOSED, Event, Incident, journal, utcnow
 from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows, watched_logs
 from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
@@ -109,6 +110,8 @@ class Services:
         # Runbook step 8: every rollback runs diagnostics right after the halt (a job, so any process may).
         self.engine.subscribe(self._diagnose_after_halt)
         self.worker.on("diagnose", self._run_incident_diagnostics)
+        # Evidence before approval (core.evidence): a job queued with every rollback request.
+        EvidenceJob(self.engine, lambda model: self.diagnose(model=model)).register(self.worker)
         # Runbook step 7: the report is written as soon as the rollback finishes and kept up to date.
         self.reports = Reports(self.engine, settings.incidents_dir, chart=chart_maker(db, self.registry))
         self.engine.subscribe(self._report_on_change)

@@ -96,7 +96,9 @@ HELP = (
     "• `/rollback status [MODEL]` — production models, their metrics, open incidents, trading state"
     " (with MODEL: its backups, and its performance chart in a DM)\n"
     "• `/rollback backups MODEL` — a model's backups with metrics and a recommended target\n"
-    "• `/rollback start [MODEL [BACKUP]] [reason…]` — request a rollback (a second person approves)\n"
+    "• `/rollback start [MODEL [BACKUP]] [reason…] --confirm` — request a rollback (a second person approves);"
+    " `--confirm` says the runbook's pre-rollback checks hold (without it: the checklist; with arguments missing:"
+    " a form)\n"
     "• `/rollback halt [reason…]` / `/rollback resume` — stop / restart automated trading\n"
     "• `/rollback incidents` — open and recent incidents\n"
     "• `/rollback report INCIDENT` — post an incident's report again\n"
@@ -230,7 +232,7 @@ def backups_blocks(report: BackupsReport) -> list[dict]:
             section(
                 f":star: *Recommended target: `{esc(rec.name)}`* — Sharpe {num(rec.sharpe_ratio, 2)},"
                 f" IC {num(rec.spearman_ic, 4)}\n_Rule: {esc(report.recommendation.rule)}._\n"
-                f"Request it with `/rollback start {esc(report.model)} {esc(rec.name)} <reason>`"
+                f"Request it with `/rollback start {esc(report.model)} {esc(rec.name)} <reason> --confirm`"
             )
         )
     else:

@@ -14,12 +14,14 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from core.errors import FilesMismatch
+from core.prerollback import confirmed, split_confirm
 from handlers import blocks as views
 from handlers import incident_views as iv
 from handlers import loading as modal
 from handlers.deps import Deps
 from handlers.doctor import doctor_blocks, slack_checks
 from handlers.errors import describe, guarded
+from handlers.evidence import confirm_prompt
 from handlers.ids import Command
 from handlers.progress import SlackProgress
 from handlers.replies import PrivateReply
@@ -191,7 +193,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     def start(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         if not deps.auth.is_operator(cmd.user_id):
             return refuse(cmd, respond, "request", "Only operators may request a rollback (OPERATORS).", client)
-        model, backup, reason = modal.start_fields(cmd.args)
+        args, confirm = split_confirm(cmd.args)  # `--confirm`: the runbook's pre-rollback checks hold
+        model, backup, reason = modal.start_fields(args)
         if model is not None:
             existing = services.open_rollback(model=model)  # validates the name; points to an open one
             if existing is not None:
@@ -200,8 +203,13 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                     tell(respond, text)
                 return
         if model and backup and reason:
+            if not confirm:  # nothing is posted or changed: the checklist and the command with --confirm
+                services.registry.backup_dir(model, backup)  # a wrong backup is said now, not after confirming
+                text, blocks = confirm_prompt(model, backup, reason)
+                return respond(text=text, blocks=blocks, response_type="ephemeral", replace_original=False)
             inc, _ = engine.request_rollback(model=model, backup=backup, reason=reason, requested_by=cmd.user_id,
-                                             channel=deps.channel)
+                                             channel=deps.channel, confirmations=confirmed(
+                                                 by=cmd.user_id, via="/rollback start --confirm", at=engine.clock()))
             inc = progress.post_card(inc)
             link = client.chat_getPermalink(channel=inc.channel, message_ts=inc.message_ts).get("permalink", "")
             respond(text=f"Rollback request {inc.ref} posted in <#{deps.channel}> for a second person to approve. {link}",
@@ -236,6 +244,10 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                                  " *Override*.")
         if not result.halt_id:
             return tell(respond, "Trading is not halted; nothing to resume.")
+        if not result.resumed:  # e.g. a rollback request whose *Halt now* holds it (core/halt_now.py)
+            return tell(respond, "Trading stays halted: it is still held by "
+                                 + ", ".join(h.replace("incident:", "INC-") for h in result.remaining_holders)
+                                 + " (open incidents keep their halt; settle them first).")
         text = (
             f":arrow_forward: <@{cmd.user_id}> resumed automated trading: {result.restored} clients back to their own settings."
             + (f" Left as changed during the halt: {', '.join(result.left_alone)}." if result.left_alone else "")

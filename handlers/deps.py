@@ -57,8 +57,6 @@ class Deps:
         (cheaper than Bolt's lazy listeners, which deep-copy each request). The ack never waits for it.
         ``urgent``: on the decisions lane, never behind slow commands."""
         if self.remote is not None:
-            from bot.workproc import encode
-
             payload = encode(kwargs)
             if urgent:
                 payload["urgent"] = True
@@ -106,3 +104,14 @@ class Deps:
 def work_name(fn: Callable[..., Any]) -> str:
     inner = getattr(fn, "__wrapped__", fn)
     return f"{inner.__module__}.{inner.__qualname__}"
+
+
+def encode(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Plain values of a listener's keyword arguments (the client and logger are the child's own)."""
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in ("body", "event", "loading"):
+            out[key] = value
+        elif key == "respond":
+            out["response_url"] = getattr(value, "response_url", None)
+    return out

@@ -22,6 +22,7 @@ class Action(StrEnum):
     ROLLBACK_AGAIN = "attention_rollback_again"
     ATTENTION_HALT = "attention_halt"
     ACCEPT = "attention_accept"
+    HALT_NOW = "rollback_halt_now"
 
 
 # Clicks that decide an incident: handled on a lane of their own, never behind slow commands.
@@ -50,6 +51,7 @@ class Block(StrEnum):
     DECISION = "decision_block"
     ACCEPT_REASON = "accept_reason_block"
     ATTENTION = "attention_block"
+    CHECKS = "checks_block"
 
 
 class Event(StrEnum):

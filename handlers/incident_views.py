@@ -24,11 +24,13 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
+from core.halt_now import denial_note
 from core.incidents import CLOSED, Incident, Step
 from core.registry import BackupInfo
 from core.timeline import Milestone, fmt_elapsed, milestones, target_label
 from handlers.blocks import clip, context, esc, finish, md, num, section
 from handlers.attention_views import attention_blocks, attention_reply
+from handlers.evidence import checks_input, evidence_blocks, halt_now_button
 from handlers.ids import Action, Block as B, View as V
 from handlers.kind_text import text_for
 
@@ -156,6 +158,7 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
         )
         if pre.get("checks"):
             blocks.append(context(":white_check_mark: Pre-flight passed: " + esc("; ".join(pre["checks"]))))
+        blocks += evidence_blocks(incident)  # handlers/evidence.py: evidence, checks, Halt now
     blocks.append(DividerBlock())
     blocks.append(section(checklist_text(incident, steps)))
     if incident.error:
@@ -192,6 +195,7 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
                             deny="Cancel",
                         ),
                     ),
+                    *[b for b in [halt_now_button(incident)] if b is not None],
                     ButtonElement(text="Deny", action_id=Action.DENY.value, value=str(incident.id), style="danger"),
                 ],
             )
@@ -300,9 +304,11 @@ def state_reply(incident: Incident) -> str | None:
     if s == "approved":
         return f":white_check_mark: Approved by <@{esc(incident.approved_by)}>. Running the runbook now."
     if s == "denied":
-        return f":no_entry_sign: Denied by <@{esc(incident.decided_by)}>: {esc(incident.decision_note or 'no reason given')}"
+        return (f":no_entry_sign: Denied by <@{esc(incident.decided_by)}>: {esc(incident.decision_note or 'no reason given')}"
+                + (f"\n:octagonal_sign: {esc(denial_note(incident))}" if denial_note(incident) else ""))
     if s == "cancelled":
-        return f":heavy_multiplication_x: Cancelled: {esc(incident.decision_note or 'by the requester')}"
+        return (f":heavy_multiplication_x: Cancelled: {esc(incident.decision_note or 'by the requester')}"
+                + (f"\n:octagonal_sign: {esc(denial_note(incident))}" if denial_note(incident) else ""))
     if incident.kind == "resume":
         from handlers.override_views import override_reply
 
@@ -405,6 +411,7 @@ def start_modal(*, model: str | None, backups: list[BackupInfo], recommended: st
             ),
         ),
         InputBlock(block_id=B.LOSS.value, label="Estimated loss (optional)", optional=True, element=NumberInputElement(action_id="loss", is_decimal_allowed=True, min_value="0")),
+        checks_input(),  # handlers/evidence.py: the runbook's pre-rollback checks, all required
         InputBlock(
             block_id=B.KEEP_HALTED.value,
             label="After the rollback",

@@ -21,6 +21,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import MarkdownTextObject, SectionBlock
 from slack_sdk.models.views import View
 
+from core.prerollback import split_confirm
 from handlers.ids import Action, View as V
 
 log = logging.getLogger("rollback_bot.loading")
@@ -38,8 +39,9 @@ Loading = dict[str, str]
 
 
 def start_fields(args: list[str]) -> tuple[str | None, str | None, str]:
-    """``/rollback start [MODEL [BACKUP]] [reason…]`` as (model, backup, reason); the form opens unless all three
-    are given."""
+    """``/rollback start [MODEL [BACKUP]] [reason…] [--confirm]`` as (model, backup, reason); the form opens unless
+    all three are given."""
+    args, _ = split_confirm(args)
     model = args[0] if args else None
     backup = args[1] if len(args) > 1 and args[1].startswith("backup_") else None
     reason = " ".join(args[2:] if backup else args[1:]).strip()

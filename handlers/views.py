@@ -13,8 +13,10 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from core.errors import RollbackError
+from core.prerollback import confirmed
 from handlers.deps import Deps
 from handlers.errors import describe
+from handlers.evidence import checks_error, ticked_checks
 from handlers.ids import Block as B, View as V
 from handlers.progress import SlackProgress
 from handlers.replies import tell_privately
@@ -81,6 +83,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                 services.registry.backup_dir(fields["model"], fields["backup"])
             except RollbackError as exc:
                 errors[B.BACKUP.value] = str(exc)[:150]
+        checks = checks_error(body["view"]["state"]["values"])  # the runbook's pre-rollback checks, all required
+        if checks:
+            errors[B.CHECKS.value] = checks
         if errors:
             ack(response_action="errors", errors=errors)
         else:
@@ -89,14 +94,17 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
     def start_submit(body: dict, client: WebClient) -> None:
         fields, errors = parse_start(body["view"]["state"]["values"])
-        if errors:
+        if errors or checks_error(body["view"]["state"]["values"]):
             return
         user = body["user"]["id"]
         meta = json.loads(body["view"].get("private_metadata") or "{}")
         if not services.claim_delivery(f"view:{body['view'].get('id')}:{body['view'].get('hash', '')}:{body.get('trigger_id')}"):
             return
         try:
-            inc, _ = engine.request_rollback(requested_by=user, channel=deps.channel, **fields)
+            confirmations = confirmed(by=user, via="the request form", at=engine.clock(),
+                                      keys=ticked_checks(body["view"]["state"]["values"]))
+            inc, _ = engine.request_rollback(requested_by=user, channel=deps.channel, confirmations=confirmations,
+                                             **fields)
             inc = progress.post_card(inc)
             text = f"Rollback request {inc.ref} posted in <#{deps.channel}> for a second person to approve."
         except Exception as exc:  # noqa: BLE001 - the person is told why, nothing was changed

@@ -78,3 +78,11 @@ def shown_modal(standin, callback_id: str, *, timeout: float = 10.0) -> dict:
     [call, *_] = standin.wait_for(
         "views.update", lambda c: c.ok and c.response["view"]["callback_id"] == callback_id, timeout=timeout)
     return standin.view(call.response["view"]["id"])
+
+
+def checks_ticked(keys=None) -> dict:
+    """The request form's pre-rollback checks block, as Slack submits it: ``keys`` ticked (default: all)."""
+    from core.prerollback import CHECKS
+
+    keys = [c.key for c in CHECKS] if keys is None else keys
+    return {"checks_block": {"checks": {"type": "checkboxes", "selected_options": [{"value": k} for k in keys]}}}

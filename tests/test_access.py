@@ -54,7 +54,7 @@ def test_without_operators_only_approvers_operate(settings, db, standin, world, 
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "operators": []})
     with Sandbox(Services(s, db), standin=standin) as box:
         assert "Only operators" in answer(box, box.command("U0DAVE", "halt rogue"))
-        assert "Only operators" in answer(box, box.command("U0DAVE", f"start {MODEL} {target_of(box.services)} x"))
+        assert "Only operators" in answer(box, box.command("U0DAVE", f"start {MODEL} {target_of(box.services)} x --confirm"))
         assert not trading_halted(conn)
         answer(box, box.command("U0BOB", "halt an approver may"))
         assert trading_halted(conn)
@@ -207,7 +207,7 @@ def test_twenty_diagnose_commands_in_flight_do_not_delay_approve_in_one_process(
 
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "heavy_commands_per_minute": 100})
     with Sandbox(Services(s, db), standin=standin) as box:
-        answer(box, box.command("U0ALICE", f"start {MODEL} {target_of(box.services)} Sharpe collapsed"))
+        answer(box, box.command("U0ALICE", f"start {MODEL} {target_of(box.services)} Sharpe collapsed --confirm"))
         card = card_of(box)
         lock = _blocking_diagnostics(database_url)
         try:
@@ -267,7 +267,7 @@ def test_take_over_from_the_card(sandbox, world, conn):
 
 
 def test_root_cause_and_report_belong_to_the_incidents_people_and_approvers(sandbox, world, conn, tmp_path):
-    answer(sandbox, sandbox.command("U0ALICE", f"start {MODEL} {target_of(sandbox.services)} Sharpe collapsed"))
+    answer(sandbox, sandbox.command("U0ALICE", f"start {MODEL} {target_of(sandbox.services)} Sharpe collapsed --confirm"))
     card = card_of(sandbox)
     click(sandbox, "U0BOB", "rollback_approve", card)
     sandbox.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))

@@ -45,3 +45,10 @@ def test_no_module_level_app():
                     func = node.value.func
                     name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
                     assert name not in ("App", "AsyncApp"), f"{path.relative_to(ROOT)}:{node.lineno}"
+
+
+def test_handlers_do_not_import_the_composition_root():
+    """bot/ wires handlers/ and core/ together; handlers receive what they need and never reach back up."""
+    for path, tree in modules("handlers"):
+        bad = imported(tree) & {"bot"}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

@@ -65,8 +65,8 @@ def test_console_request_and_approval(database_url, tmp_path):
         term.send("/rollback backups growth_momentum_large")
         out = term.read_until("Recommended target")
         target = out.split("/rollback start growth_momentum_large ")[1].split()[0]
-        term.send(f"/rollback start growth_momentum_large {target} IC negative since the market turned")
-        term.read_until("[Approve] [Deny]")
+        term.send(f"/rollback start growth_momentum_large {target} IC negative since the market turned --confirm")
+        term.read_until("[Approve] [Halt now] [Deny]")
         term.send("click Approve")
         term.read_until("You cannot approve your own request")
         term.send("as bob")

@@ -19,7 +19,7 @@ def test_demo_plays_a_whole_incident(database_url, tmp_path):
     code = demo.run(root=tmp_path / "demo", database_url=url, out=out, size="test")
     text = out.getvalue()
     assert code == 0, text
-    for needle in ("/rollback status", "Recommended target", "[Approve] [Deny]", "You cannot approve your own request",
+    for needle in ("/rollback status", "Recommended target", "[Approve] [Halt now] [Deny]", "You cannot approve your own request",
                    "Automated trading halted", "Emergency backup", "Trading resumed", "Incident resolved",
                    "every client is back on its own settings"):
         assert needle in text, needle

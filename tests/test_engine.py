@@ -312,14 +312,14 @@ def test_break_glass_cli(settings, world, conn):
     from core.registry import ModelRegistry
 
     target = ModelRegistry(world.models_dir).recommend(MODEL).backup.name
-    r = run_cli("rollback", MODEL, "--to", "../../etc", "--reason", "x", "--by", "ops", env=env)
+    r = run_cli("rollback", MODEL, "--to", "../../etc", "--reason", "x", "--by", "ops", "--confirm", env=env)
     assert r.returncode == 1 and "Invalid backup name" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("rollback", MODEL, "--to", target, "--reason", "x", env=env)
+    r = run_cli("rollback", MODEL, "--to", target, "--reason", "x", "--confirm", env=env)
     assert r.returncode == 2 and "--by" in r.stderr
-    r = run_cli("rollback", "nope", "--to", target, "--reason", "x", "--by", "ops", env=env)
+    r = run_cli("rollback", "nope", "--to", target, "--reason", "x", "--by", "ops", "--confirm", env=env)
     assert r.returncode == 1 and "Unknown model" in r.stderr
     assert conn.execute("SELECT count(*) AS n FROM rollback_bot.incidents").fetchone()["n"] == 0
-    r = run_cli("rollback", MODEL, "--to", target, "--reason", "Slack is down; Sharpe collapsed", "--by", "oncall-jane", "--yes",
+    r = run_cli("rollback", MODEL, "--to", target, "--reason", "Slack is down; Sharpe collapsed", "--by", "oncall-jane", "--yes", "--confirm",
                 env=env)
     assert r.returncode == 0, r.stderr
     assert "restore" in r.stdout and "trading resumed" in r.stdout

@@ -259,7 +259,7 @@ def test_postgres_restart_drops_the_executor_lock_and_a_second_process_takes_ove
 
 
 def request_card(sandbox, world):
-    reply = sandbox.command("U0ALICE", f"start {MODEL} {target_of(world)} Sharpe collapsed")
+    reply = sandbox.command("U0ALICE", f"start {MODEL} {target_of(world)} Sharpe collapsed --confirm")
     assert reply.status == 200
     body = sandbox.responses(reply.response_key, timeout=20)[0]
     assert "posted in" in body["text"], body

@@ -104,7 +104,7 @@ def test_trades_that_keep_coming_pause_the_rollback_page_and_an_approver_may_pro
     services = Services(s, db)
     original = assert_consistent(conn, world.models_dir, MODEL)
     with Sandbox(services, standin=standin) as box:
-        reply = box.command("U0ALICE", f"start {MODEL} {target_of(services)} Sharpe collapsed")
+        reply = box.command("U0ALICE", f"start {MODEL} {target_of(services)} Sharpe collapsed --confirm")
         box.responses(reply.response_key)
         card = next(m for m in standin.messages(CHANNEL) if not m.is_reply)
         box.sender.block_action(user_id="U0BOB", action_id="rollback_approve", channel_id=CHANNEL,
@@ -260,7 +260,7 @@ def test_clients_activated_or_added_during_a_swap_are_halted_and_a_re_enabled_on
         if label == "before:recording":
             seen.update(client_settings(conn))
 
-    reply = sandbox.command("U0ALICE", f"start {MODEL} {target_of(services)} Sharpe collapsed")
+    reply = sandbox.command("U0ALICE", f"start {MODEL} {target_of(services)} Sharpe collapsed --confirm")
     sandbox.responses(reply.response_key)
     card = next(m for m in sandbox.standin.messages(CHANNEL) if not m.is_reply)
     sandbox.sender.block_action(user_id="U0BOB", action_id="rollback_approve", channel_id=CHANNEL,

@@ -46,7 +46,7 @@ def test_metrics_count_rollbacks_and_step_durations(sandbox, world):
 
 
 def test_metrics_count_slack_errors_and_retries(sandbox, world):
-    reply = sandbox.command("U0ALICE", f"start {MODEL} {sandbox.services.registry.recommend(MODEL).backup.name} r")
+    reply = sandbox.command("U0ALICE", f"start {MODEL} {sandbox.services.registry.recommend(MODEL).backup.name} r --confirm")
     sandbox.responses(reply.response_key)
     sandbox.standin.fail_next("chat.postMessage", status=503)  # a thread reply: retried by slack_sdk, then sent
     sandbox.standin.fail_next("chat.update", error="message_not_found")  # a card update: an API error

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from bot.server import needs_only_an_ack
-from tests.helpers import shown_modal
+from tests.helpers import checks_ticked, shown_modal
 
 MODEL = "growth_momentum_large"
 COUNT = 5000
@@ -134,7 +134,8 @@ def test_a_backup_of_another_model_is_refused_on_submit(sandbox, world):
     r = sandbox.sender.view_submission(
         user_id="U0ALICE", callback_id="rollback_start_modal", private_metadata=json.dumps({"channel": "C0OPS"}),
         state_values={"model_block": {"start_model_select": sel(MODEL)}, "backup_block": {"backup": sel(other)},
-                      "reason_block": {"reason": "IC collapsed"}, "severity_block": {"severity": sel("high")}})
+                      "reason_block": {"reason": "IC collapsed"}, "severity_block": {"severity": sel("high")},
+                      **checks_ticked()})
     assert r.status == 200 and set(r.json()["errors"]) == {"backup_block"}
     assert sandbox.services.engine.list_incidents() == []
 

@@ -83,7 +83,7 @@ def test_whole_rollback_through_slack_restores_each_clients_own_settings(box):
     halted_clients = [c for c in pw.clients if c.active and c.settings is not None]
 
     target = sandbox.services.registry.recommend(MODEL).backup.name
-    reply = sandbox.command("U0ALICE", f"start {MODEL} {target} IC negative since the regime change")
+    reply = sandbox.command("U0ALICE", f"start {MODEL} {target} IC negative since the regime change --confirm")
     sandbox.responses(reply.response_key)
     card = card_message(sandbox)
     assert "Pre-flight passed" in json.dumps(card.blocks)
@@ -341,7 +341,7 @@ def test_break_glass_rollback_with_only_the_readmes_file_rights(platforms, tmp_p
         target = pw.world.models[MODEL].backups[0].name
         check = pw.connect()
         before = {k: (r["auto_rebalance"], r["require_manual_approval"]) for k, r in pw.settings_rows(check).items()}
-        out = run("rollback", MODEL, "--to", target, "--reason", "break-glass drill", "--by", "oncall", "--yes")
+        out = run("rollback", MODEL, "--to", target, "--reason", "break-glass drill", "--by", "oncall", "--yes", "--confirm")
         assert out.returncode == 0 and f"is now {target}" in out.stdout, out.stdout + out.stderr
         assert [r["version"] for r in check.execute("SELECT version FROM model_deployment_log WHERE model_name = %s"
                                                     " AND is_production", (MODEL,))] == [target]

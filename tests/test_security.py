@@ -31,7 +31,7 @@ from bot.sandbox import Sandbox
 from bot.slack_signing import SenderResponse, SlackSender, sign
 from core.db import Database
 from core.services import Services
-from tests.helpers import assert_consistent, shown_modal, trading_halted
+from tests.helpers import assert_consistent, checks_ticked, shown_modal, trading_halted
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "growth_momentum_large"
@@ -123,7 +123,7 @@ def click(box: Sandbox, user: str, action_id: str, message) -> SenderResponse:
 
 
 def request_rollback(box: Sandbox, reason: str = "IC collapsed after the regime change", user: str = "U0ALICE"):
-    r, key = command(box, user, f"start {MODEL} {target(box)} {reason}")
+    r, key = command(box, user, f"start {MODEL} {target(box)} {reason} --confirm")
     assert r.status == 200
     body = answer(box, key)
     assert "posted in" in body["text"], body
@@ -340,7 +340,7 @@ def test_replayed_request_form_submission_posts_one_request(box, world, conn):
     sel = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
     values = {"model_block": {"start_model_select": sel(MODEL)}, "backup_block": {"backup": sel(target(box))},
               "reason_block": {"reason": "form reason"}, "severity_block": {"severity": sel("high")},
-              "loss_block": {"loss": ""}}
+              "loss_block": {"loss": ""}, **checks_ticked()}
     r = box.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values=values,
                                    private_metadata=json.dumps({"channel": "C0OPS"}))
     assert r.status == 200
@@ -472,7 +472,7 @@ def test_cli_break_glass_rollback_at_debug_logs_no_secret(tmp_path, world, conn,
     backup = world.models[MODEL].backups[0].name
     env = cli_env(DATABASE_URL=secret_dsn, SLACK_BOT_TOKEN=token, SLACK_SIGNING_SECRET=secret,
                   MODELS_DIR=str(world.models_dir), INCIDENTS_DIR=str(tmp_path / "incidents"))
-    r = run_cli(["-v", "rollback", MODEL, "--to", backup, "--reason", "model broke", "--by", "ops-oncall", "--yes"], env,
+    r = run_cli(["-v", "rollback", MODEL, "--to", backup, "--reason", "model broke", "--by", "ops-oncall", "--yes", "--confirm"], env,
                 tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert leaks(r.stdout + r.stderr, [password, token, secret]) == []
@@ -514,7 +514,7 @@ def test_serve_at_debug_logs_no_secret(tmp_path, world, standin, secret_dsn):
         standin.wait_for("response_url", lambda c: c.body["key"] == "serve-status", timeout=30)
         backup = world.models[MODEL].backups[0].name
         url = standin.response_url("serve-start", channel="C0OPS", user="U0ALICE")
-        sender.slash_command(text=f"start {MODEL} {backup} drift", user_id="U0ALICE", channel_id="C0OPS",
+        sender.slash_command(text=f"start {MODEL} {backup} drift --confirm", user_id="U0ALICE", channel_id="C0OPS",
                              response_url=url)
         standin.wait_for("response_url", lambda c: c.body["key"] == "serve-start", timeout=30)
         standin.wait_for("chat.postMessage", lambda c: c.body.get("channel") == CHANNEL)
@@ -607,7 +607,7 @@ def test_symlinked_model_folder_leaving_models_dir_is_refused(box, world, outsid
     assert "backup_2020-01-01" not in json.dumps(body)
     r, key = command(box, "U0ALICE", "status")
     assert "escape_model" not in json.dumps(answer(box, key))
-    r, key = command(box, "U0ALICE", "start escape_model backup_2020-01-01 escaping")
+    r, key = command(box, "U0ALICE", "start escape_model backup_2020-01-01 escaping --confirm")
     body = answer(box, key)
     assert "outside MODELS_DIR" in body["text"] or "Unknown model" in body["text"], body["text"]
     assert box.services.engine.list_incidents() == []
@@ -617,7 +617,7 @@ def test_symlinked_backup_leaving_models_dir_is_refused_by_start(box, world, con
     """A backup folder that is a symlink to a valid model outside MODELS_DIR cannot be rolled back to."""
     (world.models_dir / MODEL / "backup_zz_escape").symlink_to(outside / "backup_2020-01-01",
                                                               target_is_directory=True)
-    r, key = command(box, "U0ALICE", f"start {MODEL} backup_zz_escape it looks better")
+    r, key = command(box, "U0ALICE", f"start {MODEL} backup_zz_escape it looks better --confirm")
     body = answer(box, key)
     assert "outside MODELS_DIR" in body["text"], body["text"]
     assert box.services.engine.list_incidents() == []
@@ -632,7 +632,7 @@ def test_symlinked_backup_leaving_models_dir_is_refused_by_start(box, world, con
                                     "backup_\uff0e\uff0e"])
 def test_start_command_refuses_traversal_backup_names(box, world, conn, backup):
     before = listing(world.models_dir)
-    r, key = command(box, "U0ALICE", f"start {MODEL} {backup} reason")
+    r, key = command(box, "U0ALICE", f"start {MODEL} {backup} reason --confirm")
     text = answer(box, key)["text"]
     assert "Invalid backup name" in text, text
     assert len(text) < 600
@@ -644,10 +644,10 @@ def test_start_command_refuses_traversal_backup_names(box, world, conn, backup):
     ["backups", "../outside"],
     ["backups", "%2e%2e%2foutside"],
     ["backups", "escape_model"],
-    ["rollback", MODEL, "--to", "backup_../../outside", "--reason", "r", "--by", "me"],
-    ["rollback", MODEL, "--to", "backup_zz_escape", "--reason", "r", "--by", "me"],
-    ["rollback", "../" + MODEL, "--to", "backup_x", "--reason", "r", "--by", "me"],
-    ["rollback", MODEL, "--to", "backup_" + "z" * 5000, "--reason", "r", "--by", "me"],
+    ["rollback", MODEL, "--to", "backup_../../outside", "--reason", "r", "--by", "me", "--confirm"],
+    ["rollback", MODEL, "--to", "backup_zz_escape", "--reason", "r", "--by", "me", "--confirm"],
+    ["rollback", "../" + MODEL, "--to", "backup_x", "--reason", "r", "--by", "me", "--confirm"],
+    ["rollback", MODEL, "--to", "backup_" + "z" * 5000, "--reason", "r", "--by", "me", "--confirm"],
 ], ids=lambda a: " ".join(a)[:40])
 def test_cli_refuses_traversal(tmp_path, world, conn, outside, database_url, args):
     (world.models_dir / "escape_model").symlink_to(outside, target_is_directory=True)
@@ -703,7 +703,7 @@ def test_very_long_non_ascii_halt_reason_and_modal_fields(box, world, conn):
     sel = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
     values = {"model_block": {"start_model_select": sel(MODEL)}, "backup_block": {"backup": sel(target(box))},
               "reason_block": {"reason": LONG_REASON}, "severity_block": {"severity": sel("critical")},
-              "loss_block": {"loss": "1e308"}}
+              "loss_block": {"loss": "1e308"}, **checks_ticked()}
     r = box.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values=values,
                                    private_metadata=json.dumps({"channel": "C0OPS"}))
     assert r.status == 200
@@ -737,7 +737,7 @@ def test_nul_and_control_characters_in_free_text_are_not_a_crash(box, world, con
     """PostgreSQL text cannot hold NUL: such input must get a clear answer, not an error id."""
     nasty = "bad\x00data\x07 \x1b[31mred"
     if where == "reason":
-        r, key = command(box, "U0ALICE", f"start {MODEL} {target(box)} {nasty}")
+        r, key = command(box, "U0ALICE", f"start {MODEL} {target(box)} {nasty} --confirm")
     else:
         r, key = command(box, "U0ALICE", f"halt {nasty}")
     body = answer(box, key)
@@ -779,7 +779,7 @@ def test_sql_metacharacters_in_every_slack_free_text_field_are_stored_verbatim(b
     sel = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
     values = {"model_block": {"start_model_select": sel(MODEL)}, "backup_block": {"backup": sel(target(box))},
               "reason_block": {"reason": SQL_NASTY}, "severity_block": {"severity": sel("high")},
-              "loss_block": {"loss": ""}}
+              "loss_block": {"loss": ""}, **checks_ticked()}
     box.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values=values,
                                private_metadata=json.dumps({"channel": "C0OPS"}))
     answered_by_dm(box, "U0ALICE", "posted in")
@@ -804,7 +804,7 @@ def test_sql_metacharacters_in_cli_by_and_reason_are_stored_verbatim(tmp_path, w
     by = "o'neil\"; DELETE FROM model_deployment_log; --"
     env = cli_env(DATABASE_URL=database_url, MODELS_DIR=str(world.models_dir),
                   INCIDENTS_DIR=str(tmp_path / "incidents"))
-    r = run_cli(["rollback", MODEL, "--to", backup, "--reason", SQL_NASTY, "--by", by, "--yes"], env, tmp_path)
+    r = run_cli(["rollback", MODEL, "--to", backup, "--reason", SQL_NASTY, "--by", by, "--yes", "--confirm"], env, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     inc = conn.execute("SELECT * FROM rollback_bot.incidents").fetchone()
     assert inc["reason"] == SQL_NASTY and inc["requested_by"] == by

@@ -111,7 +111,7 @@ def test_two_serve_processes_behave_as_one(serve, settings, standin, conn, world
     # the same command delivered to both processes (a retry landing on the other node): one request
     trigger = "999.888.abc"
     for i, sender in enumerate(senders):
-        sender.slash_command(text=f"start {MODEL} {target} Sharpe collapsed", user_id="U0ALICE", channel_id="C1",
+        sender.slash_command(text=f"start {MODEL} {target} Sharpe collapsed --confirm", user_id="U0ALICE", channel_id="C1",
                              response_url=standin.response_url("start", channel="C1", user="U0ALICE"),
                              trigger_id=trigger, retry_num=i or None)
     standin.wait_for("response_url", lambda c: c.body.get("key") == "start", timeout=15)
@@ -220,7 +220,7 @@ def test_metrics_of_the_work_process_reach_serve_on_their_own_address(serve, set
 
     target = ModelRegistry(world.models_dir).recommend(MODEL).backup.name
     sender = SlackSender(url + "/slack/events", settings.slack_signing_secret.get_secret_value())
-    sender.slash_command(text=f"start {MODEL} {target} Sharpe collapsed", user_id="U0ALICE", channel_id="C1",
+    sender.slash_command(text=f"start {MODEL} {target} Sharpe collapsed --confirm", user_id="U0ALICE", channel_id="C1",
                          response_url=standin.response_url("start", channel="C1", user="U0ALICE"))
     card = standin.wait_for("chat.postMessage", lambda c: c.body.get("channel") == "C0INCIDENT", timeout=20)[0]
     ts = card.response["ts"]

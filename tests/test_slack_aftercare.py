@@ -89,7 +89,7 @@ def test_loss_over_threshold_pages_at_once_and_age_escalation_survives_a_restart
     standin.add_user("U0ERIN", name="erin")
     with box_with(settings, db, standin, loss_escalation_threshold=100_000) as box:
         target = box.services.registry.recommend(MODEL).backup.name
-        reply = box.command("U0ALICE", f"start {MODEL} {target} losing money")
+        reply = box.command("U0ALICE", f"start {MODEL} {target} losing money --confirm")
         box.responses(reply.response_key)
         inc = box.services.engine.list_incidents()[0]
         assert inc.estimated_loss is None

@@ -12,7 +12,7 @@ import pytest
 from bot.sandbox import Sandbox
 from core import aftercare, incidents
 from core.services import Services
-from tests.helpers import Clock, assert_consistent, shown_modal, trading_halted
+from tests.helpers import Clock, assert_consistent, checks_ticked, shown_modal, trading_halted
 from tests.test_slack_flow import CHANNEL, MODEL, click, request
 
 
@@ -134,7 +134,8 @@ def test_another_backup_from_the_card_opens_the_form_and_its_approval_supersedes
         sel = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
         r = b.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values={
             "model_block": {"start_model_select": sel(MODEL)}, "backup_block": {"backup": sel(other)},
-            "reason_block": {"reason": "IC still negative"}, "severity_block": {"severity": sel("high")}},
+            "reason_block": {"reason": "IC still negative"}, "severity_block": {"severity": sel("high")},
+            **checks_ticked()},
             private_metadata=view["private_metadata"])
         assert r.status == 200 and not r.body, r.body
         b.standin.wait_for("response_url", lambda c: "INC-2" in c.body.get("text", ""))  # the click's URL

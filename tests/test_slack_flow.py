@@ -7,7 +7,7 @@ import threading
 from datetime import timedelta
 
 from core import incidents
-from tests.helpers import assert_consistent, client_settings, shown_modal, trading_halted
+from tests.helpers import assert_consistent, checks_ticked, client_settings, shown_modal, trading_halted
 
 MODEL = "growth_momentum_large"
 CHANNEL = "C0INCIDENT"
@@ -18,7 +18,7 @@ def target(sandbox):
 
 
 def request(sandbox, user="U0ALICE", reason="Sharpe collapsed after the regime change"):
-    reply = sandbox.command(user, f"start {MODEL} {target(sandbox)} {reason}")
+    reply = sandbox.command(user, f"start {MODEL} {target(sandbox)} {reason} --confirm")
     assert reply.status == 200
     sandbox.responses(reply.response_key)
     card = next(m for m in sandbox.standin.messages(CHANNEL) if m.thread_ts is None or m.thread_ts == m.ts)
@@ -112,7 +112,7 @@ def test_retried_command_deliveries_give_one_request(sandbox, world, conn):
     url = sandbox.standin.response_url("retry", channel="C0OPS", user="U0ALICE")
     trigger = "13345224609.738474920.8088930838d88f008e0"
     for n in (None, 1, 2):
-        r = sandbox.sender.slash_command(text=f"start {MODEL} {target(sandbox)} retried", user_id="U0ALICE",
+        r = sandbox.sender.slash_command(text=f"start {MODEL} {target(sandbox)} retried --confirm", user_id="U0ALICE",
                                          channel_id="C0OPS", response_url=url, trigger_id=trigger, retry_num=n,
                                          retry_reason="http_timeout" if n else None)
         assert r.status == 200
@@ -178,7 +178,8 @@ def test_start_without_arguments_opens_the_modal_and_validates(sandbox, world, c
     r = sandbox.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values=values,
                                        private_metadata=updated["private_metadata"])
     errors = r.json()["errors"]
-    assert set(errors) == {"reason_block", "loss_block"}
+    assert set(errors) == {"reason_block", "loss_block", "checks_block"}
+    values.update(checks_ticked())
     values["reason_block"] = {"reason": "IC negative for 5 days"}
     values["loss_block"] = {"loss": "250000"}
     r = sandbox.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values=values,

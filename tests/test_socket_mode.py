@@ -252,7 +252,7 @@ def test_slash_command_and_button_click_are_acked_in_time_and_take_effect(socket
     backup = socket_app.services.registry.recommend(MODEL).backup.name
     url = standin.response_url("sm-start", channel="C0OPS", user="U0ALICE")
     env = sm.send("slash_commands",
-                  slash_command_payload(f"start {MODEL} {backup} IC collapsed", user="U0ALICE", response_url=url),
+                  slash_command_payload(f"start {MODEL} {backup} IC collapsed --confirm", user="U0ALICE", response_url=url),
                   accepts_response_payload=True)
     assert sm.wait_ack(env).seconds < ACK_LIMIT
     standin.wait_for("response_url", lambda c: c.body["key"] == "sm-start", timeout=15)
