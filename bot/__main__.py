@@ -350,12 +350,29 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
                + (" Trading stays halted until `/rollback resume`." if inc.state in ("verified", "failed",
                                                                                    "halt_not_effective") else ""),
                reply=True)
+    _deliver_follow_ups(services, inc)
     if inc.state in ("monitoring", "verified", "resolved"):
         print(f"{inc.ref}: {args.model} is now {args.to}; "
               + ("trading stays halted until `/rollback resume`." if inc.state == "verified" else "trading resumed."))
         return 0
     print(f"rollback-bot: {inc.ref} ended {inc.state}: {inc.error or 'see the journal'}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def _deliver_follow_ups(services, inc) -> None:
+    """The follow-ups the rollback queued with its state changes (core.outbox): the e-mail and the report go out
+    from here, before the CLI exits; the rest (escalation timers, diagnostics, ...) is said and left queued."""
+    from core import outbox
+    from core.notify import EMAIL_JOB
+
+    if services.mailer is not None:
+        services.mailer.on_failed = lambda i, milestone, exc: print(
+            f"  WARNING: the {milestone} e-mail was not sent: {exc}", file=sys.stderr, flush=True)
+    outbox.deliver(services.worker, inc.id, ("report", EMAIL_JOB))
+    left = outbox.pending(services.db, inc.id)
+    if left:
+        kinds = ", ".join(sorted({q.kind for q in left}))
+        print(f"{inc.ref}: {len(left)} follow-up job(s) stay queued for `rollback-bot serve` ({kinds}).", flush=True)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

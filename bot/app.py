@@ -18,7 +18,8 @@ from core.auth import Authorizer
 from core.watchdog import Proposal
 from core.services import Services
 from core.settings import Settings
-from handlers import actions, attention, commands, errors, evidence, halt_trades, home, notifications, pickers, views
+from handlers import (actions, attention, commands, errors, evidence, halt_trades, home, notifications, pickers, retrain,
+                      views)
 from handlers.deps import Deps, RemoteSubmit, work_pool
 from handlers.progress import SlackProgress
 
@@ -82,6 +83,7 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     actions.register(app, deps, progress)
     attention.register(app, deps, progress)
     evidence.register(app, deps, progress)
+    retrain.register(app, deps, progress)
     views.register(app, deps, progress)
     pickers.register(app, deps)
     home.register(app, deps, progress)

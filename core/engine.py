@@ -138,6 +138,9 @@ class Engine:
         self.sleep: Callable[[float], None] = time.sleep  # the quiet wait after the halt (tests move the clock)
         self.fault = fault_hook
         self.listeners: list[Listener] = []
+        # Transactional outbox (core.outbox): writers of the follow-up jobs a state change implies, called in the
+        # state change's own transaction.
+        self.follow_ups: list[Callable[[psycopg.Connection, Incident], None]] = []
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._parsing: dict[int, Future] = {}  # incident id -> the approved backup's model, parsed ahead
         self._fences: dict[int, Fence] = {}  # incident id -> this process's lock on it (core.fencing)
@@ -359,6 +362,7 @@ class Engine:
                 ref = other.ref if other else "another request"
                 raise Conflict(f"{model} already has an open rollback, {ref}; nothing new was posted.") from None
             incident = Incident(**row)
+            self.write_follow_ups(conn, incident)
             self._journal_done(conn, incident.id, "requested", requested_by, detail={"backup": backup, "reason": reason})
             self.audit(conn, actor=requested_by, action="request", outcome="ok", incident_id=incident.id,
                        model=model, backup=backup)
@@ -519,7 +523,14 @@ class Engine:
         ).fetchone()
         if row is None:
             raise Conflict(f"{inc.ref} changed state while this step ran; another process is handling it.")
-        return Incident(**row)
+        moved = Incident(**row)
+        self.write_follow_ups(conn, moved)
+        return moved
+
+    def write_follow_ups(self, conn: psycopg.Connection, inc: Incident) -> None:
+        """Queue the follow-up jobs of ``inc``'s new state in the caller's transaction (core.outbox)."""
+        for write in self.follow_ups:
+            write(conn, inc)
 
     # ------------------------------------------------------------------------------------- execute
 

@@ -42,7 +42,7 @@ from psycopg.types.json import Jsonb
 
 from core.aftercare import first_reported_at
 from core.engine import Engine, enqueue
-from core.incidents import CLOSED, Event, Incident, Step, journal
+from core.incidents import Event, Incident, Step, journal
 from core.report import TARGET_CHECK_DELAY, TARGETS, human_span, target_status
 from core.timeline import target_label
 
@@ -66,7 +66,6 @@ AGE_JOB = "escalate_age"
 NOW_JOB = "escalate_now"
 TARGET_JOB = "runbook_target"
 _MARKER_KIND = "once"  # never has a handler, and is created done: no worker ever claims it
-_FAILED_LOOKBACK = timedelta(hours=24)
 
 PageCallback = Callable[[Incident, str], None]
 
@@ -234,33 +233,16 @@ class Escalator:
             with self.db.transaction() as conn:
                 self.schedule(conn, inc)
 
-    def sweep(self) -> None:
-        """Safety net run by the worker: timers for open incidents that have none (e.g. the process died
-        between a commit and its event), and the escalation of a recent failure that was never queued."""
-        now = self.engine.clock()
-        with self.db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT i.* FROM rollback_bot.incidents i WHERE"
-                " (i.state <> ALL(%s) AND NOT EXISTS (SELECT 1 FROM rollback_bot.jobs j"
-                "   WHERE j.dedupe_key = 'escalate-age:' || i.id))"
-                " OR (i.kind = 'rollback' AND i.state IN ('failed', 'revert_failed') AND i.updated_at > %s"
-                "   AND NOT EXISTS (SELECT 1 FROM rollback_bot.jobs j"
-                "   WHERE j.dedupe_key = 'escalate-now:' || i.id || ':' || i.state))",
-                (list(CLOSED), now - _FAILED_LOOKBACK),
-            ).fetchall()
-            for row in rows:
-                self.schedule(conn, Incident(**row))
-
     def register(self, worker: Any, on_page: PageCallback, on_breach: BreachCallback, *,
                  subscribe: bool = True) -> None:
-        """Install the job handlers on ``worker``, the sweep among its periodic tasks, and (by default) the
-        listener on its engine."""
+        """Install the job handlers on ``worker`` and (by default) the listener on its engine. The timers of a
+        state change made by the engine are queued in its own transaction (core.outbox), so no sweep for timers
+        a dead process never queued is needed."""
         self.on_page = on_page
         self.on_breach = on_breach
         worker.on(AGE_JOB, self._age_job)
         worker.on(NOW_JOB, self._now_job)
         worker.on(TARGET_JOB, self._target_job)
-        worker.periodic.append(self.sweep)
         if subscribe:
             self.engine.subscribe(self.on_event)
 

@@ -20,6 +20,9 @@ Two fixes:
   ``propose_model_restore`` picks a target and ``request_restore`` opens an ordinary rollback request for
   it (pre-flight, approval by a second person, emergency backup, atomic restore, verification): a restore
   is never done outside the engine's rollback flow.
+* **Retrain** (the runbook's "overfitted model") -- an incident of kind ``fix`` like the refresh, with the
+  model and the training window's start date in its plan; the approved run is ``core.retrain.retrain``: its
+  output becomes a new ``backup_retrain_*`` candidate, deployed only by an ordinary approved rollback.
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ __all__ = [
     "FIXES",
     "FixOutcome",
     "FixResult",
+    "RETRAIN",
     "RestoreProposal",
+    "RetrainRunner",
     "UnknownFix",
     "approve_fix",
     "deny_fix",
@@ -75,10 +80,12 @@ log = logging.getLogger("rollback_bot.fixes")
 
 REFRESH_VIEW = "refresh_feature_view"
 REFRESH_VIEW_BLOCKING = "refresh_feature_view_blocking"
+RETRAIN = "retrain"  # core.retrain: RETRAIN_COMMAND's output lands as a new backup_retrain_* candidate
 #: fix name -> button label
 FIXES: dict[str, str] = {
     REFRESH_VIEW: "Refresh feature view",
     REFRESH_VIEW_BLOCKING: "Refresh feature view (locks readers)",
+    RETRAIN: "Retrain model",
 }
 FIX_JOB = "fix"
 BOT = "rollback-bot"
@@ -222,7 +229,8 @@ def get_fix(db: Database, incident_id: int) -> Incident:
 def request_fix(
     db: Database, *, fix: str, requested_by: str, reason: str = "", model: str | None = None,
     channel: str | None = None, source: str = "slack", clock: Callable[[], datetime] = utcnow,
-    expires_in: timedelta = timedelta(minutes=15),
+    expires_in: timedelta = timedelta(minutes=15), start_date: date | None = None,
+    follow_ups: Callable[[Any, Incident], None] | None = None,
 ) -> Incident:
     """Open a fix request awaiting a second person's approval; a second open request of the fix is a Conflict.
     Not approved within ``expires_in`` (APPROVAL_TIMEOUT_MINUTES), it is cancelled like a rollback request."""
@@ -232,6 +240,13 @@ def request_fix(
     if not requested_by:
         raise NotAuthorized("A fix request needs the requester's name.")
     reason = clean_text(reason) or FIXES[fix]
+    plan: dict[str, Any] = {"fix": fix, "label": FIXES[fix]}
+    if fix == RETRAIN:
+        if not model or start_date is None:
+            raise UnknownFix("A retrain request needs the model and the training start date.")
+        if start_date > clock().date():
+            raise UnknownFix(f"The training start date {start_date.isoformat()} is in the future.")
+        plan.update(label=f"{FIXES[fix]} {model} from {start_date.isoformat()}", start_date=start_date.isoformat())
     with db.transaction() as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.fix:' || %s))", (fix,))
         other = conn.execute(
@@ -247,10 +262,11 @@ def request_fix(
             "INSERT INTO rollback_bot.incidents (kind, model_name, state, reason, severity, requested_by, source,"
             " channel, plan, created_at, updated_at, expires_at) VALUES ('fix', %s, 'requested', %s, 'medium', %s,"
             " %s, %s, %s, %s, %s, %s) RETURNING *",
-            (model, reason, requested_by, source, channel, Jsonb({"fix": fix, "label": FIXES[fix]}), now, now,
-             now + expires_in),
+            (model, reason, requested_by, source, channel, Jsonb(plan), now, now, now + expires_in),
         ).fetchone()
         inc = Incident(**row)
+        if follow_ups is not None:  # the engine's outbox (core.outbox): timers queued with the request
+            follow_ups(conn, inc)
         journal(conn, incident_id=inc.id, step="requested", actor=requested_by, at=now,
                 detail={"fix": fix, "reason": reason})
         audit(conn, at=now, actor=requested_by, action="fix_request", outcome="ok", incident_id=inc.id, fix=fix)
@@ -324,8 +340,20 @@ def deny_fix(
     return Incident(**row)
 
 
+@dataclass(frozen=True)
+class RetrainRunner:
+    """What a retrain needs beyond the database: the registry, RETRAIN_COMMAND and its timeout, and where its
+    output goes while it runs (``on_output(incident, last_lines, running)``)."""
+
+    registry: ModelRegistry
+    command: list[str] | None
+    timeout_seconds: float
+    on_output: Callable[[Incident, list[str], bool], None] | None = None
+
+
 def run_fix(
     db: Database, *, incident_id: int, actor: str = BOT, clock: Callable[[], datetime] = utcnow,
+    retrainer: RetrainRunner | None = None,
 ) -> FixOutcome:
     """Run an approved fix once: approved → resolved (it worked) or failed (with the reason).
 
@@ -342,6 +370,8 @@ def run_fix(
         started = clock()
         if fix in (REFRESH_VIEW, REFRESH_VIEW_BLOCKING):
             result = refresh_feature_view(conn, concurrently=fix == REFRESH_VIEW)
+        elif fix == RETRAIN:
+            result = _run_retrain(conn, inc, retrainer, started)
         else:
             result = FixResult(str(fix), False, f"Unknown fix {fix!r}.", False)
         now = clock()
@@ -360,11 +390,25 @@ def run_fix(
     return FixOutcome(Incident(**row), result)
 
 
-def register(worker: Any, *, on_done: Callable[[FixOutcome], None] | None = None) -> None:
+def _run_retrain(conn: psycopg.Connection, inc: Incident, runner: RetrainRunner | None, now: datetime) -> FixResult:
+    from core.retrain import retrain
+
+    if runner is None:
+        return FixResult(RETRAIN, False, "This process cannot run a retrain (no retrain runner).", False)
+    plan = inc.plan or {}
+    output = None if runner.on_output is None else (lambda lines, running: runner.on_output(inc, lines, running))
+    out = retrain(conn, runner.registry, command=runner.command, timeout_seconds=runner.timeout_seconds,
+                  model=str(inc.model_name), start_date=date.fromisoformat(plan["start_date"]), now=now,
+                  on_output=output)
+    return FixResult(RETRAIN, out.ok, out.message, False, out.seconds, out.detail)
+
+
+def register(worker: Any, *, on_done: Callable[[FixOutcome], None] | None = None,
+             retrainer: RetrainRunner | None = None) -> None:
     """Run approved fixes from the job queue (``approve_fix`` queues them); ``on_done`` hears each outcome."""
 
     def handle(job: dict) -> None:
-        outcome = run_fix(worker.db, incident_id=job["incident_id"], clock=worker.engine.clock)
+        outcome = run_fix(worker.db, incident_id=job["incident_id"], clock=worker.engine.clock, retrainer=retrainer)
         if on_done is not None and outcome.result is not None:
             on_done(outcome)
 

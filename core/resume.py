@@ -186,6 +186,7 @@ def request_override(engine: Engine, *, user: str, allowed: bool = True) -> tupl
              now + timedelta(minutes=engine.settings.approval_timeout_minutes)),
         ).fetchone()
         inc = Incident(**row)
+        engine.write_follow_ups(conn, inc)  # the outbox (core.outbox): its timers commit with the request
         journal(conn, incident_id=inc.id, step="requested", actor=user, at=now,
                 detail={"reason": text, "fingerprint": fp})
         engine.audit(conn, actor=user, action="resume_override_request", outcome="ok", incident_id=inc.id,

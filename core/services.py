@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from core import access, aftercare, fixes, halt_watch
+from core import access, aftercare, fixes, halt_watch, outbox
 from core.charts import chart_maker, model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
@@ -25,11 +25,12 @@ from core.escalation import Breach, Escalator
 from core.evidence import EvidenceJob
 from core.incidents import CLOSED, Event, Incident, journal, utcnow
 from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows, watched_logs
-from core.notify import EmailNotifier, Mailer, fresh_report, record_notification
+from core.notify import Mailer, record_notification
 from core.performance import evaluate_booster
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
 from core.report import Reports, add_root_cause, summary_line
+from core.retrain import OUTPUT_EVENT as RETRAIN_OUTPUT, default_start_date
 from core.settings import Settings
 from core.watch import EnhancedWatch
 from core.watchdog import Proposal, Watchdog
@@ -116,6 +117,9 @@ class Services:
         self.reports = Reports(self.engine, settings.incidents_dir, chart=chart_maker(db, self.registry))
         self.engine.subscribe(self._report_on_change)
         self.worker.on("report", self._write_report)
+        # Transactional outbox (core.outbox): the report, the e-mail and the escalation timers of a state change
+        # are queued in its transaction, in every process (serve, work, the CLI, tests), listeners or not.
+        self.mailer: Mailer | None = outbox.install(self.engine, self.worker, settings, self.reports)
 
     def start_background(self) -> None:
         """Recover interrupted rollbacks, then run queued jobs and timers until ``stop_background``."""
@@ -288,9 +292,16 @@ class Services:
                     detail={"likely_cause": report.likely_cause, "version": detail["version"]})
         self.engine.publish(Event("step", self.engine.get(inc.id), "diagnostics", detail))
 
-    def request_fix(self, *, fix: str, requested_by: str, model: str | None = None, channel: str | None = None):
+    def request_fix(self, *, fix: str, requested_by: str, model: str | None = None, channel: str | None = None,
+                    start_date: date | None = None, reason: str = ""):
+        if fix == fixes.RETRAIN:
+            if not self.settings.retrain_command:
+                raise PreflightFailed("RETRAIN_COMMAND is not set: there is no retrain command to offer.")
+            validate_name(model or "", "model")
+            self.registry.model_dir(model or "")
         return fixes.request_fix(self.db, fix=fix, requested_by=requested_by, model=model, channel=channel,
-                                 clock=self.engine.clock,
+                                 clock=self.engine.clock, start_date=start_date, reason=reason,
+                                 follow_ups=self.engine.write_follow_ups,
                                  expires_in=timedelta(minutes=self.settings.approval_timeout_minutes))
 
     def approve_fix(self, *, incident_id: int, approver: str, allowed: bool):
@@ -315,8 +326,21 @@ class Services:
         inc, _ = fixes.request_restore(self.engine, proposal, requested_by, channel=channel)
         return inc
 
+    def retrain_start(self, report: DiagnosticsReport) -> date | None:
+        """The *Retrain* fix's proposed start date (None: RETRAIN_COMMAND is not set, no such fix)."""
+        if not self.settings.retrain_command:
+            return None
+        return default_start_date(report.regime, report.as_of or self.engine.clock().date())
+
     def register_fix_runner(self) -> None:
-        fixes.register(self.worker, on_done=lambda outcome: self.engine.publish(Event("state", outcome.incident)))
+        s = self.settings
+
+        def output(inc: Incident, lines: list[str], running: bool) -> None:  # followed in the thread
+            self.engine.publish(Event("step", inc, RETRAIN_OUTPUT, {"lines": lines, "running": running}))
+
+        runner = fixes.RetrainRunner(self.registry, s.retrain_command, s.retrain_timeout_minutes * 60, output)
+        fixes.register(self.worker, on_done=lambda outcome: self.engine.publish(Event("state", outcome.incident)),
+                       retrainer=runner)
 
     def register_watchdog(self, on_proposal: Callable[[Proposal], None]) -> Watchdog | None:
         s = self.settings
@@ -330,17 +354,14 @@ class Services:
 
     # ------------------------------------------------------------------------------ after the rollback
 
-    REPORT_STATES = {"rollback": ("monitoring", "verified", "failed", "resolved", "denied", "cancelled",
-                                  "revert_failed", "needs_attention", "superseded"),
-                     "halt": ("halted", "resolved")}
+    REPORT_STATES = outbox.REPORT_STATES
 
     def _report_on_change(self, event: Event) -> None:
+        """For state changes made outside ``Engine._move`` (the outbox queues the others; same dedupe key)."""
         inc = event.incident
         if event.kind == "state" and inc.state in self.REPORT_STATES.get(inc.kind, ()):
-            upload = inc.state in ("monitoring", "verified", "failed", "resolved", "revert_failed", "needs_attention")
-            with self.db.transaction() as conn:  # a state may come back (needs attention, resolved again)
-                enqueue(conn, "report", incident_id=inc.id, payload={"upload": upload},
-                        dedupe_key=f"report:{inc.id}:{inc.state}:{inc.updated_at.timestamp()}")
+            with self.db.transaction() as conn:
+                outbox.report_job(conn, inc)
 
     def _write_report(self, job: dict) -> None:
         self._update_report(job["incident_id"], upload=bool(job["payload"].get("upload")))
@@ -394,10 +415,8 @@ class Services:
                   loss_threshold=s.loss_escalation_threshold).register(self.worker, on_page, on_breach)
         Monitor(self.engine, log_paths=self.watched_logs(), every_minutes=s.monitor_every_minutes,
                 total_minutes=s.monitor_minutes, min_ic=s.monitor_min_ic).register(self.worker, on_trouble, on_summary)
-        if s.smtp_url is not None and s.stakeholder_emails:
-            notifier = EmailNotifier(s.smtp_url.get_secret_value(), s.email_sender, s.stakeholder_emails)
-            Mailer(self.engine, notifier, attachments=fresh_report(self.reports)).register(
-                self.worker, on_failed=on_email_failed)
+        if self.mailer is not None:  # installed with the services (core.outbox); the Slack layer reports failures
+            self.mailer.on_failed = on_email_failed
 
     def watched_logs(self) -> list[Path]:
         """Every configured log followed for error lines after the resume."""

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     heavy_commands_per_minute: int = Field(default=10, ge=1, le=10000)
     enhanced_monitor_hours: float = Field(default=24, gt=0, le=24 * 14)  # the runbook's 24 hours of monitoring
     enhanced_monitor_every_minutes: float = Field(default=30, gt=0)  # ... and its crontab's interval
+    # The runbook's "overfitted model" fix: a JSON argument list (no shell) that retrains into {output_dir}.
+    retrain_command: list[str] | None = None
+    retrain_timeout_minutes: float = Field(default=60, gt=0, le=24 * 60)
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "escalation_contacts", mode="before"
@@ -144,6 +147,16 @@ class Settings(BaseSettings):
         parts = value.split(".")
         if not 1 <= len(parts) <= 2 or not all(p.replace("_", "a").isalnum() and not p[0].isdigit() for p in parts):
             raise ValueError("must be a plain SQL identifier, optionally schema-qualified")
+        return value
+
+    @field_validator("retrain_command")
+    @classmethod
+    def _retrain_command(cls, value: list[str] | None) -> list[str] | None:
+        if not value:
+            return None
+        from core.retrain import check_command
+
+        check_command(value)
         return value
 
     @field_validator("enhanced_monitor_every_minutes")

@@ -25,9 +25,6 @@ platform's type.
 from __future__ import annotations
 
 import os
-import pwd
-import signal
-import subprocess
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +35,7 @@ import psycopg
 from psycopg import sql
 
 from core.errors import RollbackError
+from core.process import SAFE_PATH, kill_group, run_command, scrubbed_env
 
 
 @dataclass(frozen=True)
@@ -195,18 +193,10 @@ def is_halted(conn: psycopg.Connection) -> bool:
     return bool(conn.execute("SELECT halted FROM rollback_bot.trading_state").fetchone()["halted"])
 
 
-# The stop command's whole environment: nothing of the bot's (no Slack token, no database URL or password).
-STOP_COMMAND_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def stop_command_env() -> dict[str, str]:
-    """A minimal environment for the stop command: PATH, LANG, HOME and USER of the account the bot runs as."""
-    try:
-        account = pwd.getpwuid(os.getuid())
-        home, user = account.pw_dir, account.pw_name
-    except KeyError:
-        home, user = "/", str(os.getuid())
-    return {"PATH": STOP_COMMAND_PATH, "LANG": "C.UTF-8", "HOME": home or "/", "USER": user, "LOGNAME": user}
+# The stop command runs as core.process runs every configured command (the names are kept for callers).
+STOP_COMMAND_PATH = SAFE_PATH
+stop_command_env = scrubbed_env
+_kill_group = kill_group
 
 
 def run_stop_command(argv: list[str] | None, timeout: float) -> str | None:
@@ -215,33 +205,16 @@ def run_stop_command(argv: list[str] | None, timeout: float) -> str | None:
     if not argv:
         return None
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, shell=False, env=stop_command_env(), start_new_session=True)
+        run = run_command(argv, timeout=timeout, tail_lines=1)
     except OSError as exc:
         raise RollbackError(f"the trading stop command could not run: {exc.strerror}") from None
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
+    if run.timed_out:
         raise RollbackError(f"the trading stop command did not finish within {timeout:g} s (its process group"
-                            " was killed)") from None
-    if proc.returncode != 0:
-        tail = (err or out).strip().splitlines()[-1:] or [""]
-        raise RollbackError(f"the trading stop command exited with {proc.returncode}: {tail[0][:200]}")
+                            " was killed)")
+    if run.returncode != 0:
+        tail = run.tail[-1:] or [""]
+        raise RollbackError(f"the trading stop command exited with {run.returncode}: {tail[0].strip()[:200]}")
     return f"stop command exited 0 ({argv[0]})"
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the stop command and everything it started (its session's process group), then reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the group id is the child's pid
-    except ProcessLookupError:
-        pass
-    try:
-        proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:  # a grandchild that left the group still holds the pipes
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 NO_TRADES_TABLE = "none"

@@ -255,8 +255,9 @@ def backups_blocks(report: BackupsReport) -> list[dict]:
     return finish(blocks)
 
 
-def diagnostics_blocks(report, *, offer_fixes: bool = True) -> list[dict]:
-    """``/rollback diagnose MODEL``: the compact report, and quick-fix buttons where they apply."""
+def diagnostics_blocks(report, *, offer_fixes: bool = True, retrain_from=None) -> list[dict]:
+    """``/rollback diagnose MODEL``: the compact report, and quick-fix buttons where they apply (*Retrain* when
+    RETRAIN_COMMAND is set: ``retrain_from`` is the proposed start date of the training data)."""
     from slack_sdk.models.blocks import ActionsBlock, ButtonElement
 
     from handlers.ids import Action
@@ -272,6 +273,10 @@ def diagnostics_blocks(report, *, offer_fixes: bool = True) -> list[dict]:
     if offer_fixes and report.performance.loads is False:
         buttons.append(ButtonElement(text="Restore corrupt model file", action_id=Action.FIX_RESTORE_MODEL.value,
                                      value=report.model, style="danger"))
+    if offer_fixes and retrain_from is not None:
+        from handlers.retrain import retrain_button
+
+        buttons.append(retrain_button(report.model, retrain_from))
     if buttons:
         blocks.append(ActionsBlock(elements=buttons))
         blocks.append(context("Quick fixes that change the platform are approved by a second person, like a rollback."))

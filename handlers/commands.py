@@ -177,7 +177,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         heavy(cmd, "diagnose")
         report = services.diagnose(model=cmd.args[0])
         respond(text=f"Diagnostics of {report.model}: {report.likely_cause}",
-                blocks=views.diagnostics_blocks(report), response_type="ephemeral", replace_original=False)
+                blocks=views.diagnostics_blocks(report, retrain_from=services.retrain_start(report)),
+                response_type="ephemeral", replace_original=False)
 
     @on("doctor")
     def doctor(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:

@@ -13,6 +13,7 @@ class Action(StrEnum):
     ADD_ROOT_CAUSE = "add_root_cause"
     FIX_REFRESH_VIEW = "fix_refresh_view"
     FIX_RESTORE_MODEL = "fix_restore_model"
+    FIX_RETRAIN = "fix_retrain"
     MODAL_MODEL_SELECT = "start_model_select"
     MODAL_BACKUP_SELECT = "backup"
     RESUME_OVERRIDE = "resume_override"
@@ -37,6 +38,7 @@ class View(StrEnum):
     LOADING = "loading_modal"  # opened at once, then filled in (handlers/loading.py)
     NOTICE = "notice_modal"  # a loading view turned into a message (a refusal, an error)
     ACCEPT = "accept_modal"
+    RETRAIN = "retrain_modal"
 
 
 class Block(StrEnum):
@@ -52,6 +54,7 @@ class Block(StrEnum):
     ACCEPT_REASON = "accept_reason_block"
     ATTENTION = "attention_block"
     CHECKS = "checks_block"
+    RETRAIN_START = "retrain_start_block"
 
 
 class Event(StrEnum):

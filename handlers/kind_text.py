@@ -1,7 +1,8 @@
 """What a person reads in the Approve dialog and the Deny modal, per incident kind: what will happen, in words.
 
-``KIND_TEXT`` is keyed by ``Incident.kind``; a new kind (a retrain, say) adds one entry. A kind without an entry
-gets ``GENERIC``, which names the request and never invents a plan.
+``KIND_TEXT`` is keyed by ``Incident.kind``, or for a quick fix with an entry of its own (the retrain) by the fix's
+name; a new kind adds one entry. A kind without an entry gets ``GENERIC``, which names the request and never
+invents a plan.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core.fixes import FIXES, REFRESH_VIEW, REFRESH_VIEW_BLOCKING
+from core.fixes import FIXES, REFRESH_VIEW, REFRESH_VIEW_BLOCKING, RETRAIN
 from core.incidents import Incident
 from core.platform import FEATURE_VIEW
 
@@ -48,9 +49,16 @@ def _fix(inc: Incident) -> str:
     return f"Run the quick fix “{label}”. Trading is not halted and no model changes."
 
 
+def _retrain(inc: Incident) -> str:
+    from handlers.retrain import approve_confirm_text
+
+    return approve_confirm_text(inc)
+
+
 KIND_TEXT: dict[str, KindText] = {
     "rollback": KindText("rollback", "Approve the rollback?", "Deny the rollback", _rollback),
     "fix": KindText("quick fix", "Approve the quick fix?", "Deny the quick fix", _fix),
+    RETRAIN: KindText("retrain", "Approve the retrain?", "Deny the retrain", _retrain),
 }
 
 GENERIC = KindText("request", "Approve the request?", "Deny the request",
@@ -58,4 +66,5 @@ GENERIC = KindText("request", "Approve the request?", "Deny the request",
 
 
 def text_for(incident: Incident) -> KindText:
-    return KIND_TEXT.get(incident.kind, GENERIC)
+    fix = (incident.plan or {}).get("fix") if incident.kind == "fix" else None
+    return KIND_TEXT.get(fix or "", None) or KIND_TEXT.get(incident.kind, GENERIC)

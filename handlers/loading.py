@@ -26,14 +26,14 @@ from handlers.ids import Action, View as V
 
 log = logging.getLogger("rollback_bot.loading")
 
-__all__ = ["START", "DENY", "ROOT_CAUSE", "ACCEPT", "modal_for", "loading_view", "open_loading", "show", "tell",
+__all__ = ["START", "DENY", "ROOT_CAUSE", "ACCEPT", "RETRAIN", "modal_for", "loading_view", "open_loading", "show", "tell",
            "start_fields"]
 
-START, DENY, ROOT_CAUSE, ACCEPT = "start", "deny", "root_cause", "accept"
+START, DENY, ROOT_CAUSE, ACCEPT, RETRAIN = "start", "deny", "root_cause", "accept", "retrain"
 TITLES = {START: "Request a rollback", DENY: "Deny the request", ROOT_CAUSE: "Add root cause",
-          ACCEPT: "Accept with a reason"}
+          ACCEPT: "Accept with a reason", RETRAIN: "Retrain model"}
 _CLICKS = {Action.DENY.value: DENY, Action.ADD_ROOT_CAUSE.value: ROOT_CAUSE, Action.ROLLBACK_AGAIN.value: START,
-           Action.ACCEPT.value: ACCEPT}
+           Action.ACCEPT.value: ACCEPT, Action.FIX_RETRAIN.value: RETRAIN}
 
 Loading = dict[str, str]
 

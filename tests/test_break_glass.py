@@ -32,7 +32,7 @@ def cli_env(settings, world, **extra) -> dict[str, str]:
 def rollback_args(world, *more: str) -> list[str]:
     target = ModelRegistry(world.models_dir).recommend(MODEL).backup.name
     return [sys.executable, "-m", "bot", "rollback", MODEL, "--to", target, "--reason", "Slack is down",
-            "--by", "oncall-jane", *more]
+            "--by", "oncall-jane", "--confirm", *more]
 
 
 def incidents(conn) -> int:

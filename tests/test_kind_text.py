@@ -65,10 +65,19 @@ def test_the_deny_modal_is_titled_and_explained_per_kind():
         assert "None" not in json.dumps(view["blocks"])
 
 
+def test_a_retrain_dialog_says_it_runs_retrain_command_and_leaves_production_alone():
+    inc = incident(kind="fix", target_backup=None, plan={"fix": "retrain", "start_date": "2026-02-02"})
+    confirm = approve_confirm(inc)
+    assert confirm["title"]["text"] == "Approve the retrain?"
+    assert "RETRAIN_COMMAND" in confirm["text"]["text"] and "2026-02-02" in confirm["text"]["text"]
+    assert "production is not touched" in confirm["text"]["text"] and "None" not in json.dumps(confirm)
+    assert iv.deny_modal(inc, channel=None, message_ts=None)["title"]["text"] == "Deny the retrain"
+
+
 def test_an_unknown_kind_gets_a_plain_generic_text():
-    inc = incident(kind="retrain", target_backup=None)
+    inc = incident(kind="recalibrate", target_backup=None)
     assert text_for(inc).approve_title == "Approve the request?"
-    assert text_for(inc).will(inc) == "Approve INC-7 (retrain) as described in its message."
-    assert set(KIND_TEXT) == {"rollback", "fix"}
+    assert text_for(inc).will(inc) == "Approve INC-7 (recalibrate) as described in its message."
+    assert set(KIND_TEXT) == {"rollback", "fix", "retrain"}
     for words in KIND_TEXT.values():
         assert len(words.approve_title) <= 100 and len(words.deny_title) <= 24

@@ -123,7 +123,7 @@ def test_cli_rollback_without_confirm_does_nothing_and_shows_the_command(tmp_pat
     assert line == (f"rollback-bot rollback {MODEL} --to {backup} --reason 'Slack is down; it'\"'\"'s losing money'"
                     " --by oncall-jane --confirm")
     assert footprint(conn) == before and (world.models_dir / MODEL / "model.json").read_bytes() == files
-    r = run_cli([*args, "--confirm"], env, tmp_path)
+    r = run_cli([*args, "--confirm", "--yes"], env, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     inc = conn.execute("SELECT * FROM rollback_bot.incidents").fetchone()
     assert inc["plan"]["confirmations"] | {"at": None} == {

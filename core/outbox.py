@@ -1,0 +1,123 @@
+"""Transactional outbox: the follow-up jobs a state change implies are queued in the same transaction.
+
+``Engine._move`` (every state change of a rollback or a manual halt) and the insert of a rollback request call
+the engine's ``follow_ups`` writers with the open transaction and the incident as it now is. The writers only
+insert rows in ``rollback_bot.jobs`` (with dedupe keys, so a writer and an in-process listener that queue the
+same job leave one row): the state and its follow-ups commit together or not at all. A process that dies
+right after the commit therefore loses nothing, and every process (``serve``, ``work``, the break-glass CLI,
+tests) queues the same jobs, whatever listeners it has. Whichever process's worker claims a job delivers it,
+once (``core.worker``).
+
+Follow-ups written here (``install`` adds the writers to the engine of every ``Services``):
+
+    report          report:{id}:{state}:{updated_at}   the incident report at its report states
+    notify_email    notify-email:{id}:{milestone}      the stakeholder e-mail of a milestone (SMTP configured)
+    escalation      escalate-age / target / escalate-now timers (``core.escalation.schedule_for``)
+
+The Slack-only deliveries (thread posts, card updates) stay on the in-process listeners.
+
+``deliver`` runs the queued follow-ups of one incident in the calling process (the CLI does before it exits);
+``pending`` lists what is still queued for ``serve``/``work``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from core.db import Database
+from core.engine import enqueue
+from core.escalation import schedule_for
+from core.incidents import Event, Incident
+from core.notify import EmailNotifier, Mailer, fresh_report, milestone_of
+from core.report import Reports
+from core.settings import Settings
+
+FollowUps = Callable[[psycopg.Connection, Incident], None]
+
+REPORT_STATES = {"rollback": ("monitoring", "verified", "failed", "resolved", "denied", "cancelled",
+                              "revert_failed", "needs_attention", "superseded"),
+                 "halt": ("halted", "resolved")}
+UPLOAD_STATES = ("monitoring", "verified", "failed", "resolved", "revert_failed", "needs_attention")
+
+
+def report_job(conn: psycopg.Connection, inc: Incident) -> None:
+    """Queue the report's update at a report state (a state may come back: the key carries its time)."""
+    if inc.state in REPORT_STATES.get(inc.kind, ()):
+        enqueue(conn, "report", incident_id=inc.id, payload={"upload": inc.state in UPLOAD_STATES},
+                dedupe_key=f"report:{inc.id}:{inc.state}:{inc.updated_at.timestamp()}")
+
+
+def email_job(conn: psycopg.Connection, inc: Incident) -> None:
+    """Queue the stakeholder e-mail of the milestone this state marks, if any."""
+    milestone = milestone_of(Event("state", inc))
+    if milestone is not None:
+        Mailer.queue(conn, incident_id=inc.id, milestone=milestone)
+
+
+def escalation_jobs(*, escalate_after_minutes: float, loss_threshold: float | None) -> FollowUps:
+    def write(conn: psycopg.Connection, inc: Incident) -> None:
+        schedule_for(conn, inc, escalate_after_minutes=escalate_after_minutes, loss_threshold=loss_threshold)
+
+    return write
+
+
+def install(engine, worker, settings: Settings, reports: Reports) -> Mailer | None:
+    """Add the follow-up writers to ``engine`` and the e-mail job's handler to ``worker`` (when SMTP_URL and
+    STAKEHOLDER_EMAILS are set); return the mailer, whose ``on_failed`` the Slack layer sets."""
+    engine.follow_ups.append(report_job)
+    engine.follow_ups.append(escalation_jobs(escalate_after_minutes=settings.escalate_after_minutes,
+                                             loss_threshold=settings.loss_escalation_threshold))
+    if settings.smtp_url is None or not settings.stakeholder_emails:
+        return None
+    notifier = EmailNotifier(settings.smtp_url.get_secret_value(), settings.email_sender, settings.stakeholder_emails)
+    mailer = Mailer(engine, notifier, attachments=fresh_report(reports))
+    mailer.register(worker)
+    engine.follow_ups.append(email_job)
+    return mailer
+
+
+@dataclass(frozen=True)
+class Queued:
+    kind: str
+    run_at: datetime
+    dedupe_key: str | None
+
+
+def pending(db: Database, incident_id: int) -> list[Queued]:
+    """The incident's follow-up jobs not done yet (excluding the done markers of core.escalation)."""
+    with db.transaction() as conn:
+        rows = conn.execute(
+            "SELECT kind, run_at, dedupe_key FROM rollback_bot.jobs WHERE incident_id = %s AND done_at IS NULL"
+            " ORDER BY run_at, id",
+            (incident_id,),
+        ).fetchall()
+    return [Queued(r["kind"], r["run_at"], r["dedupe_key"]) for r in rows]
+
+
+def deliver(worker, incident_id: int, kinds: Iterable[str]) -> int:
+    """Run the due jobs of ``kinds`` queued for one incident in this process (claimed like any worker does, so
+    a job another process holds or has done is left alone). Returns how many ran."""
+    kinds = [k for k in kinds if k in worker.handlers]
+    n = 0
+    while kinds:
+        now = worker.engine.clock()
+        with worker.db.transaction() as conn:
+            job = conn.execute(
+                "SELECT * FROM rollback_bot.jobs WHERE incident_id = %s AND done_at IS NULL AND run_at <= %s"
+                " AND (locked_until IS NULL OR locked_until < %s) AND kind = ANY(%s) AND attempts = 0"
+                " ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                (incident_id, now, now, kinds),
+            ).fetchone()
+            if job is None:
+                break
+            conn.execute(
+                "UPDATE rollback_bot.jobs SET locked_by = %s, locked_until = %s, attempts = attempts + 1 WHERE id = %s",
+                (worker.engine.owner, now + worker.lease, job["id"]),
+            )
+        worker.run_job(job)
+        n += 1
+    return n
