@@ -77,6 +77,7 @@ def run_bench(size: str, rounds: int, per_round: int, out=sys.stdout) -> Results
         env = _child_env({**world_env(bw), "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET,
                           "SLACK_API_URL": standin.base_url, "INCIDENT_CHANNEL": CHANNEL, "APPROVERS": "U0BOB",
                           "OPERATORS": "U0ALICE,U0BOB", "PORT": str(port), "WATCHDOG_EVERY_MINUTES": "0",
+                          "HEAVY_COMMANDS_PER_MINUTE": "10000",  # the load is the point: no per-person limit
                           "LOG_FORMAT": "text"})
         log = work / "serve.log"
         serve = stack.enter_context(child([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1"], env=env,
@@ -96,7 +97,7 @@ def run_bench(size: str, rounds: int, per_round: int, out=sys.stdout) -> Results
         # an open request whose Deny button the clicks press
         with bw.services() as services:
             backup = services.registry.recommend(model).backup.name
-        key = command("U0ALICE", f"start {model} {backup} bench modal")
+        key = command("U0ALICE", f"start {model} {backup} bench modal --confirm")
         standin.wait_for("response_url", lambda c: c.body.get("key") == key, timeout=120)
         card = next(m for m in standin.messages(CHANNEL) if not m.is_reply)
 
@@ -105,7 +106,12 @@ def run_bench(size: str, rounds: int, per_round: int, out=sys.stdout) -> Results
                                 message=card.as_slack(), trigger_id=trigger)
 
         def wait_answered(batch: list[str], timeout: float = 600) -> None:
-            standin.wait_for("response_url", lambda c: c.body.get("key") in batch, count=len(batch), timeout=timeout)
+            calls = standin.wait_for("response_url", lambda c: c.body.get("key") in batch, count=len(batch),
+                                     timeout=timeout)
+            real = sum(1 for c in calls if str(c.body.get("text", "")).startswith("Diagnostics of"))
+            if real < len(batch):  # a refusal (rate limit, error) is no load: the measurement would mean nothing
+                raise RuntimeError(f"only {real} of {len(batch)} diagnose commands ran: "
+                                   + "; ".join(sorted({str(c.body.get('text'))[:120] for c in calls})))
 
         # warm-up: imports, pools, the first form of each kind
         wait_answered([command("U0ALICE", f"diagnose {model}")])
