@@ -26,8 +26,8 @@ from handlers.ids import Action, View as V
 
 log = logging.getLogger("rollback_bot.loading")
 
-__all__ = ["START", "DENY", "ROOT_CAUSE", "ACCEPT", "RETRAIN", "modal_for", "loading_view", "open_loading", "show", "tell",
-           "start_fields"]
+__all__ = ["ACCEPT", "DENY", "RETRAIN", "ROOT_CAUSE", "START", "loading_view", "modal_for", "open_loading", "show",
+           "start_fields", "tell"]
 
 START, DENY, ROOT_CAUSE, ACCEPT, RETRAIN = "start", "deny", "root_cause", "accept", "retrain"
 TITLES = {START: "Request a rollback", DENY: "Deny the request", ROOT_CAUSE: "Add root cause",
@@ -50,7 +50,7 @@ def start_fields(args: list[str]) -> tuple[str | None, str | None, str]:
 
 def modal_for(body: dict) -> str | None:
     """The modal a request opens, known from the request alone (no database read): ``START`` for a
-    ``/rollback start`` missing an argument, ``DENY`` / ``ROOT_CAUSE`` for those buttons; else None."""
+    ``/rollback start`` missing an argument, the kind of a button that opens a form (``_CLICKS``); else None."""
     if not body.get("trigger_id"):
         return None
     if body.get("command"):
