@@ -78,10 +78,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.require("slack_signing_secret")
     from bot.app import build_app, build_client
     from bot.health import Health, SlackAuth, build_ops_app, verify_token
+    from bot.membership import ensure_in_channel
     from bot.server import BackgroundServer, build_web_app, serve_http
     from bot.workproc import WorkProcess
 
-    verify_token(build_client(settings))  # a token Slack refuses stops start-up here, with one line
+    client = build_client(settings)
+    verify_token(client)  # a token Slack refuses stops start-up here, with one line
+    # Uploads and ephemeral answers fail in a channel the bot has not joined: join it, or stop with the fix.
+    ensure_in_channel(client, settings.incident_channel)
     services = build_services(settings)
     # Slow work and the background worker (recovery, jobs, timers, monitoring) run in a child process, so
     # this one only acknowledges Slack (see bot/workproc.py). It also runs the doctor once for this start.

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from bot.demo import CHANNEL, PEOPLE, Environment, environment
+from handlers.loading import modal_for
 
 HELP = """Commands:
   as NAME                 act as alice, bob, carol, dave or erin (operators: alice, bob, carol; approvers: bob, carol)
@@ -75,6 +76,8 @@ class Console:
         self.env.narrator.show_new()
 
     def command(self, text: str, read: Callable[[str], str]) -> None:
+        opens_form = modal_for({"command": "/rollback", "text": text, "trigger_id": "-"}) is not None
+        forms_before = len(self.env.box.standin.calls("views.open"))
         reply = self.env.box.command(self.user, text, channel=CHANNEL)
         if reply.status != 200:
             self.say(f"(Slack got HTTP {reply.status})")
@@ -84,6 +87,11 @@ class Console:
                 self.say(self._render_ack(body))
             except ValueError:
                 self.say(reply.ack)
+        elif opens_form:  # it answers in the form, whose loading view opens right after the ack
+            try:
+                self.env.box.standin.wait_for("views.open", count=forms_before + 1, timeout=5)
+            except AssertionError:
+                pass
         else:
             try:
                 self.env.box.responses(reply.response_key, timeout=15)
@@ -145,13 +153,25 @@ class Console:
         self._form_if_opened(read)
 
     def _form_if_opened(self, read: Callable[[str], str]) -> None:
-        """A modal opened: ask its one free-text question here (deny reason, root cause)."""
+        """A modal opened: ask its one free-text question here (deny reason, root cause). A form opens as a loading
+        view first and is filled in a moment later (handlers/loading.py): wait for that."""
         standin = self.env.box.standin
-        opened = [c for c in standin.calls("views.open") if not c.body.get("_console_seen")]
+        opened = [c for c in standin.calls("views.open") if c.ok and not c.body.get("_console_seen")]
         for call in opened:
             call.body["_console_seen"] = True
-            view = call.body["view"] if isinstance(call.body["view"], dict) else json.loads(call.body["view"])
+            view = call.response["view"]
+            if view.get("callback_id") == "loading_modal":
+                try:
+                    view = standin.wait_for("views.update", lambda c: c.ok and c.response["view"]["id"] == view["id"],
+                                            timeout=30)[0].response["view"]
+                except AssertionError:
+                    self.say("  (a form began to open but was not filled in)")
+                    continue
             callback = view.get("callback_id")
+            if callback == "notice_modal":
+                notice = " ".join((b.get("text") or {}).get("text", "") for b in view.get("blocks") or [])
+                self.say(f"  (in the form) {notice}")
+                continue
             if callback == "rollback_deny_modal":
                 block, action, question = "deny_reason_block", "reason", "Why deny? "
             elif callback == "root_cause_modal":

@@ -10,7 +10,6 @@ database and on disk.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import sys
 import threading
@@ -98,7 +97,7 @@ class Narrator:
                 blocks = body.get("blocks")
                 self.say(render_message("rollback-bot (only visible to you)", body.get("text", ""), blocks, self.name,
                                         indent="  "))
-            elif call.method == "chat.postEphemeral":
+            elif call.method == "chat.postEphemeral" and call.ok:
                 who = self.name(body.get("user", ""))
                 self.say(render_message(f"rollback-bot (only visible to {who})", body.get("text", ""),
                                         body.get("blocks"), self.name, indent="  "))
@@ -266,7 +265,7 @@ def _play(box: Sandbox, n: Narrator, clock: DemoClock, world: demo_world.World) 
     card = box.standin.message(CHANNEL, inc.message_ts)
     box.sender.block_action(user_id="U0ALICE", action_id="rollback_approve", channel_id=CHANNEL,
                             message_ts=inc.message_ts, message=card.as_slack())
-    box.standin.wait_for("chat.postEphemeral", lambda c: c.body.get("user") == "U0ALICE")
+    box.standin.wait_for("response_url", lambda c: "own request" in c.body.get("text", ""))
     n.show_new()
 
     n.person("U0BOB", "clicks [Approve] (and confirms)")
@@ -310,8 +309,9 @@ def _watch_a_day(box: Sandbox, n: Narrator, clock: DemoClock, inc) -> None:
     card = box.standin.message(CHANNEL, inc.message_ts)
     box.sender.block_action(user_id="U0CAROL", action_id="add_root_cause", channel_id=CHANNEL,
                             message_ts=inc.message_ts, message=card.as_slack())
-    view = box.standin.wait_for("views.open", lambda c: "root_cause_modal" in str(c.body.get("view")))[-1].body["view"]
-    view = view if isinstance(view, dict) else json.loads(view)
+    # the form opens as a loading view at once and is filled in a moment later (handlers/loading.py)
+    view = box.standin.wait_for("views.update", lambda c: c.ok and c.response["view"]["callback_id"]
+                                == "root_cause_modal")[-1].response["view"]
     box.sender.view_submission(user_id="U0CAROL", callback_id="root_cause_modal", private_metadata=view[
         "private_metadata"], state_values={"root_cause_block": {"text": "Regime change in late October: momentum "
                                                                         "reversed; the model learned the old regime."}})

@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass
 
 from bot.app import build_app
+from bot.membership import ensure_in_channel
 from bot.server import BackgroundServer, build_web_app
 from bot.slack_signing import SenderResponse, SlackSender
 from bot.slack_standin import SlackStandIn
@@ -44,8 +45,11 @@ class Sandbox:
             raise ValueError("sandbox settings need SLACK_SIGNING_SECRET and SLACK_BOT_TOKEN")
         app = build_app(settings, self.services)
         self.app = app
+        if settings.incident_channel:
+            ensure_in_channel(app.client, settings.incident_channel)  # as `serve` does at start
         self.server = BackgroundServer(build_web_app(app, self.services)).start()
-        self.sender = SlackSender(self.server.url + "/slack/events", settings.slack_signing_secret.get_secret_value())
+        self.sender = SlackSender(self.server.url + "/slack/events", settings.slack_signing_secret.get_secret_value(),
+                                  trigger_ids=self.standin.issue_trigger_id, response_urls=self.click_response_url)
         if self.start_worker and hasattr(self.services, "start_background"):
             self.services.start_background()
         return self
@@ -89,6 +93,11 @@ class Sandbox:
             text=text, user_id=user, channel_id=channel, response_url=url, **kwargs
         )
         return Reply(resp.status, resp.body, key)
+
+    def click_response_url(self, channel: str, user: str, message_ts: str) -> str:
+        """The response_url Slack gives a click on a message button: it answers in that channel, to that user."""
+        return self.standin.response_url(f"click-{next(self._keys)}", channel=channel, user=user,
+                                         message_ts=message_ts)
 
     def responses(self, key: str, timeout: float = 10.0, count: int = 1) -> list[dict]:
         calls = self.standin.wait_for("response_url", lambda c: c.body.get("key") == key, timeout=timeout, count=count)

@@ -20,6 +20,7 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk.signature import SignatureVerifier
 
 from bot.health import Health, ops_routes
+from bot.loading_opener import LoadingOpener
 from core.services import Services
 
 log = logging.getLogger("rollback_bot.server")
@@ -34,7 +35,7 @@ def _to_aiohttp(resp: BoltResponse) -> web.Response:
     return web.Response(status=resp.status, body=resp.body.encode("utf-8"), headers=headers, content_type=content_type)
 
 
-Forward = Callable[[str, dict[str, str]], None]
+Forward = Callable[..., None]  # (body, headers, loading=None): bot/workproc.py WorkProcess.forward
 
 
 def build_web_app(app: App, services: Services, *, workers: int = 32, forward: Forward | None = None,
@@ -42,9 +43,13 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
                   health: Health | None = None, serve_metrics: bool = True) -> web.Application:
     """With ``forward`` (``serve`` with its work process), a signed request that needs nothing but an empty ack
     (a command other than help, a button click, an event) is acked here at once and handed to the work process
-    whole; everything else (modal submissions, help, Slack's checks) goes through the Bolt App here."""
+    whole; everything else (modal submissions, help, Slack's checks) goes through the Bolt App here. A request
+    that opens a modal gets its loading view here, right after the ack and before the hand-over, so that the
+    3-second trigger never waits behind the work process (handlers/loading.py)."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bolt")
     verifier = SignatureVerifier(signing_secret) if forward is not None and signing_secret else None
+    opener = LoadingOpener(token=app.client.token, base_url=app.client.base_url,
+                           metrics=getattr(app, "metrics", None)) if verifier is not None else None
 
     async def slack_events(request: web.Request) -> web.Response:
         stamp = request.headers.get("X-Slack-Request-Timestamp", "")
@@ -59,15 +64,26 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
                            if k.lower().startswith(("x-slack", "content-type"))}
                 # Handed over once this step is done, after the ack has gone out: the work process waking up
                 # then never delays the ack itself.
-                asyncio.get_running_loop().call_soon(forward, body, headers)
+                loop = asyncio.get_running_loop()
+                modal = modal_to_open(body, request.headers.get("Content-Type", ""))
+                if modal is None or opener is None:
+                    loop.call_soon(forward, body, headers)
+                else:
+                    loop.call_soon(loop.create_task, open_then_forward(body, headers, *modal))
                 return web.Response(status=200, body=b"")
         bolt_req = BoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
         loop = asyncio.get_running_loop()
         resp = await loop.run_in_executor(executor, app.dispatch, bolt_req)
         return _to_aiohttp(resp)
 
+    async def open_then_forward(body: str, headers: dict[str, str], kind: str, trigger_id: str) -> None:
+        assert forward is not None and opener is not None
+        forward(body, headers, await opener.open(trigger_id, kind))
+
     async def on_cleanup(_: web.Application) -> None:
         executor.shutdown(wait=False, cancel_futures=True)
+        if opener is not None:
+            await opener.close()
 
     web_app = web.Application(client_max_size=MAX_BODY)
     web_app.router.add_post(EVENTS_PATH, slack_events)
@@ -98,6 +114,21 @@ def needs_only_an_ack(body: str, content_type: str) -> bool:
         verb = (form.get("text", [""])[0].strip().split(" ", 1)[0] or "help").lower()
         return verb in WORK_VERBS
     return False
+
+
+def modal_to_open(body: str, content_type: str) -> tuple[str, str] | None:
+    """(kind, trigger_id) when the request opens a modal (handlers/loading.py ``modal_for``), else None."""
+    from handlers.loading import modal_for
+
+    if "json" in content_type:
+        return None
+    form = parse_qs(body, keep_blank_values=True)
+    try:
+        parsed = json.loads(form["payload"][0]) if "payload" in form else {k: v[0] for k, v in form.items()}
+    except ValueError:
+        return None
+    kind = modal_for(parsed) if isinstance(parsed, dict) else None
+    return (kind, parsed["trigger_id"]) if kind else None
 
 
 def serve_http(web_app: web.Application, *, host: str, port: int) -> None:

@@ -21,7 +21,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
@@ -78,6 +78,10 @@ class SlackSender:
         team_id, api_app_id, team_domain, bot_user_id, bot_id: workspace identity put in payloads.
         verification_token: the (deprecated) ``token`` field Slack still sends.
         timeout: socket timeout in seconds.
+        trigger_ids: where new ``trigger_id`` values come from, e.g. ``SlackStandIn.issue_trigger_id`` (the
+            stand-in then accepts them for ``views.open`` within 3 s, once); by default made up here.
+        response_urls: ``(channel_id, user_id, message_ts) -> url``: the ``response_url`` Slack puts in a click
+            on a message button when the caller gives none (e.g. one from ``SlackStandIn.response_url``).
     """
 
     def __init__(
@@ -92,6 +96,8 @@ class SlackSender:
         bot_id: str = "B0ROLLBOT",
         verification_token: str = "verification-token",
         timeout: float = 10.0,
+        trigger_ids: Callable[[], str] | None = None,
+        response_urls: Callable[[str, str, str], str] | None = None,
     ) -> None:
         self.url = url
         self.signing_secret = signing_secret
@@ -102,6 +108,8 @@ class SlackSender:
         self.bot_id = bot_id
         self.verification_token = verification_token
         self.timeout = timeout
+        self.trigger_ids = trigger_ids
+        self.response_urls = response_urls
         self._counter = itertools.count(1)
         # An explicit empty ProxyHandler: requests to a local app never go through an HTTP(S)_PROXY.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -148,6 +156,8 @@ class SlackSender:
 
     def new_trigger_id(self) -> str:
         """A fresh trigger id shaped like Slack's (``13345224609.738474920.8088930838d88f008e0``)."""
+        if self.trigger_ids is not None:
+            return self.trigger_ids()
         return f"{int(time.time() * 1000)}.{next(self._counter):09d}.{secrets.token_hex(16)}"
 
     def _new_id(self, prefix: str) -> str:
@@ -279,6 +289,9 @@ class SlackSender:
             payload["message"] = dict(message) if message is not None else {
                 "type": "message", "ts": message_ts, "text": "", "user": self.bot_user_id, "blocks": []}
         payload["state"] = {"values": _state_values(state_values)}
+        if response_url is None and view is None and self.response_urls is not None:
+            assert channel_id is not None and message_ts is not None
+            response_url = self.response_urls(channel_id, user_id, message_ts)
         if response_url is not None:
             payload["response_url"] = response_url
         payload["actions"] = [action_obj]

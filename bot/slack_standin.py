@@ -7,6 +7,22 @@ Slack-shaped JSON, keeps a small model of the conversation (messages, threads,
 ephemerals, views, uploads) and can inject faults (HTTP 429 / 5xx /
 ``ok: false``).
 
+It is as strict as Slack where the bot could go wrong only in a real workspace:
+
+* a ``trigger_id`` must have been issued here (``issue_trigger_id``, which the
+  Sandbox's sender uses), opens one view, and expires 3 s after it was issued
+  (``invalid_trigger_id`` / ``exchanged_trigger_id`` / ``expired_trigger_id``);
+* posts, ephemerals and file shares in a channel the bot is not a member of
+  answer ``not_in_channel`` (``joined``: the bot's channels; ``conversations.join``
+  joins a public one; posts in an unjoined public channel pass only with the
+  ``chat:write.public`` scope);
+* a method whose scope ``manifest.yml`` does not grant answers ``missing_scope``
+  (bot/slack_scopes.py);
+* Block Kit over Slack's limits answers ``invalid_blocks`` (messages) or
+  ``invalid_arguments`` (views), as listed in bot/block_kit_rules.py;
+* ``rate_limit(method)`` makes the next call answer HTTP 429 ``ratelimited`` with
+  ``Retry-After``.
+
 It is used by the test suite and by ``rollback-bot demo``; it never talks to
 the internet. Token values are never stored: the ``Authorization`` header and
 any ``token`` body field are redacted when a call is recorded.
@@ -35,6 +51,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from bot import block_kit_rules, slack_scopes
+
 __all__ = [
     "Call",
     "Ephemeral",
@@ -51,6 +69,8 @@ Answer = tuple[int, JSONDict | str, dict[str, str]]
 # Form-encoded bodies carry these fields as JSON strings; they are decoded when recorded.
 _JSON_FIELDS = frozenset({"blocks", "attachments", "view", "files", "metadata", "unfurls", "user_auth_blocks"})
 _TS_BASE = 1_700_000_000
+TRIGGER_TTL = 3.0
+"""Seconds a ``trigger_id`` stays valid after Slack issued it."""
 
 RESPONSE_URL_METHOD = "response_url"
 """Pseudo method name under which POSTs to :meth:`SlackStandIn.response_url` URLs are recorded."""
@@ -292,8 +312,12 @@ class SlackStandIn:
         team_id, team_domain, bot_user_id, bot_id, app_id: identity reported by
             ``auth.test`` and used in answers.
         require_auth: answer ``not_authed`` to Web API calls without a token.
-        joined: the channel ids the bot is a member of (``conversations.info``'s ``is_member``); None (the
-            default): every channel, as if it had been invited everywhere. ``join``/``leave`` change it.
+        scopes: the bot token's scopes; by default those ``manifest.yml`` declares.
+        joined: channel ids the bot is a member of at the start: none by default, as for a
+            newly installed app (``conversations.join`` joins a public one; ``join`` is a
+            person inviting it, ``leave`` removing it).
+        private_channels: channel ids that are private (``G…`` ids always are);
+            the bot cannot join them itself and cannot see them until invited.
     """
 
     def __init__(
@@ -308,7 +332,9 @@ class SlackStandIn:
         bot_id: str = "B0ROLLBOT",
         app_id: str = "A0001",
         require_auth: bool = True,
-        joined: Iterable[str] | None = None,
+        scopes: Iterable[str] | None = None,
+        joined: Iterable[str] = (),
+        private_channels: Iterable[str] = (),
     ) -> None:
         self.users: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (users or {}).items()}
         self.usergroups: dict[str, list[str]] = {k: list(v) for k, v in (usergroups or {}).items()}
@@ -319,8 +345,9 @@ class SlackStandIn:
         self.bot_id = bot_id
         self.app_id = app_id
         self.require_auth = require_auth
-        self._joined: set[str] | None = None if joined is None else set(joined)
-        self._left: set[str] = set()
+        self.scopes: frozenset[str] = frozenset(slack_scopes.manifest_scopes() if scopes is None else scopes)
+        self.joined: set[str] = set(joined)
+        self.private_channels: set[str] = set(private_channels)
         self.socket_mode_url: str | None = None
         """When set, ``apps.connections.open`` answers ``{"ok": true, "url": socket_mode_url}``."""
 
@@ -343,6 +370,7 @@ class SlackStandIn:
             "views.publish": self._views_publish,
             "conversations.open": self._conversations_open,
             "conversations.info": self._conversations_info,
+            "conversations.join": self._conversations_join,
             "users.info": self._users_info,
             "usergroups.users.list": self._usergroups_users_list,
             "files.getUploadURLExternal": self._files_get_upload_url_external,
@@ -361,6 +389,8 @@ class SlackStandIn:
         self._uploads: dict[str, Upload] = {}
         self._dms: dict[tuple[str, ...], str] = {}
         self._response_targets: dict[str, _ResponseTarget] = {}
+        self._triggers: dict[str, float] = {}  # trigger_id -> when it was issued (time.monotonic())
+        self._exchanged: set[str] = set()
         self._seq = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -429,23 +459,33 @@ class SlackStandIn:
             self._response_targets[key] = _ResponseTarget(channel, user, message_ts, thread_ts)
         return f"{self.origin}/response/{quote(key, safe='')}"
 
-    def join(self, channel: str) -> None:
-        """The bot becomes a member of ``channel``."""
+    def issue_trigger_id(self, *, issued_at: float | None = None) -> str:
+        """A ``trigger_id`` as Slack puts in an interaction payload: it opens one view within ``TRIGGER_TTL``
+        seconds of ``issued_at`` (``time.monotonic()``, default now)."""
         with self._lock:
-            self._left.discard(channel)
-            if self._joined is not None:
-                self._joined.add(channel)
+            self._seq += 1
+            trigger_id = f"{int(time.time())}{self._seq:06d}.{self.team_id[1:]}.{self._seq:032x}"
+            self._triggers[trigger_id] = time.monotonic() if issued_at is None else issued_at
+            return trigger_id
+
+    def join(self, channel: str) -> None:
+        """The bot becomes a member of ``channel`` (a person invited it, public or private)."""
+        with self._lock:
+            self.joined.add(channel)
 
     def leave(self, channel: str) -> None:
         """The bot is no longer a member of ``channel`` (``conversations.info`` says ``is_member: false``)."""
         with self._lock:
-            self._left.add(channel)
-            if self._joined is not None:
-                self._joined.discard(channel)
+            self.joined.discard(channel)
 
     def is_member(self, channel: str) -> bool:
+        """A DM always; a channel once joined."""
         with self._lock:
-            return channel not in self._left and (self._joined is None or channel in self._joined)
+            return self._channel_kind(channel) == "im" or channel in self.joined
+
+    def rate_limit(self, method: str, *, retry_after: int = 1, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` answer HTTP 429 ``ratelimited`` with ``Retry-After``."""
+        self.fail_next(method, status=429, retry_after=retry_after, times=times)
 
     def fail_next(self, method: str, *, status: int = 429, retry_after: int | None = 1,
                   error: str | None = None, times: int = 1) -> None:
@@ -660,6 +700,10 @@ class SlackStandIn:
             return 200, _err("unknown_method", req_method=method), {}
         if self.require_auth and not authed:
             return 200, _err("not_authed"), {}
+        kind = self._channel_kind(body.get("channel")) if method == "conversations.info" else None
+        needed = slack_scopes.needed_scopes(method, channel_kind=kind)
+        if needed and not self.scopes.intersection(needed):
+            return 200, _err("missing_scope", needed=",".join(needed), provided=",".join(sorted(self.scopes))), {}
         return 200, handler(body), {}
 
     # ------------------------------------------------------------------ helpers
@@ -678,6 +722,32 @@ class SlackStandIn:
             if key not in self._dms:
                 self._dms[key] = f"D{key[0][1:]}" if len(key) == 1 else self._next_id("G")
             return self._dms[key]
+
+    def _channel_kind(self, channel: Any) -> str | None:
+        """``public``, ``private`` or ``im`` for a channel id; None when it is not one."""
+        if not isinstance(channel, str) or not channel or channel[0] not in "CGD":
+            return None
+        if channel[0] == "D":
+            return "im"
+        return "private" if channel[0] == "G" or channel in self.private_channels else "public"
+
+    def _refuse_outside(self, channel: str, *, post: bool = False) -> JSONDict | None:
+        """``not_in_channel`` unless the bot may write in ``channel`` (a post in a public channel it has not
+        joined passes with ``chat:write.public``)."""
+        if self.is_member(channel):
+            return None
+        if post and self._channel_kind(channel) == "public" and "chat:write.public" in self.scopes:
+            return None
+        return _err("not_in_channel")
+
+    @staticmethod
+    def _refuse_blocks(body: JSONDict) -> JSONDict | None:
+        errors = block_kit_rules.message_errors(body.get("blocks"), text=body.get("text"))
+        if not errors:
+            return None
+        if any("/text]" in e and "/blocks" not in e for e in errors):
+            return _err("msg_too_long")
+        return _err("invalid_blocks", response_metadata={"messages": errors})
 
     def _resolve_channel(self, value: Any) -> str | None:
         """Channel id for an id, a user id (-> DM) or a known ``#name``; None if unknown."""
@@ -749,6 +819,9 @@ class SlackStandIn:
         text = body.get("text") or ""
         if not text and not blocks and not attachments:
             return _err("no_text")
+        refused = self._refuse_outside(channel, post=True) or self._refuse_blocks(body)
+        if refused:
+            return refused
         known = {"channel", "text", "blocks", "attachments", "thread_ts", "metadata", "token"}
         message = self._store_message(StoredMessage(
             channel=channel, ts=self._next_ts(), text=text, blocks=blocks, attachments=attachments,
@@ -764,6 +837,9 @@ class SlackStandIn:
         message = self._find_message(body.get("channel"), body.get("ts"))
         if message is None:
             return _err("message_not_found")
+        refused = self._refuse_blocks(body)
+        if refused:
+            return refused
         self._revise(message, body, self._next_ts())
         return {"ok": True, "channel": message.channel, "ts": message.ts, "text": message.text,
                 "message": message.as_slack()}
@@ -785,6 +861,9 @@ class SlackStandIn:
         text = body.get("text") or ""
         if not text and not blocks and not attachments:
             return _err("no_text")
+        refused = self._refuse_outside(channel) or self._refuse_blocks(body)
+        if refused:
+            return refused
         ephemeral = Ephemeral(channel=channel, user=body["user"], ts=self._next_ts(), text=text, blocks=blocks,
                               attachments=attachments, thread_ts=body.get("thread_ts") or None)
         self._ephemerals.append(ephemeral)
@@ -826,12 +905,32 @@ class SlackStandIn:
             return None
         return spec
 
+    @staticmethod
+    def _refuse_view(spec: JSONDict) -> JSONDict | None:
+        errors = block_kit_rules.view_errors(spec)
+        return _err("invalid_arguments", response_metadata={"messages": errors}) if errors else None
+
+    def _exchange_trigger(self, trigger_id: Any) -> JSONDict | None:
+        """Use up ``trigger_id``: an error unless Slack issued it, it is unused and under TRIGGER_TTL old."""
+        issued = self._triggers.get(trigger_id) if isinstance(trigger_id, str) else None
+        if issued is None:
+            return _err("invalid_trigger_id")
+        if trigger_id in self._exchanged:
+            return _err("exchanged_trigger_id")
+        if time.monotonic() - issued > TRIGGER_TTL:
+            return _err("expired_trigger_id")
+        self._exchanged.add(trigger_id)
+        return None
+
     def _views_open(self, body: JSONDict) -> JSONDict:
         if not body.get("trigger_id"):
             return _err("invalid_arguments", response_metadata={"messages": ["[ERROR] missing trigger_id"]})
         spec = self._view_spec(body, "modal")
         if spec is None:
             return _err("invalid_arguments")
+        refused = self._refuse_view(spec) or self._exchange_trigger(body.get("trigger_id"))
+        if refused:
+            return refused
         return {"ok": True, "view": copy.deepcopy(self._new_view(spec))}
 
     def _views_update(self, body: JSONDict) -> JSONDict:
@@ -847,6 +946,9 @@ class SlackStandIn:
             return _err("not_found")
         if body.get("hash") and body["hash"] != current["hash"]:
             return _err("hash_conflict")
+        refused = self._refuse_view(spec)
+        if refused:
+            return refused
         view = self._new_view(spec, view_id=current["id"], root_view_id=current["root_view_id"],
                               previous_view_id=current["previous_view_id"])
         return {"ok": True, "view": copy.deepcopy(view)}
@@ -858,6 +960,9 @@ class SlackStandIn:
         spec = self._view_spec(body, "home")
         if spec is None or "type" not in spec:
             return _err("invalid_arguments")
+        refused = self._refuse_view(spec)
+        if refused:
+            return refused
         view = self._new_view(spec, view_id=self._home_views.get(user_id))
         self._home_views[user_id] = view["id"]
         return {"ok": True, "view": copy.deepcopy(view)}
@@ -872,16 +977,32 @@ class SlackStandIn:
         channel = self._dm_for(users)
         return {"ok": True, "no_op": existed, "already_open": existed, "channel": {"id": channel}}
 
+    def _channel_object(self, channel: str) -> JSONDict:
+        kind = self._channel_kind(channel)
+        names = {v: k for k, v in self.channels.items()}
+        return {"id": channel, "name": names.get(channel, channel.lower()), "is_channel": kind == "public",
+                "is_group": kind == "private", "is_im": kind == "im", "is_private": kind != "public",
+                "is_archived": False, "is_member": self.is_member(channel), "created": _TS_BASE}
+
     def _conversations_info(self, body: JSONDict) -> JSONDict:
         channel = self._resolve_channel(body.get("channel"))
-        if channel is None or channel[0] not in "CGD":
+        kind = self._channel_kind(channel)
+        if channel is None or kind is None or (kind == "private" and not self.is_member(channel)):
+            return _err("channel_not_found")  # a private channel is invisible until the bot is invited
+        return {"ok": True, "channel": self._channel_object(channel)}
+
+    def _conversations_join(self, body: JSONDict) -> JSONDict:
+        channel = self._resolve_channel(body.get("channel"))
+        kind = self._channel_kind(channel)
+        if channel is None or kind is None:
             return _err("channel_not_found")
-        names = {v: k for k, v in self.channels.items()}
-        return {"ok": True, "channel": {
-            "id": channel, "name": names.get(channel, channel.lower()), "is_channel": channel[0] == "C",
-            "is_group": channel[0] == "G", "is_im": channel[0] == "D", "is_private": channel[0] != "C",
-            "is_archived": False, "is_member": self.is_member(channel), "created": _TS_BASE,
-        }}
+        if kind != "public":
+            return _err("method_not_supported_for_channel_type")
+        answer: JSONDict = {"ok": True}
+        if channel in self.joined:
+            answer["warning"] = "already_in_channel"
+        self.joined.add(channel)
+        return {**answer, "channel": self._channel_object(channel)}
 
     def _users_info(self, body: JSONDict) -> JSONDict:
         user_id = body.get("user")
@@ -924,6 +1045,10 @@ class SlackStandIn:
         channels = [c for c in (self._resolve_channel(body.get("channel_id")),) if c]
         channels += [c for c in (self._resolve_channel(x.strip()) for x in str(body.get("channels") or "").split(","))
                      if c and c not in channels]
+        for channel in channels:
+            refused = self._refuse_outside(channel)
+            if refused:
+                return refused
         thread_ts = body.get("thread_ts") or None
         comment = body.get("initial_comment")
         files = []
@@ -956,6 +1081,8 @@ class SlackStandIn:
     # ------------------------------------------------------------------ response_url
 
     def _answer_response_url(self, key: str, payload: JSONDict) -> Answer:
+        if block_kit_rules.message_errors(payload.get("blocks"), text=payload.get("text")):
+            return 400, "invalid_blocks", {}
         target = self._response_targets.get(key)
         if target is None or target.channel is None:
             return 200, "ok", {}

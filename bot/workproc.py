@@ -91,9 +91,13 @@ class WorkProcess:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def forward(self, body: str, headers: dict[str, str]) -> None:
-        """A whole Slack request, verified and acked by the parent, for the child's app to handle."""
-        self.submit(DISPATCH, {"body": body, "headers": headers})
+    def forward(self, body: str, headers: dict[str, str], loading: dict | None = None) -> None:
+        """A whole Slack request, verified and acked by the parent, for the child's app to handle; ``loading``:
+        the loading modal the parent opened for it (handlers/loading.py), ``{}`` if that failed."""
+        item: dict[str, Any] = {"body": body, "headers": headers}
+        if loading is not None:
+            item["loading"] = loading
+        self.submit(DISPATCH, item)
 
     def submit(self, name: str, payload: dict[str, Any]) -> None:
         """Hand a work item to the child: written now when the pipe takes it, else queued behind the others."""
@@ -186,7 +190,7 @@ class WorkProcess:
 
 def decode(payload: dict[str, Any], client: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"client": client}
-    for key in ("body", "event"):
+    for key in ("body", "event", "loading"):
         if key in payload:
             kwargs[key] = payload[key]
     if "response_url" in payload:
@@ -227,8 +231,12 @@ def serve_stdin(deps: Any, client: Any, stream: Any = None, *, app: Any = None) 
         try:
             item = json.loads(line)
             if item.get("work") == DISPATCH and app is not None:
-                request = BoltRequest(body=item["body"], headers={k: [v] for k, v in item["headers"].items()})
-                deps.run_local(app.dispatch, urgent=is_decision(item["body"]), req=request)
+                context = {"loading": item["loading"]} if "loading" in item else None
+                request = BoltRequest(body=item["body"], headers={k: [v] for k, v in item["headers"].items()},
+                                      context=context)
+                # a form being filled in (its loading view is open) goes on the decisions lane too
+                urgent = is_decision(item["body"]) or "loading" in item
+                deps.run_local(app.dispatch, urgent=urgent, req=request)
                 continue
             work = deps.works[item.pop("work")]
             urgent = bool(item.pop("urgent", False))

@@ -17,10 +17,12 @@ from core import access, halt_watch
 from core.errors import NotAuthorized, RollbackError
 from core.incidents import already_decided
 from handlers import incident_views as iv
+from handlers import loading as modal
 from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action
 from handlers.progress import SlackProgress
+from handlers.replies import tell_privately
 
 
 def _incident_id(body: dict) -> int | None:
@@ -34,26 +36,32 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
     engine = services.engine
 
-    def acking(work, *, urgent: bool = False):
-        """A listener that acks the click at once and does ``work`` after it (``urgent``: on the decisions lane)."""
+    def acking(work, *, urgent: bool = False, opens: str | None = None):
+        """A listener that acks the click at once and does ``work`` after it (``urgent``: on the decisions lane);
+        for a click that ``opens`` a modal, its loading view opens at once (handlers/loading.py)."""
 
         deps.work(work)
 
-        def listener(ack: Ack, body: dict, client: WebClient) -> None:
+        def listener(ack: Ack, body: dict, client: WebClient, context: dict) -> None:
             ack()
-            deps.later(work, urgent=urgent, body=body, client=client)
+            if opens and body.get("trigger_id"):
+                deps.later_modal(work, kind=opens, trigger_id=body["trigger_id"], client=client,
+                                 loading=context.get("loading"), body=body)
+            else:
+                deps.later(work, urgent=urgent, body=body, client=client)
 
         listener.__name__ = f"on_{work.__name__}"
         return listener
 
     def whisper(client: WebClient, body: dict, text: str) -> None:
+        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        user = body["user"]["id"]
-        if channel:
-            client.chat_postEphemeral(channel=channel, user=user, text=text)
-        else:
-            dm = client.conversations_open(users=user)["channel"]["id"]
-            client.chat_postMessage(channel=dm, text=text)
+        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"), channel=channel)
+
+    def answer(client: WebClient, body: dict, loading: dict | None, text: str, kind: str) -> None:
+        """In the loading view when there is one (the person is looking at it), else whispered."""
+        if not modal.tell(client, loading, text, kind=kind):
+            whisper(client, body, text)
 
     def first_delivery(body: dict) -> bool:
         action = (body.get("actions") or [{}])[0]
@@ -75,10 +83,12 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         except Exception as exc:  # noqa: BLE001 - the person is told an error id
             whisper(client, body, describe(exc))
 
-    def deny(body: dict, client: WebClient) -> None:
+    def deny(body: dict, client: WebClient, loading: dict | None = None) -> None:
         incident_id = _incident_id(body)
         user = body["user"]["id"]
-        if incident_id is None or not first_delivery(body):
+        if incident_id is None:
+            return answer(client, body, loading, ":no_entry: This button names no incident.", modal.DENY)
+        if not first_delivery(body):
             return
         try:
             inc = engine.get(incident_id)
@@ -88,10 +98,10 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                 raise NotAuthorized("Only approvers or the requester may deny a rollback.")
             if inc.state != "requested":
                 raise already_decided(inc)
-            client.views_open(trigger_id=body["trigger_id"], view=iv.deny_modal(
+            modal.show(client, loading, trigger_id=body["trigger_id"], view=iv.deny_modal(
                 inc, channel=(body.get("channel") or {}).get("id"), message_ts=(body.get("message") or {}).get("ts")))
         except Exception as exc:  # noqa: BLE001
-            whisper(client, body, f":no_entry: {describe(exc)}")
+            answer(client, body, loading, f":no_entry: {describe(exc)}", modal.DENY)
 
     def decide(body: dict, client: WebClient, decision) -> None:
         """Take over / Proceed anyway / Abandon: one call into core; refusals are whispered to the person."""
@@ -118,10 +128,10 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
         decide(body, client, act)
 
-    def add_root_cause(body: dict, client: WebClient) -> None:
+    def add_root_cause(body: dict, client: WebClient, loading: dict | None = None) -> None:
         incident_id = _incident_id(body)
         if incident_id is None:
-            return
+            return answer(client, body, loading, ":no_entry: This button names no incident.", modal.ROOT_CAUSE)
         try:
             inc = engine.get(incident_id)
             user = body["user"]["id"]
@@ -131,9 +141,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                              reason="not the incident's requester or approver, nor an approver")
                 raise NotAuthorized("Only the incident's requester and approver, the owners of its follow-ups, and"
                                     " approvers, may add its root cause.")
-            client.views_open(trigger_id=body["trigger_id"], view=iv.root_cause_modal(inc))
+            modal.show(client, loading, trigger_id=body["trigger_id"], view=iv.root_cause_modal(inc))
         except Exception as exc:  # noqa: BLE001
-            whisper(client, body, f":no_entry: {describe(exc)}")
+            answer(client, body, loading, f":no_entry: {describe(exc)}", modal.ROOT_CAUSE)
 
     def model_selected(body: dict, client: WebClient) -> None:
         view = body.get("view") or {}
@@ -146,7 +156,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         client.views_update(
             view_id=view.get("id"), hash=view.get("hash"),
             view=iv.start_modal(model=form.model, backups=form.backups,
-                                recommended=form.recommended, channel=meta.get("channel")),
+                                recommended=form.recommended, channel=meta.get("channel"),
+                                response_url=meta.get("response_url")),
         )
 
     def quick_fix(body: dict, client: WebClient) -> None:
@@ -191,9 +202,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     app.action(Action.RESUME_OVERRIDE.value)(acking(resume_override, urgent=True))
     app.action(Action.FIX_REFRESH_VIEW.value)(acking(quick_fix))
     app.action(Action.FIX_RESTORE_MODEL.value)(acking(quick_fix))
-    app.action(Action.DENY.value)(acking(deny, urgent=True))
+    app.action(Action.DENY.value)(acking(deny, urgent=True, opens=modal.DENY))
     app.action(Action.TAKE_OVER.value)(acking(take_over, urgent=True))
     app.action(Action.PROCEED_ANYWAY.value)(acking(proceed_anyway, urgent=True))
     app.action(Action.ABANDON.value)(acking(abandon, urgent=True))
-    app.action(Action.ADD_ROOT_CAUSE.value)(acking(add_root_cause))
+    app.action(Action.ADD_ROOT_CAUSE.value)(acking(add_root_cause, opens=modal.ROOT_CAUSE))
     app.action(Action.MODAL_MODEL_SELECT.value)(acking(model_selected))

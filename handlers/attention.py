@@ -12,12 +12,14 @@ from slack_sdk import WebClient
 from core.errors import InvalidTransition, NotAuthorized, RollbackError
 from core.incidents import Incident
 from handlers import incident_views as iv
+from handlers import loading as modal
 from handlers.attention_views import accept_modal, watch_message
 from handlers.blocks import esc
 from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action, Block as B, View as V
 from handlers.progress import SlackProgress
+from handlers.replies import tell_privately
 
 log = logging.getLogger("rollback_bot.attention")
 
@@ -34,12 +36,14 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     engine = services.engine
 
     def whisper(client: WebClient, body: dict, text: str) -> None:
+        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        user = body["user"]["id"]
-        if channel:
-            client.chat_postEphemeral(channel=channel, user=user, text=text)
-        else:
-            client.chat_postMessage(channel=client.conversations_open(users=user)["channel"]["id"], text=text)
+        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"), channel=channel)
+
+    def answer(client: WebClient, body: dict, loading: dict | None, text: str, kind: str) -> None:
+        """In the loading view when there is one (the person is looking at it), else whispered."""
+        if not modal.tell(client, loading, text, kind=kind):
+            whisper(client, body, text)
 
     def needing_attention(body: dict) -> Incident:
         incident_id = _incident_id(body)
@@ -50,17 +54,23 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             raise InvalidTransition(f"{inc.ref} is {inc.state.replace('_', ' ')}: it no longer needs attention.")
         return inc
 
-    def acking(work):
+    def acking(work, opens: str | None = None):
+        """Ack the click at once, ``work`` after it; for a click that ``opens`` a modal, its loading view opens at
+        once (handlers/loading.py)."""
         deps.work(work)
 
-        def listener(ack: Ack, body: dict, client: WebClient) -> None:
+        def listener(ack: Ack, body: dict, client: WebClient, context: dict) -> None:
             ack()
-            deps.later(work, body=body, client=client)
+            if opens and body.get("trigger_id"):
+                deps.later_modal(work, kind=opens, trigger_id=body["trigger_id"], client=client,
+                                 loading=context.get("loading"), body=body)
+            else:
+                deps.later(work, body=body, client=client)
 
         listener.__name__ = f"on_{work.__name__}"
         return listener
 
-    def rollback_again(body: dict, client: WebClient) -> None:
+    def rollback_again(body: dict, client: WebClient, loading: dict | None = None) -> None:
         """The request form for the same model; the new request follows this incident up."""
         user = body["user"]["id"]
         try:
@@ -69,12 +79,12 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                 raise NotAuthorized("Only operators may request a rollback (OPERATORS).")
             inc = needing_attention(body)
             form = services.start_form(model=inc.model_name)
-            client.views_open(trigger_id=body["trigger_id"], view=iv.start_modal(
+            modal.show(client, loading, trigger_id=body["trigger_id"], view=iv.start_modal(
                 model=form.model, backups=form.backups, recommended=form.recommended,
-                channel=(body.get("channel") or {}).get("id"),
+                channel=(body.get("channel") or {}).get("id"), response_url=body.get("response_url"),
                 reason=f"Follow-up of {inc.ref}: the rollback to {inc.target_backup} did not resolve the issue."))
         except Exception as exc:  # noqa: BLE001 - the person is told why
-            whisper(client, body, f":no_entry: {describe(exc)}")
+            answer(client, body, loading, f":no_entry: {describe(exc)}", modal.START)
 
     def attention_halt(body: dict, client: WebClient) -> None:
         user = body["user"]["id"]
@@ -92,7 +102,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         except Exception as exc:  # noqa: BLE001
             whisper(client, body, f":no_entry: {describe(exc)}")
 
-    def accept_open(body: dict, client: WebClient) -> None:
+    def accept_open(body: dict, client: WebClient, loading: dict | None = None) -> None:
         user = body["user"]["id"]
         try:
             inc = needing_attention(body)
@@ -100,9 +110,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                 engine.audit(None, actor=user, action="accept", outcome="refused", incident_id=inc.id,
                              reason="not an approver")
                 raise NotAuthorized("Only approvers may accept an incident that needs attention (APPROVERS).")
-            client.views_open(trigger_id=body["trigger_id"], view=accept_modal(inc))
+            modal.show(client, loading, trigger_id=body["trigger_id"], view=accept_modal(inc))
         except Exception as exc:  # noqa: BLE001
-            whisper(client, body, f":no_entry: {describe(exc)}")
+            answer(client, body, loading, f":no_entry: {describe(exc)}", modal.ACCEPT)
 
     def accept_ack(ack: Ack, body: dict) -> None:
         meta = json.loads(body["view"].get("private_metadata") or "{}")
@@ -118,9 +128,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             return ack(response_action="errors", errors={B.ACCEPT_REASON.value: str(exc)[:150]})
         ack()
 
-    app.action(Action.ROLLBACK_AGAIN.value)(acking(rollback_again))
+    app.action(Action.ROLLBACK_AGAIN.value)(acking(rollback_again, opens=modal.START))
     app.action(Action.ATTENTION_HALT.value)(acking(attention_halt))
-    app.action(Action.ACCEPT.value)(acking(accept_open))
+    app.action(Action.ACCEPT.value)(acking(accept_open, opens=modal.ACCEPT))
     app.view(V.ACCEPT.value)(accept_ack)
     register_watch(deps, progress)
 

@@ -8,7 +8,7 @@ process receiving the same delivery) do nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
@@ -19,12 +19,14 @@ from core.loss import money, parse_amount
 from handlers import blocks as views
 from handlers import followup_views
 from handlers import incident_views as iv
+from handlers import loading as modal
 from handlers.deps import Deps
 from handlers.doctor import doctor_blocks, slack_checks
-from handlers.errors import guarded
+from handlers.errors import describe, guarded
 from handlers.evidence import confirm_prompt
 from handlers.ids import Command
 from handlers.progress import SlackProgress
+from handlers.replies import PrivateReply
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ParsedCommand:
     user_id: str
     channel_id: str
     trigger_id: str
+    loading: dict | None = None  # the loading modal opened for this command (handlers/loading.py)
 
     @classmethod
     def from_body(cls, body: dict) -> ParsedCommand:
@@ -83,11 +86,12 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     def tell(respond: Respond, text: str) -> None:
         respond(text=text, blocks=views.error_blocks(text), response_type="ephemeral", replace_original=False)
 
-    def refuse(cmd: ParsedCommand, respond: Respond, action: str, why: str) -> None:
+    def refuse(cmd: ParsedCommand, respond: Respond, action: str, why: str, client: WebClient | None = None) -> None:
         engine.audit(None, actor=cmd.user_id, action=action, outcome="refused", reason=why)
-        tell(respond, why)
+        if client is None or not modal.tell(client, cmd.loading, why, kind=modal.START):
+            tell(respond, why)
 
-    def on_command(ack: Ack, body: dict, respond: Respond, client: WebClient) -> None:
+    def on_command(ack: Ack, body: dict, respond: Respond, client: WebClient, context: dict) -> None:
         cmd = ParsedCommand.from_body(body)
         if cmd.verb == "help" or cmd.verb not in handlers:
             prefix = "" if cmd.verb == "help" else f"Unknown subcommand `{views.esc(cmd.verb[:40])}`.\n\n"
@@ -95,17 +99,29 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                 response_type="ephemeral")
             return
         ack()
-        deps.later(run_command, body=body, respond=respond, client=client)
+        kind = modal.modal_for(body)
+        if kind is not None:  # a form: its loading view opens now, whatever the work waits behind
+            deps.later_modal(run_command, kind=kind, trigger_id=cmd.trigger_id, client=client,
+                             loading=context.get("loading"), body=body, respond=respond)
+        else:
+            deps.later(run_command, body=body, respond=respond, client=client)
 
     @guarded
-    def run_command(body: dict, respond: Respond, client: WebClient) -> None:
+    def run_command(body: dict, respond: Respond, client: WebClient, loading: dict | None = None) -> None:
         cmd = ParsedCommand.from_body(body)
         handler = handlers.get(cmd.verb)
         if handler is None:
             return
         if cmd.trigger_id and not services.claim_delivery(f"command:{cmd.trigger_id}"):
             return  # a retried or duplicate delivery: already handled once
-        handler(cmd, respond, client)
+        reply = PrivateReply(respond, client, cmd.user_id)
+        if loading is None:
+            return handler(cmd, reply, client)
+        try:
+            handler(replace(cmd, loading=loading), reply, client)
+        except Exception as exc:  # noqa: BLE001 - the person is looking at the loading view: say it there
+            if not modal.tell(client, loading, describe(exc), kind=modal.START):
+                raise
 
     deps.work(run_command)
 
@@ -192,16 +208,16 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     @on("start")
     def start(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
         if not deps.auth.is_operator(cmd.user_id):
-            return refuse(cmd, respond, "request", "Only operators may request a rollback (OPERATORS).")
+            return refuse(cmd, respond, "request", "Only operators may request a rollback (OPERATORS).", client)
         args, confirm = split_confirm(cmd.args)  # `--confirm`: the runbook's pre-rollback checks hold
-        model = args[0] if args else None
-        backup = args[1] if len(args) > 1 and args[1].startswith("backup_") else None
-        reason = " ".join(args[2:] if backup else args[1:]).strip()
+        model, backup, reason = modal.start_fields(args)
         if model is not None:
             existing = services.open_rollback(model=model)  # validates the name; points to an open one
             if existing is not None:
-                return tell(respond, f"{model} already has an open rollback, {existing.ref} ({existing.state});"
-                                     " nothing new was posted.")
+                text = f"{model} already has an open rollback, {existing.ref} ({existing.state}); nothing new was posted."
+                if not modal.tell(client, cmd.loading, text, kind=modal.START):
+                    tell(respond, text)
+                return
         if model and backup and reason:
             if not confirm:  # nothing is posted or changed: the checklist and the command with --confirm
                 services.registry.backup_dir(model, backup)  # a wrong backup is said now, not after confirming
@@ -216,11 +232,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                     response_type="ephemeral", replace_original=False)
             return
         view = services.start_form(model=model)
-        client.views_open(
-            trigger_id=cmd.trigger_id,
-            view=iv.start_modal(model=view.model, backups=view.backups,
-                                recommended=view.recommended, channel=cmd.channel_id, reason=reason or None),
-        )
+        modal.show(client, cmd.loading, trigger_id=cmd.trigger_id, view=iv.start_modal(
+            model=view.model, backups=view.backups, recommended=view.recommended, channel=cmd.channel_id,
+            reason=reason or None, response_url=getattr(respond, "response_url", None)))
 
     @on("halt")
     def halt(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:

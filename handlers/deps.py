@@ -19,6 +19,11 @@ def work_pool(workers: int = 4) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-work", initializer=lower_thread_priority)
 
 
+def opener_pool(workers: int = 4) -> ThreadPoolExecutor:
+    """Opening a loading modal is one Web API call that must not wait behind slow work (handlers/loading.py)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modal-open")
+
+
 def decision_pool(workers: int = 2) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-decide")
 
@@ -33,6 +38,7 @@ class Deps:
     executor: ThreadPoolExecutor
     works: dict[str, Callable[..., Any]] = field(default_factory=dict)
     remote: RemoteSubmit | None = None  # set by `serve`: work goes to the work process (bot/workproc.py)
+    openers: ThreadPoolExecutor = field(default_factory=opener_pool)
     # A lane of its own for decisions (Approve, Deny, Proceed anyway, Abandon, Take over): however many slow
     # commands (diagnose, backups) fill the work pool, a decision never waits behind them.
     decisions: ThreadPoolExecutor = field(default_factory=lambda: decision_pool())
@@ -58,6 +64,27 @@ class Deps:
             return
         self.run_local(work, urgent=urgent, **kwargs)
 
+    def later_modal(self, work: Callable[..., Any], *, kind: str, trigger_id: str, client: Any,
+                    loading: dict | None = None, **kwargs: Any) -> None:
+        """``later`` for work that shows a modal: a loading view is opened first, at once, on a pool of its own
+        (unless ``serve`` opened it already: ``loading`` given), and handed to ``work`` to fill in on the
+        decisions lane (the person is looking at the loading view; it never waits behind slow commands)."""
+        if loading is not None:
+            self.later(work, urgent=True, client=client, loading=loading, **kwargs)
+            return
+
+        def open_then_work() -> None:
+            from handlers.loading import open_loading
+
+            try:
+                opened = open_loading(client, trigger_id, kind)
+            except Exception:  # noqa: BLE001 - the work runs all the same and opens its form itself
+                log.exception("the loading view could not be opened")
+                opened = {}
+            self.later(work, urgent=True, client=client, loading=opened, **kwargs)
+
+        self.openers.submit(open_then_work)
+
     def run_local(self, work: Callable[..., Any], *, urgent: bool = False, **kwargs: Any) -> None:
         def run() -> None:
             try:
@@ -68,7 +95,8 @@ class Deps:
         (self.decisions if urgent else self.executor).submit(run)
 
     def shutdown(self) -> None:
-        """Wait for the work after the ack (both lanes) to finish."""
+        """Wait for the work after the ack (loading views first: they hand work to both lanes) to finish."""
+        self.openers.shutdown(wait=True)
         self.executor.shutdown(wait=True)
         self.decisions.shutdown(wait=True)
 
@@ -82,7 +110,7 @@ def encode(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Plain values of a listener's keyword arguments (the client and logger are the child's own)."""
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
-        if key in ("body", "event"):
+        if key in ("body", "event", "loading"):
             out[key] = value
         elif key == "respond":
             out["response_url"] = getattr(value, "response_url", None)

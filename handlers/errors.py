@@ -58,7 +58,13 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the person
-            tell_person(kwargs.get("respond"), describe(exc))
+            respond, client, body = kwargs.get("respond"), kwargs.get("client"), kwargs.get("body") or {}
+            user = body.get("user_id") or (body.get("user") or {}).get("id")
+            if client is not None and user:
+                from handlers.replies import PrivateReply
+
+                respond = PrivateReply(respond, client, user)  # a DM when the response_url fails
+            tell_person(respond, describe(exc))
             return None
 
     return wrapper

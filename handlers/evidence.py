@@ -29,6 +29,7 @@ from handlers.blocks import MAX_SECTION, clip, context, esc, finish, section
 from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action, Block as B
+from handlers.replies import tell_privately
 
 if TYPE_CHECKING:
     from handlers.progress import SlackProgress
@@ -166,8 +167,10 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     progress.on_step[STEP_EVENT] = show_halt_now
 
     def whisper(client: WebClient, body: dict, text: str) -> None:
+        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        client.chat_postEphemeral(channel=channel or deps.channel, user=body["user"]["id"], text=text)
+        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"),
+                       channel=channel or deps.channel)
 
     def halt_now(body: dict, client: WebClient) -> None:
         action = (body.get("actions") or [{}])[0]

@@ -41,6 +41,8 @@ class View(StrEnum):
     START = "rollback_start_modal"
     DENY = "rollback_deny_modal"
     ROOT_CAUSE = "root_cause_modal"
+    LOADING = "loading_modal"  # opened at once, then filled in (handlers/loading.py)
+    NOTICE = "notice_modal"  # a loading view turned into a message (a refusal, an error)
     ACCEPT = "accept_modal"
     RETRAIN = "retrain_modal"
     FOLLOWUP_ASSIGN = "followup_assign_modal"

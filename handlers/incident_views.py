@@ -33,6 +33,7 @@ from handlers.attention_views import attention_blocks, attention_reply
 from handlers.evidence import checks_input, evidence_blocks, halt_now_button
 from handlers.ids import Action, Block as B, View as V
 from handlers.paging_views import live_blocks
+from handlers.kind_text import text_for
 
 STATE_EMOJI = {
     "requested": ":hourglass_flowing_sand:",
@@ -189,13 +190,8 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
                         value=str(incident.id),
                         style="primary",
                         confirm=ConfirmObject(
-                            title="Approve the rollback?" if not _is_retrain(incident) else "Approve the retrain?",
-                            text=clip(
-                                retrain_confirm_text(incident) if _is_retrain(incident) else
-                                f"Halt automated trading, back up {incident.model_name} and restore "
-                                f"{incident.target_backup}. The bot then verifies and resumes trading.",
-                                300,
-                            ),
+                            title=text_for(incident).approve_title,
+                            text=clip(text_for(incident).will(incident), 300),
                             confirm="Approve",
                             deny="Cancel",
                         ),
@@ -211,16 +207,6 @@ def incident_card(incident: Incident, steps: list[Step]) -> list[dict]:
         blocks.append(ActionsBlock(elements=[ButtonElement(text="Add root cause", action_id=Action.ADD_ROOT_CAUSE.value, value=str(incident.id))]))
     blocks += live_blocks(incident, steps)  # the latest loss figure, the page; Update loss, Acknowledge
     return finish(blocks)
-
-
-def _is_retrain(incident: Incident) -> bool:
-    return incident.kind == "fix" and (incident.plan or {}).get("fix") == "retrain"
-
-
-def retrain_confirm_text(incident: Incident) -> str:
-    from handlers.retrain import approve_confirm_text
-
-    return approve_confirm_text(incident)
 
 
 def halt_not_effective_blocks(incident: Incident) -> list[Block]:
@@ -380,11 +366,12 @@ def model_option(model: str) -> Option:
 
 
 def start_modal(*, model: str | None, backups: list[BackupInfo], recommended: str | None,
-                channel: str | None, reason: str | None = None) -> dict:
+                channel: str | None, reason: str | None = None, response_url: str | None = None) -> dict:
     """The request form. Its model and backup menus load their options as the person types
     (``external_select``, answered by handlers/pickers.py), so they scale past Slack's 100 static options; the
     backup menu offers the chosen model's backups (the model is in ``private_metadata`` and in the form's state),
-    with ``recommended`` pre-selected."""
+    with ``recommended`` pre-selected. ``response_url`` (the command's) is kept in its metadata: the answer to
+    the submission goes there, so it reaches the person even in a channel the bot is not a member of."""
     model_select = ExternalDataSelectElement(
         action_id=Action.MODAL_MODEL_SELECT.value,
         placeholder="Type to search models",
@@ -440,21 +427,25 @@ def start_modal(*, model: str | None, backups: list[BackupInfo], recommended: st
         title="Request a rollback",
         submit="Request",
         close="Cancel",
-        private_metadata=json.dumps({"channel": channel, "model": model, "recommended": recommended}),
+        private_metadata=json.dumps({"channel": channel, "model": model, "recommended": recommended,
+                                     "response_url": response_url}),
         blocks=blocks,
     ).to_dict()
 
 
 def deny_modal(incident: Incident, *, channel: str | None, message_ts: str | None) -> dict:
+    words = text_for(incident)
     return View(
         type="modal",
         callback_id=V.DENY.value,
-        title="Deny the rollback",
+        title=words.deny_title,
         submit="Deny",
         close="Back",
         private_metadata=json.dumps({"incident": incident.id, "channel": channel, "ts": message_ts}),
         blocks=[
             section(f"Deny *{esc(incident_title(incident))}*?"),
+            context(f"Approving it would: {esc(words.will(incident))} Denying it changes nothing; the {words.noun}"
+                    " is closed and the requester is told in its thread."),
             InputBlock(block_id=B.DENY_REASON.value, label="Why?", element=PlainTextInputElement(action_id="reason", multiline=True, max_length=1000)),
         ],
     ).to_dict()

@@ -17,11 +17,13 @@ from core import fixes
 from core.errors import NotAuthorized
 from core.incidents import Event, Incident
 from core.retrain import OUTPUT_EVENT
+from handlers import loading as modal
 from handlers.blocks import clip, esc, section
 from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action, Block as B, View as V
 from handlers.progress import SlackProgress
+from handlers.replies import tell_privately
 
 START_ACTION = "start_date"
 REASON_ACTION = "reason"
@@ -32,10 +34,11 @@ def retrain_button(model: str, start: date) -> ButtonElement:
                          value=json.dumps({"model": model, "start": start.isoformat()}))
 
 
-def retrain_modal(model: str, start: date, channel: str | None) -> View:
+def retrain_modal(model: str, start: date, channel: str | None, response_url: str | None = None) -> View:
+    """The retrain form; ``response_url`` (the click's) is where the answer to its submission goes."""
     return View(
         type="modal", callback_id=V.RETRAIN.value, title="Retrain model", submit="Request", close="Cancel",
-        private_metadata=json.dumps({"model": model, "channel": channel}),
+        private_metadata=json.dumps({"model": model, "channel": channel, "response_url": response_url}),
         blocks=[
             section(f"Retrain *{esc(model)}* with `RETRAIN_COMMAND`. The result becomes a new `backup_retrain_*`"
                     " candidate after validation; production is not touched. A second person approves the run."),
@@ -82,10 +85,12 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     progress.on_step[OUTPUT_EVENT] = show_output
 
     def whisper(client: WebClient, body: dict, text: str) -> None:
+        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        client.chat_postEphemeral(channel=channel or deps.channel, user=body["user"]["id"], text=text)
+        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"),
+                       channel=channel or deps.channel)
 
-    def open_retrain_form(body: dict, client: WebClient) -> None:
+    def open_retrain_form(body: dict, client: WebClient, loading: dict | None = None) -> None:
         action = (body.get("actions") or [{}])[0]
         user = body["user"]["id"]
         try:
@@ -94,16 +99,18 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                 engine.audit(None, actor=user, action="fix_request", outcome="refused", reason="not an operator")
                 raise NotAuthorized("Only operators may request a quick fix (OPERATORS).")
             start = date.fromisoformat(value["start"])
-            client.views_open(trigger_id=body["trigger_id"], view=retrain_modal(
-                str(value["model"]), start, (body.get("channel") or {}).get("id")))
+            modal.show(client, loading, trigger_id=body["trigger_id"], view=retrain_modal(
+                str(value["model"]), start, (body.get("channel") or {}).get("id"), body.get("response_url")))
         except Exception as exc:  # noqa: BLE001
-            whisper(client, body, f":no_entry: {describe(exc)}")
+            if not modal.tell(client, loading, f":no_entry: {describe(exc)}", kind=modal.RETRAIN):
+                whisper(client, body, f":no_entry: {describe(exc)}")
 
     deps.work(open_retrain_form)
 
-    def on_retrain(ack: Ack, body: dict, client: WebClient) -> None:
-        ack()
-        deps.later(open_retrain_form, body=body, client=client)
+    def on_retrain(ack: Ack, body: dict, client: WebClient, context: dict) -> None:
+        ack()  # the form's loading view opens at once (handlers/loading.py)
+        deps.later_modal(open_retrain_form, kind=modal.RETRAIN, trigger_id=body.get("trigger_id", ""), client=client,
+                         loading=context.get("loading"), body=body)
 
     def retrain_submit(body: dict, client: WebClient) -> None:
         meta = json.loads(body["view"].get("private_metadata") or "{}")
@@ -120,7 +127,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             text = f"{inc.ref} (retrain from {start.isoformat()}) posted in <#{deps.channel}> for a second person to approve."
         except Exception as exc:  # noqa: BLE001 - the person is told why, nothing was changed
             text = f":no_entry: {describe(exc)}"
-        client.chat_postEphemeral(channel=meta.get("channel") or deps.channel, user=user, text=text)
+        tell_privately(client, user, text, response_url=meta.get("response_url"), channel=meta.get("channel"))
 
     deps.work(retrain_submit)
 

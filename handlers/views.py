@@ -19,6 +19,7 @@ from handlers.errors import describe
 from handlers.evidence import checks_error, ticked_checks
 from handlers.ids import Block as B, View as V
 from handlers.progress import SlackProgress
+from handlers.replies import tell_privately
 
 
 def _value(values: dict, block: B, action: str):
@@ -108,11 +109,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             text = f"Rollback request {inc.ref} posted in <#{deps.channel}> for a second person to approve."
         except Exception as exc:  # noqa: BLE001 - the person is told why, nothing was changed
             text = f":no_entry: {describe(exc)}"
-        channel = meta.get("channel")
-        if channel:
-            client.chat_postEphemeral(channel=channel, user=user, text=text)
-        else:
-            client.chat_postMessage(channel=client.conversations_open(users=user)["channel"]["id"], text=text)
+        tell_privately(client, user, text, response_url=meta.get("response_url"), channel=meta.get("channel"))
 
     deps.work(start_submit)
 

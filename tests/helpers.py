@@ -72,6 +72,14 @@ def corrupt_after_restore(model_dir: Path):
     return hook
 
 
+def shown_modal(standin, callback_id: str, *, timeout: float = 10.0) -> dict:
+    """The modal ``callback_id`` as the person sees it (id and hash included). A form opens as a loading view at
+    once and is filled in with ``views.update`` (handlers/loading.py); this waits for that update."""
+    [call, *_] = standin.wait_for(
+        "views.update", lambda c: c.ok and c.response["view"]["callback_id"] == callback_id, timeout=timeout)
+    return standin.view(call.response["view"]["id"])
+
+
 def checks_ticked(keys=None) -> dict:
     """The request form's pre-rollback checks block, as Slack submits it: ``keys`` ticked (default: all)."""
     from core.prerollback import CHECKS

@@ -88,6 +88,7 @@ def test_a_person_at_a_terminal_confirms_by_typing_the_model_name(settings, worl
 
 
 def test_the_incident_channel_is_told_when_slack_is_reachable(settings, world, conn, tmp_path, standin):
+    standin.join(CHANNEL)  # `serve` joined it at its start; the CLI posts where the bot is a member
     env = cli_env(settings, world, SLACK_BOT_TOKEN="xoxb-break-glass-test", SLACK_API_URL=standin.base_url,
                   INCIDENT_CHANNEL=CHANNEL)
     r = subprocess.run(rollback_args(world, "--yes"), env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,

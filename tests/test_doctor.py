@@ -85,6 +85,7 @@ def admin(database_url: str) -> Iterator[psycopg.Connection]:
 
 
 def test_a_good_platform_passes_every_check(services, standin, world, conn) -> None:
+    standin.join("C0INCIDENT")  # the bot is in its channel (serve joins it at start)
     client = WebClient(token="xoxb-test", base_url=standin.base_url)
     run = services.doctor(source="test", chat=slack_checks(client, "C0INCIDENT"))
     assert run.ok, "\n".join(c.line() for c in run.problems)
@@ -102,6 +103,7 @@ def test_a_good_platform_passes_every_check(services, standin, world, conn) -> N
 
 
 def test_cli_passes_on_a_good_platform_and_keeps_the_run(monkeypatch, capsys, settings, standin, conn) -> None:
+    standin.join("C0INCIDENT")  # the bot is in its channel (serve joins it at start)
     code, lines = run_cli(monkeypatch, capsys, {
         "DATABASE_URL": settings.database_dsn(), "MODELS_DIR": str(settings.models_dir),
         "SLACK_BOT_TOKEN": "xoxb-test-token", "SLACK_API_URL": standin.base_url, "INCIDENT_CHANNEL": "C0INCIDENT",

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from core.evidence import classify
-from tests.helpers import trading_halted
+from tests.helpers import shown_modal, trading_halted
 from tests.test_slack_flow import CHANNEL, MODEL, card_message, click, request
 
 MAX_BLOCKS, MAX_TEXT = 50, 3000
@@ -108,8 +108,7 @@ def test_the_report_keeps_the_checks_and_the_evidence(sandbox, world, conn):
     card = request(sandbox)
     sandbox.run_worker()
     click(sandbox, "U0CAROL", "rollback_deny", card)
-    view = sandbox.standin.wait_for("views.open")[0].body["view"]
-    view = view if isinstance(view, dict) else json.loads(view)
+    view = shown_modal(sandbox.standin, "rollback_deny_modal")
     sandbox.sender.view_submission(user_id="U0CAROL", callback_id="rollback_deny_modal",
                                    state_values={"deny_reason_block": {"reason": "market-wide, wait"}},
                                    private_metadata=view["private_metadata"])

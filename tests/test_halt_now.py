@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from core import incidents
-from tests.helpers import assert_consistent, client_settings, trading_halted
+from tests.helpers import assert_consistent, client_settings, shown_modal, trading_halted
 from tests.test_slack_flow import CHANNEL, MODEL, card_message, click, ephemeral_texts, request
 
 HALT_NOW = "rollback_halt_now"
@@ -24,16 +24,16 @@ def count(conn, sql: str, *args) -> int:
 
 
 def press_halt_now(sandbox, user, card):
+    answered = len(sandbox.standin.calls("response_url"))
     r = click(sandbox, user, HALT_NOW, card)
     assert r.status == 200
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: c.body.get("user") == user)
+    sandbox.standin.wait_for("response_url", count=answered + 1)  # the click's answer, to that person
     sandbox.settle()
 
 
 def deny(sandbox, user, card, note):
     click(sandbox, user, "rollback_deny", card)
-    view = sandbox.standin.wait_for("views.open")[0].body["view"]
-    view = view if isinstance(view, dict) else json.loads(view)
+    view = shown_modal(sandbox.standin, "rollback_deny_modal")
     r = sandbox.sender.view_submission(user_id=user, callback_id="rollback_deny_modal",
                                        state_values={"deny_reason_block": {"reason": note}},
                                        private_metadata=view["private_metadata"])

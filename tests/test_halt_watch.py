@@ -134,7 +134,7 @@ def test_trades_that_keep_coming_pause_the_rollback_page_and_an_approver_may_pro
         for user, why in (("U0ALICE", "other than the requester"), ("U0DAVE", "Only approvers")):
             box.sender.block_action(user_id=user, action_id="rollback_proceed_anyway", channel_id=CHANNEL,
                                     message_ts=card.ts, message=card.as_slack())
-            standin.wait_for("chat.postEphemeral", lambda c, w=why: w in c.body.get("text", ""))
+            standin.wait_for("response_url", lambda c, w=why: w in c.body.get("text", ""))
         # /rollback resume cannot let go of the halt under a paused swap
         reply = box.command("U0BOB", "resume")
         assert "halt_not_effective" in box.responses(reply.response_key)[0]["text"]

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from bot.server import needs_only_an_ack
-from tests.helpers import checks_ticked
+from tests.helpers import checks_ticked, shown_modal
 
 MODEL = "growth_momentum_large"
 COUNT = 5000
@@ -37,11 +37,9 @@ def many_models(world, conn):
 
 
 def open_form(sandbox) -> dict:
-    """`/rollback start` without arguments: the form as Slack received it (views.open)."""
+    """`/rollback start` without arguments: the form as Slack shows it (its loading view, filled in)."""
     sandbox.command("U0ALICE", "start")
-    call = sandbox.standin.wait_for("views.open")[0]
-    view = call.body["view"] if isinstance(call.body["view"], dict) else json.loads(call.body["view"])
-    return {**view, "id": "V0FORM", "hash": "h1", "state": {"values": {}}}
+    return {**shown_modal(sandbox.standin, "rollback_start_modal"), "state": {"values": {}}}
 
 
 def element(view: dict, block_id: str) -> dict:
@@ -99,9 +97,9 @@ def test_the_backup_menu_offers_the_chosen_models_backups_recommended_first(sand
                                 action_type="external_select",
                                 action={"selected_option": {"text": {"type": "plain_text", "text": MODEL},
                                                             "value": MODEL}})
-    call = sandbox.standin.wait_for("views.update")[0]
-    updated = call.body["view"] if isinstance(call.body["view"], dict) else json.loads(call.body["view"])
-    updated = choose({**updated, "id": "V0FORM", "hash": "h2"}, MODEL)
+    call = sandbox.standin.wait_for("views.update", lambda c: c.ok and any(
+        b.get("block_id") == "backup_block" for b in c.response["view"]["blocks"]))[0]
+    updated = choose(call.response["view"], MODEL)
     recommended = sandbox.services.registry.recommend(MODEL).backup.name
     menu = element(updated, "backup_block")
     assert menu["type"] == "external_select" and menu["initial_option"]["value"] == recommended

@@ -174,7 +174,7 @@ def test_status_backups_diagnostics_and_the_refresh_fix_as_the_least_privilege_r
                   if e["text"]["text"] == "Refresh feature view")
     sandbox.sender.block_action(user_id="U0ALICE", action_id=button["action_id"], value=button["value"],
                                 channel_id="C0OPS", message_ts="1.2")
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: "posted in" in c.body.get("text", ""))
+    sandbox.standin.wait_for("response_url", lambda c: "posted in" in c.body.get("text", ""))
     card = card_message(sandbox)
     click(sandbox, "U0BOB", "rollback_approve", card)
     sandbox.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))

@@ -15,6 +15,7 @@ import pytest
 from core import fixes
 from core.errors import ConfigError
 from core.settings import load_settings
+from tests.helpers import shown_modal
 from tests.test_slack_flow import CHANNEL, MODEL, click
 
 SCRIPT = str(Path(__file__).with_name("retrain_script.py"))
@@ -49,19 +50,18 @@ def test_retrain_through_slack_lands_a_backup_and_leaves_production_alone(sandbo
     proposed = json.loads(button["value"])["start"]
     sandbox.sender.block_action(user_id="U0ALICE", action_id=button["action_id"], value=button["value"],
                                 channel_id="C0OPS", message_ts="1.2")
-    view = sandbox.standin.wait_for("views.open")[0].body["view"]
-    view = view if isinstance(view, dict) else json.loads(view)
+    view = shown_modal(sandbox.standin, "retrain_modal")  # a loading view at once, filled in
     assert proposed in json.dumps(view["blocks"])  # the default start date, editable in the form
     sandbox.sender.view_submission(
         user_id="U0ALICE", callback_id=view["callback_id"], private_metadata=view["private_metadata"],
         state_values={"retrain_start_block": {"start_date": {"type": "datepicker", "selected_date": "2026-02-02"}},
                       "reason_block": {"reason": "overfitted: live IC collapsed"}})
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: "posted in" in c.body.get("text", ""))
+    sandbox.standin.wait_for("response_url", lambda c: "posted in" in c.body.get("text", ""))  # the click's URL
     card = next(m for m in sandbox.standin.messages(CHANNEL) if not m.is_reply)
     blocks = json.dumps(card.blocks)
     assert "Retrain model" in blocks and "2026-02-02" in blocks and "Approve the retrain?" in blocks
     click(sandbox, "U0ALICE", "rollback_approve", card)
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: "own request" in c.body.get("text", ""))
+    sandbox.standin.wait_for("response_url", lambda c: "own request" in c.body.get("text", ""))
     sandbox.run_worker()
     assert leftovers(world) == []  # nothing ran before a second person approved
     click(sandbox, "U0BOB", "rollback_approve", card)

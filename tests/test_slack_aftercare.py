@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from bot.sandbox import Sandbox
 from core import incidents
 from core.services import Services
-from tests.helpers import trading_halted
+from tests.helpers import shown_modal, trading_halted
 from tests.test_notify import Inbox, smtp  # noqa: F401 - the real SMTP server fixture
 from tests.test_slack_flow import CHANNEL, MODEL, click, request
 
@@ -144,8 +144,7 @@ def test_add_root_cause_updates_the_report(sandbox, world, conn, tmp_path):
     approve_and_run(sandbox, card)
     final = sandbox.standin.message(CHANNEL, card.ts)
     click(sandbox, "U0ALICE", "add_root_cause", final)
-    call = sandbox.standin.wait_for("views.open")[0]
-    view = call.body["view"] if isinstance(call.body["view"], dict) else json.loads(call.body["view"])
+    view = shown_modal(sandbox.standin, "root_cause_modal")
     r = sandbox.sender.view_submission(user_id="U0ALICE", callback_id="root_cause_modal",
                                        state_values={"root_cause_block": {"text": "Momentum reversal in late Oct."}},
                                        private_metadata=view["private_metadata"])

@@ -12,7 +12,7 @@ import pytest
 from bot.sandbox import Sandbox
 from core import aftercare, incidents
 from core.services import Services
-from tests.helpers import checks_ticked, Clock, assert_consistent, trading_halted
+from tests.helpers import Clock, assert_consistent, checks_ticked, shown_modal, trading_halted
 from tests.test_slack_flow import CHANNEL, MODEL, click, request
 
 
@@ -47,8 +47,10 @@ def buttons(message) -> dict[str, dict]:
 
 
 def opened_view(b: Sandbox, n: int = 1) -> dict:
-    call = b.standin.wait_for("views.open", count=n)[n - 1]
-    return call.body["view"] if isinstance(call.body["view"], dict) else json.loads(call.body["view"])
+    """The n-th form shown: it opens as a loading view at once and is filled in with views.update."""
+    calls = b.standin.wait_for("views.update", lambda c: c.ok and c.response["view"]["callback_id"] not in (
+        "loading_modal", "notice_modal"), count=n)
+    return calls[n - 1].response["view"]
 
 
 def watch_posts(b: Sandbox, inc):
@@ -91,8 +93,8 @@ def test_the_watch_updates_one_message_and_trouble_needs_attention_until_an_appr
         assert {"attention_rollback_again", "attention_halt", "attention_accept", "add_root_cause"} <= set(
             buttons(card))
 
-        click(b, "U0ALICE", "attention_accept", card)  # an operator, not an approver
-        b.standin.wait_for("chat.postEphemeral", lambda c: "Only approvers may accept" in c.body["text"])
+        click(b, "U0ALICE", "attention_accept", card)  # an operator, not an approver: told in the loading view
+        assert "Only approvers may accept" in json.dumps(shown_modal(b.standin, "notice_modal"))
         click(b, "U0BOB", "attention_accept", card)
         view = opened_view(b)
         assert view["callback_id"] == "accept_modal"
@@ -136,7 +138,7 @@ def test_another_backup_from_the_card_opens_the_form_and_its_approval_supersedes
             **checks_ticked()},
             private_metadata=view["private_metadata"])
         assert r.status == 200 and not r.body, r.body
-        b.standin.wait_for("chat.postEphemeral", lambda c: "INC-2" in c.body.get("text", ""))
+        b.standin.wait_for("response_url", lambda c: "INC-2" in c.body.get("text", ""))  # the click's URL
         follow = b.services.engine.get(2)
         assert follow.plan["follows"]["id"] == old.id
         new_card = card_of(b, follow)
@@ -161,7 +163,7 @@ def test_halt_from_the_card_is_for_operators(settings, db, standin, world, clock
         card = card_of(b, inc)
         assert "confirm" in buttons(card)["attention_halt"]
         click(b, "U0DAVE", "attention_halt", card)
-        b.standin.wait_for("chat.postEphemeral", lambda c: "Only operators may halt" in c.body["text"])
+        b.standin.wait_for("response_url", lambda c: "Only operators may halt" in c.body["text"])
         assert not trading_halted(conn)
         click(b, "U0ALICE", "attention_halt", card)
         b.standin.wait_for("chat.postMessage", lambda c: "halted automated trading (INC-2)" in c.body.get("text", "")

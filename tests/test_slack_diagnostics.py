@@ -56,11 +56,15 @@ def test_refresh_feature_view_quick_fix_is_approved_like_a_rollback(sandbox, wor
                   if e["text"]["text"] == "Refresh feature view")
     sandbox.sender.block_action(user_id="U0ALICE", action_id=button["action_id"], value=button["value"],
                                 channel_id="C0OPS", message_ts="1.2")
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: "posted in" in c.body.get("text", ""))
+    sandbox.standin.wait_for("response_url", lambda c: "posted in" in c.body.get("text", ""))
     card = cards(sandbox)[-1]
     assert "Quick fix" in json.dumps(card.blocks)
+    confirm = next(e for b in card.blocks if b["type"] == "actions" for e in b["elements"]
+                   if e["action_id"] == "rollback_approve")["confirm"]
+    assert confirm["title"]["text"] == "Approve the quick fix?" and "None" not in json.dumps(confirm)
+    assert "Refresh the feature view" in confirm["text"]["text"]
     click(sandbox, "U0ALICE", "rollback_approve", card)
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: "own request" in c.body.get("text", ""))
+    sandbox.standin.wait_for("response_url", lambda c: "own request" in c.body.get("text", ""))
     assert conn.execute("SELECT max(date) AS d FROM ml_training_features").fetchone()["d"] < stale_view
     click(sandbox, "U0BOB", "rollback_approve", card)
     sandbox.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
@@ -79,7 +83,7 @@ def test_restore_corrupt_model_quick_fix(sandbox, world, conn):
                   if e["text"]["text"] == "Restore corrupt model file")
     sandbox.sender.block_action(user_id="U0ALICE", action_id=button["action_id"], value=button["value"],
                                 channel_id="C0OPS", message_ts="1.2")
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: "posted in" in c.body.get("text", ""))
+    sandbox.standin.wait_for("response_url", lambda c: "posted in" in c.body.get("text", ""))
     card = card_message(sandbox)
     click(sandbox, "U0BOB", "rollback_approve", card)
     sandbox.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))

@@ -7,7 +7,7 @@ import threading
 from datetime import timedelta
 
 from core import incidents
-from tests.helpers import assert_consistent, checks_ticked, client_settings, trading_halted
+from tests.helpers import assert_consistent, checks_ticked, client_settings, shown_modal, trading_halted
 
 MODEL = "growth_momentum_large"
 CHANNEL = "C0INCIDENT"
@@ -74,16 +74,16 @@ def test_request_approve_rollback_resume(sandbox, world, conn):
 def test_self_approval_non_approver_and_expiry_are_refused(sandbox, world, conn):
     card = request(sandbox)
     click(sandbox, "U0ALICE", "rollback_approve", card)
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: "own request" in c.body.get("text", ""))
+    sandbox.standin.wait_for("response_url", lambda c: "own request" in c.body.get("text", ""))
     click(sandbox, "U0DAVE", "rollback_approve", card)
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: "Only approvers" in c.body.get("text", ""))
+    sandbox.standin.wait_for("response_url", lambda c: "Only approvers" in c.body.get("text", ""))
     inc = sandbox.services.engine.list_incidents()[0]
     assert inc.state == "requested" and not trading_halted(conn)
     refused = conn.execute("SELECT actor FROM rollback_bot.audit_log WHERE outcome = 'refused' ORDER BY id").fetchall()
     assert [r["actor"] for r in refused] == ["U0ALICE", "U0DAVE"]
     sandbox.services.engine.clock = lambda: incidents.utcnow() + timedelta(minutes=20)
     click(sandbox, "U0BOB", "rollback_approve", card)
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: "expired" in c.body.get("text", ""))
+    sandbox.standin.wait_for("response_url", lambda c: "expired" in c.body.get("text", ""))
     assert sandbox.services.engine.get(inc.id).state == "cancelled"
     sandbox.run_worker()
     assert not trading_halted(conn)
@@ -100,7 +100,7 @@ def test_ten_concurrent_approvals_give_one_execution(sandbox, world, conn):
     for t in threads:
         t.join()
     assert results == [200] * 10
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: "already approved" in c.body.get("text", ""), count=9)
+    sandbox.standin.wait_for("response_url", lambda c: "already approved" in c.body.get("text", ""), count=9)
     rows = conn.execute("SELECT count(*) AS n FROM rollback_bot.steps WHERE step = 'approved'").fetchone()
     assert rows["n"] == 1
     assert conn.execute("SELECT count(*) AS n FROM rollback_bot.jobs WHERE kind = 'execute'").fetchone()["n"] == 1
@@ -133,8 +133,11 @@ def test_second_request_for_the_same_model_points_to_the_open_one(sandbox, world
 def test_deny_asks_for_a_reason_and_records_who(sandbox, world, conn):
     card = request(sandbox)
     click(sandbox, "U0CAROL", "rollback_deny", card)
-    call = sandbox.standin.wait_for("views.open")[0]
-    view = call.body["view"] if isinstance(call.body["view"], dict) else json.loads(call.body["view"])
+    [loading] = sandbox.standin.wait_for("views.open")
+    assert loading.ok and loading.response["view"]["callback_id"] == "loading_modal"
+    view = shown_modal(sandbox.standin, "rollback_deny_modal")
+    assert view["id"] == loading.response["view"]["id"] and view["title"]["text"] == "Deny the rollback"
+    assert "restore" in json.dumps(view["blocks"])  # what approving would have done, in words
     meta = view["private_metadata"]
     r = sandbox.sender.view_submission(user_id="U0CAROL", callback_id="rollback_deny_modal",
                                        state_values={"deny_reason_block": {"reason": ""}}, private_metadata=meta)
@@ -151,16 +154,18 @@ def test_deny_asks_for_a_reason_and_records_who(sandbox, world, conn):
 
 
 def test_start_without_arguments_opens_the_modal_and_validates(sandbox, world, conn):
-    sandbox.command("U0ALICE", "start")
-    call = sandbox.standin.wait_for("views.open")[0]
-    view = call.body["view"] if isinstance(call.body["view"], dict) else json.loads(call.body["view"])
-    assert view["callback_id"] == "rollback_start_modal"
+    reply = sandbox.command("U0ALICE", "start")
+    [loading] = sandbox.standin.wait_for("views.open")
+    assert loading.ok and loading.response["view"]["callback_id"] == "loading_modal"
+    view = shown_modal(sandbox.standin, "rollback_start_modal")
+    assert view["id"] == loading.response["view"]["id"]
     # choosing a model fills in its backup menu, the recommended one pre-selected and offered first
-    sandbox.sender.block_action(user_id="U0ALICE", action_id="start_model_select", view={**view, "id": "V1", "hash": "h"},
+    sandbox.sender.block_action(user_id="U0ALICE", action_id="start_model_select", view=view,
                                 action_type="external_select",
                                 action={"selected_option": {"text": {"type": "plain_text", "text": MODEL}, "value": MODEL}})
-    upd = sandbox.standin.wait_for("views.update")[0]
-    updated = upd.body["view"] if isinstance(upd.body["view"], dict) else json.loads(upd.body["view"])
+    upd = sandbox.standin.wait_for("views.update", lambda c: "backup_block" in json.dumps(c.body), count=1)[0]
+    assert upd.ok, upd.response
+    updated = sandbox.standin.view(view["id"])
     backup_block = next(b for b in updated["blocks"] if b.get("block_id") == "backup_block")
     assert backup_block["element"]["initial_option"]["value"] == target(sandbox)
     r = sandbox.sender.block_suggestion(user_id="U0ALICE", action_id="backup", value="", view={**updated, "id": "V1"})
@@ -171,16 +176,18 @@ def test_start_without_arguments_opens_the_modal_and_validates(sandbox, world, c
               "reason_block": {"reason": ""}, "severity_block": {"severity": sel("high")},
               "loss_block": {"loss": "-5"}}
     r = sandbox.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values=values,
-                                       private_metadata=json.dumps({"channel": "C0OPS"}))
+                                       private_metadata=updated["private_metadata"])
     errors = r.json()["errors"]
     assert set(errors) == {"reason_block", "loss_block", "checks_block"}
     values.update(checks_ticked())
     values["reason_block"] = {"reason": "IC negative for 5 days"}
     values["loss_block"] = {"loss": "250000"}
     r = sandbox.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values=values,
-                                       private_metadata=json.dumps({"channel": "C0OPS"}))
+                                       private_metadata=updated["private_metadata"])
     assert r.status == 200 and not r.body
-    sandbox.standin.wait_for("chat.postEphemeral", lambda c: "INC-1" in c.body.get("text", ""))
+    # the answer goes to the command's response_url (C0OPS, where the bot is not a member, refuses ephemerals)
+    [answer] = sandbox.responses(reply.response_key)
+    assert "INC-1" in answer["text"] and answer.get("response_type") == "ephemeral"
     inc = sandbox.services.engine.list_incidents()[0]
     assert inc.estimated_loss == 250000 and inc.reason == "IC negative for 5 days"
 
@@ -235,8 +242,7 @@ def test_user_groups_are_resolved(settings, db, standin, world, conn):
 
 def test_start_with_a_model_but_no_backup_opens_the_form_prefilled(sandbox, world, conn):
     sandbox.command("U0ALICE", f"start {MODEL} IC negative since Monday")
-    call = sandbox.standin.wait_for("views.open")[0]
-    view = call.body["view"] if isinstance(call.body["view"], dict) else json.loads(call.body["view"])
+    view = shown_modal(sandbox.standin, "rollback_start_modal")
     blocks = {b.get("block_id"): b for b in view["blocks"]}
     assert blocks["model_block"]["element"]["initial_option"]["value"] == MODEL
     recommended = blocks["backup_block"]["element"]["initial_option"]

@@ -37,6 +37,7 @@ def standin() -> Iterator[SlackStandIn]:
         users={"U0ALICE": {"name": "alice", "real_name": "Alice Adams", "tz": "Europe/London"}},
         usergroups={"S0ONCALL": ["U0ALICE", "U0BOB"]},
         channels={"ops": OPS},
+        joined={OPS},  # as if invited: the strict rules have tests of their own (test_slack_standin_rules.py)
     ) as slack:
         yield slack
 
@@ -111,7 +112,7 @@ def test_other_methods_answer_like_slack(standin: SlackStandIn, client: WebClien
         client.usergroups_users_list(usergroup="S0NOPE")
     assert err.value.response["error"] == "no_such_subteam"
 
-    modal = client.views_open(trigger_id="1.2.abc", view={"type": "modal", "callback_id": "confirm",
+    modal = client.views_open(trigger_id=standin.issue_trigger_id(), view={"type": "modal", "callback_id": "confirm",
                                                            "title": {"type": "plain_text", "text": "Confirm"},
                                                            "blocks": []})["view"]
     updated = client.views_update(view_id=modal["id"], view={"type": "modal", "callback_id": "confirm2",

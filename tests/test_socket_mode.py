@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 
 from bot.app import build_app
+from bot.membership import ensure_in_channel
 from bot.server import BackgroundServer
 from core.services import Services
 from tests.test_security import ClaimSpy
@@ -157,7 +158,8 @@ def slash_command_payload(text: str, *, user: str, response_url: str, trigger_id
     }
 
 
-def block_actions_payload(*, user: str, action_id: str, message: dict, channel: str) -> dict:
+def block_actions_payload(*, user: str, action_id: str, message: dict, channel: str,
+                          response_url: str = "https://hooks.slack.com/actions/T0001/1/abc") -> dict:
     """An ``interactive`` envelope's payload for a click on a message button (Slack's block_actions shape)."""
     element, block_id = {}, None
     for block in message.get("blocks") or []:
@@ -175,7 +177,7 @@ def block_actions_payload(*, user: str, action_id: str, message: dict, channel: 
         "channel": {"id": channel, "name": "incidents"},
         "message": message,
         "state": {"values": {}},
-        "response_url": "https://hooks.slack.com/actions/T0001/1/abc",
+        "response_url": response_url,
         "actions": [{"action_id": action_id, "block_id": block_id, "text": element.get("text"),
                      "value": element.get("value"), "style": element.get("style"), "type": "button",
                      "action_ts": f"{time.time():.6f}"}],
@@ -203,6 +205,7 @@ def socket_app(settings, db, standin, world) -> Iterator[SocketApp]:
                                     "slack_app_token": SecretStr(APP_TOKEN)})
     services = Services(s, db)
     app = build_app(s, services)
+    ensure_in_channel(app.client, s.incident_channel)  # as `serve` does at start
     handler = SocketModeHandler(app, s.slack_app_token.get_secret_value(), web_client=app.client)
     handler.connect()  # non-blocking: what handler.start() does before it waits for ever
     try:
@@ -267,11 +270,13 @@ def test_slash_command_and_button_click_are_acked_in_time_and_take_effect(socket
     assert conn.execute("SELECT count(*) AS n FROM rollback_bot.jobs WHERE kind = 'execute'").fetchone()["n"] == 1
 
     # a click by the requester herself is acked too, and refused with an ephemeral message
+    url = standin.response_url("sm-own", channel=CHANNEL, user="U0ALICE")
     env = sm.send("interactive", block_actions_payload(user="U0ALICE", action_id="rollback_approve",
-                                                       message=card.as_slack(), channel=CHANNEL),
+                                                       message=card.as_slack(), channel=CHANNEL, response_url=url),
                   accepts_response_payload=False)
     assert sm.wait_ack(env).seconds < ACK_LIMIT
-    standin.wait_for("chat.postEphemeral", lambda c: c.body.get("user") == "U0ALICE", timeout=15)
+    [refusal] = standin.wait_for("response_url", lambda c: c.body["key"] == "sm-own", timeout=15)
+    assert "already approved" in refusal.body["text"]
     assert sm.other_messages == []
 
 
