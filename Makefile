@@ -21,5 +21,5 @@ bench: venv
 	.venv/bin/python -m bench
 
 clean-local:
-	-.venv/bin/python -m bot.localpg stop
+	-.venv/bin/python -m bot.devtools.localpg stop
 	rm -rf .local

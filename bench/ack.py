@@ -259,7 +259,7 @@ def world_env(bw) -> dict[str, str]:
 def run_standin(port_file: Path) -> int:
     """The Slack stand-in; on SIGUSR1 it writes how many replies to a person (posts to a response URL,
     ephemeral messages) it received."""
-    from bot.slack_standin import SlackStandIn
+    from bot.devtools.slack_standin import SlackStandIn
 
     # Blocked before the server's threads start (they inherit it), so that the signals wait for sigwait here.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})

@@ -2,7 +2,7 @@
 
 A benchmark never touches the database named by ``DATABASE_URL`` (the generated world REPLACES the platform's
 tables): it uses ``BENCH_DATABASE_URL`` when given, else the database ``rollback_bot_bench`` on the project's
-private local cluster (``bot.localpg.ensure``, which starts or creates the cluster when needed).
+private local cluster (``bot.devtools.localpg.ensure``, which starts or creates the cluster when needed).
 """
 
 from __future__ import annotations
@@ -35,18 +35,18 @@ def database_url(environ: dict[str, str] | None = None) -> str:
     url = env.get("BENCH_DATABASE_URL")
     if url:
         return url
-    from bot import localpg
+    from bot.devtools import localpg
 
     return localpg.ensure(databases=(BENCH_DB,)).url(BENCH_DB)
 
 
 @dataclass
 class BenchWorld:
-    """A generated platform world (``bot.demo_world``) in a temporary folder and the bench database."""
+    """A generated platform world (``bot.devtools.demo_world``) in a temporary folder and the bench database."""
 
     url: str
     root: Path
-    world: Any  # bot.demo_world.World
+    world: Any  # bot.devtools.demo_world.World
 
     @property
     def models_dir(self) -> Path:
@@ -106,7 +106,7 @@ class BenchWorld:
 def bench_world(*, size: str = "test", seed: int = 7, url: str | None = None) -> Iterator[BenchWorld]:
     """Build the world (market, feature view, clients, trained models) and the bot's schema; the temporary
     folder is removed on exit."""
-    from bot import demo_world
+    from bot.devtools import demo_world
     from core.db import migrate
 
     url = url or database_url()

@@ -66,8 +66,8 @@ def pct(values: list[float], q: float) -> float:
 def run_bench(size: str, rounds: int, per_round: int, out=sys.stdout) -> Results:
     from bench.ack import _child_env, child, free_port, wait_listening, world_env
     from bench.common import bench_world
-    from bot.slack_signing import SlackSender
-    from bot.slack_standin import SlackStandIn
+    from bot.devtools.slack_signing import SlackSender
+    from bot.devtools.slack_standin import SlackStandIn
 
     print(f"preparing the generated world ({size}: database and models) ...", file=out, flush=True)
     with bench_world(size=size) as bw, tempfile.TemporaryDirectory(prefix="bench-modal-") as tmp, \

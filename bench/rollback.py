@@ -51,7 +51,7 @@ def add_model(bw: BenchWorld, *, trees: int, depth: int, seed: int) -> tuple[str
     import numpy as np
     import xgboost
 
-    from bot.demo_world import load_features, train_model, write_model_dir
+    from bot.devtools.demo_world import load_features, train_model, write_model_dir
     from core.metrics import evaluate
 
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ Timed at each size, through the service layer the Slack handlers and the CLI cal
 * ``Services.backups(model=…)`` for one model (its backups, with the recommendation by live performance),
   cold (first call) and warm (median after it; model loads are cached by file size and mtime).
 
-At 500 models both commands also go through the real app over signed HTTP (``bot.sandbox``): from the request
+At 500 models both commands also go through the real app over signed HTTP (``bot.devtools.sandbox``): from the request
 to the answer arriving at the ``response_url`` of the Slack stand-in, Block Kit included.
 
 Targets: 500 models answered within 1 s; growth at most linear (time(5000)/time(500) <= 10, i.e. a log-log
@@ -154,8 +154,8 @@ def timed(fn, repeats: int) -> tuple[float, float, float, object]:
 
 def over_http(gen: Generator, model: str, repeats: int = 3) -> dict[str, float]:
     """``/rollback status`` and ``/rollback backups MODEL`` through the real app: request to answer."""
-    from bot.sandbox import Sandbox
-    from bot.slack_standin import SlackStandIn
+    from bot.devtools.sandbox import Sandbox
+    from bot.devtools.slack_standin import SlackStandIn
     from core.db import Database
     from core.services import Services
 

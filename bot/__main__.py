@@ -27,10 +27,10 @@ SECRETS_DIR = Path("/run/secrets")
 
 
 def _settings_with_database(settings: Settings, *, ensure_local: bool) -> Settings:
-    """DATABASE_URL defaults to the project's private local cluster (see bot/localpg.py)."""
+    """DATABASE_URL defaults to the project's private local cluster (see bot/devtools/localpg.py)."""
     if settings.database_url is not None:
         return settings
-    from bot import localpg
+    from bot.devtools import localpg
 
     if ensure_local:
         url = localpg.ensure().url("rollback_bot")
@@ -395,13 +395,13 @@ def cmd_loss(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """The embedded demo: never touches DATABASE_URL (it builds platform tables), only the local cluster."""
-    from bot import demo
+    from bot.devtools import demo
 
     return demo.run(root=args.dir.resolve(), size=args.size)
 
 
 def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
-    from bot import console
+    from bot.devtools import console
 
     return console.run(root=args.dir.resolve(), size=args.size)
 

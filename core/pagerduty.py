@@ -9,7 +9,7 @@ What the library does, and what is set here (python-pagerduty 7.2.0):
 - After its retries it returns the last response and ``send_event`` raises ``pagerduty.Error`` (or
   ``HttpError``/``ServerHttpError``); any 4xx but 429 (a bad routing key or event) is not retried.
 - Its base URL must be https. PAGERDUTY_EVENTS_URL is the enqueue endpoint (``…/v2/enqueue``); plain http is
-  accepted only to this machine (a local stand-in, see bot/pagerduty_standin.py), as settings check.
+  accepted only to this machine (a local stand-in, see bot/devtools/pagerduty_standin.py), as settings check.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ models trained once on generated data and copied per test, and the real app serv
 Slack stand-in.
 
 PostgreSQL comes from ``TEST_DATABASE_URL`` when given, else from the project's private local cluster
-(bot/localpg.py), which is started if needed. If neither works the run FAILS: nothing here skips.
+(bot/devtools/localpg.py), which is started if needed. If neither works the run FAILS: nothing here skips.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from bot import demo_world, localpg
+from bot.devtools import demo_world, localpg
 from core.db import Database, migrate
 from core.settings import Settings
 
@@ -179,7 +179,7 @@ def services(settings: Settings, db: Database):
 
 @pytest.fixture
 def standin():
-    from bot.slack_standin import SlackStandIn
+    from bot.devtools.slack_standin import SlackStandIn
 
     with SlackStandIn() as s:
         for uid, name in [("U0ALICE", "alice"), ("U0BOB", "bob"), ("U0CAROL", "carol"), ("U0DAVE", "dave")]:
@@ -190,7 +190,7 @@ def standin():
 @pytest.fixture
 def sandbox(settings: Settings, db: Database, standin):
     """The real app over HTTP against the stand-in; the background worker is not started (tests drive it)."""
-    from bot.sandbox import Sandbox
+    from bot.devtools.sandbox import Sandbox
     from core.services import Services
 
     services = Services(settings.model_copy(update={"slack_api_url": standin.base_url}), db)

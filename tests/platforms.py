@@ -1,6 +1,6 @@
 """Trading platforms built by somebody else, for tests.
 
-The demo world (bot/demo_world.py) is the platform as the bot's own authors would build it: text client ids,
+The demo world (bot/devtools/demo_world.py) is the platform as the bot's own authors would build it: text client ids,
 no extra columns, no triggers, created by the role the tests connect as. A real platform is none of that. Each
 world here is built the way a platform team would build it, and the bot then connects as a stranger:
 
@@ -44,7 +44,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from bot import demo_world
+from bot.devtools import demo_world
 from core.db import migrate
 from tests.conftest import BOT_TABLES
 
@@ -250,7 +250,7 @@ def admin_url() -> str:
     url = os.environ.get("TEST_ADMIN_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
     if url:
         return url
-    from bot import localpg
+    from bot.devtools import localpg
 
     cluster = localpg.cluster()
     if cluster.port is None:

@@ -15,7 +15,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from bot.slack_signing import SenderResponse, SlackSender
+from bot.devtools.slack_signing import SenderResponse, SlackSender
 from core import access
 from core.auth import Authorizer
 from core.errors import NotAuthorized, RateLimited
@@ -47,7 +47,7 @@ def click(box, user, action_id, message):
 
 
 def test_without_operators_only_approvers_operate(settings, db, standin, world, conn):
-    from bot.sandbox import Sandbox
+    from bot.devtools.sandbox import Sandbox
 
     auth = Authorizer(operators=[], approvers=["U0BOB"])
     assert not auth.is_operator("U0DAVE") and auth.is_operator("U0BOB") and not auth.is_operator("")
@@ -64,7 +64,7 @@ def test_without_operators_only_approvers_operate(settings, db, standin, world, 
 
 
 def test_heavy_commands_are_for_operators_approvers_and_stakeholders(settings, db, standin, world, conn):
-    from bot.sandbox import Sandbox
+    from bot.devtools.sandbox import Sandbox
 
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "stakeholders": ["U0ERIN"]})
     with Sandbox(Services(s, db), standin=standin) as box:
@@ -203,7 +203,7 @@ def test_twenty_diagnose_commands_in_flight_do_not_delay_approve_in_the_work_pro
 def test_twenty_diagnose_commands_in_flight_do_not_delay_approve_in_one_process(settings, db, standin, world,
                                                                                 conn, database_url):
     """The same in a process serving Slack itself (Sandbox: Bolt behind aiohttp, work on the app's pool)."""
-    from bot.sandbox import Sandbox
+    from bot.devtools.sandbox import Sandbox
 
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "heavy_commands_per_minute": 100})
     with Sandbox(Services(s, db), standin=standin) as box:

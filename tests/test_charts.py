@@ -9,7 +9,7 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 
-from bot.demo_world import load_features
+from bot.devtools.demo_world import load_features
 from core.charts import (
     PNG_SIGNATURE,
     ModelSeries,

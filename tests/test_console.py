@@ -55,7 +55,7 @@ def test_console_request_and_approval(database_url, tmp_path):
         conn.execute("CREATE DATABASE console_under_test")
     url = database_url.rsplit("/", 1)[0] + "/console_under_test"
     code = (
-        "import sys; from pathlib import Path; from bot import console; "
+        "import sys; from pathlib import Path; from bot.devtools import console; "
         f"sys.exit(console.run(root=Path({str(tmp_path / 'c')!r}), database_url={url!r}))"
     )
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "LANG": "C.UTF-8"}

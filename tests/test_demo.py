@@ -6,7 +6,7 @@ import io
 
 import psycopg
 
-from bot import demo
+from bot.devtools import demo
 
 
 def test_demo_plays_a_whole_incident(database_url, tmp_path):

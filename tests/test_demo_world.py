@@ -1,4 +1,4 @@
-"""The generated platform world (bot.demo_world) and the metrics (core.metrics).
+"""The generated platform world (bot.devtools.demo_world) and the metrics (core.metrics).
 
 Needs PostgreSQL: the URL comes from the session's ``database_url`` fixture (the tests FAIL, not skip, without it).
 Every database test runs in its own freshly created schema (dropped afterwards).
@@ -16,7 +16,7 @@ import pytest
 import xgboost
 from psycopg.rows import dict_row
 
-from bot import demo_world as dw
+from bot.devtools import demo_world as dw
 from core import metrics as M
 
 END = date(2026, 9, 30)  # a Wednesday; fixed so that dates are reproducible

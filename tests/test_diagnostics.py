@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from bot import demo_world as dw
+from bot.devtools import demo_world as dw
 from core import metrics
 from core.diagnostics import (
     DiagnosticsConfig,

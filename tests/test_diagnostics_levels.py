@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from bot import demo_world as dw
+from bot.devtools import demo_world as dw
 from core.diagnostics import run_diagnostics
 from core.registry import ModelRegistry
 

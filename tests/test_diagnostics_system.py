@@ -10,7 +10,7 @@ from datetime import timedelta
 import psycopg
 from psycopg.rows import dict_row
 
-from bot import demo_world as dw
+from bot.devtools import demo_world as dw
 from core.diagnostics import DiagnosticsConfig, check_data_quality, check_system, training_log_path
 from core.diagnostics.system import last_trading_day
 from core.services import Services

@@ -23,9 +23,9 @@ import pytest
 from psycopg import sql
 from slack_sdk import WebClient
 
-from bot import demo_world, localpg
+from bot.devtools import demo_world, localpg
 from bot.__main__ import main
-from bot.slack_signing import SlackSender
+from bot.devtools.slack_signing import SlackSender
 from core import fixes
 from core.db import migrate
 from core.errors import PreflightFailed

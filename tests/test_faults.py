@@ -33,7 +33,7 @@ import pytest
 from psycopg.rows import dict_row
 from tenacity import wait_none
 
-from bot import demo_world, localpg
+from bot.devtools import demo_world, localpg
 from core import incidents
 from core.db import Database
 from core.errors import DatabaseUnavailable

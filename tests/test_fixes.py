@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from bot import demo_world as dw
+from bot.devtools import demo_world as dw
 from core import fixes
 from core.db import Database
 from core.diagnostics import check_data_quality

@@ -97,7 +97,7 @@ def test_without_trades_the_wait_is_the_quiet_seconds(settings, db, world, conn)
 
 def test_trades_that_keep_coming_pause_the_rollback_page_and_an_approver_may_proceed(settings, db, standin, world,
                                                                                      conn):
-    from bot.sandbox import Sandbox
+    from bot.devtools.sandbox import Sandbox
 
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "halt_quiet_seconds": 3,
                                     "halt_quiet_timeout_seconds": 120, "escalation_contacts": ["U0DAVE"]})

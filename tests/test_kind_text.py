@@ -6,7 +6,7 @@ import dataclasses
 import json
 from datetime import datetime, timezone
 
-from bot.block_kit_rules import message_errors, view_errors
+from bot.devtools.block_kit_rules import message_errors, view_errors
 from core.fixes import REFRESH_VIEW, REFRESH_VIEW_BLOCKING
 from core.incidents import Incident
 from handlers import incident_views as iv

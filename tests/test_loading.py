@@ -8,7 +8,7 @@ import json
 import threading
 import time
 
-from bot.slack_signing import SlackSender
+from bot.devtools.slack_signing import SlackSender
 from handlers.loading import modal_for
 from tests.helpers import shown_modal
 from tests.test_serve import serve  # noqa: F401 - the real `rollback-bot serve` fixture

@@ -1,4 +1,4 @@
-"""Tests of bot.localpg, the project's self-provisioned private PostgreSQL.
+"""Tests of bot.devtools.localpg, the project's self-provisioned private PostgreSQL.
 
 Each test cluster lives under its own temporary project root (never the
 project's own .local/pg) and is destroyed at the end.  As root, pytest's
@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bot import localpg
+from bot.devtools import localpg
 
 REPO = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -164,7 +164,7 @@ def test_taken_port_moves_cluster(pg: localpg.LocalCluster) -> None:
 def test_cli_ensure_prints_one_line(pg_root: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "bot.localpg", *args, "--root", str(pg_root)],
+            [sys.executable, "-m", "bot.devtools.localpg", *args, "--root", str(pg_root)],
             cwd=REPO, capture_output=True, text=True, timeout=120,
         )
 
@@ -231,16 +231,17 @@ def test_cli_as_ordinary_user() -> None:
         pytest.skip("no python with psycopg that 'nobody' can run")
     python, site = found
     root = Path(tempfile.mkdtemp(prefix="localpg-nonroot-", dir="/tmp"))
-    (root / "bot").mkdir()
+    (root / "bot" / "devtools").mkdir(parents=True)
     (root / "bot" / "__init__.py").write_text("")
-    shutil.copy(REPO / "bot" / "localpg.py", root / "bot" / "localpg.py")
+    (root / "bot" / "devtools" / "__init__.py").write_text("")
+    shutil.copy(REPO / "bot" / "devtools" / "localpg.py", root / "bot" / "devtools" / "localpg.py")
     for path in [root, *root.rglob("*")]:
         os.chown(path, pw.pw_uid, pw.pw_gid)
     env = {"PYTHONPATH": site, "PATH": os.environ.get("PATH", ""), "HOME": str(root)}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [python, "-m", "bot.localpg", *args], cwd=root, env=env, user=pw.pw_uid,
+            [python, "-m", "bot.devtools.localpg", *args], cwd=root, env=env, user=pw.pw_uid,
             group=pw.pw_gid, extra_groups=[], capture_output=True, text=True, timeout=120,
         )
 

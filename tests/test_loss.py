@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.sandbox import Sandbox
+from bot.devtools.sandbox import Sandbox
 from core import incidents
 from core.errors import InvalidInput
 from core.loss import parse_amount

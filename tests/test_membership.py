@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from slack_sdk import WebClient
 
-from bot import slack_scopes
+from bot.devtools import slack_scopes
 from bot.membership import ensure_in_channel
-from bot.slack_standin import SlackStandIn
+from bot.devtools.slack_standin import SlackStandIn
 from core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

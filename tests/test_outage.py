@@ -16,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
-from bot.sandbox import Sandbox
-from bot.slack_signing import SlackSender
+from bot.devtools.sandbox import Sandbox
+from bot.devtools.slack_signing import SlackSender
 from core.db import Database
 from core.services import Services
 from tests.test_serve import free_port, serve  # noqa: F401 - the fixture

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bot.observability import secret_values
-from bot.pagerduty_standin import PagerDutyStandIn
+from bot.devtools.pagerduty_standin import PagerDutyStandIn
 from core.errors import ConfigError
 from core.pagerduty import RATE_LIMIT_RETRIES, PagerDuty, PagerDutyFailed
 from core.settings import load_settings

@@ -11,8 +11,8 @@ import threading
 import pytest
 from pydantic import SecretStr
 
-from bot.pagerduty_standin import PagerDutyStandIn
-from bot.sandbox import Sandbox
+from bot.devtools.pagerduty_standin import PagerDutyStandIn
+from bot.devtools.sandbox import Sandbox
 from core import incidents
 from core.services import Services
 from tests.helpers import Clock

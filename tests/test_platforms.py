@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from bot.sandbox import Sandbox
+from bot.devtools.sandbox import Sandbox
 from core import fixes
 from core.db import Database, migrate
 from core.errors import ConfigError

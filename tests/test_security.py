@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from bot.sandbox import Sandbox
-from bot.slack_signing import SenderResponse, SlackSender, sign
+from bot.devtools.sandbox import Sandbox
+from bot.devtools.slack_signing import SenderResponse, SlackSender, sign
 from core.db import Database
 from core.services import Services
 from tests.helpers import assert_consistent, checks_ticked, shown_modal, trading_halted

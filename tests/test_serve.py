@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.slack_signing import SlackSender
+from bot.devtools.slack_signing import SlackSender
 from tests.helpers import client_settings, trading_halted
 
 ROOT = Path(__file__).resolve().parents[1]

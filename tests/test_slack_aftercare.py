@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from pydantic import SecretStr
 
-from bot.sandbox import Sandbox
+from bot.devtools.sandbox import Sandbox
 from core import incidents
 from core.services import Services
 from tests.helpers import shown_modal, trading_halted

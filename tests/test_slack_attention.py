@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from bot.sandbox import Sandbox
+from bot.devtools.sandbox import Sandbox
 from core import aftercare, incidents
 from core.services import Services
 from tests.helpers import Clock, assert_consistent, checks_ticked, shown_modal, trading_halted

@@ -95,7 +95,7 @@ def test_restore_corrupt_model_quick_fix(sandbox, world, conn):
 
 
 def test_watchdog_posts_a_prefilled_request_and_never_rolls_back_alone(settings, db, standin, world, conn):
-    from bot.sandbox import Sandbox
+    from bot.devtools.sandbox import Sandbox
     from core.services import Services
 
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "watchdog_every_minutes": 60,

@@ -227,7 +227,7 @@ def test_incidents_list_and_app_home(sandbox, world, conn):
 
 
 def test_user_groups_are_resolved(settings, db, standin, world, conn):
-    from bot.sandbox import Sandbox
+    from bot.devtools.sandbox import Sandbox
     from core.services import Services
 
     standin.usergroups["S0APPROVERS"] = ["U0DAVE"]

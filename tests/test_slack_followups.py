@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from psycopg.types.json import Jsonb
 
-from bot.sandbox import Sandbox
+from bot.devtools.sandbox import Sandbox
 from core import incidents
 from core.services import Services
 from tests.helpers import Clock, corrupt_after_restore

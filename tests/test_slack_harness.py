@@ -1,4 +1,4 @@
-"""Tests of the Slack test harness: bot.slack_standin and bot.slack_signing.
+"""Tests of the Slack test harness: bot.devtools.slack_standin and bot.devtools.slack_signing.
 
 The stand-in is exercised through the real ``slack_sdk.WebClient``; the sender
 through ``slack_sdk``'s ``SignatureVerifier`` and a real Bolt ``App`` served by
@@ -23,8 +23,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.signature import Clock, SignatureVerifier
 
-from bot.slack_signing import SlackSender, sign
-from bot.slack_standin import Call, SlackStandIn
+from bot.devtools.slack_signing import SlackSender, sign
+from bot.devtools.slack_standin import Call, SlackStandIn
 
 TOKEN = "xoxb-1111-secret-test-token"
 SECRET = "test-signing-secret"

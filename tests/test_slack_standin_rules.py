@@ -1,4 +1,4 @@
-"""The Slack stand-in refuses what Slack refuses (bot/slack_standin.py, bot/slack_scopes.py, bot/block_kit_rules.py):
+"""The Slack stand-in refuses what Slack refuses (bot/devtools/slack_standin.py, bot/devtools/slack_scopes.py, bot/devtools/block_kit_rules.py):
 expired or reused trigger ids, posts where the bot is not a member, methods outside the manifest's scopes, Block
 Kit over Slack's limits, and 429 on demand. Each rule is tested here through the real slack_sdk WebClient."""
 
@@ -12,8 +12,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
-from bot import slack_scopes
-from bot.slack_standin import TRIGGER_TTL, SlackStandIn
+from bot.devtools import slack_scopes
+from bot.devtools.slack_standin import TRIGGER_TTL, SlackStandIn
 
 TOKEN = "xoxb-rules-test-token"
 JOINED, OTHER, PRIVATE = "C0JOINED", "C0OTHER", "G0PRIVATE"

@@ -1063,10 +1063,10 @@ def describe(world: World) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bot.demo_world DSN MODELS_DIR [--size demo] [--seed N]``: build a world and describe it."""
+    """``python -m bot.devtools.demo_world DSN MODELS_DIR [--size demo] [--seed N]``: build a world and describe it."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m bot.demo_world", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bot.devtools.demo_world", description=main.__doc__)
     parser.add_argument("dsn", help="PostgreSQL URL; objects go to the first schema of its search_path")
     parser.add_argument("models_dir", type=Path)
     parser.add_argument("--size", choices=sorted(_SIZES), default="demo")

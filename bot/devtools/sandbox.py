@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from bot.app import build_app
 from bot.membership import ensure_in_channel
 from bot.server import BackgroundServer, build_web_app
-from bot.slack_signing import SenderResponse, SlackSender
-from bot.slack_standin import SlackStandIn
+from bot.devtools.slack_signing import SenderResponse, SlackSender
+from bot.devtools.slack_standin import SlackStandIn
 from core.services import Services
 
 SIGNING_SECRET = "sandbox-signing-secret"

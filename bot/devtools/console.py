@@ -15,7 +15,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import TextIO
 
-from bot.demo import CHANNEL, PEOPLE, Environment, environment
+from bot.devtools.demo import CHANNEL, PEOPLE, Environment, environment
 from handlers.loading import modal_for
 
 HELP = """Commands:
@@ -101,7 +101,7 @@ class Console:
         self._form_if_opened(read)
 
     def _render_ack(self, body: dict) -> str:
-        from bot.transcript import render_message
+        from bot.devtools.transcript import render_message
 
         return render_message("rollback-bot (only visible to you)", body.get("text", ""), body.get("blocks"),
                               self.env.narrator.name, indent="  ")

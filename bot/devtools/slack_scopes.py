@@ -1,6 +1,6 @@
 """Which OAuth scope each Slack Web API method needs, and which scopes ``manifest.yml`` grants the bot.
 
-The Slack stand-in (bot/slack_standin.py) answers ``missing_scope`` to a call whose scope the manifest does not
+The Slack stand-in (bot/devtools/slack_standin.py) answers ``missing_scope`` to a call whose scope the manifest does not
 declare, as Slack does for an app installed from that manifest. ``METHOD_SCOPES`` lists every method the
 stand-in answers; a method missing from it is a mistake in the stand-in, not a free pass.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 __all__ = ["MANIFEST", "METHOD_SCOPES", "manifest_scopes", "needed_scopes"]
 
-MANIFEST = Path(__file__).resolve().parents[1] / "manifest.yml"
+MANIFEST = Path(__file__).resolve().parents[2] / "manifest.yml"
 
 # method -> the scopes any one of which allows it (Slack's "Required scopes" per method, bot tokens);
 # () means no scope is needed. conversations.info is decided per channel type in ``needed_scopes``.

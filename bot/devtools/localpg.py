@@ -12,9 +12,9 @@ private cluster of its own under the project root::
 The project root is the parent of the ``bot/`` package unless a ``root`` is
 given.  Usage from a Makefile / CI script::
 
-    DATABASE_URL=$(python -m bot.localpg ensure)      # prints exactly one line
-    python -m bot.localpg ensure --db rollback_bot --db rollback_bot_test
-    python -m bot.localpg status | url [--db NAME] | stop [--mode fast] | restart | destroy
+    DATABASE_URL=$(python -m bot.devtools.localpg ensure)      # prints exactly one line
+    python -m bot.devtools.localpg ensure --db rollback_bot --db rollback_bot_test
+    python -m bot.devtools.localpg status | url [--db NAME] | stop [--mode fast] | restart | destroy
 
 and from Python (tests)::
 
@@ -285,7 +285,7 @@ def find_bindir(*, install: bool = True, prefer_major: str | None = None) -> Pat
             "PostgreSQL server binaries (initdb, postgres) not found: looked at pg_config "
             "--bindir, /usr/lib/postgresql/*/bin and PATH. Install them (Debian/Ubuntu: "
             "`sudo apt-get install postgresql`) or set ROLLBACK_BOT_PG_BINDIR; "
-            "`python -m bot.localpg ensure` installs them itself when run as root."
+            "`python -m bot.devtools.localpg ensure` installs them itself when run as root."
         )
     _apt_install_postgresql()
     bindir = _locate_bindir(prefer_major)
@@ -311,7 +311,7 @@ def _server_major(bindir: Path) -> str | None:
 
 def _project_root(root: str | os.PathLike | None) -> Path:
     if root is None:
-        return Path(__file__).resolve().parent.parent
+        return Path(__file__).resolve().parents[2]
     return Path(root).resolve()
 
 
@@ -581,7 +581,7 @@ class LocalCluster:
     # -- URLs --------------------------------------------------------------
     def _require_port(self) -> int:
         if self.port is None:
-            raise LocalPGError(f"no cluster under {self.root} yet: run `python -m bot.localpg ensure`")
+            raise LocalPGError(f"no cluster under {self.root} yet: run `python -m bot.devtools.localpg ensure`")
         return self.port
 
     def url(self, db: str | None = None) -> str:
@@ -792,7 +792,7 @@ def _initdb(cl: LocalCluster, user: _OsUser) -> bool:
         raise LocalPGError(f"initdb failed (exit {result.returncode}):\n{tail}")
     hba = staging / "pg_hba.conf"
     hba.write_text(
-        "# Managed by bot/localpg.py: private development/test cluster.\n"
+        "# Managed by bot/devtools/localpg.py: private development/test cluster.\n"
         "# trust over the unix socket and 127.0.0.1 only (the server listens on 127.0.0.1 only).\n"
         "# TYPE  DATABASE     USER  ADDRESS        METHOD\n"
         "local   all          all                  trust\n"
@@ -813,7 +813,7 @@ def _write_managed_conf(cl: LocalCluster, user: _OsUser) -> None:
     path = cl.data_dir / MANAGED_CONF
     tmp = path.with_name(MANAGED_CONF + ".tmp")
     tmp.write_text(
-        "# Managed by bot/localpg.py and rewritten at every start: do not edit.\n"
+        "# Managed by bot/devtools/localpg.py and rewritten at every start: do not edit.\n"
         f"listen_addresses = {q(HOST)}\n"
         f"port = {cl.port}\n"
         f"unix_socket_directories = {q(cl.socket_dir)}\n"
@@ -1054,8 +1054,8 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--root", help="project root (default: the parent of the bot/ package)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
     parser = argparse.ArgumentParser(
-        prog="python -m bot.localpg",
-        description="Private PostgreSQL cluster of this project (see bot/localpg.py).",
+        prog="python -m bot.devtools.localpg",
+        description="Private PostgreSQL cluster of this project (see bot/devtools/localpg.py).",
         parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1097,7 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "restart":
             if not cl.is_initialized():
-                raise LocalPGError(f"no cluster under {cl.root}: run `python -m bot.localpg ensure`")
+                raise LocalPGError(f"no cluster under {cl.root}: run `python -m bot.devtools.localpg ensure`")
             cl.restart(args.mode)
             return 0
         if args.command == "status":

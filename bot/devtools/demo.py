@@ -23,10 +23,10 @@ from typing import TextIO
 import psycopg
 from psycopg.rows import dict_row
 
-from bot import demo_world
-from bot.sandbox import BOT_TOKEN, SIGNING_SECRET, Sandbox
-from bot.slack_standin import SlackStandIn
-from bot.transcript import render_blocks, render_message
+from bot.devtools import demo_world
+from bot.devtools.sandbox import BOT_TOKEN, SIGNING_SECRET, Sandbox
+from bot.devtools.slack_standin import SlackStandIn
+from bot.devtools.transcript import render_blocks, render_message
 from core.db import Database, migrate
 from core.modelio import sha256_file
 from core.report import target_status
@@ -146,7 +146,7 @@ def demo_settings(*, database_url: str, root: Path) -> Settings:
 def prepare_database(url: str | None) -> str:
     if url:
         return url
-    from bot import localpg
+    from bot.devtools import localpg
 
     cluster = localpg.ensure(databases=("rollback_bot",))
     cluster.drop_database(DEMO_DB)

@@ -17,9 +17,9 @@ It is as strict as Slack where the bot could go wrong only in a real workspace:
   joins a public one; posts in an unjoined public channel pass only with the
   ``chat:write.public`` scope);
 * a method whose scope ``manifest.yml`` does not grant answers ``missing_scope``
-  (bot/slack_scopes.py);
+  (bot/devtools/slack_scopes.py);
 * Block Kit over Slack's limits answers ``invalid_blocks`` (messages) or
-  ``invalid_arguments`` (views), as listed in bot/block_kit_rules.py;
+  ``invalid_arguments`` (views), as listed in bot/devtools/block_kit_rules.py;
 * ``rate_limit(method)`` makes the next call answer HTTP 429 ``ratelimited`` with
   ``Retry-After``.
 
@@ -51,7 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from bot import block_kit_rules, slack_scopes
+from bot.devtools import block_kit_rules, slack_scopes
 
 __all__ = [
     "Call",
