@@ -234,7 +234,7 @@ def test_cli_as_ordinary_user() -> None:
     (root / "bot" / "devtools").mkdir(parents=True)
     (root / "bot" / "__init__.py").write_text("")
     (root / "bot" / "devtools" / "__init__.py").write_text("")
-    shutil.copy(REPO / "bot" / "devtools" / "localpg.py", root / "bot" / "devtools" / "localpg.py")
+    shutil.copytree(REPO / "bot" / "devtools" / "localpg", root / "bot" / "devtools" / "localpg")
     for path in [root, *root.rglob("*")]:
         os.chown(path, pw.pw_uid, pw.pw_gid)
     env = {"PYTHONPATH": site, "PATH": os.environ.get("PATH", ""), "HOME": str(root)}

@@ -311,7 +311,7 @@ def _server_major(bindir: Path) -> str | None:
 
 def _project_root(root: str | os.PathLike | None) -> Path:
     if root is None:
-        return Path(__file__).resolve().parents[2]
+        return Path(__file__).resolve().parents[3]
     return Path(root).resolve()
 
 
