@@ -263,7 +263,7 @@ def test_cli_as_ordinary_user() -> None:
 
 
 def test_missing_binaries_without_root_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(localpg, "_locate_bindir", lambda prefer_major=None: None)
+    monkeypatch.setattr(localpg.binaries, "_locate_bindir", lambda prefer_major=None: None)
     monkeypatch.setattr(localpg.os, "geteuid", lambda: 1000)
     with pytest.raises(localpg.LocalPGError, match="not found"):
         localpg.find_bindir()
