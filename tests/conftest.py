@@ -23,7 +23,7 @@ from bot.devtools import demo_world, localpg
 from core.db import Database, migrate
 from core.settings import Settings
 
-# Hypothesis settings profiles (tests/test_properties.py): "ci" by default (`make test`), "stress" with
+# Hypothesis settings profiles (tests/core/test_properties.py): "ci" by default (`make test`), "stress" with
 # `--hypothesis-profile=stress` (`make stress`). No example database (each test runs in a temporary directory):
 # a counterexample is printed with its steps and a @reproduce_failure blob instead.
 # "ci" is derandomized, so a CI run is repeatable; "stress" explores new examples every run.
@@ -39,7 +39,7 @@ TEST_DB = "rollback_bot_test"
 # Platform tables a test may change; restored from a snapshot before each test.
 MUTABLE_PLATFORM = ("model_deployment_log", "clients", "client_settings", "trades")
 BOT_TABLES = (
-    "loss_estimates", "pages", "page_log",  # before the incidents they refer to (tests/test_properties.py deletes)
+    "loss_estimates", "pages", "page_log",  # before the incidents they refer to (tests/core/test_properties.py deletes)
     "steps", "audit_log", "halt_holders", "saved_client_settings", "trading_halts", "jobs", "deliveries",
     "followups", "followup_boards", "prevention_measures", "incidents",
     "home_viewers", "doctor_results", "executor_fences", "command_uses",
@@ -47,10 +47,10 @@ BOT_TABLES = (
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
-    """How many examples each run of the property test ran (tests/test_properties.py)."""
+    """How many examples each run of the property test ran (tests/core/test_properties.py)."""
     import sys
 
-    for line in getattr(sys.modules.get("tests.test_properties"), "SUMMARY", []):
+    for line in getattr(sys.modules.get("tests.core.test_properties"), "SUMMARY", []):
         terminalreporter.write_line(line)
 
 

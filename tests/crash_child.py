@@ -1,6 +1,6 @@
 """A bot process to be killed: run a rollback (or a restart's recovery) and SIGKILL itself at one fault label.
 
-Run by tests/test_crash.py as a real subprocess, from the project root::
+Run by tests/core/test_crash.py as a real subprocess, from the project root::
 
     python -m tests.crash_child --db URL --models DIR --incidents DIR --model NAME --backup NAME \\
         --kill-at LABEL [--mode run|recover] [--corrupt-after-restore] [--read-only-at LABEL]

@@ -1,6 +1,6 @@
 """The bot under another account: one rollback (or one file copy) in a process of its own.
 
-Run by tests/test_fileattrs.py as a real subprocess from the project root, as root or under ``setpriv`` as
+Run by tests/core/test_fileattrs.py as a real subprocess from the project root, as root or under ``setpriv`` as
 another user::
 
     python -m tests.fileattrs_child rollback --db URL --models DIR --incidents DIR --model NAME --backup NAME
