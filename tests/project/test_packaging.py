@@ -92,6 +92,8 @@ def test_wheel_builds_from_a_fresh_checkout_without_warnings(tmp_path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"core/migrations/__init__.py", "core/migrations/001_initial.sql"} <= names
     assert {"bot/__main__.py", "handlers/__init__.py", "core/settings.py"} <= names
+    # `rollback-bot demo` and `console` run from the wheel: the development tooling's subpackages are in it
+    assert {"bot/devtools/demo.py", "bot/devtools/localpg/__main__.py", "bot/devtools/slack_standin/server.py"} <= names
     assert not [n for n in names if n.startswith(("tests/", "bench/", "deploy/"))]
 
 
