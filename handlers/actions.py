@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from slack_bolt import Ack, App
+from slack_bolt import App
 from slack_sdk import WebClient
 
 from core import access, halt_watch
@@ -22,56 +22,17 @@ from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action
 from handlers.progress import SlackProgress
-from handlers.replies import tell_privately
-
-
-def _incident_id(body: dict) -> int | None:
-    try:
-        return int(body["actions"][0]["value"])
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
+from handlers.respond import acking, answer, clicked_id, first_delivery, whisper
 
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
     engine = services.engine
 
-    def acking(work, *, urgent: bool = False, opens: str | None = None):
-        """A listener that acks the click at once and does ``work`` after it (``urgent``: on the decisions lane);
-        for a click that ``opens`` a modal, its loading view opens at once (handlers/loading.py)."""
-
-        deps.work(work)
-
-        def listener(ack: Ack, body: dict, client: WebClient, context: dict) -> None:
-            ack()
-            if opens and body.get("trigger_id"):
-                deps.later_modal(work, kind=opens, trigger_id=body["trigger_id"], client=client,
-                                 loading=context.get("loading"), body=body)
-            else:
-                deps.later(work, urgent=urgent, body=body, client=client)
-
-        listener.__name__ = f"on_{work.__name__}"
-        return listener
-
-    def whisper(client: WebClient, body: dict, text: str) -> None:
-        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"), channel=channel)
-
-    def answer(client: WebClient, body: dict, loading: dict | None, text: str, kind: str) -> None:
-        """In the loading view when there is one (the person is looking at it), else whispered."""
-        if not modal.tell(client, loading, text, kind=kind):
-            whisper(client, body, text)
-
-    def first_delivery(body: dict) -> bool:
-        action = (body.get("actions") or [{}])[0]
-        key = f"action:{body.get('trigger_id')}:{action.get('action_ts')}"
-        return services.claim_delivery(key)
-
     def approve(body: dict, client: WebClient) -> None:
-        incident_id = _incident_id(body)
+        incident_id = clicked_id(body)
         user = body["user"]["id"]
-        if incident_id is None or not first_delivery(body):
+        if incident_id is None or not first_delivery(deps, body):
             return
         try:
             if engine.get(incident_id).kind == "fix":
@@ -84,11 +45,11 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             whisper(client, body, describe(exc))
 
     def deny(body: dict, client: WebClient, loading: dict | None = None) -> None:
-        incident_id = _incident_id(body)
+        incident_id = clicked_id(body)
         user = body["user"]["id"]
         if incident_id is None:
             return answer(client, body, loading, ":no_entry: This button names no incident.", modal.DENY)
-        if not first_delivery(body):
+        if not first_delivery(deps, body):
             return
         try:
             inc = engine.get(incident_id)
@@ -105,8 +66,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
     def decide(body: dict, client: WebClient, decision) -> None:
         """Take over / Proceed anyway / Abandon: one call into core; refusals are whispered to the person."""
-        incident_id = _incident_id(body)
-        if incident_id is None or not first_delivery(body):
+        incident_id = clicked_id(body)
+        if incident_id is None or not first_delivery(deps, body):
             return
         try:
             decision(incident_id, body["user"]["id"])
@@ -129,7 +90,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         decide(body, client, act)
 
     def add_root_cause(body: dict, client: WebClient, loading: dict | None = None) -> None:
-        incident_id = _incident_id(body)
+        incident_id = clicked_id(body)
         if incident_id is None:
             return answer(client, body, loading, ":no_entry: This button names no incident.", modal.ROOT_CAUSE)
         try:
@@ -165,7 +126,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         action = (body.get("actions") or [{}])[0]
         user = body["user"]["id"]
         model = action.get("value") or None
-        if not first_delivery(body):
+        if not first_delivery(deps, body):
             return
         try:
             if not deps.auth.is_operator(user):
@@ -183,9 +144,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
     def resume_override(body: dict, client: WebClient) -> None:
         """*Override* on a refused resume: a second, different approver resumes trading on those files."""
-        incident_id = _incident_id(body)
+        incident_id = clicked_id(body)
         user = body["user"]["id"]
-        if incident_id is None or not first_delivery(body):
+        if incident_id is None or not first_delivery(deps, body):
             return
         try:
             inc, result = engine.approve_resume_override(incident_id=incident_id, approver=user,
@@ -198,13 +159,13 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         except Exception as exc:  # noqa: BLE001
             whisper(client, body, f":no_entry: {describe(exc)}")
 
-    app.action(Action.APPROVE.value)(acking(approve, urgent=True))
-    app.action(Action.RESUME_OVERRIDE.value)(acking(resume_override, urgent=True))
-    app.action(Action.FIX_REFRESH_VIEW.value)(acking(quick_fix))
-    app.action(Action.FIX_RESTORE_MODEL.value)(acking(quick_fix))
-    app.action(Action.DENY.value)(acking(deny, urgent=True, opens=modal.DENY))
-    app.action(Action.TAKE_OVER.value)(acking(take_over, urgent=True))
-    app.action(Action.PROCEED_ANYWAY.value)(acking(proceed_anyway, urgent=True))
-    app.action(Action.ABANDON.value)(acking(abandon, urgent=True))
-    app.action(Action.ADD_ROOT_CAUSE.value)(acking(add_root_cause, opens=modal.ROOT_CAUSE))
-    app.action(Action.MODAL_MODEL_SELECT.value)(acking(model_selected))
+    app.action(Action.APPROVE.value)(acking(deps, approve, urgent=True))
+    app.action(Action.RESUME_OVERRIDE.value)(acking(deps, resume_override, urgent=True))
+    app.action(Action.FIX_REFRESH_VIEW.value)(acking(deps, quick_fix))
+    app.action(Action.FIX_RESTORE_MODEL.value)(acking(deps, quick_fix))
+    app.action(Action.DENY.value)(acking(deps, deny, urgent=True, opens=modal.DENY))
+    app.action(Action.TAKE_OVER.value)(acking(deps, take_over, urgent=True))
+    app.action(Action.PROCEED_ANYWAY.value)(acking(deps, proceed_anyway, urgent=True))
+    app.action(Action.ABANDON.value)(acking(deps, abandon, urgent=True))
+    app.action(Action.ADD_ROOT_CAUSE.value)(acking(deps, add_root_cause, opens=modal.ROOT_CAUSE))
+    app.action(Action.MODAL_MODEL_SELECT.value)(acking(deps, model_selected))

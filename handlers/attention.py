@@ -19,56 +19,23 @@ from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action, Block as B, View as V
 from handlers.progress import SlackProgress
-from handlers.replies import tell_privately
+from handlers.respond import acking, answer, clicked_id, whisper
 
 log = logging.getLogger("rollback_bot.attention")
-
-
-def _incident_id(body: dict) -> int | None:
-    try:
-        return int(body["actions"][0]["value"])
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
 
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
     engine = services.engine
 
-    def whisper(client: WebClient, body: dict, text: str) -> None:
-        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"), channel=channel)
-
-    def answer(client: WebClient, body: dict, loading: dict | None, text: str, kind: str) -> None:
-        """In the loading view when there is one (the person is looking at it), else whispered."""
-        if not modal.tell(client, loading, text, kind=kind):
-            whisper(client, body, text)
-
     def needing_attention(body: dict) -> Incident:
-        incident_id = _incident_id(body)
+        incident_id = clicked_id(body)
         if incident_id is None:
             raise InvalidTransition("This button does not name an incident.")
         inc = engine.get(incident_id)
         if inc.state != "needs_attention":
             raise InvalidTransition(f"{inc.ref} is {inc.state.replace('_', ' ')}: it no longer needs attention.")
         return inc
-
-    def acking(work, opens: str | None = None):
-        """Ack the click at once, ``work`` after it; for a click that ``opens`` a modal, its loading view opens at
-        once (handlers/loading.py)."""
-        deps.work(work)
-
-        def listener(ack: Ack, body: dict, client: WebClient, context: dict) -> None:
-            ack()
-            if opens and body.get("trigger_id"):
-                deps.later_modal(work, kind=opens, trigger_id=body["trigger_id"], client=client,
-                                 loading=context.get("loading"), body=body)
-            else:
-                deps.later(work, body=body, client=client)
-
-        listener.__name__ = f"on_{work.__name__}"
-        return listener
 
     def rollback_again(body: dict, client: WebClient, loading: dict | None = None) -> None:
         """The request form for the same model; the new request follows this incident up."""
@@ -128,9 +95,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             return ack(response_action="errors", errors={B.ACCEPT_REASON.value: str(exc)[:150]})
         ack()
 
-    app.action(Action.ROLLBACK_AGAIN.value)(acking(rollback_again, opens=modal.START))
-    app.action(Action.ATTENTION_HALT.value)(acking(attention_halt))
-    app.action(Action.ACCEPT.value)(acking(accept_open, opens=modal.ACCEPT))
+    app.action(Action.ROLLBACK_AGAIN.value)(acking(deps, rollback_again, opens=modal.START))
+    app.action(Action.ATTENTION_HALT.value)(acking(deps, attention_halt))
+    app.action(Action.ACCEPT.value)(acking(deps, accept_open, opens=modal.ACCEPT))
     app.view(V.ACCEPT.value)(accept_ack)
     register_watch(deps, progress)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from slack_bolt import Ack, App
+from slack_bolt import App
 from slack_sdk import WebClient
 from slack_sdk.models.blocks import Block, ButtonElement, CheckboxesElement, ConfirmObject, InputBlock, Option
 
@@ -29,7 +29,7 @@ from handlers.blocks import MAX_SECTION, clip, context, esc, finish, section
 from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action, Block as B
-from handlers.replies import tell_privately
+from handlers.respond import acking, clicked_id, first_delivery, whisper
 
 if TYPE_CHECKING:
     from handlers.progress import SlackProgress
@@ -166,21 +166,11 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     progress.on_step["evidence"] = show_evidence
     progress.on_step[STEP_EVENT] = show_halt_now
 
-    def whisper(client: WebClient, body: dict, text: str) -> None:
-        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"),
-                       channel=channel or deps.channel)
-
     def halt_now(body: dict, client: WebClient) -> None:
-        action = (body.get("actions") or [{}])[0]
+        incident_id = clicked_id(body)
         user = body["user"]["id"]
-        try:
-            incident_id = int(action.get("value"))
-        except (TypeError, ValueError):
-            return
-        if not services.claim_delivery(f"action:{body.get('trigger_id')}:{action.get('action_ts')}"):
-            return  # a retried delivery: handled once
+        if incident_id is None or not first_delivery(deps, body):
+            return  # no incident named, or a retried delivery: handled once
         try:
             inc, _ = halt_before_approval(engine, incident_id=incident_id, user=user,
                                           allowed=deps.auth.is_operator(user))
@@ -197,10 +187,4 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             return whisper(client, body, describe(exc))
         whisper(client, body, f"Trading halted for {inc.ref}. An approver still decides on the rollback.")
 
-    deps.work(halt_now)
-
-    def on_halt_now(ack: Ack, body: dict, client: WebClient) -> None:
-        ack()
-        deps.later(halt_now, body=body, client=client)
-
-    app.action(Action.HALT_NOW.value)(on_halt_now)
+    app.action(Action.HALT_NOW.value)(acking(deps, halt_now))

@@ -24,6 +24,7 @@ from handlers.errors import describe
 from handlers.ids import Action, Block as B, View as V
 from handlers.progress import SlackProgress
 from handlers.replies import tell_privately
+from handlers.respond import acking, answer
 
 START_ACTION = "start_date"
 REASON_ACTION = "reason"
@@ -84,12 +85,6 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
     progress.on_step[OUTPUT_EVENT] = show_output
 
-    def whisper(client: WebClient, body: dict, text: str) -> None:
-        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"),
-                       channel=channel or deps.channel)
-
     def open_retrain_form(body: dict, client: WebClient, loading: dict | None = None) -> None:
         action = (body.get("actions") or [{}])[0]
         user = body["user"]["id"]
@@ -102,15 +97,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             modal.show(client, loading, trigger_id=body["trigger_id"], view=retrain_modal(
                 str(value["model"]), start, (body.get("channel") or {}).get("id"), body.get("response_url")))
         except Exception as exc:  # noqa: BLE001
-            if not modal.tell(client, loading, f":no_entry: {describe(exc)}", kind=modal.RETRAIN):
-                whisper(client, body, f":no_entry: {describe(exc)}")
-
-    deps.work(open_retrain_form)
-
-    def on_retrain(ack: Ack, body: dict, client: WebClient, context: dict) -> None:
-        ack()  # the form's loading view opens at once (handlers/loading.py)
-        deps.later_modal(open_retrain_form, kind=modal.RETRAIN, trigger_id=body.get("trigger_id", ""), client=client,
-                         loading=context.get("loading"), body=body)
+            answer(client, body, loading, f":no_entry: {describe(exc)}", modal.RETRAIN)
 
     def retrain_submit(body: dict, client: WebClient) -> None:
         meta = json.loads(body["view"].get("private_metadata") or "{}")
@@ -143,6 +130,6 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         ack()
         deps.later(retrain_submit, body=body, client=client)
 
-    app.action(Action.FIX_RETRAIN.value)(on_retrain)
+    app.action(Action.FIX_RETRAIN.value)(acking(deps, open_retrain_form, opens=modal.RETRAIN))
     app.view(V.RETRAIN.value)(retrain_ack)
 

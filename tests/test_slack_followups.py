@@ -6,7 +6,6 @@ two bot processes), `/rollback followups`, and the report's Follow-ups and Preve
 from __future__ import annotations
 
 import json
-import time
 import threading
 from datetime import timedelta
 
@@ -15,7 +14,7 @@ from psycopg.types.json import Jsonb
 from bot.sandbox import Sandbox
 from core import incidents
 from core.services import Services
-from tests.helpers import Clock, corrupt_after_restore
+from tests.helpers import Clock, corrupt_after_restore, shown_modal, whispered
 from tests.test_slack_flow import CHANNEL, MODEL, click, request
 
 HOUR = timedelta(hours=1)
@@ -64,21 +63,25 @@ def press(box, user, action, board, value):
 
 
 def ephemeral(box, user, needle, count=1):
-    return box.standin.wait_for("chat.postEphemeral", lambda c: c.body.get("user") == user
-                                and needle in c.body.get("text", ""), count=count)
+    """Told privately: through the click's response_url (never chat.postEphemeral, which needs the channel)."""
+    told = whispered(box.standin, user, needle, count=count)
+    assert all(e.via == "response_url" for e in told), [e.via for e in told]
+    return told
 
 
 def opened_view(box, callback_id):
-    """The form as the person sees it: opened with the trigger, or filled into the loading view opened at once."""
-    def shown(c):
-        return c.method in ("views.open", "views.update") and callback_id in dumps(c.body.get("view"))
-    deadline = time.monotonic() + 5
-    while not [c for c in box.standin.calls() if shown(c)] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    calls = [c for c in box.standin.calls() if shown(c)]
-    assert calls, f"no form {callback_id} was shown"
-    view = calls[-1].body["view"]
-    return view if isinstance(view, dict) else json.loads(view)
+    """The form as the person sees it: a loading view opened with the click's trigger at once (the stand-in holds
+    Slack's 3 s, single-use trigger), then filled in with views.update."""
+    shown = shown_modal(box.standin, callback_id)
+    [opened] = [c for c in box.standin.calls("views.open") if c.ok and c.response["view"]["id"] == shown["id"]]
+    assert opened.response["view"]["callback_id"] == "loading_modal"
+    return shown
+
+
+def refused_in_form(box, needle):
+    """A refusal shown in the loading view the click opened (where the person looks), not whispered."""
+    box.standin.wait_for("views.update", lambda c: c.ok and c.response["view"]["callback_id"] == "notice_modal"
+                         and needle in dumps(c.body.get("view")))
 
 
 def updated_board(box, needle):
@@ -124,14 +127,17 @@ def test_followups_are_posted_assigned_completed_and_reported(settings, db, stan
         press(box, "U0DAVE", "followup_done", board, retrain.id)
         ephemeral(box, "U0DAVE", "Only the incident's people")
         press(box, "U0DAVE", "followup_assign", board, retrain.id)
-        ephemeral(box, "U0DAVE", "Only the incident's people", count=2)
+        refused_in_form(box, "Only the incident's people")
+        press(box, "U0DAVE", "add_prevention", board, inc.id)
+        refused_in_form(box, "Only the incident's people")
         click(box, "U0DAVE", "add_root_cause", standin.message(CHANNEL, card.ts))
         # the form's loading view opened at once turns into the refusal
         standin.wait_for("views.update", lambda c: "may add its root cause" in dumps(c.body.get("view")))
         assert item(box, inc, "retrain").state == "open" and item(box, inc, "retrain").owner is None
         refused = conn.execute("SELECT count(*) AS n FROM rollback_bot.audit_log WHERE actor = 'U0DAVE'"
-                               " AND outcome = 'refused' AND action LIKE 'followup%'").fetchone()["n"]
-        assert refused == 2
+                               " AND outcome = 'refused' AND (action LIKE 'followup%' OR action = 'prevention')"
+                               ).fetchone()["n"]
+        assert refused == 3 and box.services.followups.prevention(inc.id) == []
 
         # Assign…: the requester gives the retraining to Dave (a users_select in a modal); Dave gets a DM
         press(box, "U0ALICE", "followup_assign", board, retrain.id)
