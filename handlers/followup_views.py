@@ -10,6 +10,7 @@ from slack_sdk.models.blocks import (
     Block,
     ButtonElement,
     ConfirmObject,
+    HeaderBlock,
     InputBlock,
     PlainTextInputElement,
     UserSelectElement,
@@ -165,3 +166,21 @@ def assigned_text(incident: Incident, item: FollowUp, by: str, link: str = "") -
     where = f" <{link}|Open the incident's thread>." if link else ""
     return (f":clipboard: <@{esc(by)}> made you the owner of a follow-up of {incident.ref}: *{esc(item.title)}*, "
             f"due {when(item.due_at)}.{where}")
+
+
+def home_blocks(mine: list[FollowUp], nobody: list[FollowUp], now: datetime) -> list[dict]:
+    """App Home's follow-ups: the viewer's own open ones and the unassigned ones, overdue first."""
+    def lines(items: list[FollowUp], empty: str) -> Block:
+        if not items:
+            return context(empty)
+        return section(clip("\n".join(f"*INC-{i.incident_id}* · {esc(i.title)}\n      {due_text(i, now)}"
+                                      for i in items), 3000))
+
+    return [b.to_dict() for b in (
+        HeaderBlock(text="Your follow-ups"),
+        lines(mine, "No open follow-up is yours."),
+        HeaderBlock(text="Unassigned follow-ups"),
+        lines(nobody, "Every open follow-up has an owner."),
+        context("*Take it*, *Assign…* and *Done* are on each incident's follow-ups message;"
+                " `/rollback followups` lists every open one."),
+    )]

@@ -45,6 +45,8 @@ class FollowUpBoard:
         items = self.followups.items(incident_id)
         if not items:
             return
+        for hook in self.progress.after_followups:
+            hook(incident_id)
         now = self.engine.clock()
         blocks = fv.board_blocks(inc, items, self.followups.prevention(incident_id), now)
         text = fv.board_text(inc, items, now)

@@ -308,3 +308,60 @@ def test_a_failed_rollback_gets_followups_and_a_break_glass_one_posts_in_the_cha
         box.run_worker()
         top = [m for m in standin.messages(CHANNEL) if m.text.startswith(f"Follow-ups of {done.ref}")]
         assert len(top) == 1 and top[0].thread_ts is None  # no card, so no thread: the channel itself
+
+
+def home_of(box, user, needle=""):
+    """``user``'s App Home as last published, once it holds ``needle``."""
+    box.standin.wait_for("views.publish", lambda c: c.body.get("user_id") == user and needle in dumps(c.body))
+    return box.standin.home_view(user)
+
+
+def followup_sections(home):
+    """The texts under App Home's two follow-up headers: (the viewer's, the unassigned)."""
+    blocks = home["blocks"]
+    heads = [i for i, b in enumerate(blocks) if b["type"] == "header"
+             and b["text"]["text"] in ("Your follow-ups", "Unassigned follow-ups")]
+    assert len(heads) == 2, [b.get("text") for b in blocks]
+    return tuple(dumps(blocks[i + 1]) for i in heads)
+
+
+def test_app_home_shows_the_viewers_and_the_unassigned_followups_due_as_configured(settings, db, standin, world):
+    clock = new_clock()
+    configured = settings.model_copy(update={"followup_root_cause_hours": 1, "followup_monitoring_hours": 12,
+                                             "followup_retrain_hours": 30, "followup_checklist_hours": 100,
+                                             "followup_prevention_hours": 50})
+    with box_with(configured, db, standin, clock) as box:
+        card, inc = run_to_monitoring(box)
+        due = {i.kind: i.due_at - inc.created_at for i in box.services.followups.items(inc.id)}
+        assert due == {"root_cause": HOUR, "monitoring": 12 * HOUR, "retrain": 30 * HOUR, "checklist": 100 * HOUR,
+                       "prevention": 50 * HOUR}
+        root, retrain = item(box, inc, "root_cause"), item(box, inc, "retrain")
+        # Carol takes the retraining, then the investigation, through Slack
+        press(box, "U0CAROL", "followup_take", board_message(box, card), retrain.id)
+        updated_board(box, "<@U0CAROL>")
+        press(box, "U0CAROL", "followup_take", board_message(box, card), root.id)
+        box.standin.wait_for("chat.update", lambda c: dumps(c.body.get("blocks")).count("<@U0CAROL>") == 2)
+        box.settle()
+        # T+1 h 10: the investigation is overdue under FOLLOWUP_ROOT_CAUSE_HOURS=1, and Carol is reminded
+        clock.at(hours=1, minutes=10)
+        box.run_worker()
+        carol = standin.dm_channel("U0CAROL")
+        assert [m.text for m in standin.messages(carol) if "overdue by" in m.text]
+
+        assert box.sender.app_home_opened("U0CAROL").status == 200
+        mine, nobody = followup_sections(home_of(box, "U0CAROL", "Your follow-ups"))
+        # hers, overdue first; the unassigned ones, the soonest due first (by the configured delays)
+        assert mine.index("Investigate the root cause") < mine.index("Retrain") and "overdue by" in mine
+        assert f"INC-{inc.id}" in mine and "Enhanced monitoring" not in mine
+        assert nobody.index("Enhanced monitoring") < nobody.index("prevention measures") < nobody.index("checklist")
+        assert "Retrain" not in nobody and "Investigate" not in nobody
+        assert box.sender.app_home_opened("U0DAVE").status == 200
+        mine, nobody = followup_sections(home_of(box, "U0DAVE", "Your follow-ups"))
+        assert "No open follow-up is yours." in mine and "Enhanced monitoring" in nobody
+
+        # a follow-up taken in the thread re-publishes the homes of those who look at it
+        press(box, "U0BOB", "followup_take", board_message(box, card), item(box, inc, "monitoring").id)
+        updated_board(box, "<@U0BOB>")
+        assert box.app.home_publisher.flush(20)
+        mine, nobody = followup_sections(home_of(box, "U0DAVE", "Your follow-ups"))
+        assert "Enhanced monitoring" not in nobody and "prevention measures" in nobody
