@@ -3,15 +3,14 @@ accept with a reason) and the 24-hour watch's thread message (posted once, then 
 
 from __future__ import annotations
 
-import json
 import logging
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
-from core.errors import InvalidTransition, NotAuthorized, RollbackError
+from core.errors import InvalidTransition, NotAuthorized
 from core.incidents import Incident
-from handlers import incident_views as iv
+from handlers import incident_forms as forms
 from handlers import loading as modal
 from handlers.attention_views import accept_modal, watch_message
 from handlers.blocks import esc
@@ -19,7 +18,7 @@ from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action, Block as B, View as V
 from handlers.progress import SlackProgress
-from handlers.respond import acking, answer, clicked_id, whisper
+from handlers.respond import acking, answer, clicked_id, require_operator, submitted, whisper
 
 log = logging.getLogger("rollback_bot.attention")
 
@@ -41,12 +40,10 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         """The request form for the same model; the new request follows this incident up."""
         user = body["user"]["id"]
         try:
-            if not deps.auth.is_operator(user):
-                engine.audit(None, actor=user, action="request", outcome="refused", reason="not an operator")
-                raise NotAuthorized("Only operators may request a rollback (OPERATORS).")
+            require_operator(deps, user, action="request", to="request a rollback")
             inc = needing_attention(body)
             form = services.start_form(model=inc.model_name)
-            modal.show(client, loading, trigger_id=body["trigger_id"], view=iv.start_modal(
+            modal.show(client, loading, trigger_id=body["trigger_id"], view=forms.start_modal(
                 model=form.model, backups=form.backups, recommended=form.recommended,
                 channel=(body.get("channel") or {}).get("id"), response_url=body.get("response_url"),
                 reason=f"Follow-up of {inc.ref}: the rollback to {inc.target_backup} did not resolve the issue."))
@@ -56,9 +53,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     def attention_halt(body: dict, client: WebClient) -> None:
         user = body["user"]["id"]
         try:
-            if not deps.auth.is_operator(user):
-                engine.audit(None, actor=user, action="halt", outcome="refused", reason="not an operator")
-                raise NotAuthorized("Only operators may halt trading (OPERATORS).")
+            require_operator(deps, user, action="halt", to="halt trading")
             inc = needing_attention(body)
             halt = engine.halt_trading(user=user, reason=f"{inc.ref} needs attention: the rollback of "
                                                           f"{inc.model_name} did not resolve the issue")
@@ -82,18 +77,11 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             answer(client, body, loading, f":no_entry: {describe(exc)}", modal.ACCEPT)
 
     def accept_ack(ack: Ack, body: dict) -> None:
-        meta = json.loads(body["view"].get("private_metadata") or "{}")
-        values = body["view"]["state"]["values"]
-        reason = (((values.get(B.ACCEPT_REASON.value) or {}).get("reason") or {}).get("value") or "").strip()
-        user = body["user"]["id"]
-        if not reason:
-            return ack(response_action="errors", errors={B.ACCEPT_REASON.value: "Say why it is acceptable."})
-        try:
+        def accept(reason: str, meta: dict, user: str) -> None:
             services.accept(incident_id=int(meta["incident"]), user=user, reason=reason,
                             allowed=deps.auth.is_approver(user))
-        except (RollbackError, KeyError, ValueError) as exc:
-            return ack(response_action="errors", errors={B.ACCEPT_REASON.value: str(exc)[:150]})
-        ack()
+
+        submitted(ack, body, B.ACCEPT_REASON, "reason", accept, empty="Say why it is acceptable.")
 
     app.action(Action.ROLLBACK_AGAIN.value)(acking(deps, rollback_again, opens=modal.START))
     app.action(Action.ATTENTION_HALT.value)(acking(deps, attention_halt))

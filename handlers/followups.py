@@ -15,7 +15,7 @@ import threading
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
-from core.errors import Conflict, NotAuthorized, RollbackError, UnknownIncident
+from core.errors import Conflict, NotAuthorized, UnknownIncident
 from core.followups import NOT_ALLOWED, FollowUp, UnknownFollowUp
 from core.incidents import Incident
 from handlers import followup_views as fv
@@ -24,7 +24,7 @@ from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action, Block as B, View as V
 from handlers.progress import SlackProgress
-from handlers.respond import acking, answer, clicked_id, first_delivery, whisper
+from handlers.respond import acking, answer, clicked_id, once_per_click, submitted
 
 log = logging.getLogger("rollback_bot.followups")
 
@@ -125,10 +125,6 @@ class FollowUpBoard:
             return ""
 
 
-def _field(body: dict, block: B, action: str) -> dict:
-    return ((body["view"]["state"]["values"].get(block.value) or {}).get(action)) or {}
-
-
 def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -> FollowUpBoard:
     services = deps.services
     followups = services.followups
@@ -144,25 +140,13 @@ def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -
                                   reason="not one of the incident's people, an operator or an approver")
             raise NotAuthorized(NOT_ALLOWED)
 
-    def take_followup(body: dict, client: WebClient) -> None:
-        followup_id, user = clicked_id(body), body["user"]["id"]
-        if followup_id is None or not first_delivery(deps, body):
-            return
-        try:
-            item = followups.assign(followup_id=followup_id, owner=user, by=user, operator=operator(user))
-            board.refresh(item.incident_id)
-        except Exception as exc:  # noqa: BLE001 - the person is told why; nothing changed
-            whisper(client, body, f":no_entry: {describe(exc)}")
+    def take_followup(followup_id: int, user: str, body: dict, client: WebClient) -> None:
+        item = followups.assign(followup_id=followup_id, owner=user, by=user, operator=operator(user))
+        board.refresh(item.incident_id)
 
-    def complete_followup(body: dict, client: WebClient) -> None:
-        followup_id, user = clicked_id(body), body["user"]["id"]
-        if followup_id is None or not first_delivery(deps, body):
-            return
-        try:
-            item = followups.complete(followup_id=followup_id, by=user, operator=operator(user))
-            board.refresh(item.incident_id)
-        except Exception as exc:  # noqa: BLE001
-            whisper(client, body, f":no_entry: {describe(exc)}")
+    def complete_followup(followup_id: int, user: str, body: dict, client: WebClient) -> None:
+        item = followups.complete(followup_id=followup_id, by=user, operator=operator(user))
+        board.refresh(item.incident_id)
 
     def open_assign(body: dict, client: WebClient, loading: dict | None = None) -> None:
         followup_id, user = clicked_id(body), body["user"]["id"]
@@ -192,17 +176,12 @@ def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -
     # -- modal submissions: validated in the ack, the message updated afterwards
 
     def assign_ack(ack: Ack, body: dict, client: WebClient) -> None:
-        meta = json.loads(body["view"].get("private_metadata") or "{}")
-        owner = _field(body, B.FOLLOWUP_OWNER, "owner").get("selected_user")
-        user = body["user"]["id"]
-        if not owner:
-            return ack(response_action="errors", errors={B.FOLLOWUP_OWNER.value: "Choose who owns this follow-up."})
-        try:
+        def assign(owner: str, meta: dict, user: str) -> None:
             followups.assign(followup_id=int(meta["followup"]), owner=owner, by=user, operator=operator(user))
-        except RollbackError as exc:
-            return ack(response_action="errors", errors={B.FOLLOWUP_OWNER.value: str(exc)[:150]})
-        ack()
-        deps.later(after_assign, body=body, client=client)
+
+        if submitted(ack, body, B.FOLLOWUP_OWNER, "owner", assign, key="selected_user",
+                     empty="Choose who owns this follow-up."):
+            deps.later(after_assign, body=body, client=client)
 
     def after_assign(body: dict, client: WebClient) -> None:
         meta = json.loads(body["view"].get("private_metadata") or "{}")
@@ -211,17 +190,11 @@ def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -
         board.tell_owner(item, body["user"]["id"])
 
     def prevention_ack(ack: Ack, body: dict, client: WebClient) -> None:
-        meta = json.loads(body["view"].get("private_metadata") or "{}")
-        text = (_field(body, B.PREVENTION, "text").get("value") or "").strip()
-        user = body["user"]["id"]
-        if not text:
-            return ack(response_action="errors", errors={B.PREVENTION.value: "Describe the prevention measure."})
-        try:
+        def add(text: str, meta: dict, user: str) -> None:
             followups.add_prevention(incident_id=int(meta["incident"]), text=text, by=user, operator=operator(user))
-        except RollbackError as exc:
-            return ack(response_action="errors", errors={B.PREVENTION.value: str(exc)[:150]})
-        ack()
-        deps.later(after_prevention, body=body, client=client)
+
+        if submitted(ack, body, B.PREVENTION, "text", add, empty="Describe the prevention measure."):
+            deps.later(after_prevention, body=body, client=client)
 
     def after_prevention(body: dict, client: WebClient) -> None:
         meta = json.loads(body["view"].get("private_metadata") or "{}")
@@ -229,8 +202,8 @@ def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -
 
     deps.work(after_assign)
     deps.work(after_prevention)
-    app.action(Action.FOLLOWUP_TAKE.value)(acking(deps, take_followup))
-    app.action(Action.FOLLOWUP_DONE.value)(acking(deps, complete_followup))
+    app.action(Action.FOLLOWUP_TAKE.value)(acking(deps, once_per_click(deps, take_followup)))
+    app.action(Action.FOLLOWUP_DONE.value)(acking(deps, once_per_click(deps, complete_followup)))
     app.action(Action.FOLLOWUP_ASSIGN.value)(acking(deps, open_assign, opens=modal.ASSIGN))
     app.action(Action.ADD_PREVENTION.value)(acking(deps, open_prevention, opens=modal.PREVENTION))
     app.view(V.FOLLOWUP_ASSIGN.value)(assign_ack)

@@ -1,9 +1,9 @@
 """App Home: production models with metrics, open incidents and their state, the trading state, the viewer's open
-follow-ups and the unassigned ones (overdue first), recent rollbacks. Published on ``app_home_opened`` and re-published for recent viewers when an incident changes.
+follow-ups and the unassigned ones (overdue first), recent rollbacks. Published on ``app_home_opened`` and
+re-published for recent viewers when an incident or its follow-ups change.
 
-Re-publishing is off the live-progress path: an incident's change only marks the home stale
-(``HomePublisher.changed``), and a thread of its own builds the view once per burst of changes and sends it to
-every recent viewer. A rollback's card and thread replies never wait for App Home, however many people look at
+Re-publishing is off the live-progress path: a change only marks the home stale (``HomePublisher.changed``), and a
+thread of its own builds the shared part once per burst of changes and sends each recent viewer their view. A rollback's card and thread replies never wait for App Home, however many people look at
 it or however slowly Slack answers ``views.publish``.
 """
 

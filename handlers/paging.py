@@ -11,12 +11,11 @@
 
 from __future__ import annotations
 
-import json
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
-from core.errors import NotAuthorized, RollbackError, UnknownIncident
+from core.errors import UnknownIncident
 from core.incidents import Event, Incident
 from core.loss import parse_amount
 from handlers import loading as modal
@@ -25,7 +24,7 @@ from handlers.errors import describe
 from handlers.ids import Action, Block as B, View as V
 from handlers.paging_views import acknowledged_blocks, loss_modal, loss_reply
 from handlers.progress import SlackProgress
-from handlers.respond import acking, answer, channel_of, clicked_id, first_delivery, whisper
+from handlers.respond import acking, answer, channel_of, clicked_id, once_per_click, require_operator, submitted
 
 
 def may_acknowledge(deps: Deps, user: str) -> bool:
@@ -41,16 +40,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
     # ------------------------------------------------------------------------------------ Acknowledge
 
-    def acknowledge_page(body: dict, client: WebClient) -> None:
-        incident_id = clicked_id(body)
-        user = body["user"]["id"]
-        if incident_id is None or not first_delivery(deps, body):
-            return
-        try:
-            page = services.paging.acknowledge(incident_id=incident_id, user=user, allowed=may_acknowledge(deps, user))
-        except Exception as exc:  # noqa: BLE001 - the person is told why (or an error id)
-            whisper(client, body, f":no_entry: {describe(exc)}")
-            return
+    def acknowledge_page(incident_id: int, user: str, body: dict, client: WebClient) -> None:
+        page = services.paging.acknowledge(incident_id=incident_id, user=user, allowed=may_acknowledge(deps, user))
         message = body.get("message") or {}
         channel = channel_of(body)
         inc = engine.get(incident_id)
@@ -67,29 +58,19 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         try:
             if incident_id is None:
                 raise UnknownIncident("This button names no incident.")
-            if not deps.auth.is_operator(user):
-                engine.audit(None, actor=user, action="loss", outcome="refused", incident_id=incident_id,
-                             reason="not an operator")
-                raise NotAuthorized("Only operators may update the estimated loss (OPERATORS).")
+            require_operator(deps, user, action="loss", to="update the estimated loss", incident_id=incident_id)
             modal.show(client, loading, trigger_id=body["trigger_id"],
                        view=loss_modal(engine.get(incident_id), channel=channel_of(body)))
         except Exception as exc:  # noqa: BLE001 - the person is told why, where they look; nothing changed
             answer(client, body, loading, f":no_entry: {describe(exc)}", modal.LOSS)
 
     def loss_submitted(ack: Ack, body: dict) -> None:
-        meta = json.loads(body["view"].get("private_metadata") or "{}")
-        field = ((body["view"]["state"]["values"].get(B.LOSS.value) or {}).get("loss") or {})
-        user = body["user"]["id"]
-        try:
-            amount = parse_amount(field.get("value") or "")
-            if not deps.auth.is_operator(user):
-                engine.audit(None, actor=user, action="loss", outcome="refused", incident_id=meta.get("incident"),
-                             reason="not an operator")
-                raise NotAuthorized("Only operators may update the estimated loss (OPERATORS).")
+        def record(text: str | None, meta: dict, user: str) -> None:
+            amount = parse_amount(text or "")
+            require_operator(deps, user, action="loss", to="update the estimated loss", incident_id=meta.get("incident"))
             services.loss.record(incident_id=int(meta["incident"]), amount=amount, by=user, source="slack")
-        except RollbackError as exc:
-            return ack(response_action="errors", errors={B.LOSS.value: str(exc)[:150]})
-        ack()
+
+        submitted(ack, body, B.LOSS, "loss", record, empty=None)
 
     # ------------------------------------------------------------------------------------ showing
 
@@ -119,6 +100,6 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     progress.on_step["escalate"] = show_card
     progress.on_step["target_missed"] = show_card
 
-    app.action(Action.ACKNOWLEDGE_PAGE.value)(acking(deps, acknowledge_page))
+    app.action(Action.ACKNOWLEDGE_PAGE.value)(acking(deps, once_per_click(deps, acknowledge_page)))
     app.action(Action.UPDATE_LOSS.value)(acking(deps, update_loss, opens=modal.LOSS))
     app.view(V.LOSS.value)(loss_submitted)
