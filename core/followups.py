@@ -2,7 +2,7 @@
 
 When a rollback finishes (trading resumed and monitoring under way, kept halted after verification, or failed),
 its follow-up items are created once (``UNIQUE (incident_id, kind)``), due counted from the incident's opening,
-as the runbook counts its targets::
+as the runbook counts its targets (each delay is a setting, ``FOLLOWUP_{KIND}_HOURS``; the defaults)::
 
     kind         what                                                        due
     root_cause   Investigate the root cause                                  T+2 h ("root cause identified")
@@ -55,6 +55,7 @@ __all__ = [
     "FollowUps",
     "PreventionMeasure",
     "UnknownFollowUp",
+    "due_after",
     "plan_for",
 ]
 
@@ -122,12 +123,20 @@ class PreventionMeasure:
     added_at: datetime
 
 
-def plan_for(incident: Incident) -> list[tuple[str, str, datetime]]:
-    """The follow-ups an incident gets: (kind, title, due)."""
+def due_after(settings: Any) -> dict[str, timedelta]:
+    """Each kind's delay after the incident opened, from the settings ``followup_{kind}_hours`` (every kind has
+    one: core/settings.py; their defaults are ``KINDS``')."""
+    return {kind: timedelta(hours=float(getattr(settings, f"followup_{kind}_hours"))) for kind, *_ in KINDS}
+
+
+def plan_for(incident: Incident, due: dict[str, timedelta] | None = None) -> list[tuple[str, str, datetime]]:
+    """The follow-ups an incident gets: (kind, title, due); ``due``: each kind's delay (``due_after``), else the
+    defaults."""
     failed = incident.state in _FAILED_STATES
     names = {"model": incident.model_name or "the model", "target": incident.target_backup or "the restored model",
              "ref": incident.ref}
-    return [(kind, title.format(**names), incident.created_at + after)
+    due = due or {}
+    return [(kind, title.format(**names), incident.created_at + due.get(kind, after))
             for kind, title, after, after_failure in KINDS if after_failure or not failed]
 
 
@@ -210,7 +219,7 @@ class FollowUps:
         with self.db.transaction() as conn:
             inc = _incident(conn, incident_id)
             created = []
-            for kind, title, due in plan_for(inc):
+            for kind, title, due in plan_for(inc, due_after(self.engine.settings)):
                 row = conn.execute(
                     f"INSERT INTO rollback_bot.followups (incident_id, kind, title, due_at, created_at)"
                     f" VALUES (%s, %s, %s, %s, %s) ON CONFLICT (incident_id, kind) DO NOTHING RETURNING {_COLUMNS}",
@@ -250,6 +259,16 @@ class FollowUps:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM rollback_bot.followups WHERE state = 'open'"
                                 " ORDER BY due_at, id LIMIT %s", (limit,)).fetchall()
         return [FollowUp(**r) for r in rows]
+
+    def open_for(self, user: str, *, limit: int = 15) -> tuple[list[FollowUp], list[FollowUp]]:
+        """App Home: the open follow-ups ``user`` owns and the open ones nobody owns, each the soonest due first
+        (so the overdue ones first), at most ``limit`` of each."""
+        query = (f"SELECT {_COLUMNS} FROM rollback_bot.followups WHERE state = 'open' AND owner {{}}"
+                 " ORDER BY due_at, id LIMIT %s")
+        with self.db.transaction() as conn:
+            mine = conn.execute(query.format("= %s"), (user, limit)).fetchall()
+            nobody = conn.execute(query.format("IS NULL"), (limit,)).fetchall()
+        return [FollowUp(**r) for r in mine], [FollowUp(**r) for r in nobody]
 
     def get(self, followup_id: int) -> FollowUp:
         with self.db.transaction() as conn:

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     pnl_query: str | None = None
     pnl_poll_minutes: float = Field(default=5, gt=0)
     pnl_query_timeout_seconds: float = Field(default=5, gt=0, le=300)
+    # When each follow-up of a finished rollback is due, counted from the incident's opening (core/followups.py).
+    followup_root_cause_hours: float = Field(default=2, gt=0, le=24 * 365)  # the runbook's "root cause identified"
+    followup_monitoring_hours: float = Field(default=24, gt=0, le=24 * 365)
+    followup_retrain_hours: float = Field(default=72, gt=0, le=24 * 365)
+    followup_checklist_hours: float = Field(default=168, gt=0, le=24 * 365)
+    followup_prevention_hours: float = Field(default=168, gt=0, le=24 * 365)
 
     @field_validator(
         "operators", "approvers", "stakeholders", "stakeholder_emails", "primary_contacts", "emergency_contacts",

@@ -10,85 +10,38 @@ from __future__ import annotations
 
 import json
 
-from slack_bolt import Ack, App
+from slack_bolt import App
 from slack_sdk import WebClient
 
 from core import access, halt_watch
 from core.errors import NotAuthorized, RollbackError
-from core.incidents import already_decided
-from handlers import incident_views as iv
+from core.incidents import Incident, already_decided
+from handlers import incident_forms as forms
 from handlers import loading as modal
 from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action
 from handlers.progress import SlackProgress
-from handlers.replies import tell_privately
-
-
-def _incident_id(body: dict) -> int | None:
-    try:
-        return int(body["actions"][0]["value"])
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
+from handlers.respond import (acking, answer, clicked_id, first_delivery, once_per_click, post_for_approval,
+                              require_operator, whisper)
 
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
     engine = services.engine
 
-    def acking(work, *, urgent: bool = False, opens: str | None = None):
-        """A listener that acks the click at once and does ``work`` after it (``urgent``: on the decisions lane);
-        for a click that ``opens`` a modal, its loading view opens at once (handlers/loading.py)."""
-
-        deps.work(work)
-
-        def listener(ack: Ack, body: dict, client: WebClient, context: dict) -> None:
-            ack()
-            if opens and body.get("trigger_id"):
-                deps.later_modal(work, kind=opens, trigger_id=body["trigger_id"], client=client,
-                                 loading=context.get("loading"), body=body)
-            else:
-                deps.later(work, urgent=urgent, body=body, client=client)
-
-        listener.__name__ = f"on_{work.__name__}"
-        return listener
-
-    def whisper(client: WebClient, body: dict, text: str) -> None:
-        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"), channel=channel)
-
-    def answer(client: WebClient, body: dict, loading: dict | None, text: str, kind: str) -> None:
-        """In the loading view when there is one (the person is looking at it), else whispered."""
-        if not modal.tell(client, loading, text, kind=kind):
-            whisper(client, body, text)
-
-    def first_delivery(body: dict) -> bool:
-        action = (body.get("actions") or [{}])[0]
-        key = f"action:{body.get('trigger_id')}:{action.get('action_ts')}"
-        return services.claim_delivery(key)
-
-    def approve(body: dict, client: WebClient) -> None:
-        incident_id = _incident_id(body)
-        user = body["user"]["id"]
-        if incident_id is None or not first_delivery(body):
-            return
-        try:
-            if engine.get(incident_id).kind == "fix":
-                services.approve_fix(incident_id=incident_id, approver=user, allowed=deps.auth.is_approver(user))
-            else:
-                engine.approve(incident_id=incident_id, approver=user, allowed=deps.auth.is_approver(user))
-        except RollbackError as exc:
-            whisper(client, body, f":no_entry: {describe(exc)}")
-        except Exception as exc:  # noqa: BLE001 - the person is told an error id
-            whisper(client, body, describe(exc))
+    def approve(incident_id: int, user: str, body: dict, client: WebClient) -> None:
+        if engine.get(incident_id).kind == "fix":
+            services.approve_fix(incident_id=incident_id, approver=user, allowed=deps.auth.is_approver(user))
+        else:
+            engine.approve(incident_id=incident_id, approver=user, allowed=deps.auth.is_approver(user))
 
     def deny(body: dict, client: WebClient, loading: dict | None = None) -> None:
-        incident_id = _incident_id(body)
+        incident_id = clicked_id(body)
         user = body["user"]["id"]
         if incident_id is None:
             return answer(client, body, loading, ":no_entry: This button names no incident.", modal.DENY)
-        if not first_delivery(body):
+        if not first_delivery(deps, body):
             return
         try:
             inc = engine.get(incident_id)
@@ -98,38 +51,24 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                 raise NotAuthorized("Only approvers or the requester may deny a rollback.")
             if inc.state != "requested":
                 raise already_decided(inc)
-            modal.show(client, loading, trigger_id=body["trigger_id"], view=iv.deny_modal(
+            modal.show(client, loading, trigger_id=body["trigger_id"], view=forms.deny_modal(
                 inc, channel=(body.get("channel") or {}).get("id"), message_ts=(body.get("message") or {}).get("ts")))
         except Exception as exc:  # noqa: BLE001
             answer(client, body, loading, f":no_entry: {describe(exc)}", modal.DENY)
 
-    def decide(body: dict, client: WebClient, decision) -> None:
-        """Take over / Proceed anyway / Abandon: one call into core; refusals are whispered to the person."""
-        incident_id = _incident_id(body)
-        if incident_id is None or not first_delivery(body):
-            return
-        try:
-            decision(incident_id, body["user"]["id"])
-        except Exception as exc:  # noqa: BLE001 - the person is told why (or an error id)
-            whisper(client, body, f":no_entry: {describe(exc)}")
+    # Take over / Proceed anyway / Abandon: one call into core; refusals are whispered to the person.
+    def take_over(incident_id: int, user: str, body: dict, client: WebClient) -> None:
+        access.take_over(engine, incident_id=incident_id, user=user, allowed=deps.auth.is_operator(user))
 
-    def take_over(body: dict, client: WebClient) -> None:
-        decide(body, client, lambda i, user: access.take_over(engine, incident_id=i, user=user,
-                                                               allowed=deps.auth.is_operator(user)))
+    def proceed_anyway(incident_id: int, user: str, body: dict, client: WebClient) -> None:
+        halt_watch.proceed_anyway(engine, incident_id=incident_id, approver=user, allowed=deps.auth.is_approver(user))
 
-    def proceed_anyway(body: dict, client: WebClient) -> None:
-        decide(body, client, lambda i, user: halt_watch.proceed_anyway(engine, incident_id=i, approver=user,
-                                                                        allowed=deps.auth.is_approver(user)))
-
-    def abandon(body: dict, client: WebClient) -> None:
-        def act(i: int, user: str):
-            allowed = deps.auth.is_approver(user) or user == engine.get(i).requested_by
-            return halt_watch.abandon(engine, incident_id=i, user=user, allowed=allowed)
-
-        decide(body, client, act)
+    def abandon(incident_id: int, user: str, body: dict, client: WebClient) -> None:
+        allowed = deps.auth.is_approver(user) or user == engine.get(incident_id).requested_by
+        halt_watch.abandon(engine, incident_id=incident_id, user=user, allowed=allowed)
 
     def add_root_cause(body: dict, client: WebClient, loading: dict | None = None) -> None:
-        incident_id = _incident_id(body)
+        incident_id = clicked_id(body)
         if incident_id is None:
             return answer(client, body, loading, ":no_entry: This button names no incident.", modal.ROOT_CAUSE)
         try:
@@ -141,7 +80,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                              reason="not the incident's requester or approver, nor an approver")
                 raise NotAuthorized("Only the incident's requester and approver, the owners of its follow-ups, and"
                                     " approvers, may add its root cause.")
-            modal.show(client, loading, trigger_id=body["trigger_id"], view=iv.root_cause_modal(inc))
+            modal.show(client, loading, trigger_id=body["trigger_id"], view=forms.root_cause_modal(inc))
         except Exception as exc:  # noqa: BLE001
             answer(client, body, loading, f":no_entry: {describe(exc)}", modal.ROOT_CAUSE)
 
@@ -155,7 +94,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             form = services.start_form()
         client.views_update(
             view_id=view.get("id"), hash=view.get("hash"),
-            view=iv.start_modal(model=form.model, backups=form.backups,
+            view=forms.start_modal(model=form.model, backups=form.backups,
                                 recommended=form.recommended, channel=meta.get("channel"),
                                 response_url=meta.get("response_url")),
         )
@@ -165,46 +104,35 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         action = (body.get("actions") or [{}])[0]
         user = body["user"]["id"]
         model = action.get("value") or None
-        if not first_delivery(body):
+        if not first_delivery(deps, body):
             return
-        try:
-            if not deps.auth.is_operator(user):
-                engine.audit(None, actor=user, action="fix_request", outcome="refused", reason="not an operator")
-                raise NotAuthorized("Only operators may request a quick fix (OPERATORS).")
+
+        def request() -> Incident:
+            require_operator(deps, user, action="fix_request", to="request a quick fix")
             if action.get("action_id") == Action.FIX_RESTORE_MODEL.value:
-                inc = services.request_model_restore(model=model, requested_by=user, channel=deps.channel)
-            else:
-                inc = services.request_fix(fix="refresh_feature_view", requested_by=user, model=model,
-                                           channel=deps.channel)
-            inc = progress.post_card(inc)
-            whisper(client, body, f"{inc.ref} posted in <#{deps.channel}> for a second person to approve.")
-        except Exception as exc:  # noqa: BLE001
-            whisper(client, body, f":no_entry: {describe(exc)}")
+                return services.request_model_restore(model=model, requested_by=user, channel=deps.channel)
+            return services.request_fix(fix="refresh_feature_view", requested_by=user, model=model,
+                                        channel=deps.channel)
 
-    def resume_override(body: dict, client: WebClient) -> None:
+        whisper(client, body, post_for_approval(deps, progress, request))
+
+    def resume_override(incident_id: int, user: str, body: dict, client: WebClient) -> None:
         """*Override* on a refused resume: a second, different approver resumes trading on those files."""
-        incident_id = _incident_id(body)
-        user = body["user"]["id"]
-        if incident_id is None or not first_delivery(body):
-            return
-        try:
-            inc, result = engine.approve_resume_override(incident_id=incident_id, approver=user,
-                                                         allowed=deps.auth.is_approver(user))
-            client.chat_postMessage(
-                channel=deps.channel,
-                text=f":warning: <@{user}> confirmed <@{inc.requested_by}>'s override ({inc.ref}): automated trading"
-                     + (f" resumed on mismatched files; {result.restored} clients back to their own settings."
-                        if result.resumed else " is released by this override; other holders keep it halted."))
-        except Exception as exc:  # noqa: BLE001
-            whisper(client, body, f":no_entry: {describe(exc)}")
+        inc, result = engine.approve_resume_override(incident_id=incident_id, approver=user,
+                                                     allowed=deps.auth.is_approver(user))
+        client.chat_postMessage(
+            channel=deps.channel,
+            text=f":warning: <@{user}> confirmed <@{inc.requested_by}>'s override ({inc.ref}): automated trading"
+                 + (f" resumed on mismatched files; {result.restored} clients back to their own settings."
+                    if result.resumed else " is released by this override; other holders keep it halted."))
 
-    app.action(Action.APPROVE.value)(acking(approve, urgent=True))
-    app.action(Action.RESUME_OVERRIDE.value)(acking(resume_override, urgent=True))
-    app.action(Action.FIX_REFRESH_VIEW.value)(acking(quick_fix))
-    app.action(Action.FIX_RESTORE_MODEL.value)(acking(quick_fix))
-    app.action(Action.DENY.value)(acking(deny, urgent=True, opens=modal.DENY))
-    app.action(Action.TAKE_OVER.value)(acking(take_over, urgent=True))
-    app.action(Action.PROCEED_ANYWAY.value)(acking(proceed_anyway, urgent=True))
-    app.action(Action.ABANDON.value)(acking(abandon, urgent=True))
-    app.action(Action.ADD_ROOT_CAUSE.value)(acking(add_root_cause, opens=modal.ROOT_CAUSE))
-    app.action(Action.MODAL_MODEL_SELECT.value)(acking(model_selected))
+    app.action(Action.APPROVE.value)(acking(deps, once_per_click(deps, approve), urgent=True))
+    app.action(Action.RESUME_OVERRIDE.value)(acking(deps, once_per_click(deps, resume_override), urgent=True))
+    app.action(Action.FIX_REFRESH_VIEW.value)(acking(deps, quick_fix))
+    app.action(Action.FIX_RESTORE_MODEL.value)(acking(deps, quick_fix))
+    app.action(Action.DENY.value)(acking(deps, deny, urgent=True, opens=modal.DENY))
+    app.action(Action.TAKE_OVER.value)(acking(deps, once_per_click(deps, take_over), urgent=True))
+    app.action(Action.PROCEED_ANYWAY.value)(acking(deps, once_per_click(deps, proceed_anyway), urgent=True))
+    app.action(Action.ABANDON.value)(acking(deps, once_per_click(deps, abandon), urgent=True))
+    app.action(Action.ADD_ROOT_CAUSE.value)(acking(deps, add_root_cause, opens=modal.ROOT_CAUSE))
+    app.action(Action.MODAL_MODEL_SELECT.value)(acking(deps, model_selected))

@@ -3,15 +3,14 @@ accept with a reason) and the 24-hour watch's thread message (posted once, then 
 
 from __future__ import annotations
 
-import json
 import logging
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
-from core.errors import InvalidTransition, NotAuthorized, RollbackError
+from core.errors import InvalidTransition, NotAuthorized
 from core.incidents import Incident
-from handlers import incident_views as iv
+from handlers import incident_forms as forms
 from handlers import loading as modal
 from handlers.attention_views import accept_modal, watch_message
 from handlers.blocks import esc
@@ -19,34 +18,17 @@ from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action, Block as B, View as V
 from handlers.progress import SlackProgress
-from handlers.replies import tell_privately
+from handlers.respond import acking, answer, clicked_id, require_operator, submitted, whisper
 
 log = logging.getLogger("rollback_bot.attention")
-
-
-def _incident_id(body: dict) -> int | None:
-    try:
-        return int(body["actions"][0]["value"])
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
 
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
     engine = services.engine
 
-    def whisper(client: WebClient, body: dict, text: str) -> None:
-        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"), channel=channel)
-
-    def answer(client: WebClient, body: dict, loading: dict | None, text: str, kind: str) -> None:
-        """In the loading view when there is one (the person is looking at it), else whispered."""
-        if not modal.tell(client, loading, text, kind=kind):
-            whisper(client, body, text)
-
     def needing_attention(body: dict) -> Incident:
-        incident_id = _incident_id(body)
+        incident_id = clicked_id(body)
         if incident_id is None:
             raise InvalidTransition("This button does not name an incident.")
         inc = engine.get(incident_id)
@@ -54,32 +36,14 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             raise InvalidTransition(f"{inc.ref} is {inc.state.replace('_', ' ')}: it no longer needs attention.")
         return inc
 
-    def acking(work, opens: str | None = None):
-        """Ack the click at once, ``work`` after it; for a click that ``opens`` a modal, its loading view opens at
-        once (handlers/loading.py)."""
-        deps.work(work)
-
-        def listener(ack: Ack, body: dict, client: WebClient, context: dict) -> None:
-            ack()
-            if opens and body.get("trigger_id"):
-                deps.later_modal(work, kind=opens, trigger_id=body["trigger_id"], client=client,
-                                 loading=context.get("loading"), body=body)
-            else:
-                deps.later(work, body=body, client=client)
-
-        listener.__name__ = f"on_{work.__name__}"
-        return listener
-
     def rollback_again(body: dict, client: WebClient, loading: dict | None = None) -> None:
         """The request form for the same model; the new request follows this incident up."""
         user = body["user"]["id"]
         try:
-            if not deps.auth.is_operator(user):
-                engine.audit(None, actor=user, action="request", outcome="refused", reason="not an operator")
-                raise NotAuthorized("Only operators may request a rollback (OPERATORS).")
+            require_operator(deps, user, action="request", to="request a rollback")
             inc = needing_attention(body)
             form = services.start_form(model=inc.model_name)
-            modal.show(client, loading, trigger_id=body["trigger_id"], view=iv.start_modal(
+            modal.show(client, loading, trigger_id=body["trigger_id"], view=forms.start_modal(
                 model=form.model, backups=form.backups, recommended=form.recommended,
                 channel=(body.get("channel") or {}).get("id"), response_url=body.get("response_url"),
                 reason=f"Follow-up of {inc.ref}: the rollback to {inc.target_backup} did not resolve the issue."))
@@ -89,9 +53,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     def attention_halt(body: dict, client: WebClient) -> None:
         user = body["user"]["id"]
         try:
-            if not deps.auth.is_operator(user):
-                engine.audit(None, actor=user, action="halt", outcome="refused", reason="not an operator")
-                raise NotAuthorized("Only operators may halt trading (OPERATORS).")
+            require_operator(deps, user, action="halt", to="halt trading")
             inc = needing_attention(body)
             halt = engine.halt_trading(user=user, reason=f"{inc.ref} needs attention: the rollback of "
                                                           f"{inc.model_name} did not resolve the issue")
@@ -115,22 +77,15 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             answer(client, body, loading, f":no_entry: {describe(exc)}", modal.ACCEPT)
 
     def accept_ack(ack: Ack, body: dict) -> None:
-        meta = json.loads(body["view"].get("private_metadata") or "{}")
-        values = body["view"]["state"]["values"]
-        reason = (((values.get(B.ACCEPT_REASON.value) or {}).get("reason") or {}).get("value") or "").strip()
-        user = body["user"]["id"]
-        if not reason:
-            return ack(response_action="errors", errors={B.ACCEPT_REASON.value: "Say why it is acceptable."})
-        try:
+        def accept(reason: str, meta: dict, user: str) -> None:
             services.accept(incident_id=int(meta["incident"]), user=user, reason=reason,
                             allowed=deps.auth.is_approver(user))
-        except (RollbackError, KeyError, ValueError) as exc:
-            return ack(response_action="errors", errors={B.ACCEPT_REASON.value: str(exc)[:150]})
-        ack()
 
-    app.action(Action.ROLLBACK_AGAIN.value)(acking(rollback_again, opens=modal.START))
-    app.action(Action.ATTENTION_HALT.value)(acking(attention_halt))
-    app.action(Action.ACCEPT.value)(acking(accept_open, opens=modal.ACCEPT))
+        submitted(ack, body, B.ACCEPT_REASON, "reason", accept, empty="Say why it is acceptable.")
+
+    app.action(Action.ROLLBACK_AGAIN.value)(acking(deps, rollback_again, opens=modal.START))
+    app.action(Action.ATTENTION_HALT.value)(acking(deps, attention_halt))
+    app.action(Action.ACCEPT.value)(acking(deps, accept_open, opens=modal.ACCEPT))
     app.view(V.ACCEPT.value)(accept_ack)
     register_watch(deps, progress)
 

@@ -3,8 +3,6 @@ the card's "needs attention" part with the next actions, the accept modal, and t
 
 from __future__ import annotations
 
-import json
-
 from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
@@ -13,11 +11,10 @@ from slack_sdk.models.blocks import (
     InputBlock,
     PlainTextInputElement,
 )
-from slack_sdk.models.views import View
 
 from core.incidents import Incident
 from core.watchview import watch_message_lines
-from handlers.blocks import clip, context, esc, section
+from handlers.blocks import clip, context, esc, form, section
 from handlers.ids import Action, Block as B, View as V
 
 MAX_MESSAGE = 3900  # one chat.update text, well under Slack's limit
@@ -74,20 +71,14 @@ def attention_reply(incident: Incident) -> str:
 
 
 def accept_modal(incident: Incident) -> dict:
-    return View(
-        type="modal",
-        callback_id=V.ACCEPT.value,
-        title="Accept and close",
-        submit="Accept",
-        close="Back",
-        private_metadata=json.dumps({"incident": incident.id}),
-        blocks=[
-            section(f"Close *{esc(incident.ref)}* although monitoring found trouble?"),
-            context("Approvers only. Your reason is kept in the journal, the audit log and the report."),
-            InputBlock(block_id=B.ACCEPT_REASON.value, label="Why is it acceptable?",
-                       element=PlainTextInputElement(action_id="reason", multiline=True, max_length=1000)),
-        ],
-    ).to_dict()
+    blocks = [
+        section(f"Close *{esc(incident.ref)}* although monitoring found trouble?"),
+        context("Approvers only. Your reason is kept in the journal, the audit log and the report."),
+        InputBlock(block_id=B.ACCEPT_REASON.value, label="Why is it acceptable?",
+                   element=PlainTextInputElement(action_id="reason", multiline=True, max_length=1000)),
+    ]
+    return form(V.ACCEPT, "Accept and close", submit="Accept", close="Back",
+                meta={"incident": incident.id}, blocks=blocks)
 
 
 def watch_message(watch: dict, *, ref: str) -> str:

@@ -7,9 +7,11 @@ serialised; it does not check a message's 50-block limit or a field's 2000 chara
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
+from enum import Enum
 from datetime import datetime
 
 from slack_sdk.models.blocks import (
@@ -77,6 +79,16 @@ def section(text: str) -> SectionBlock:
 
 def context(text: str) -> ContextBlock:
     return ContextBlock(elements=[md(text)])
+
+
+def form(callback: Enum, title: str, blocks: Sequence[Block], *, meta: dict, submit: str = "Save",
+         close: str = "Cancel") -> dict:
+    """A modal form: its callback id (``handlers.ids.View``), title, buttons, and the metadata its submission reads
+    back (``private_metadata``)."""
+    from slack_sdk.models.views import View
+
+    return View(type="modal", callback_id=callback.value, title=title, submit=submit, close=close,
+                private_metadata=json.dumps(meta), blocks=list(blocks)).to_dict()
 
 
 def finish(blocks: Sequence[Block], *, more_hint: str = "") -> list[dict]:

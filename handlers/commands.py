@@ -18,6 +18,7 @@ from core.prerollback import confirmed, split_confirm
 from core.loss import money, parse_amount
 from handlers import blocks as views
 from handlers import followup_views
+from handlers import incident_forms as forms
 from handlers import incident_views as iv
 from handlers import loading as modal
 from handlers.deps import Deps
@@ -162,12 +163,20 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         respond(text=f"The report of {inc.ref} ({path.name}) is posted again in its thread in {where}.",
                 response_type="ephemeral", replace_original=False)
 
+    def heavy_on_model(cmd: ParsedCommand, respond: Respond) -> str | None:
+        """The MODEL of `/rollback {backups,diagnose} MODEL` once ``heavy`` let it through; None when the usage was
+        told instead."""
+        if len(cmd.args) != 1:
+            tell(respond, USAGE[cmd.verb])
+            return None
+        heavy(cmd, cmd.verb)
+        return cmd.args[0]
+
     @on("backups")
     def backups(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
-        if len(cmd.args) != 1:
-            return tell(respond, USAGE["backups"])
-        heavy(cmd, "backups")
-        report = services.backups(model=cmd.args[0])
+        if (model := heavy_on_model(cmd, respond)) is None:
+            return
+        report = services.backups(model=model)
         respond(text=f"Backups of {report.model}", blocks=views.backups_blocks(report), response_type="ephemeral")
 
     @on("incidents")
@@ -177,10 +186,9 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
     @on("diagnose")
     def diagnose(cmd: ParsedCommand, respond: Respond, client: WebClient) -> None:
-        if len(cmd.args) != 1:
-            return tell(respond, USAGE["diagnose"])
-        heavy(cmd, "diagnose")
-        report = services.diagnose(model=cmd.args[0])
+        if (model := heavy_on_model(cmd, respond)) is None:
+            return
+        report = services.diagnose(model=model)
         respond(text=f"Diagnostics of {report.model}: {report.likely_cause}",
                 blocks=views.diagnostics_blocks(report, retrain_from=services.retrain_start(report)),
                 response_type="ephemeral", replace_original=False)
@@ -232,7 +240,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                     response_type="ephemeral", replace_original=False)
             return
         view = services.start_form(model=model)
-        modal.show(client, cmd.loading, trigger_id=cmd.trigger_id, view=iv.start_modal(
+        modal.show(client, cmd.loading, trigger_id=cmd.trigger_id, view=forms.start_modal(
             model=view.model, backups=view.backups, recommended=view.recommended, channel=cmd.channel_id,
             reason=reason or None, response_url=getattr(respond, "response_url", None)))
 

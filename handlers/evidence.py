@@ -16,20 +16,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from slack_bolt import Ack, App
+from slack_bolt import App
 from slack_sdk import WebClient
 from slack_sdk.models.blocks import Block, ButtonElement, CheckboxesElement, ConfirmObject, InputBlock, Option
 
-from core.errors import Conflict, RollbackError
+from core.errors import Conflict
 from core.evidence import summary_lines
 from core.halt_now import STEP_EVENT, denial_note, early_halt, halt_before_approval
 from core.incidents import REQUESTED, Event, Incident
 from core.prerollback import CHECKS, command_with_confirm, missing
 from handlers.blocks import MAX_SECTION, clip, context, esc, finish, section
 from handlers.deps import Deps
-from handlers.errors import describe
 from handlers.ids import Action, Block as B
-from handlers.replies import tell_privately
+from handlers.respond import acking, once_per_click, whisper
 
 if TYPE_CHECKING:
     from handlers.progress import SlackProgress
@@ -166,41 +165,17 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     progress.on_step["evidence"] = show_evidence
     progress.on_step[STEP_EVENT] = show_halt_now
 
-    def whisper(client: WebClient, body: dict, text: str) -> None:
-        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"),
-                       channel=channel or deps.channel)
-
-    def halt_now(body: dict, client: WebClient) -> None:
-        action = (body.get("actions") or [{}])[0]
-        user = body["user"]["id"]
-        try:
-            incident_id = int(action.get("value"))
-        except (TypeError, ValueError):
-            return
-        if not services.claim_delivery(f"action:{body.get('trigger_id')}:{action.get('action_ts')}"):
-            return  # a retried delivery: handled once
+    def halt_now(incident_id: int, user: str, body: dict, client: WebClient) -> None:
         try:
             inc, _ = halt_before_approval(engine, incident_id=incident_id, user=user,
                                           allowed=deps.auth.is_operator(user))
-        except Conflict as exc:
+        except Conflict:
             done = early_halt(engine.get(incident_id))
-            if done:
-                return whisper(client, body, f":octagonal_sign: Trading was already halted for INC-{incident_id} by"
-                                             f" <@{esc(done.get('by'))}> at {str(done.get('at', ''))[11:19]} UTC;"
-                                             " nothing more to do.")
-            return whisper(client, body, f":no_entry: {esc(exc)}")
-        except RollbackError as exc:
-            return whisper(client, body, f":no_entry: {esc(exc)}")
-        except Exception as exc:  # noqa: BLE001 - the person is told an error id
-            return whisper(client, body, describe(exc))
+            if not done:
+                raise
+            return whisper(client, body, f":octagonal_sign: Trading was already halted for INC-{incident_id} by"
+                                         f" <@{esc(done.get('by'))}> at {str(done.get('at', ''))[11:19]} UTC;"
+                                         " nothing more to do.")
         whisper(client, body, f"Trading halted for {inc.ref}. An approver still decides on the rollback.")
 
-    deps.work(halt_now)
-
-    def on_halt_now(ack: Ack, body: dict, client: WebClient) -> None:
-        ack()
-        deps.later(halt_now, body=body, client=client)
-
-    app.action(Action.HALT_NOW.value)(on_halt_now)
+    app.action(Action.HALT_NOW.value)(acking(deps, once_per_click(deps, halt_now)))

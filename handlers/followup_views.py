@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 
 from slack_sdk.models.blocks import (
@@ -10,16 +9,16 @@ from slack_sdk.models.blocks import (
     Block,
     ButtonElement,
     ConfirmObject,
+    HeaderBlock,
     InputBlock,
     PlainTextInputElement,
     UserSelectElement,
 )
-from slack_sdk.models.views import View
 
 from core.followups import FollowUp, PreventionMeasure
 from core.incidents import Incident
 from core.report import human_span
-from handlers.blocks import MAX_BLOCKS, clip, context, esc, finish, section, when
+from handlers.blocks import MAX_BLOCKS, clip, context, esc, finish, form, section, when
 from handlers.ids import Action, Block as B, View as V
 
 
@@ -87,41 +86,28 @@ def board_blocks(incident: Incident, items: list[FollowUp], measures: list[Preve
 
 
 def assign_modal(incident: Incident, item: FollowUp) -> dict:
-    return View(
-        type="modal",
-        callback_id=V.FOLLOWUP_ASSIGN.value,
-        title="Assign a follow-up",
-        submit="Assign",
-        close="Cancel",
-        private_metadata=json.dumps({"followup": item.id, "incident": incident.id}),
-        blocks=[
-            section(f"*{esc(clip(item.title, 2000))}* ({incident.ref}), due {when(item.due_at)}"),
-            InputBlock(block_id=B.FOLLOWUP_OWNER.value, label="Owner",
-                       element=UserSelectElement(action_id="owner", placeholder="Choose a person",
-                                                 initial_user=item.owner)),
-        ],
-    ).to_dict()
+    blocks = [
+        section(f"*{esc(clip(item.title, 2000))}* ({incident.ref}), due {when(item.due_at)}"),
+        InputBlock(block_id=B.FOLLOWUP_OWNER.value, label="Owner",
+                   element=UserSelectElement(action_id="owner", placeholder="Choose a person",
+                                             initial_user=item.owner)),
+    ]
+    return form(V.FOLLOWUP_ASSIGN, "Assign a follow-up", submit="Assign",
+                meta={"followup": item.id, "incident": incident.id}, blocks=blocks)
 
 
 def prevention_modal(incident: Incident, measures: list[PreventionMeasure]) -> dict:
     so_far = "; ".join(clip(m.text, 200) for m in measures[-5:])
-    return View(
-        type="modal",
-        callback_id=V.PREVENTION.value,
-        title="Add prevention measure",
-        submit="Save",
-        close="Cancel",
-        private_metadata=json.dumps({"incident": incident.id}),
-        blocks=[
-            section(f"Prevention for *{esc(incident.ref)}*"
-                    + (f" (rollback of `{esc(incident.model_name)}`)" if incident.model_name else "")),
-            context("What you write goes into the report's Prevention section."
-                    + (f" So far: {esc(clip(so_far, 1500))}" if so_far else "")),
-            InputBlock(block_id=B.PREVENTION.value, label="Prevention measure",
-                       element=PlainTextInputElement(action_id="text", multiline=True, max_length=2900,
-                                                     placeholder="What will keep this from happening again?")),
-        ],
-    ).to_dict()
+    blocks = [
+        section(f"Prevention for *{esc(incident.ref)}*"
+                + (f" (rollback of `{esc(incident.model_name)}`)" if incident.model_name else "")),
+        context("What you write goes into the report's Prevention section."
+                + (f" So far: {esc(clip(so_far, 1500))}" if so_far else "")),
+        InputBlock(block_id=B.PREVENTION.value, label="Prevention measure",
+                   element=PlainTextInputElement(action_id="text", multiline=True, max_length=2900,
+                                                 placeholder="What will keep this from happening again?")),
+    ]
+    return form(V.PREVENTION, "Add prevention measure", meta={"incident": incident.id}, blocks=blocks)
 
 
 def listing_blocks(items: list[FollowUp], now: datetime, *, incident: Incident | None = None) -> list[dict]:
@@ -165,3 +151,21 @@ def assigned_text(incident: Incident, item: FollowUp, by: str, link: str = "") -
     where = f" <{link}|Open the incident's thread>." if link else ""
     return (f":clipboard: <@{esc(by)}> made you the owner of a follow-up of {incident.ref}: *{esc(item.title)}*, "
             f"due {when(item.due_at)}.{where}")
+
+
+def home_blocks(mine: list[FollowUp], nobody: list[FollowUp], now: datetime) -> list[dict]:
+    """App Home's follow-ups: the viewer's own open ones and the unassigned ones, overdue first."""
+    def lines(items: list[FollowUp], empty: str) -> Block:
+        if not items:
+            return context(empty)
+        return section(clip("\n".join(f"*INC-{i.incident_id}* · {esc(i.title)}\n      {due_text(i, now)}"
+                                      for i in items), 3000))
+
+    return [b.to_dict() for b in (
+        HeaderBlock(text="Your follow-ups"),
+        lines(mine, "No open follow-up is yours."),
+        HeaderBlock(text="Unassigned follow-ups"),
+        lines(nobody, "Every open follow-up has an owner."),
+        context("*Take it*, *Assign…* and *Done* are on each incident's follow-ups message;"
+                " `/rollback followups` lists every open one."),
+    )]

@@ -11,19 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
-from core.errors import Conflict, NotAuthorized, RollbackError
-from core.followups import NOT_ALLOWED, FollowUp
+from core.errors import Conflict, NotAuthorized, UnknownIncident
+from core.followups import NOT_ALLOWED, FollowUp, UnknownFollowUp
 from core.incidents import Incident
 from handlers import followup_views as fv
+from handlers import loading as modal
 from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action, Block as B, View as V
 from handlers.progress import SlackProgress
+from handlers.respond import acking, answer, clicked_id, once_per_click, submitted
 
 log = logging.getLogger("rollback_bot.followups")
 
@@ -44,6 +45,8 @@ class FollowUpBoard:
         items = self.followups.items(incident_id)
         if not items:
             return
+        for hook in self.progress.after_followups:
+            hook(incident_id)
         now = self.engine.clock()
         blocks = fv.board_blocks(inc, items, self.followups.prevention(incident_id), now)
         text = fv.board_text(inc, items, now)
@@ -122,44 +125,11 @@ class FollowUpBoard:
             return ""
 
 
-def _value_id(body: dict) -> int | None:
-    try:
-        return int(body["actions"][0]["value"])
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
-
-
-def _field(body: dict, block: B, action: str) -> dict:
-    return ((body["view"]["state"]["values"].get(block.value) or {}).get(action)) or {}
-
-
 def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -> FollowUpBoard:
     services = deps.services
     followups = services.followups
     board = FollowUpBoard(client, deps, progress)
     followups.register(services.worker, on_board=board.post_now, on_reminder=board.remind)
-
-    def acking(work: Callable[[dict, WebClient], None]) -> Callable[..., None]:
-        deps.work(work)
-
-        def listener(ack: Ack, body: dict, client: WebClient) -> None:
-            ack()
-            deps.later(work, body=body, client=client)
-
-        listener.__name__ = f"on_{work.__name__}"
-        return listener
-
-    def whisper(client: WebClient, body: dict, text: str) -> None:
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        user = body["user"]["id"]
-        if channel:
-            client.chat_postEphemeral(channel=channel, user=user, text=text)
-        else:
-            client.chat_postMessage(channel=client.conversations_open(users=user)["channel"]["id"], text=text)
-
-    def first_delivery(body: dict) -> bool:
-        action = (body.get("actions") or [{}])[0]
-        return services.claim_delivery(f"action:{body.get('trigger_id')}:{action.get('action_ts')}")
 
     def operator(user: str) -> bool:
         return deps.auth.is_operator(user)
@@ -170,65 +140,48 @@ def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -
                                   reason="not one of the incident's people, an operator or an approver")
             raise NotAuthorized(NOT_ALLOWED)
 
-    def take_followup(body: dict, client: WebClient) -> None:
-        followup_id, user = _value_id(body), body["user"]["id"]
-        if followup_id is None or not first_delivery(body):
-            return
-        try:
-            item = followups.assign(followup_id=followup_id, owner=user, by=user, operator=operator(user))
-            board.refresh(item.incident_id)
-        except Exception as exc:  # noqa: BLE001 - the person is told why; nothing changed
-            whisper(client, body, f":no_entry: {describe(exc)}")
+    def take_followup(followup_id: int, user: str, body: dict, client: WebClient) -> None:
+        item = followups.assign(followup_id=followup_id, owner=user, by=user, operator=operator(user))
+        board.refresh(item.incident_id)
 
-    def complete_followup(body: dict, client: WebClient) -> None:
-        followup_id, user = _value_id(body), body["user"]["id"]
-        if followup_id is None or not first_delivery(body):
-            return
-        try:
-            item = followups.complete(followup_id=followup_id, by=user, operator=operator(user))
-            board.refresh(item.incident_id)
-        except Exception as exc:  # noqa: BLE001
-            whisper(client, body, f":no_entry: {describe(exc)}")
+    def complete_followup(followup_id: int, user: str, body: dict, client: WebClient) -> None:
+        item = followups.complete(followup_id=followup_id, by=user, operator=operator(user))
+        board.refresh(item.incident_id)
 
-    def open_assign(body: dict, client: WebClient) -> None:
-        followup_id, user = _value_id(body), body["user"]["id"]
-        if followup_id is None:
-            return
+    def open_assign(body: dict, client: WebClient, loading: dict | None = None) -> None:
+        followup_id, user = clicked_id(body), body["user"]["id"]
         try:
+            if followup_id is None:
+                raise UnknownFollowUp("This button names no follow-up.")
             item = followups.get(followup_id)
             check_may_act(item.incident_id, user, "followup_assign")
             if item.done:
                 raise Conflict(f"“{item.title}” is already done (by {item.completed_by}).")
-            client.views_open(trigger_id=body["trigger_id"],
-                              view=fv.assign_modal(services.engine.get(item.incident_id), item))
-        except Exception as exc:  # noqa: BLE001
-            whisper(client, body, f":no_entry: {describe(exc)}")
+            modal.show(client, loading, trigger_id=body["trigger_id"],
+                       view=fv.assign_modal(services.engine.get(item.incident_id), item))
+        except Exception as exc:  # noqa: BLE001 - the person is told why, where they look; nothing changed
+            answer(client, body, loading, f":no_entry: {describe(exc)}", modal.ASSIGN)
 
-    def open_prevention(body: dict, client: WebClient) -> None:
-        incident_id, user = _value_id(body), body["user"]["id"]
-        if incident_id is None:
-            return
+    def open_prevention(body: dict, client: WebClient, loading: dict | None = None) -> None:
+        incident_id, user = clicked_id(body), body["user"]["id"]
         try:
+            if incident_id is None:
+                raise UnknownIncident("This button names no incident.")
             check_may_act(incident_id, user, "prevention")
-            client.views_open(trigger_id=body["trigger_id"], view=fv.prevention_modal(
+            modal.show(client, loading, trigger_id=body["trigger_id"], view=fv.prevention_modal(
                 services.engine.get(incident_id), followups.prevention(incident_id)))
         except Exception as exc:  # noqa: BLE001
-            whisper(client, body, f":no_entry: {describe(exc)}")
+            answer(client, body, loading, f":no_entry: {describe(exc)}", modal.PREVENTION)
 
     # -- modal submissions: validated in the ack, the message updated afterwards
 
     def assign_ack(ack: Ack, body: dict, client: WebClient) -> None:
-        meta = json.loads(body["view"].get("private_metadata") or "{}")
-        owner = _field(body, B.FOLLOWUP_OWNER, "owner").get("selected_user")
-        user = body["user"]["id"]
-        if not owner:
-            return ack(response_action="errors", errors={B.FOLLOWUP_OWNER.value: "Choose who owns this follow-up."})
-        try:
+        def assign(owner: str, meta: dict, user: str) -> None:
             followups.assign(followup_id=int(meta["followup"]), owner=owner, by=user, operator=operator(user))
-        except RollbackError as exc:
-            return ack(response_action="errors", errors={B.FOLLOWUP_OWNER.value: str(exc)[:150]})
-        ack()
-        deps.later(after_assign, body=body, client=client)
+
+        if submitted(ack, body, B.FOLLOWUP_OWNER, "owner", assign, key="selected_user",
+                     empty="Choose who owns this follow-up."):
+            deps.later(after_assign, body=body, client=client)
 
     def after_assign(body: dict, client: WebClient) -> None:
         meta = json.loads(body["view"].get("private_metadata") or "{}")
@@ -237,17 +190,11 @@ def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -
         board.tell_owner(item, body["user"]["id"])
 
     def prevention_ack(ack: Ack, body: dict, client: WebClient) -> None:
-        meta = json.loads(body["view"].get("private_metadata") or "{}")
-        text = (_field(body, B.PREVENTION, "text").get("value") or "").strip()
-        user = body["user"]["id"]
-        if not text:
-            return ack(response_action="errors", errors={B.PREVENTION.value: "Describe the prevention measure."})
-        try:
+        def add(text: str, meta: dict, user: str) -> None:
             followups.add_prevention(incident_id=int(meta["incident"]), text=text, by=user, operator=operator(user))
-        except RollbackError as exc:
-            return ack(response_action="errors", errors={B.PREVENTION.value: str(exc)[:150]})
-        ack()
-        deps.later(after_prevention, body=body, client=client)
+
+        if submitted(ack, body, B.PREVENTION, "text", add, empty="Describe the prevention measure."):
+            deps.later(after_prevention, body=body, client=client)
 
     def after_prevention(body: dict, client: WebClient) -> None:
         meta = json.loads(body["view"].get("private_metadata") or "{}")
@@ -255,10 +202,10 @@ def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -
 
     deps.work(after_assign)
     deps.work(after_prevention)
-    app.action(Action.FOLLOWUP_TAKE.value)(acking(take_followup))
-    app.action(Action.FOLLOWUP_DONE.value)(acking(complete_followup))
-    app.action(Action.FOLLOWUP_ASSIGN.value)(acking(open_assign))
-    app.action(Action.ADD_PREVENTION.value)(acking(open_prevention))
+    app.action(Action.FOLLOWUP_TAKE.value)(acking(deps, once_per_click(deps, take_followup)))
+    app.action(Action.FOLLOWUP_DONE.value)(acking(deps, once_per_click(deps, complete_followup)))
+    app.action(Action.FOLLOWUP_ASSIGN.value)(acking(deps, open_assign, opens=modal.ASSIGN))
+    app.action(Action.ADD_PREVENTION.value)(acking(deps, open_prevention, opens=modal.PREVENTION))
     app.view(V.FOLLOWUP_ASSIGN.value)(assign_ack)
     app.view(V.PREVENTION.value)(prevention_ack)
     return board

@@ -1,9 +1,9 @@
-"""App Home: production models with metrics, open incidents and their state, the trading state, recent
-rollbacks. Published on ``app_home_opened`` and re-published for recent viewers when an incident changes.
+"""App Home: production models with metrics, open incidents and their state, the trading state, the viewer's open
+follow-ups and the unassigned ones (overdue first), recent rollbacks. Published on ``app_home_opened`` and
+re-published for recent viewers when an incident or its follow-ups change.
 
-Re-publishing is off the live-progress path: an incident's change only marks the home stale
-(``HomePublisher.changed``), and a thread of its own builds the view once per burst of changes and sends it to
-every recent viewer. A rollback's card and thread replies never wait for App Home, however many people look at
+Re-publishing is off the live-progress path: a change only marks the home stale (``HomePublisher.changed``), and a
+thread of its own builds the shared part once per burst of changes and sends each recent viewer their view. A rollback's card and thread replies never wait for App Home, however many people look at
 it or however slowly Slack answers ``views.publish``.
 """
 
@@ -21,6 +21,7 @@ from slack_sdk.models.views import View
 
 from core.worker import lower_thread_priority
 from handlers import blocks as views
+from handlers import followup_views as fv
 from handlers import incident_views as iv
 from handlers.deps import Deps
 from handlers.ids import Event
@@ -29,7 +30,8 @@ from handlers.progress import SlackProgress
 log = logging.getLogger("rollback_bot.home")
 
 
-def home_view(deps: Deps) -> dict:
+def shared_blocks(deps: Deps) -> tuple[list[dict], list[dict]]:
+    """What every viewer sees: (the status, the recent incidents)."""
     services = deps.services
     status_blocks = views.status_blocks(services.status())
     recent = [i for i in services.engine.list_incidents(limit=30) if not i.is_open][:10]
@@ -43,12 +45,21 @@ def home_view(deps: Deps) -> dict:
         extra.append(views.section("\n".join(lines)).to_dict())
     else:
         extra.append(views.context("No closed incidents yet.").to_dict())
-    blocks = (status_blocks + extra)[:100]
-    return View(type="home", blocks=blocks).to_dict()
+    return status_blocks, extra
+
+
+def home_view(deps: Deps, user_id: str, shared: tuple[list[dict], list[dict]] | None = None) -> dict:
+    """The App Home of ``user_id``: the status, the viewer's follow-ups and the unassigned ones, recent incidents
+    (``shared``: the first and last, built once for many viewers)."""
+    status_blocks, extra = shared if shared is not None else shared_blocks(deps)
+    mine, nobody = deps.services.followups.open_for(user_id)
+    followups = [DividerBlock().to_dict(), *fv.home_blocks(mine, nobody, deps.services.engine.clock())]
+    room = 100 - len(followups) - len(extra)  # a long status is cut before the follow-ups are
+    return View(type="home", blocks=status_blocks[:room] + followups + extra).to_dict()
 
 
 def publish_home(client: WebClient, deps: Deps, user_id: str) -> None:
-    client.views_publish(user_id=user_id, view=home_view(deps))
+    client.views_publish(user_id=user_id, view=home_view(deps, user_id))
 
 
 class HomePublisher:
@@ -123,14 +134,15 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         users = services.recent_home_viewers()
         if not users:
             return
-        view = home_view(deps)  # built once, sent to everyone
+        shared = shared_blocks(deps)  # built once; each viewer's own follow-ups added
         for user in users:
             try:
-                progress.client.views_publish(user_id=user, view=view)
+                progress.client.views_publish(user_id=user, view=home_view(deps, user, shared))
             except Exception:  # noqa: BLE001 - one viewer's failure must not keep the others stale
                 log.exception("could not re-publish the App Home of %s", user)
 
     publisher = HomePublisher(refresh_viewers)
     progress.after_change.append(publisher.changed)
+    progress.after_followups.append(publisher.changed)
     app.home_publisher = publisher  # type: ignore[attr-defined] - tests wait on it
     app.event(Event.APP_HOME_OPENED.value)(on_event)

@@ -26,14 +26,17 @@ from handlers.ids import Action, View as V
 
 log = logging.getLogger("rollback_bot.loading")
 
-__all__ = ["ACCEPT", "DENY", "RETRAIN", "ROOT_CAUSE", "START", "loading_view", "modal_for", "open_loading", "show",
-           "start_fields", "tell"]
+__all__ = ["ACCEPT", "ASSIGN", "DENY", "LOSS", "PREVENTION", "RETRAIN", "ROOT_CAUSE", "START", "loading_view",
+           "modal_for", "open_loading", "show", "start_fields", "tell"]
 
 START, DENY, ROOT_CAUSE, ACCEPT, RETRAIN = "start", "deny", "root_cause", "accept", "retrain"
+ASSIGN, PREVENTION, LOSS = "followup_assign", "prevention", "loss"
 TITLES = {START: "Request a rollback", DENY: "Deny the request", ROOT_CAUSE: "Add root cause",
-          ACCEPT: "Accept with a reason", RETRAIN: "Retrain model"}
+          ACCEPT: "Accept with a reason", RETRAIN: "Retrain model", ASSIGN: "Assign a follow-up",
+          PREVENTION: "Add prevention measure", LOSS: "Update estimated loss"}
 _CLICKS = {Action.DENY.value: DENY, Action.ADD_ROOT_CAUSE.value: ROOT_CAUSE, Action.ROLLBACK_AGAIN.value: START,
-           Action.ACCEPT.value: ACCEPT, Action.FIX_RETRAIN.value: RETRAIN}
+           Action.ACCEPT.value: ACCEPT, Action.FIX_RETRAIN.value: RETRAIN, Action.FOLLOWUP_ASSIGN.value: ASSIGN,
+           Action.ADD_PREVENTION.value: PREVENTION, Action.UPDATE_LOSS.value: LOSS}
 
 Loading = dict[str, str]
 

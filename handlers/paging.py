@@ -11,19 +11,20 @@
 
 from __future__ import annotations
 
-import json
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
-from core.errors import NotAuthorized, RollbackError
+from core.errors import UnknownIncident
 from core.incidents import Event, Incident
 from core.loss import parse_amount
+from handlers import loading as modal
 from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action, Block as B, View as V
 from handlers.paging_views import acknowledged_blocks, loss_modal, loss_reply
 from handlers.progress import SlackProgress
+from handlers.respond import acking, answer, channel_of, clicked_id, once_per_click, require_operator, submitted
 
 
 def may_acknowledge(deps: Deps, user: str) -> bool:
@@ -33,56 +34,16 @@ def may_acknowledge(deps: Deps, user: str) -> bool:
             or deps.auth.is_approver(user))
 
 
-def _incident_id(body: dict) -> int | None:
-    try:
-        return int(body["actions"][0]["value"])
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
-
-
-def _channel(body: dict) -> str | None:
-    return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-
-
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
     engine = services.engine
 
-    def whisper(client: WebClient, body: dict, text: str) -> None:
-        channel = _channel(body)
-        user = body["user"]["id"]
-        if channel and not channel.startswith("D"):
-            client.chat_postEphemeral(channel=channel, user=user, text=text)
-        else:
-            client.chat_postMessage(channel=channel or client.conversations_open(users=user)["channel"]["id"],
-                                    text=text)
-
-    def acking(work):
-        deps.work(work)
-
-        def listener(ack: Ack, body: dict, client: WebClient) -> None:
-            ack()
-            deps.later(work, body=body, client=client)
-
-        listener.__name__ = f"on_{work.__name__}"
-        return listener
-
     # ------------------------------------------------------------------------------------ Acknowledge
 
-    def acknowledge_page(body: dict, client: WebClient) -> None:
-        incident_id = _incident_id(body)
-        user = body["user"]["id"]
-        action = (body.get("actions") or [{}])[0]
-        delivery = f"action:{body.get('trigger_id')}:{action.get('action_ts')}"
-        if incident_id is None or not services.claim_delivery(delivery):
-            return
-        try:
-            page = services.paging.acknowledge(incident_id=incident_id, user=user, allowed=may_acknowledge(deps, user))
-        except Exception as exc:  # noqa: BLE001 - the person is told why (or an error id)
-            whisper(client, body, f":no_entry: {describe(exc)}")
-            return
+    def acknowledge_page(incident_id: int, user: str, body: dict, client: WebClient) -> None:
+        page = services.paging.acknowledge(incident_id=incident_id, user=user, allowed=may_acknowledge(deps, user))
         message = body.get("message") or {}
-        channel = _channel(body)
+        channel = channel_of(body)
         inc = engine.get(incident_id)
         if channel and message.get("ts") and message.get("ts") != inc.message_ts:  # a page message, not the card
             text = message.get("text") or f"Escalation of {inc.ref}"
@@ -91,35 +52,25 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
     # ------------------------------------------------------------------------------------ the loss
 
-    def update_loss(body: dict, client: WebClient) -> None:
-        incident_id = _incident_id(body)
+    def update_loss(body: dict, client: WebClient, loading: dict | None = None) -> None:
+        incident_id = clicked_id(body)
         user = body["user"]["id"]
-        if incident_id is None:
-            return
         try:
-            if not deps.auth.is_operator(user):
-                engine.audit(None, actor=user, action="loss", outcome="refused", incident_id=incident_id,
-                             reason="not an operator")
-                raise NotAuthorized("Only operators may update the estimated loss (OPERATORS).")
-            client.views_open(trigger_id=body["trigger_id"],
-                              view=loss_modal(engine.get(incident_id), channel=_channel(body)))
-        except Exception as exc:  # noqa: BLE001
-            whisper(client, body, f":no_entry: {describe(exc)}")
+            if incident_id is None:
+                raise UnknownIncident("This button names no incident.")
+            require_operator(deps, user, action="loss", to="update the estimated loss", incident_id=incident_id)
+            modal.show(client, loading, trigger_id=body["trigger_id"],
+                       view=loss_modal(engine.get(incident_id), channel=channel_of(body)))
+        except Exception as exc:  # noqa: BLE001 - the person is told why, where they look; nothing changed
+            answer(client, body, loading, f":no_entry: {describe(exc)}", modal.LOSS)
 
     def loss_submitted(ack: Ack, body: dict) -> None:
-        meta = json.loads(body["view"].get("private_metadata") or "{}")
-        field = ((body["view"]["state"]["values"].get(B.LOSS.value) or {}).get("loss") or {})
-        user = body["user"]["id"]
-        try:
-            amount = parse_amount(field.get("value") or "")
-            if not deps.auth.is_operator(user):
-                engine.audit(None, actor=user, action="loss", outcome="refused", incident_id=meta.get("incident"),
-                             reason="not an operator")
-                raise NotAuthorized("Only operators may update the estimated loss (OPERATORS).")
+        def record(text: str | None, meta: dict, user: str) -> None:
+            amount = parse_amount(text or "")
+            require_operator(deps, user, action="loss", to="update the estimated loss", incident_id=meta.get("incident"))
             services.loss.record(incident_id=int(meta["incident"]), amount=amount, by=user, source="slack")
-        except RollbackError as exc:
-            return ack(response_action="errors", errors={B.LOSS.value: str(exc)[:150]})
-        ack()
+
+        submitted(ack, body, B.LOSS, "loss", record, empty=None)
 
     # ------------------------------------------------------------------------------------ showing
 
@@ -149,6 +100,6 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     progress.on_step["escalate"] = show_card
     progress.on_step["target_missed"] = show_card
 
-    app.action(Action.ACKNOWLEDGE_PAGE.value)(acking(acknowledge_page))
-    app.action(Action.UPDATE_LOSS.value)(acking(update_loss))
+    app.action(Action.ACKNOWLEDGE_PAGE.value)(acking(deps, once_per_click(deps, acknowledge_page)))
+    app.action(Action.UPDATE_LOSS.value)(acking(deps, update_loss, opens=modal.LOSS))
     app.view(V.LOSS.value)(loss_submitted)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from slack_sdk.models.blocks import ActionsBlock, Block, ButtonElement, InputBlock, NumberInputElement
-from slack_sdk.models.views import View
 
 from core.incidents import CANCELLED, DENIED, RESOLVED, Incident, Step
 from core.loss import money
-from handlers.blocks import clip, context, esc, finish, section
+from handlers.blocks import clip, context, esc, finish, form, section
 from handlers.ids import Action, Block as B, View as V
 
 LOSS_SOURCES = {"request": "with the request", "slack": "in Slack", "cli": "from the command line",
@@ -86,17 +83,11 @@ def loss_reply(d: dict) -> str:
 def loss_modal(incident: Incident, *, channel: str | None) -> dict:
     latest = f" The latest figure is {money(incident.estimated_loss)}." if incident.estimated_loss is not None else ""
     title = f"{incident.ref} · {incident.model_name}" if incident.model_name else incident.ref
-    return View(
-        type="modal",
-        callback_id=V.LOSS.value,
-        title="Update estimated loss",
-        submit="Update",
-        close="Cancel",
-        private_metadata=json.dumps({"incident": incident.id, "channel": channel}),
-        blocks=[
-            section(f"*{esc(clip(title, 200))}*.{latest} Every figure is kept; the card and the report show the"
-                    " latest."),
-            InputBlock(block_id=B.LOSS.value, label="Estimated loss", element=NumberInputElement(
-                action_id="loss", is_decimal_allowed=True, min_value="0")),
-        ],
-    ).to_dict()
+    blocks = [
+        section(f"*{esc(clip(title, 200))}*.{latest} Every figure is kept; the card and the report show the"
+                " latest."),
+        InputBlock(block_id=B.LOSS.value, label="Estimated loss", element=NumberInputElement(
+            action_id="loss", is_decimal_allowed=True, min_value="0")),
+    ]
+    return form(V.LOSS, "Update estimated loss", submit="Update",
+                meta={"incident": incident.id, "channel": channel}, blocks=blocks)

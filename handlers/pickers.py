@@ -16,7 +16,7 @@ from slack_bolt import Ack, App
 
 from core.errors import RollbackError
 from core.picker import Picker
-from handlers import incident_views as iv
+from handlers import incident_forms as forms
 from handlers.deps import Deps
 from handlers.ids import Action, Block as B
 
@@ -35,7 +35,7 @@ def register(app: App, deps: Deps) -> None:
 
     def model_options(ack: Ack, payload: dict) -> None:
         names = picker.models(str(payload.get("value") or ""))
-        ack(options=[iv.model_option(n) for n in names])
+        ack(options=[forms.model_option(n) for n in names])
 
     def backup_options(ack: Ack, body: dict, payload: dict) -> None:
         view = body.get("view") or {}
@@ -52,7 +52,7 @@ def register(app: App, deps: Deps) -> None:
         except RollbackError as exc:  # an unknown or invalid model: nothing to offer
             log.info("no backup options for %r: %s", model[:80], exc)
             backups = []
-        ack(options=[iv.backup_option(b, recommended) for b in backups])
+        ack(options=[forms.backup_option(b, recommended) for b in backups])
 
     app.options(Action.MODAL_MODEL_SELECT.value)(model_options)
     app.options(Action.MODAL_BACKUP_SELECT.value)(backup_options)

@@ -27,6 +27,7 @@ class SlackProgress:
         self.client = client
         self.deps = deps
         self.after_change: list[Callable[[Incident], None]] = []
+        self.after_followups: list[Callable[[int], None]] = []  # an incident's follow-ups changed (App Home)
         self._queue: queue.Queue[Event | tuple[str, Callable[[], None]] | None] = queue.Queue()
         self.on_step: dict[str, Callable[[Incident, Event], None]] = {}
         self._idle = threading.Condition()

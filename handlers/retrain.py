@@ -14,7 +14,6 @@ from slack_sdk.models.blocks import ButtonElement, DatePickerElement, InputBlock
 from slack_sdk.models.views import View
 
 from core import fixes
-from core.errors import NotAuthorized
 from core.incidents import Event, Incident
 from core.retrain import OUTPUT_EVENT
 from handlers import loading as modal
@@ -23,7 +22,7 @@ from handlers.deps import Deps
 from handlers.errors import describe
 from handlers.ids import Action, Block as B, View as V
 from handlers.progress import SlackProgress
-from handlers.replies import tell_privately
+from handlers.respond import acking, answer, post_for_approval, require_operator, tell_submitter
 
 START_ACTION = "start_date"
 REASON_ACTION = "reason"
@@ -84,33 +83,17 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
     progress.on_step[OUTPUT_EVENT] = show_output
 
-    def whisper(client: WebClient, body: dict, text: str) -> None:
-        """To the person who clicked alone: response_url, else ephemeral in the channel; a DM if that fails."""
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        tell_privately(client, body["user"]["id"], text, response_url=body.get("response_url"),
-                       channel=channel or deps.channel)
-
     def open_retrain_form(body: dict, client: WebClient, loading: dict | None = None) -> None:
         action = (body.get("actions") or [{}])[0]
         user = body["user"]["id"]
         try:
             value = json.loads(action.get("value") or "{}")
-            if not deps.auth.is_operator(user):
-                engine.audit(None, actor=user, action="fix_request", outcome="refused", reason="not an operator")
-                raise NotAuthorized("Only operators may request a quick fix (OPERATORS).")
+            require_operator(deps, user, action="fix_request", to="request a quick fix")
             start = date.fromisoformat(value["start"])
             modal.show(client, loading, trigger_id=body["trigger_id"], view=retrain_modal(
                 str(value["model"]), start, (body.get("channel") or {}).get("id"), body.get("response_url")))
         except Exception as exc:  # noqa: BLE001
-            if not modal.tell(client, loading, f":no_entry: {describe(exc)}", kind=modal.RETRAIN):
-                whisper(client, body, f":no_entry: {describe(exc)}")
-
-    deps.work(open_retrain_form)
-
-    def on_retrain(ack: Ack, body: dict, client: WebClient, context: dict) -> None:
-        ack()  # the form's loading view opens at once (handlers/loading.py)
-        deps.later_modal(open_retrain_form, kind=modal.RETRAIN, trigger_id=body.get("trigger_id", ""), client=client,
-                         loading=context.get("loading"), body=body)
+            answer(client, body, loading, f":no_entry: {describe(exc)}", modal.RETRAIN)
 
     def retrain_submit(body: dict, client: WebClient) -> None:
         meta = json.loads(body["view"].get("private_metadata") or "{}")
@@ -118,16 +101,14 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         user = body["user"]["id"]
         start = date.fromisoformat(((values.get(B.RETRAIN_START.value) or {}).get(START_ACTION) or {})["selected_date"])
         reason = (((values.get(B.REASON.value) or {}).get(REASON_ACTION) or {}).get("value") or "").strip()
-        try:
-            if not deps.auth.is_operator(user):
-                raise NotAuthorized("Only operators may request a quick fix (OPERATORS).")
-            inc = services.request_fix(fix=fixes.RETRAIN, requested_by=user, model=meta.get("model"),
-                                       channel=deps.channel, start_date=start, reason=reason)
-            inc = progress.post_card(inc)
-            text = f"{inc.ref} (retrain from {start.isoformat()}) posted in <#{deps.channel}> for a second person to approve."
-        except Exception as exc:  # noqa: BLE001 - the person is told why, nothing was changed
-            text = f":no_entry: {describe(exc)}"
-        tell_privately(client, user, text, response_url=meta.get("response_url"), channel=meta.get("channel"))
+
+        def request() -> Incident:
+            require_operator(deps, user, action="fix_request", to="request a quick fix")
+            return services.request_fix(fix=fixes.RETRAIN, requested_by=user, model=meta.get("model"),
+                                        channel=deps.channel, start_date=start, reason=reason)
+
+        tell_submitter(client, body, post_for_approval(
+            deps, progress, request, lambda inc: f"{inc.ref} (retrain from {start.isoformat()})"))
 
     deps.work(retrain_submit)
 
@@ -143,6 +124,6 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         ack()
         deps.later(retrain_submit, body=body, client=client)
 
-    app.action(Action.FIX_RETRAIN.value)(on_retrain)
+    app.action(Action.FIX_RETRAIN.value)(acking(deps, open_retrain_form, opens=modal.RETRAIN))
     app.view(V.RETRAIN.value)(retrain_ack)
 

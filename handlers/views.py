@@ -6,20 +6,19 @@ target model) happens after the ack, and its outcome is posted to the person.
 
 from __future__ import annotations
 
-import json
 import math
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from core.errors import RollbackError
+from core.incidents import Incident
 from core.prerollback import confirmed
 from handlers.deps import Deps
-from handlers.errors import describe
 from handlers.evidence import checks_error, ticked_checks
 from handlers.ids import Block as B, View as V
 from handlers.progress import SlackProgress
-from handlers.replies import tell_privately
+from handlers.respond import post_for_approval, submitted, tell_submitter
 
 
 def _value(values: dict, block: B, action: str):
@@ -97,51 +96,36 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         if errors or checks_error(body["view"]["state"]["values"]):
             return
         user = body["user"]["id"]
-        meta = json.loads(body["view"].get("private_metadata") or "{}")
         if not services.claim_delivery(f"view:{body['view'].get('id')}:{body['view'].get('hash', '')}:{body.get('trigger_id')}"):
             return
-        try:
+
+        def request() -> Incident:
             confirmations = confirmed(by=user, via="the request form", at=engine.clock(),
                                       keys=ticked_checks(body["view"]["state"]["values"]))
-            inc, _ = engine.request_rollback(requested_by=user, channel=deps.channel, confirmations=confirmations,
-                                             **fields)
-            inc = progress.post_card(inc)
-            text = f"Rollback request {inc.ref} posted in <#{deps.channel}> for a second person to approve."
-        except Exception as exc:  # noqa: BLE001 - the person is told why, nothing was changed
-            text = f":no_entry: {describe(exc)}"
-        tell_privately(client, user, text, response_url=meta.get("response_url"), channel=meta.get("channel"))
+            return engine.request_rollback(requested_by=user, channel=deps.channel, confirmations=confirmations,
+                                           **fields)[0]
+
+        tell_submitter(client, body, post_for_approval(deps, progress, request, lambda inc: f"Rollback request {inc.ref}"))
 
     deps.work(start_submit)
 
     def deny_ack(ack: Ack, body: dict) -> None:
-        meta = json.loads(body["view"].get("private_metadata") or "{}")
-        note = (_value(body["view"]["state"]["values"], B.DENY_REASON, "reason") or "").strip()
-        user = body["user"]["id"]
-        if not note:
-            return ack(response_action="errors", errors={B.DENY_REASON.value: "Say why the rollback is denied."})
-        try:
+        def deny(note: str, meta: dict, user: str) -> None:
             inc = engine.get(int(meta["incident"]))
             allowed = deps.auth.is_approver(user) or user == inc.requested_by
             if inc.kind == "fix":
                 services.deny_fix(incident_id=inc.id, user=user, note=note, allowed=allowed)
             else:
                 engine.deny(incident_id=inc.id, user=user, note=note, allowed=allowed)
-        except RollbackError as exc:
-            return ack(response_action="errors", errors={B.DENY_REASON.value: str(exc)[:150]})
-        ack()
+
+        submitted(ack, body, B.DENY_REASON, "reason", deny, empty="Say why the rollback is denied.")
 
     def root_cause_ack(ack: Ack, body: dict) -> None:
-        meta = json.loads(body["view"].get("private_metadata") or "{}")
-        text = (_value(body["view"]["state"]["values"], B.ROOT_CAUSE, "text") or "").strip()
-        if not text:
-            return ack(response_action="errors", errors={B.ROOT_CAUSE.value: "Describe the root cause."})
-        try:
-            user = body["user"]["id"]
+        def record(text: str, meta: dict, user: str) -> None:
             services.set_root_cause(incident_id=int(meta["incident"]), text=text, user=user,
                                     is_approver=deps.auth.is_approver(user))
-        except RollbackError as exc:
-            return ack(response_action="errors", errors={B.ROOT_CAUSE.value: str(exc)[:150]})
-        ack()
+
+        submitted(ack, body, B.ROOT_CAUSE, "text", record, empty="Describe the root cause.")
 
     app.view(V.START.value)(start_ack)
     app.view(V.DENY.value)(deny_ack)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from core.modelio import sha256_file
@@ -86,3 +87,16 @@ def checks_ticked(keys=None) -> dict:
 
     keys = [c.key for c in CHECKS] if keys is None else keys
     return {"checks_block": {"checks": {"type": "checkboxes", "selected_options": [{"value": k} for k in keys]}}}
+
+
+def whispered(standin, user: str, needle: str, *, count: int = 1, timeout: float = 10.0) -> list:
+    """The private answers to ``user`` holding ``needle`` (an ephemeral ``response_url`` post or
+    ``chat.postEphemeral``), once at least ``count`` of them arrived."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e for e in standin.ephemerals(user) if needle in e.text]
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{user} was not told {needle!r} {count}×: {[e.text for e in standin.ephemerals(user)]}")
+        time.sleep(0.02)

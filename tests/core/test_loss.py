@@ -18,7 +18,7 @@ from core import incidents
 from core.errors import InvalidInput
 from core.loss import parse_amount
 from core.services import Services
-from tests.helpers import Clock
+from tests.helpers import Clock, shown_modal
 from tests.core.test_escalation import Pager, bot
 from tests.e2e.test_slack_flow import CHANNEL, MODEL, card_message, click, request
 
@@ -138,9 +138,11 @@ def test_update_loss_button_opens_a_form_that_validates(settings, db, standin, w
     with loss_box(settings, db, standin) as box:
         card = request(box)
         click(box, "U0BOB", "loss_update", card)
-        call = standin.wait_for("views.open")[0]
-        view = call.body["view"] if isinstance(call.body["view"], dict) else json.loads(call.body["view"])
-        assert view["callback_id"] == "loss_modal"
+        # a loading view opens with the trigger at once (Slack's 3 s, single use), then the form fills it in
+        view = shown_modal(standin, "loss_modal")
+        [opened] = standin.calls("views.open")
+        assert opened.ok and opened.response["view"]["callback_id"] == "loading_modal"
+        assert opened.response["view"]["id"] == view["id"]
         for bad in ("", "a lot"):
             r = box.sender.view_submission(user_id="U0BOB", callback_id="loss_modal",
                                            state_values={"loss_block": {"loss": bad}},
@@ -159,10 +161,11 @@ def test_update_loss_button_opens_a_form_that_validates(settings, db, standin, w
         box.run_worker()
         assert history(conn) == [(75000, "slack", "U0BOB")]
         assert "*Estimated loss:* 75,000" in json.dumps(card_message(box).blocks)
-        # a person outside OPERATORS may not even open it
+        # a person outside OPERATORS may not even open it: told in the loading view the click opened
         click(box, "U0DAVE", "loss_update", card)
-        standin.wait_for("chat.postEphemeral", lambda c: c.body.get("user") == "U0DAVE")
-        assert "Only operators" in standin.ephemerals("U0DAVE")[-1].text
+        notice = standin.wait_for("views.update", lambda c: c.response["view"]["callback_id"] == "notice_modal")[0]
+        assert "Only operators may update the estimated loss" in json.dumps(notice.body["view"])
+        assert standin.ephemerals("U0DAVE") == [] and history(conn) == [(75000, "slack", "U0BOB")]
 
 
 def cli(*args, env):

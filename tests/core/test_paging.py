@@ -15,7 +15,7 @@ from bot.devtools.pagerduty_standin import PagerDutyStandIn
 from bot.devtools.sandbox import Sandbox
 from core import incidents
 from core.services import Services
-from tests.helpers import Clock
+from tests.helpers import Clock, whispered
 from tests.e2e.test_slack_flow import CHANNEL, MODEL, card_message
 
 KEY = "P" * 32
@@ -165,8 +165,8 @@ def test_acknowledged_in_time_the_emergency_tier_never_fires(settings, db, peopl
         # Dave is neither a contact nor an operator: refused, nothing changes
         clock.at(minutes=3)
         press(b, "U0DAVE", mention, CHANNEL)
-        standin.wait_for("chat.postEphemeral", lambda c: c.body.get("user") == "U0DAVE")
-        assert "Only the escalation contacts" in standin.ephemerals("U0DAVE")[-1].text
+        [told] = whispered(standin, "U0DAVE", "Only the escalation contacts")
+        assert told.via == "response_url"  # the click's response_url, not chat.postEphemeral
         assert page_row(conn, inc.id)["acknowledged_at"] is None
         # Erin presses Acknowledge on the thread message at T+5
         clock.at(minutes=5)
@@ -182,8 +182,8 @@ def test_acknowledged_in_time_the_emergency_tier_never_fires(settings, db, peopl
         clock.at(minutes=6)
         (frank_dm,) = dm_pages(standin, "U0FRANK")
         press(b, "U0FRANK", frank_dm, standin.dm_channel("U0FRANK"))
-        told = standin.wait_for("chat.postMessage", lambda c: "already acknowledged" in c.body.get("text", ""))[0]
-        assert "by U0ERIN" in told.body["text"] and told.body["channel"] == standin.dm_channel("U0FRANK")
+        [told] = whispered(standin, "U0FRANK", "already acknowledged")
+        assert "by U0ERIN" in told.text and told.channel == standin.dm_channel("U0FRANK")
         card = json.dumps(card_message(b).blocks)
         assert "acknowledged by <@U0ERIN>" in card and "page_acknowledge" not in card
         # the emergency tier's time passes: nobody else is woken

@@ -6,7 +6,6 @@ two bot processes), `/rollback followups`, and the report's Follow-ups and Preve
 from __future__ import annotations
 
 import json
-import time
 import threading
 from datetime import timedelta
 
@@ -15,7 +14,7 @@ from psycopg.types.json import Jsonb
 from bot.devtools.sandbox import Sandbox
 from core import incidents
 from core.services import Services
-from tests.helpers import Clock, corrupt_after_restore
+from tests.helpers import Clock, corrupt_after_restore, shown_modal, whispered
 from tests.e2e.test_slack_flow import CHANNEL, MODEL, click, request
 
 HOUR = timedelta(hours=1)
@@ -64,21 +63,25 @@ def press(box, user, action, board, value):
 
 
 def ephemeral(box, user, needle, count=1):
-    return box.standin.wait_for("chat.postEphemeral", lambda c: c.body.get("user") == user
-                                and needle in c.body.get("text", ""), count=count)
+    """Told privately: through the click's response_url (never chat.postEphemeral, which needs the channel)."""
+    told = whispered(box.standin, user, needle, count=count)
+    assert all(e.via == "response_url" for e in told), [e.via for e in told]
+    return told
 
 
 def opened_view(box, callback_id):
-    """The form as the person sees it: opened with the trigger, or filled into the loading view opened at once."""
-    def shown(c):
-        return c.method in ("views.open", "views.update") and callback_id in dumps(c.body.get("view"))
-    deadline = time.monotonic() + 5
-    while not [c for c in box.standin.calls() if shown(c)] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    calls = [c for c in box.standin.calls() if shown(c)]
-    assert calls, f"no form {callback_id} was shown"
-    view = calls[-1].body["view"]
-    return view if isinstance(view, dict) else json.loads(view)
+    """The form as the person sees it: a loading view opened with the click's trigger at once (the stand-in holds
+    Slack's 3 s, single-use trigger), then filled in with views.update."""
+    shown = shown_modal(box.standin, callback_id)
+    [opened] = [c for c in box.standin.calls("views.open") if c.ok and c.response["view"]["id"] == shown["id"]]
+    assert opened.response["view"]["callback_id"] == "loading_modal"
+    return shown
+
+
+def refused_in_form(box, needle):
+    """A refusal shown in the loading view the click opened (where the person looks), not whispered."""
+    box.standin.wait_for("views.update", lambda c: c.ok and c.response["view"]["callback_id"] == "notice_modal"
+                         and needle in dumps(c.body.get("view")))
 
 
 def updated_board(box, needle):
@@ -124,14 +127,17 @@ def test_followups_are_posted_assigned_completed_and_reported(settings, db, stan
         press(box, "U0DAVE", "followup_done", board, retrain.id)
         ephemeral(box, "U0DAVE", "Only the incident's people")
         press(box, "U0DAVE", "followup_assign", board, retrain.id)
-        ephemeral(box, "U0DAVE", "Only the incident's people", count=2)
+        refused_in_form(box, "Only the incident's people")
+        press(box, "U0DAVE", "add_prevention", board, inc.id)
+        refused_in_form(box, "Only the incident's people")
         click(box, "U0DAVE", "add_root_cause", standin.message(CHANNEL, card.ts))
         # the form's loading view opened at once turns into the refusal
         standin.wait_for("views.update", lambda c: "may add its root cause" in dumps(c.body.get("view")))
         assert item(box, inc, "retrain").state == "open" and item(box, inc, "retrain").owner is None
         refused = conn.execute("SELECT count(*) AS n FROM rollback_bot.audit_log WHERE actor = 'U0DAVE'"
-                               " AND outcome = 'refused' AND action LIKE 'followup%'").fetchone()["n"]
-        assert refused == 2
+                               " AND outcome = 'refused' AND (action LIKE 'followup%' OR action = 'prevention')"
+                               ).fetchone()["n"]
+        assert refused == 3 and box.services.followups.prevention(inc.id) == []
 
         # Assign…: the requester gives the retraining to Dave (a users_select in a modal); Dave gets a DM
         press(box, "U0ALICE", "followup_assign", board, retrain.id)
@@ -302,3 +308,60 @@ def test_a_failed_rollback_gets_followups_and_a_break_glass_one_posts_in_the_cha
         box.run_worker()
         top = [m for m in standin.messages(CHANNEL) if m.text.startswith(f"Follow-ups of {done.ref}")]
         assert len(top) == 1 and top[0].thread_ts is None  # no card, so no thread: the channel itself
+
+
+def home_of(box, user, needle=""):
+    """``user``'s App Home as last published, once it holds ``needle``."""
+    box.standin.wait_for("views.publish", lambda c: c.body.get("user_id") == user and needle in dumps(c.body))
+    return box.standin.home_view(user)
+
+
+def followup_sections(home):
+    """The texts under App Home's two follow-up headers: (the viewer's, the unassigned)."""
+    blocks = home["blocks"]
+    heads = [i for i, b in enumerate(blocks) if b["type"] == "header"
+             and b["text"]["text"] in ("Your follow-ups", "Unassigned follow-ups")]
+    assert len(heads) == 2, [b.get("text") for b in blocks]
+    return tuple(dumps(blocks[i + 1]) for i in heads)
+
+
+def test_app_home_shows_the_viewers_and_the_unassigned_followups_due_as_configured(settings, db, standin, world):
+    clock = new_clock()
+    configured = settings.model_copy(update={"followup_root_cause_hours": 1, "followup_monitoring_hours": 12,
+                                             "followup_retrain_hours": 30, "followup_checklist_hours": 100,
+                                             "followup_prevention_hours": 50})
+    with box_with(configured, db, standin, clock) as box:
+        card, inc = run_to_monitoring(box)
+        due = {i.kind: i.due_at - inc.created_at for i in box.services.followups.items(inc.id)}
+        assert due == {"root_cause": HOUR, "monitoring": 12 * HOUR, "retrain": 30 * HOUR, "checklist": 100 * HOUR,
+                       "prevention": 50 * HOUR}
+        root, retrain = item(box, inc, "root_cause"), item(box, inc, "retrain")
+        # Carol takes the retraining, then the investigation, through Slack
+        press(box, "U0CAROL", "followup_take", board_message(box, card), retrain.id)
+        updated_board(box, "<@U0CAROL>")
+        press(box, "U0CAROL", "followup_take", board_message(box, card), root.id)
+        box.standin.wait_for("chat.update", lambda c: dumps(c.body.get("blocks")).count("<@U0CAROL>") == 2)
+        box.settle()
+        # T+1 h 10: the investigation is overdue under FOLLOWUP_ROOT_CAUSE_HOURS=1, and Carol is reminded
+        clock.at(hours=1, minutes=10)
+        box.run_worker()
+        carol = standin.dm_channel("U0CAROL")
+        assert [m.text for m in standin.messages(carol) if "overdue by" in m.text]
+
+        assert box.sender.app_home_opened("U0CAROL").status == 200
+        mine, nobody = followup_sections(home_of(box, "U0CAROL", "Your follow-ups"))
+        # hers, overdue first; the unassigned ones, the soonest due first (by the configured delays)
+        assert mine.index("Investigate the root cause") < mine.index("Retrain") and "overdue by" in mine
+        assert f"INC-{inc.id}" in mine and "Enhanced monitoring" not in mine
+        assert nobody.index("Enhanced monitoring") < nobody.index("prevention measures") < nobody.index("checklist")
+        assert "Retrain" not in nobody and "Investigate" not in nobody
+        assert box.sender.app_home_opened("U0DAVE").status == 200
+        mine, nobody = followup_sections(home_of(box, "U0DAVE", "Your follow-ups"))
+        assert "No open follow-up is yours." in mine and "Enhanced monitoring" in nobody
+
+        # a follow-up taken in the thread re-publishes the homes of those who look at it
+        press(box, "U0BOB", "followup_take", board_message(box, card), item(box, inc, "monitoring").id)
+        updated_board(box, "<@U0BOB>")
+        assert box.app.home_publisher.flush(20)
+        mine, nobody = followup_sections(home_of(box, "U0DAVE", "Your follow-ups"))
+        assert "Enhanced monitoring" not in nobody and "prevention measures" in nobody

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from bot.devtools.block_kit_rules import message_errors, view_errors
 from core.fixes import REFRESH_VIEW, REFRESH_VIEW_BLOCKING
 from core.incidents import Incident
+from handlers import incident_forms as forms
 from handlers import incident_views as iv
 from handlers.kind_text import KIND_TEXT, text_for
 
@@ -59,7 +60,7 @@ def test_the_deny_modal_is_titled_and_explained_per_kind():
     for kind, title in (("rollback", "Deny the rollback"), ("fix", "Deny the quick fix")):
         inc = incident(kind=kind, plan={"fix": REFRESH_VIEW} if kind == "fix" else {},
                        target_backup=None if kind == "fix" else "backup_x")
-        view = iv.deny_modal(inc, channel="C0INCIDENT", message_ts="1.2")
+        view = forms.deny_modal(inc, channel="C0INCIDENT", message_ts="1.2")
         assert view_errors(view) == [] and view["title"]["text"] == title
         assert "Approving it would: " + text_for(inc).will(inc).split(":")[0] in json.dumps(view["blocks"])
         assert "None" not in json.dumps(view["blocks"])
@@ -71,7 +72,7 @@ def test_a_retrain_dialog_says_it_runs_retrain_command_and_leaves_production_alo
     assert confirm["title"]["text"] == "Approve the retrain?"
     assert "RETRAIN_COMMAND" in confirm["text"]["text"] and "2026-02-02" in confirm["text"]["text"]
     assert "production is not touched" in confirm["text"]["text"] and "None" not in json.dumps(confirm)
-    assert iv.deny_modal(inc, channel=None, message_ts=None)["title"]["text"] == "Deny the retrain"
+    assert forms.deny_modal(inc, channel=None, message_ts=None)["title"]["text"] == "Deny the retrain"
 
 
 def test_an_unknown_kind_gets_a_plain_generic_text():

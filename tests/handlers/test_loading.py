@@ -119,6 +119,9 @@ def test_which_requests_open_a_modal():
     assert modal_for(click("rollback_deny")) == "deny" and modal_for(click("add_root_cause")) == "root_cause"
     assert modal_for(click("attention_rollback_again")) == "start" and modal_for(click("attention_accept")) == "accept"
     assert modal_for(click("fix_retrain")) == "retrain"
+    assert modal_for(click("followup_assign")) == "followup_assign" and modal_for(click("add_prevention")) == "prevention"
+    assert modal_for(click("loss_update")) == "loss"
+    assert modal_for(click("followup_take")) is None and modal_for(click("page_acknowledge")) is None
     assert modal_for(click("rollback_approve")) is None
     assert modal_for({"command": "/rollback", "text": "start"}) is None  # no trigger, no modal
 
