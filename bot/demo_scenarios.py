@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-from psycopg import sql
 from psycopg.rows import tuple_row
 
-from bot.demo_world import FEATURE_VIEW, Market, load_features
+from bot.demo_market import Market
+from bot.demo_platform import load_features, refresh_view
 
 __all__ = ["ShockDay", "shock_day"]
 
@@ -95,8 +95,7 @@ def shock_day(conn: psycopg.Connection, market: Market, *, against: list[Path], 
             for i, ticker in enumerate(tickers):
                 copy.write_row((day, ticker, float(open_[i]), float(high[i]), float(low[i]), float(new_close[i]),
                                 int(volume[i] * 2)))
-        cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(FEATURE_VIEW)))
-        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(FEATURE_VIEW)))
+    refresh_view(conn)
     conn.commit()
     market.trading_days.append(day)
     ics = {}
