@@ -115,6 +115,8 @@ def environment(*, root: Path, database_url: str | None, size: str, out: TextIO)
     try:
         with Sandbox(services, standin=standin, start_worker=True) as box:
             yield Environment(box, Narrator(standin, out), clock, world, services, url, pagerduty)
+            box.settle()
+            box.app.home_publisher.flush(15)  # its debounced App Home refresh must not outlive the pool
     finally:
         db.close()
         pagerduty.stop()

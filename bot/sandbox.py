@@ -72,9 +72,6 @@ class Sandbox:
         if getattr(self, "app", None) is not None:
             self.app.deps.shutdown()  # work after the ack still talks to the stand-in
             self.app.progress.flush(10)
-            publisher = getattr(self.app, "home_publisher", None)
-            if publisher is not None:  # its debounced refresh must not outlive the caller's database pool
-                publisher.flush(10)
             self.app.progress.close()
         if self._own_standin:
             self.standin.stop()
