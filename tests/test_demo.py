@@ -63,8 +63,10 @@ def test_demo_plays_both_scenarios(database_url, tmp_path):
     calls = seen["calls"]
 
     def posted(channel=None, *needles):
+        """Messages the app posted (in ``channel``, if given) whose text holds every needle."""
         return [c for c in calls if c.method == "chat.postMessage" and c.ok
-                and all(n in c.body.get("text", "") for n in needles) and (channel is None or (c.response or {}).get("channel", c.body.get("channel")) == channel)]
+                and all(n in c.body.get("text", "") for n in needles)
+                and (channel is None or (c.response or {}).get("channel", c.body.get("channel")) == channel)]
 
     board_updates = [c for c in calls if c.method == "chat.update" and c.body.get("text", "").startswith(
         "Follow-ups of INC-1")]
