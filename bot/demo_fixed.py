@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bot import demo_world
-from bot.demo_stage import (CHANNEL, Check, followups_message, press_followup, quiet, report_says,
+from bot.demo_stage import (CHANNEL, Check, followups_message, press_followup, quiet, report_says, shows,
                             wait_until)
 from bot.slack_standin import SlackStandIn
 from bot.transcript import render_message
@@ -153,6 +153,7 @@ def _watch_a_day(env: Environment, inc) -> None:
     n.person("U0BOB", "clicks [Take it] on “Enhanced monitoring … for 24 hours”")
     press_followup(box, "U0BOB", "followup_take", inc.message_ts, watching.id)
     wait_until(lambda: _followup(services, inc.id, "monitoring").owner == "U0BOB", 30, "Bob owning it")
+    shows(box, CHANNEL, "Owner: <@U0BOB>", ts=followups_message(box, inc.message_ts).ts)
     box.settle()
     n.show_new()
 
@@ -172,6 +173,7 @@ def _watch_a_day(env: Environment, inc) -> None:
     n.person("U0CAROL", "clicks [Done] on “Investigate the root cause” (and confirms)")
     press_followup(box, "U0CAROL", "followup_done", inc.message_ts, root_cause.id)
     wait_until(lambda: _followup(services, inc.id, "root_cause").done, 30, "the root cause follow-up done")
+    shows(box, CHANNEL, "done by <@U0CAROL>", ts=followups_message(box, inc.message_ts).ts)
     box.settle()
     n.show_new()
     n.message(followups_message(box, inc.message_ts).ts, f"the follow-ups message of {inc.ref}, updated in place")

@@ -4,6 +4,7 @@ the checks it ends with, and the helpers that drive the app through signed Slack
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ __all__ = [
     "press_followup",
     "quiet",
     "report_says",
+    "shows",
     "wait_until",
 ]
 
@@ -182,6 +184,17 @@ def click(box: Sandbox, user: str, action_id: str, message: StoredMessage, *, ch
                                 message=message.as_slack(), **extra)
     if r.status != 200:
         raise RuntimeError(f"pressing {action_id} as {user} was answered HTTP {r.status}")
+
+
+def shows(box: Sandbox, channel: str, needle: str, *, ts: str | None = None, timeout: float = 30.0) -> None:
+    """Wait until a message in ``channel`` (the one at ``ts``, if given) shows ``needle`` in its text or blocks: what
+    a person would see, not only what the database holds (people are told after the state is committed)."""
+    def seen() -> bool:
+        messages = [box.standin.message(channel, ts)] if ts else box.standin.messages(channel)
+        return any(m is not None and (needle in m.text or needle in json.dumps(m.blocks, ensure_ascii=False))
+                   for m in messages)
+
+    wait_until(seen, timeout, f"“{needle}” in Slack")
 
 
 def followups_message(box: Sandbox, incident_ts: str) -> StoredMessage:

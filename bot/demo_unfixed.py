@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bot.demo_scenarios import ShockDay, shock_day
-from bot.demo_stage import CHANNEL, Check, click, quiet, wait_until
+from bot.demo_stage import CHANNEL, Check, click, quiet, shows, wait_until
 from core.services import Services
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,6 +91,8 @@ def _play(env: Environment) -> tuple[int, ShockDay]:
     wait_until(lambda: engine.get(inc.id).state == "needs_attention", 30, "the incident to need attention")
     wait_until(lambda: _page(services, inc.id) is not None, 30, "the page")
     wait_until(lambda: env.pagerduty.events("trigger"), 30, "PagerDuty's trigger")
+    shows(box, box.standin.dm_channel(PRIMARY), "Escalation")
+    shows(box, CHANNEL, "Paged at", ts=inc.message_ts)
     box.settle()
     n.show_new()
     trigger = env.pagerduty.events("trigger")[0]
@@ -106,6 +108,7 @@ def _play(env: Environment) -> tuple[int, ShockDay]:
     services.worker.run_due()
     wait_until(lambda: (_page(services, inc.id) or {}).get("emergency_paged_at") is not None, 30,
                "the emergency contacts' page")
+    shows(box, box.standin.dm_channel(EMERGENCY), "Emergency escalation")
     box.settle()
     n.show_new()
 
@@ -116,6 +119,8 @@ def _play(env: Environment) -> tuple[int, ShockDay]:
     wait_until(lambda: (_page(services, inc.id) or {}).get("acknowledged_by") == PRIMARY, 30, "the acknowledgement")
     services.worker.run_due()
     wait_until(lambda: env.pagerduty.events("acknowledge"), 30, "PagerDuty's acknowledge")
+    shows(box, CHANNEL, "acknowledged the page")
+    shows(box, CHANNEL, "acknowledged by", ts=inc.message_ts)
     box.settle()
     n.show_new()
     n.narrate("PagerDuty (the local stand-in) received: acknowledge, the same dedup key; the alert is now "
@@ -124,6 +129,7 @@ def _play(env: Environment) -> tuple[int, ShockDay]:
     n.person("U0BOB", "clicks [Halt trading] on the card (and confirms): the desk investigates with trading stopped")
     click(box, "U0BOB", "attention_halt", box.standin.message(CHANNEL, inc.message_ts))
     wait_until(lambda: _trading_halted(services), 30, "the halt")
+    shows(box, CHANNEL, "halted automated trading")
     box.settle()
     n.show_new()
     inc = engine.get(inc.id)
