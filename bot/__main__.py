@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (HTTP mode; /healthz and /metrics in Socket Mode)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("demo", help="play one whole incident against a local Slack stand-in (no workspace needed)")
+    p = sub.add_parser("demo", help="play two whole incidents against local Slack and PagerDuty stand-ins "
+                                    "(no workspace needed)")
     p.add_argument("--dir", type=Path, default=Path(".local/demo"), help="where demo models and reports go")
     p.add_argument("--size", choices=("demo", "test"), default="demo", help="size of the generated world")
     p.set_defaults(func=cmd_demo)

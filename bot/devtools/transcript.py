@@ -18,6 +18,8 @@ EMOJI = {
     ":page_facing_up:": "📄", ":telephone_receiver:": "📞", ":email:": "✉", ":stethoscope:": "🩺",
     ":dog:": "🐕",
     ":dart:": "🎯", ":globe_with_meridians:": "🌐", ":grey_question:": "❔", ":ballot_box_with_check:": "☑",
+    ":clipboard:": "📋", ":alarm_clock:": "⏰", ":checkered_flag:": "🏁", ":memo:": "📝", ":sos:": "🆘",
+    ":money_with_wings:": "💸", ":watch:": "⌚", ":link:": "🔗", ":sweep:": "🧹", ":arrow_right_hook:": "↪",
 }
 _MENTION = re.compile(r"<([@#!])([A-Z0-9^|a-z_\-]+)(?:\|([^>]*))?>")
 _LINK = re.compile(r"<(https?://[^|>]+)(?:\|([^>]*))?>")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -491,3 +492,20 @@ def test_demo_world_held_back_day_confirms_the_restored_model(demo) -> None:
                       rows.realized)
     assert perf.days == 1 and len(rows) == len(world.tickers)
     assert 0 < perf.spearman_ic <= 0.3  # above MONITOR_MIN_IC (0.0); one day's IC is noisy, not 0.9
+
+
+def test_the_world_is_built_in_modules_and_demo_world_still_names_them_all() -> None:
+    from bot.devtools import demo_market, demo_models, demo_platform
+
+    assert sorted(dw.__all__) == sorted([
+        "FEATURES", "FEATURE_VIEW", "WARMUP_ROWS", "BackupInfo", "ClientInfo", "Market", "MarketStyle", "ModelInfo",
+        "World", "build_world", "create_platform_schema", "describe", "generate_market", "isolated_schema",
+        "load_features", "release_day", "train_model", "trading_days_ending", "write_model_dir"])
+    for module in (demo_platform, demo_market, demo_models):
+        for name in module.__all__:
+            if name in dw.__all__:
+                assert getattr(dw, name) is getattr(module, name), name
+    for name in ("demo_world", "demo_platform", "demo_market", "demo_models"):
+        path = f"bot/devtools/{name}.py"
+        lines = (Path(__file__).resolve().parents[2] / path).read_text(encoding="utf-8").count("\n")
+        assert lines <= 430, f"{path} has {lines} lines"
