@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from core import access, aftercare, halt_watch, integrity, revert, trading
+from core import repository as repo
 from core import resume as resume_mod
 from core.db import Database, step_limits
 from core.doctor import refuse_if_not_ready
@@ -48,7 +48,6 @@ from core.errors import (
     NotAuthorized,
     PreflightFailed,
     RollbackError,
-    UnknownIncident,
     VerificationFailed,
     clean_text,
 )
@@ -57,14 +56,11 @@ from core.incidents import (
     APPROVED,
     BACKING_UP,
     CANCELLED,
-    CLOSED,
     DENIED,
     FAILED,
-    HALT_NOT_EFFECTIVE,
     HALTED,
     HALTING,
     MONITORING,
-    NEEDS_ATTENTION,
     RECORDING,
     REQUESTED,
     RESOLVED,
@@ -84,7 +80,6 @@ from core.incidents import (
     Step,
     already_decided,
     audit,
-    check_transition,
     journal,
     utcnow,
 )
@@ -165,46 +160,24 @@ class Engine:
     # ---------------------------------------------------------------------------------------- reading
 
     def get(self, incident_id: int, conn: psycopg.Connection | None = None, *, lock: bool = False) -> Incident:
-        query = "SELECT * FROM rollback_bot.incidents WHERE id = %s" + (" FOR UPDATE" if lock else "")
         if conn is None:
             with self.db.transaction() as c:
-                row = c.execute(query, (incident_id,)).fetchone()
-        else:
-            row = conn.execute(query, (incident_id,)).fetchone()
-        if row is None:
-            raise UnknownIncident(f"There is no incident INC-{incident_id}.")
-        return Incident(**row)
+                return repo.get(c, incident_id, lock=lock)
+        return repo.get(conn, incident_id, lock=lock)
 
     def open_incident_for(self, model: str) -> Incident | None:
         """The model's open rollback that blocks a new request (one that needs attention does not: a follow-up
         rollback is how it gets fixed, see core.aftercare)."""
         with self.db.transaction() as conn:
-            row = conn.execute(
-                "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND model_name = %s "
-                "AND state <> ALL(%s) ORDER BY id DESC LIMIT 1",
-                (model, list(CLOSED | {NEEDS_ATTENTION})),
-            ).fetchone()
-        return Incident(**row) if row else None
+            return repo.open_rollback_for(conn, model)
 
     def steps(self, incident_id: int) -> list[Step]:
         with self.db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT * FROM rollback_bot.steps WHERE incident_id = %s ORDER BY id", (incident_id,)
-            ).fetchall()
-        return [Step(**r) for r in rows]
+            return repo.steps(conn, incident_id)
 
     def list_incidents(self, *, open_only: bool = False, limit: int = 20) -> list[Incident]:
         with self.db.transaction() as conn:
-            if open_only:
-                rows = conn.execute(
-                    "SELECT * FROM rollback_bot.incidents WHERE state <> ALL(%s) ORDER BY id DESC LIMIT %s",
-                    (list(CLOSED), limit),
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT * FROM rollback_bot.incidents ORDER BY id DESC LIMIT %s", (limit,)
-                ).fetchall()
-        return [Incident(**r) for r in rows]
+            return repo.list_incidents(conn, open_only=open_only, limit=limit)
 
     # ---------------------------------------------------------------------------------------- audit
 
@@ -342,26 +315,22 @@ class Engine:
             ).fetchone()
             follows = aftercare.follow_up_of(conn, model)
             try:
-                row = conn.execute(
-                    "INSERT INTO rollback_bot.incidents (kind, model_name, target_backup, from_version, state, reason,"
-                    " severity, estimated_loss, keep_halted, requested_by, source, channel, target_sha256, plan,"
-                    " created_at, updated_at, expires_at) VALUES ('rollback', %s, %s, %s, 'requested', %s, %s, %s, %s,"
-                    " %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
-                    (
-                        model, backup, prod["version"] if prod else None, reason[:2000], severity, estimated_loss,
-                        keep_halted, requested_by, source, channel, report.sha256,
-                        Jsonb({"preflight": report.__dict__, "current": current_info, "pinned": pinned,
-                               **({"follows": follows} if follows else {}),
-                               **({"confirmations": confirmations} if confirmations else {})}), now, now,
-                        now + timedelta(minutes=self.settings.approval_timeout_minutes),
-                    ),
-                ).fetchone()
+                incident = repo.insert_incident(
+                    conn, kind="rollback", model_name=model, target_backup=backup,
+                    from_version=prod["version"] if prod else None, state=REQUESTED, reason=reason[:2000],
+                    severity=severity, estimated_loss=estimated_loss, keep_halted=keep_halted,
+                    requested_by=requested_by, source=source, channel=channel, target_sha256=report.sha256,
+                    plan={"preflight": report.__dict__, "current": current_info, "pinned": pinned,
+                          **({"follows": follows} if follows else {}),
+                          **({"confirmations": confirmations} if confirmations else {})},
+                    created_at=now, updated_at=now,
+                    expires_at=now + timedelta(minutes=self.settings.approval_timeout_minutes),
+                )
             except psycopg.errors.UniqueViolation:
                 conn.rollback()
                 other = self.open_incident_for(model)
                 ref = other.ref if other else "another request"
                 raise Conflict(f"{model} already has an open rollback, {ref}; nothing new was posted.") from None
-            incident = Incident(**row)
             self.write_follow_ups(conn, incident)
             self._journal_done(conn, incident.id, "requested", requested_by, detail={"backup": backup, "reason": reason})
             self.audit(conn, actor=requested_by, action="request", outcome="ok", incident_id=incident.id,
@@ -386,11 +355,7 @@ class Engine:
             elif not allowed:
                 refusal = NotAuthorized("Only approvers may approve a rollback.")
             elif inc.expires_at is not None and self.clock() > inc.expires_at:
-                conn.execute(
-                    "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = 'approval window expired',"
-                    " updated_at = %s, resolved_at = %s WHERE id = %s AND state = 'requested'",
-                    (self.clock(), self.clock(), incident_id),
-                )
+                repo.cancel_request(conn, incident_id, at=self.clock())
                 self._journal_done(conn, incident_id, "expired", "rollback-bot", outcome="skipped")
                 refusal = InvalidTransition(f"{inc.ref} expired before it was approved; request it again.")
             if refusal is not None:
@@ -432,12 +397,7 @@ class Engine:
                 raise refusal
             now = self.clock()
             new_state = CANCELLED if user == inc.requested_by else DENIED
-            row = conn.execute(
-                "UPDATE rollback_bot.incidents SET state = %s, decided_by = %s, decision_note = %s, updated_at = %s,"
-                " resolved_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
-                (new_state, user, clean_text(note), now, now, incident_id),
-            ).fetchone()
-            incident = Incident(**row)
+            incident = repo.decide_request(conn, incident_id, state=new_state, user=user, note=clean_text(note), at=now)
             self._journal_done(conn, incident_id, new_state, user, detail={"note": clean_text(note)})
             self.audit(conn, actor=user, action="deny", outcome="ok", incident_id=incident_id, note=clean_text(note))
         self._emit(Event("state", incident))
@@ -448,18 +408,11 @@ class Engine:
         APPROVED_START_TIMEOUT_MINUTES (run by the worker)."""
         now = self.clock()
         with self.db.transaction() as conn:
-            rows = conn.execute(
-                "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = 'approval window expired',"
-                " updated_at = %s, resolved_at = %s WHERE state = 'requested' AND expires_at < %s RETURNING *",
-                (now, now, now),
-            ).fetchall()
+            rows = repo.cancel_expired(conn, at=now)
             for r in rows:
                 self._journal_done(conn, r["id"], "expired", "rollback-bot", outcome="skipped")
-            late = conn.execute(
-                "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = %s, updated_at = %s,"
-                " resolved_at = %s WHERE kind = 'rollback' AND state = 'approved' AND approved_at < %s RETURNING *",
-                (self._not_started_note(), now, now, now - self._start_timeout()),
-            ).fetchall()
+            late = repo.cancel_not_started(conn, at=now, approved_before=now - self._start_timeout(),
+                                           note=self._not_started_note())
             for r in late:
                 self._journal_done(conn, r["id"], "expired", "rollback-bot", outcome="skipped",
                                    detail={"note": self._not_started_note()})
@@ -471,26 +424,16 @@ class Engine:
 
     def set_message(self, incident_id: int, *, channel: str, message_ts: str, thread_ts: str | None = None) -> None:
         with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE rollback_bot.incidents SET channel = %s, message_ts = %s, thread_ts = coalesce(%s, %s)"
-                " WHERE id = %s",
-                (channel, message_ts, thread_ts, message_ts, incident_id),
-            )
+            repo.set_message(conn, incident_id, channel=channel, message_ts=message_ts, thread_ts=thread_ts)
 
     # ------------------------------------------------------------------------------------- journal
 
     def _journal_start(self, conn: psycopg.Connection, incident_id: int, step: str, actor: str) -> int:
-        return conn.execute(
-            "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at) VALUES (%s, %s, %s, %s) RETURNING id",
-            (incident_id, step, actor, self.clock()),
-        ).fetchone()["id"]
+        return repo.start_step(conn, incident_id, step, actor, at=self.clock())
 
     def _journal_finish(self, conn: psycopg.Connection, step_id: int, outcome: str, detail: dict | None = None,
                         error: str | None = None) -> None:
-        conn.execute(
-            "UPDATE rollback_bot.steps SET finished_at = %s, outcome = %s, detail = detail || %s, error = %s WHERE id = %s",
-            (self.clock(), outcome, Jsonb(detail or {}), error, step_id),
-        )
+        repo.finish_step(conn, step_id, outcome, detail, error, at=self.clock())
 
     def _journal_done(self, conn: psycopg.Connection, incident_id: int, step: str, actor: str, *,
                       outcome: str = "ok", detail: dict | None = None, error: str | None = None) -> None:
@@ -500,30 +443,11 @@ class Engine:
     def _attempt_counts(self, incident_id: int) -> dict[str, int]:
         """How many times each journal step of the incident was started."""
         with self.db.transaction() as conn:
-            return {r["step"]: r["n"] for r in conn.execute(
-                "SELECT step, count(*) AS n FROM rollback_bot.steps WHERE incident_id = %s GROUP BY step",
-                (incident_id,),
-            )}
+            return repo.attempt_counts(conn, incident_id)
 
     def _move(self, conn: psycopg.Connection, inc: Incident, new: str, **columns: Any) -> Incident:
         """Checked, conditional state change inside the caller's transaction."""
-        check_transition(inc.state, new, inc.kind)
-        now = self.clock()
-        sets = ["state = %s", "updated_at = %s"]
-        params: list[Any] = [new, now]
-        for key, value in columns.items():
-            sets.append(f"{key} = %s")
-            params.append(Jsonb(value) if isinstance(value, (dict, list)) else value)
-        if new in CLOSED:
-            sets.append("resolved_at = coalesce(resolved_at, %s)")
-            params.append(now)
-        params += [inc.id, inc.state]
-        row = conn.execute(
-            f"UPDATE rollback_bot.incidents SET {', '.join(sets)} WHERE id = %s AND state = %s RETURNING *", params
-        ).fetchone()
-        if row is None:
-            raise Conflict(f"{inc.ref} changed state while this step ran; another process is handling it.")
-        moved = Incident(**row)
+        moved = repo.move(conn, inc, new, at=self.clock(), **columns)
         self.write_follow_ups(conn, moved)
         return moved
 
@@ -969,10 +893,7 @@ class Engine:
 
     def _assert_verified(self, inc: Incident) -> None:
         with self.db.transaction() as conn:
-            ok = conn.execute(
-                "SELECT 1 FROM rollback_bot.steps WHERE incident_id = %s AND step = 'verify' AND outcome = 'ok'",
-                (inc.id,),
-            ).fetchone()
+            ok = repo.step_succeeded(conn, inc.id, "verify")
         folder = self.registry.model_dir(inc.model_name)
         if not ok or sha256_file(folder / MODEL_FILE) != inc.target_sha256:
             raise VerificationFailed("refusing to resume trading: the model in place was not verified")
@@ -1065,10 +986,7 @@ class Engine:
     def recover(self, *, actor: str = "rollback-bot (recovery)") -> list[Incident]:
         """Finish or undo every rollback left mid-way by a crash (those whose executor's lock is gone)."""
         with self.db.transaction() as conn:
-            ids = [r["id"] for r in conn.execute(
-                "SELECT id FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s) ORDER BY id",
-                (list(RUNNABLE),),
-            )]
+            ids = repo.incident_ids_in(conn, RUNNABLE)
         out = []
         for incident_id in ids:
             try:
@@ -1110,12 +1028,8 @@ class Engine:
         """A manual halt (``/rollback halt``), journaled as an incident of kind 'halt'."""
         now = self.clock()
         with self.db.transaction() as conn:
-            row = conn.execute(
-                "INSERT INTO rollback_bot.incidents (kind, state, reason, requested_by, created_at, updated_at)"
-                " VALUES ('halt', 'halting', %s, %s, %s, %s) RETURNING *",
-                (clean_text(reason) or "manual halt", user, now, now),
-            ).fetchone()
-            inc = Incident(**row)
+            inc = repo.insert_incident(conn, kind="halt", state=HALTING, reason=clean_text(reason) or "manual halt",
+                                       requested_by=user, created_at=now, updated_at=now)
             sid = self._journal_start(conn, inc.id, "halt", user)
             result = trading.halt(conn, holder=f"incident:{inc.id}", actor=user, reason=inc.reason)
             new = self._move(conn, inc, HALTED, halted_at=result.halted_at, plan={"halt_id": result.halt_id})
@@ -1142,18 +1056,8 @@ class Engine:
 
 
 
-JOBS_CHANNEL = "rollback_bot_jobs"
-
-
-def enqueue(conn: psycopg.Connection, kind: str, *, incident_id: int | None = None, payload: dict | None = None,
-            run_at: datetime | None = None, dedupe_key: str | None = None) -> None:
-    """Queue background work for whichever bot process claims it first (in the caller's transaction)."""
-    conn.execute(
-        "INSERT INTO rollback_bot.jobs (kind, incident_id, payload, run_at, dedupe_key)"
-        " VALUES (%s, %s, %s, coalesce(%s, clock_timestamp()), %s) ON CONFLICT (dedupe_key) DO NOTHING",
-        (kind, incident_id, Jsonb(payload or {}), run_at, dedupe_key),
-    )
-    conn.execute(f"NOTIFY {JOBS_CHANNEL}")
+JOBS_CHANNEL = repo.JOBS_CHANNEL
+enqueue = repo.enqueue  # queue background work in the caller's transaction
 
 
 def _still_locked(lock_conn: psycopg.Connection) -> None:

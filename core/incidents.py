@@ -40,7 +40,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from core.errors import Conflict, InvalidTransition
 
@@ -197,22 +196,15 @@ class Event:
 Listener = Callable[[Event], None]
 
 
-def journal(conn: psycopg.Connection, *, incident_id: int, step: str, actor: str, at: datetime,
-            started: datetime | None = None, outcome: str = "ok", detail: dict | None = None,
-            error: str | None = None) -> None:
-    """Add a finished step to an incident's journal (``rollback_bot.steps``), in the caller's transaction."""
-    conn.execute(
-        "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at, finished_at, outcome, detail, error)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (incident_id, step, actor, started or at, at, outcome, Jsonb(detail or {}), error[:2000] if error else None),
-    )
+def journal(conn: psycopg.Connection, **row: Any) -> None:
+    """Add a finished step to an incident's journal, in the caller's transaction (``core.repository.journal``)."""
+    from core.repository import journal as write
+
+    write(conn, **row)
 
 
-def audit(conn: psycopg.Connection, *, actor: str, action: str, outcome: str, at: datetime | None = None,
-          incident_id: int | None = None, **detail: Any) -> None:
-    """One row of the audit log, in the caller's transaction; ``at`` defaults to the database's clock."""
-    conn.execute(
-        "INSERT INTO rollback_bot.audit_log (at, actor, action, outcome, incident_id, detail)"
-        " VALUES (coalesce(%s, clock_timestamp()), %s, %s, %s, %s, %s)",
-        (at, actor, action, outcome, incident_id, Jsonb(detail)),
-    )
+def audit(conn: psycopg.Connection, **row: Any) -> None:
+    """One row of the audit log, in the caller's transaction (``core.repository.audit``)."""
+    from core.repository import audit as write
+
+    write(conn, **row)
