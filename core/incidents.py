@@ -76,6 +76,15 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 # Trading-only incidents (`/rollback halt`): halting → halted → resolved (on resume).
 HALT_TRANSITIONS: dict[str, frozenset[str]] = {HALTING: frozenset({HALTED}), HALTED: frozenset({RESOLVED})}
+# Quick fixes (core.fixes): a second person approves, then the fix runs once.
+FIX_TRANSITIONS: dict[str, frozenset[str]] = {
+    REQUESTED: frozenset({APPROVED, DENIED, CANCELLED}),
+    APPROVED: frozenset({RESOLVED, FAILED}),
+}
+# Each incident kind's moves (a resume override, core.resume, is approved like a rollback request).
+TRANSITIONS_OF_KIND: dict[str, dict[str, frozenset[str]]] = {
+    "rollback": TRANSITIONS, "halt": HALT_TRANSITIONS, "fix": FIX_TRANSITIONS, "resume": TRANSITIONS,
+}
 CLOSED = frozenset({RESOLVED, DENIED, FAILED, CANCELLED, SUPERSEDED})
 # States in which the production files or the deployment log may differ from both "before" and "after".
 SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING})
@@ -101,7 +110,7 @@ def already_decided(inc: Incident) -> Conflict:
 
 
 def check_transition(current: str, new: str, kind: str = "rollback") -> None:
-    table = HALT_TRANSITIONS if kind == "halt" else TRANSITIONS
+    table = TRANSITIONS_OF_KIND.get(kind, {})  # an unknown kind moves nowhere (fail closed)
     if new not in table.get(current, frozenset()):
         raise InvalidTransition(f"An incident in state '{current}' cannot move to '{new}'.")
 
