@@ -24,8 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from psycopg.types.json import Jsonb
-
+from core import repository as repo
 from core import trading
 from core.errors import InvalidTransition, NotAuthorized, PreflightFailed, RollbackError
 from core.incidents import (
@@ -154,8 +153,7 @@ def not_effective(engine: Engine, inc: Incident, step_id: int, detail: dict) -> 
 def remember_trades_message(engine: Engine, incident_id: int, *, channel: str, ts: str) -> None:
     """Where the live "trades after the halt" message of an incident is (so it is updated, not posted again)."""
     with engine.db.transaction() as conn:
-        conn.execute("UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s",
-                     (Jsonb({"halt_trades_message": {"channel": channel, "ts": ts}}), incident_id))
+        repo.merge_plan(conn, incident_id, {"halt_trades_message": {"channel": channel, "ts": ts}})
 
 
 # ------------------------------------------------------------------------------------------ the two ways out
@@ -243,8 +241,7 @@ def sweep(engine: Engine) -> trading.SweepResult:
             if not (new_added or new_reenabled):
                 continue
             reenabled = sorted(set(known.get("reenabled", [])) | set(new_reenabled))
-            conn.execute("UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s",
-                         (Jsonb({SWEEP_STEP: {"added": added, "reenabled": reenabled}}), inc.id))
+            repo.merge_plan(conn, inc.id, {SWEEP_STEP: {"added": added, "reenabled": reenabled}})
             detail = {"added": new_added, "reenabled": new_reenabled, "state": inc.state}
             error = (f"a person re-enabled client(s) {', '.join(new_reenabled)} during the halt: left as they set"
                      " them") if new_reenabled else None
