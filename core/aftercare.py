@@ -106,7 +106,7 @@ def raise_attention(engine: Engine, incident_id: int, reasons: list[str], *, sou
                      "reasons": [str(r)[:500] for r in reasons[:10]]}
         # Engine.move: the checked, conditional state change every state change goes through.
         new = engine.move(conn, inc, NEEDS_ATTENTION, resolved_at=None, plan={**(inc.plan or {}),
-                                                                             "attention": attention})
+                                                                            "attention": attention})
         journal(conn, incident_id=inc.id, step="needs_attention", actor=ACTOR, at=now, outcome="warning",
                 detail={"reasons": attention["reasons"], "source": source, "reopened": inc.state == RESOLVED})
         audit(conn, at=now, actor=ACTOR, action="needs_attention", outcome="ok", incident_id=inc.id,
