@@ -92,11 +92,7 @@ SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING}
 FILES_MIXED = frozenset({REVERT_FAILED})
 # States the executor drives forward without a person.
 RUNNABLE = frozenset({APPROVED, HALTING, HALTED, BACKING_UP, RESTORING, RECORDING, VERIFYING, RESUMING, REVERTING})
-# The journal's name for the step each state runs: what the attempts counter counts.
-STEP_OF_STATE = {
-    APPROVED: "preflight", HALTING: "halt", HALTED: "verify_halt", BACKING_UP: "emergency_backup",
-    RESTORING: "restore", RECORDING: "record", VERIFYING: "verify", RESUMING: "resume", REVERTING: "revert",
-}
+# The step each of these states runs, and its name: core.runbook.steps (RUNBOOK, STEP_OF_STATE).
 
 # The runbook's recovery timeline (minutes after the incident opened): the one place its targets are written.
 RUNBOOK_TARGETS = {"halted": 2, "rolled_back": 5, "verified": 7, "resumed": 10,
