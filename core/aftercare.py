@@ -104,9 +104,9 @@ def raise_attention(engine: Engine, incident_id: int, reasons: list[str], *, sou
         previous = dict((inc.plan or {}).get("attention") or {})
         attention = {"count": int(previous.get("count") or 0) + 1, "since": now.isoformat(), "source": source,
                      "reasons": [str(r)[:500] for r in reasons[:10]]}
-        # Engine._move: the checked, conditional state change every state change goes through.
-        new = engine._move(conn, inc, NEEDS_ATTENTION, resolved_at=None, plan={**(inc.plan or {}),
-                                                                             "attention": attention})
+        # Engine.move: the checked, conditional state change every state change goes through.
+        new = engine.move(conn, inc, NEEDS_ATTENTION, resolved_at=None, plan={**(inc.plan or {}),
+                                                                            "attention": attention})
         journal(conn, incident_id=inc.id, step="needs_attention", actor=ACTOR, at=now, outcome="warning",
                 detail={"reasons": attention["reasons"], "source": source, "reopened": inc.state == RESOLVED})
         audit(conn, at=now, actor=ACTOR, action="needs_attention", outcome="ok", incident_id=inc.id,
@@ -130,7 +130,7 @@ def accept(engine: Engine, *, incident_id: int, user: str, reason: str, allowed:
             refusal = RollbackError("A written reason is required to accept an incident that needs attention.")
         if refusal is None:
             accepted = {"by": user, "reason": reason, "at": now.isoformat()}
-            new = engine._move(conn, inc, RESOLVED, plan={**(inc.plan or {}), "accepted": accepted})
+            new = engine.move(conn, inc, RESOLVED, plan={**(inc.plan or {}), "accepted": accepted})
             journal(conn, incident_id=inc.id, step="accepted", actor=user, at=now, detail={"reason": reason})
             audit(conn, at=now, actor=user, action="accept", outcome="ok", incident_id=inc.id, reason=reason)
     if refusal is not None:

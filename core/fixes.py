@@ -29,18 +29,19 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
 
+from core import approval
+from core import repository as repo
 from core.db import Database
-from core.doctor import preflight_reason, rollback_blockers
 from core.engine import Engine, enqueue
 from core.errors import (
     BackupCorrupt,
@@ -49,13 +50,12 @@ from core.errors import (
     NotAuthorized,
     PreflightFailed,
     RollbackError,
-    UnknownIncident,
     clean_text,
 )
-from core.incidents import CLOSED, Incident, PreflightReport, already_decided, audit, journal, utcnow
-from core.modelio import MODEL_FILE, load_booster, predict
-from core.platform import FEATURE_VIEW, feature_columns, feature_rows, production_rows
+from core.incidents import CLOSED, Incident, PreflightReport, audit, journal, utcnow
+from core.platform import FEATURE_VIEW, production_rows
 from core.registry import BackupInfo, ModelRegistry
+from core.runbook.preflight import check_target
 
 __all__ = [
     "FIXES",
@@ -93,6 +93,16 @@ BOT = "rollback-bot"
 
 class UnknownFix(RollbackError):
     """No such quick fix, or the incident is not a fix."""
+
+
+# Who decides a fix request, and the words (core.approval: the same path as a rollback's).
+APPROVAL = approval.Rules(
+    kind="fix", approve_action="fix_approve", deny_action="fix_deny",
+    not_approver="Only approvers may approve a fix that changes the platform.",
+    not_denier="Only approvers or the requester may deny a fix.",
+    ask_again="request the fix again",
+    wrong_kind=lambda inc: UnknownFix(f"{inc.ref} is a {inc.kind} incident, not a quick fix."),
+)
 
 
 @dataclass(frozen=True)
@@ -201,24 +211,10 @@ def _iso(day: date | None) -> str | None:
 
 
 def _get(conn: psycopg.Connection, incident_id: int, *, lock: bool = False) -> Incident:
-    row = conn.execute(
-        "SELECT * FROM rollback_bot.incidents WHERE id = %s" + (" FOR UPDATE" if lock else ""), (incident_id,)
-    ).fetchone()
-    if row is None:
-        raise UnknownIncident(f"There is no incident INC-{incident_id}.")
-    inc = Incident(**row)
+    inc = repo.get(conn, incident_id, lock=lock)
     if inc.kind != "fix":
         raise UnknownFix(f"{inc.ref} is a {inc.kind} incident, not a quick fix.")
     return inc
-
-
-def _refuse(conn: psycopg.Connection, refusal: RollbackError, *, at: datetime, actor: str, action: str,
-            incident_id: int) -> NoReturn:
-    """Audit a refused decision, apart from the transaction that locked the incident, and raise it."""
-    conn.rollback()
-    audit(conn, at=at, actor=actor, action=action, outcome="refused", incident_id=incident_id, reason=str(refusal))
-    conn.commit()
-    raise refusal
 
 
 def get_fix(db: Database, incident_id: int) -> Incident:
@@ -258,13 +254,9 @@ def request_fix(
             raise Conflict(f"'{FIXES[fix]}' is already open as INC-{other['id']} ({other['state']}, requested by"
                            f" {other['requested_by']}); nothing new was posted.")
         now = clock()
-        row = conn.execute(
-            "INSERT INTO rollback_bot.incidents (kind, model_name, state, reason, severity, requested_by, source,"
-            " channel, plan, created_at, updated_at, expires_at) VALUES ('fix', %s, 'requested', %s, 'medium', %s,"
-            " %s, %s, %s, %s, %s, %s) RETURNING *",
-            (model, reason, requested_by, source, channel, Jsonb(plan), now, now, now + expires_in),
-        ).fetchone()
-        inc = Incident(**row)
+        inc = repo.insert_incident(conn, kind="fix", model_name=model, state="requested", reason=reason,
+                                   severity="medium", requested_by=requested_by, source=source, channel=channel,
+                                   plan=plan, created_at=now, updated_at=now, expires_at=now + expires_in)
         if follow_ups is not None:  # the engine's outbox (core.outbox): timers queued with the request
             follow_ups(conn, inc)
         journal(conn, incident_id=inc.id, step="requested", actor=requested_by, at=now,
@@ -277,67 +269,24 @@ def approve_fix(
     db: Database, *, incident_id: int, approver: str, allowed: bool = True, enqueue_run: bool = True,
     clock: Callable[[], datetime] = utcnow,
 ) -> Incident:
-    """Two-person rule and exactly-once, as for a rollback; queues the ``fix`` job (see ``register``)."""
-    with db.transaction() as conn:
-        inc = _get(conn, incident_id, lock=True)
-        refusal: RollbackError | None = None
-        if inc.state != "requested":
-            refusal = already_decided(inc)
-        elif approver == inc.requested_by:
-            refusal = NotAuthorized("You cannot approve your own request: a second person must approve it.")
-        elif not allowed:
-            refusal = NotAuthorized("Only approvers may approve a fix that changes the platform.")
-        now = clock()
-        if refusal is None and inc.expires_at is not None and now > inc.expires_at:
-            conn.execute(
-                "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = 'approval window expired',"
-                " updated_at = %s, resolved_at = %s WHERE id = %s AND state = 'requested'",
-                (now, now, incident_id),
-            )
-            journal(conn, incident_id=incident_id, step="expired", actor=BOT, at=now, outcome="skipped")
-            conn.commit()  # the expiry stands; _refuse then audits the refusal
-            refusal = InvalidTransition(f"{inc.ref} expired before it was approved; request the fix again.")
-        if refusal is not None:
-            _refuse(conn, refusal, at=now, actor=approver, action="fix_approve", incident_id=incident_id)
-        row = conn.execute(
-            "UPDATE rollback_bot.incidents SET state = 'approved', approved_by = %s, decided_by = %s, approved_at = %s,"
-            " updated_at = %s WHERE id = %s AND kind = 'fix' AND state = 'requested' RETURNING *",
-            (approver, approver, now, now, incident_id),
-        ).fetchone()
-        if row is None:  # pragma: no cover - the row lock above makes this unreachable
-            raise Conflict(f"INC-{incident_id} was decided by someone else.")
-        journal(conn, incident_id=incident_id, step="approved", actor=approver, at=now)
-        audit(conn, at=now, actor=approver, action="fix_approve", outcome="ok", incident_id=incident_id)
+    """Two-person rule and exactly-once, as for a rollback (``core.approval``); queues the ``fix`` job (see
+    ``register``)."""
+
+    def queue_run(conn: psycopg.Connection, inc: Incident) -> None:
         if enqueue_run:
-            enqueue(conn, FIX_JOB, incident_id=incident_id, dedupe_key=f"fix:{incident_id}")
-    return Incident(**row)
+            enqueue(conn, FIX_JOB, incident_id=inc.id, dedupe_key=f"fix:{inc.id}")
+
+    inc, _ = approval.approve(db, APPROVAL, incident_id=incident_id, approver=approver, allowed=allowed, clock=clock,
+                              then=queue_run)
+    return inc
 
 
 def deny_fix(
     db: Database, *, incident_id: int, user: str, note: str = "", allowed: bool = True,
     clock: Callable[[], datetime] = utcnow,
 ) -> Incident:
-    """Deny a fix request (an approver) or withdraw it (the requester: ``cancelled``)."""
-    with db.transaction() as conn:
-        inc = _get(conn, incident_id, lock=True)
-        now = clock()
-        refusal: RollbackError | None = None
-        if not allowed and user != inc.requested_by:
-            refusal = NotAuthorized("Only approvers or the requester may deny a fix.")
-        elif inc.state != "requested":
-            refusal = already_decided(inc)
-        if refusal is not None:
-            _refuse(conn, refusal, at=now, actor=user, action="fix_deny", incident_id=incident_id)
-        state = "cancelled" if user == inc.requested_by else "denied"
-        row = conn.execute(
-            "UPDATE rollback_bot.incidents SET state = %s, decided_by = %s, decision_note = %s, updated_at = %s,"
-            " resolved_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
-            (state, user, clean_text(note), now, now, incident_id),
-        ).fetchone()
-        journal(conn, incident_id=incident_id, step=state, actor=user, at=now,
-                detail={"note": clean_text(note)} if note else None)
-        audit(conn, at=now, actor=user, action="fix_deny", outcome="ok", incident_id=incident_id, note=clean_text(note))
-    return Incident(**row)
+    """Deny a fix request (an approver) or withdraw it (the requester: ``cancelled``), as for a rollback."""
+    return approval.deny(db, APPROVAL, incident_id=incident_id, user=user, note=note, allowed=allowed, clock=clock)
 
 
 @dataclass(frozen=True)
@@ -377,17 +326,14 @@ def run_fix(
         now = clock()
         state = "resolved" if result.ok else "failed"
         stored = {"ok": result.ok, "message": result.message, "seconds": round(result.seconds, 3), **result.detail}
-        row = conn.execute(
-            "UPDATE rollback_bot.incidents SET state = %s, error = %s, plan = plan || %s, updated_at = %s,"
-            " resolved_at = %s WHERE id = %s AND state = 'approved' RETURNING *",
-            (state, None if result.ok else result.message[:2000], Jsonb({"result": stored}), now, now, incident_id),
-        ).fetchone()
+        done = repo.move(conn, inc, state, at=now, error=None if result.ok else result.message[:2000],
+                         plan={**(inc.plan or {}), "result": stored})
         journal(conn, incident_id=incident_id, step=str(fix), actor=actor, at=now, started=started,
                 outcome="ok" if result.ok else "failed", detail=stored,
                 error=None if result.ok else result.message[:2000])
         audit(conn, at=now, actor=actor, action="fix_run", outcome="ok" if result.ok else "failed",
                incident_id=incident_id, fix=fix, message=result.message)
-    return FixOutcome(Incident(**row), result)
+    return FixOutcome(done, result)
 
 
 def _run_retrain(conn: psycopg.Connection, inc: Incident, runner: RetrainRunner | None, now: datetime) -> FixResult:
@@ -448,41 +394,15 @@ def _restore_order(backups: list[BackupInfo], production_version: str | None) ->
     return sorted(backups, key=key)
 
 
-def _local_preflight(registry: ModelRegistry, conn: psycopg.Connection, b: BackupInfo,
-                     features: set[str], settings: Any = None) -> list[str]:
-    """The engine's pre-flight checks, for callers without an Engine; raises PreflightFailed."""
-    import numpy as np
-
-    model = b.path.parent.name
-    blockers = rollback_blockers(conn, settings, models_dir=registry.models_dir, model=model)
-    if blockers:
-        raise PreflightFailed(preflight_reason(model, blockers))
-    reason = registry.unusable_reason(b, features=features or None)
-    if reason:
-        raise PreflightFailed(reason)
-    assert b.metadata is not None
-    try:
-        booster = load_booster(b.path / MODEL_FILE, max_bytes=registry.max_model_bytes)
-    except BackupCorrupt as exc:
-        raise PreflightFailed(str(exc)) from None
-    day, _, rows = feature_rows(conn, list(b.metadata.features))
-    if len(rows) < 2:
-        raise PreflightFailed("ml_training_features has no recent rows to predict on")
-    preds = np.asarray(predict(booster, list(b.metadata.features), rows), dtype=float)
-    if not np.all(np.isfinite(preds)) or float(np.std(preds)) <= 0.0:
-        raise PreflightFailed("the prediction on recent rows is non-finite or constant")
-    return ["metadata.json parses", "model.json loads with xgboost", "features match ml_training_features",
-            f"prediction on {len(rows)} rows of {day} is finite and varies"]
-
-
 def propose_model_restore(
     registry: ModelRegistry, conn: psycopg.Connection, *, model: str, engine: Engine | None = None,
     settings: Any = None,
 ) -> RestoreProposal | None:
     """None when the production model.json loads; else the restore target by RESTORE_RULE.
 
-    With ``engine`` each candidate goes through ``Engine.preflight`` (exactly the checks a rollback runs);
-    without it the same checks run here against ``conn`` (the trades source too when ``settings`` are given).
+    Each candidate goes through the one pre-flight (``core.runbook.preflight.check_target``, exactly the checks a
+    rollback runs): with ``engine`` as ``Engine.preflight`` does it, without it on ``conn`` (the trades source too
+    when ``settings`` are given).
     """
     folder = registry.model_dir(model)
     problem = registry.load_problem(folder)
@@ -490,19 +410,18 @@ def propose_model_restore(
         return None
     rows = production_rows(conn, model)
     production_version = rows[0].version if rows else None
-    features = feature_columns(conn)
     rejected: dict[str, str] = {}
     for b in _restore_order(registry.list_backups(model), production_version):
         try:
             if engine is not None:
                 report = engine.preflight(model=model, backup=b.name)
-                checks = list(report.checks)
             else:
-                report = None
-                checks = _local_preflight(registry, conn, b, features, settings)
+                report = check_target(registry, settings, model=model, backup=b.name,
+                                      transaction=lambda: nullcontext(conn))
         except (PreflightFailed, BackupCorrupt) as exc:
             rejected[b.name] = str(exc).split(" fails pre-flight: ", 1)[-1]
             continue
+        checks = list(report.checks)
         return RestoreProposal(model, problem, b.name, production_version, b.name == production_version, checks,
                                rejected, report, RESTORE_RULE)
     return RestoreProposal(model, problem, None, production_version, False, [], rejected, None, RESTORE_RULE)

@@ -24,8 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from psycopg.types.json import Jsonb
-
+from core import repository as repo
 from core import trading
 from core.errors import InvalidTransition, NotAuthorized, PreflightFailed, RollbackError
 from core.incidents import (
@@ -44,6 +43,8 @@ from core.incidents import (
     already_decided,
     journal,
 )
+from core.runbook.emergency_backup import name_for
+from core.runbook.journal import finish_in
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -140,8 +141,8 @@ def not_effective(engine: Engine, inc: Incident, step_id: int, detail: dict) -> 
              f" after {detail.get('timeout_seconds'):g} s. Nothing was swapped; trading stays halted.")
     with engine.db.transaction() as conn:
         cur = engine.get(inc.id, conn, lock=True)
-        new = engine._move(conn, cur, HALT_NOT_EFFECTIVE, error=error)
-        engine._journal_finish(conn, step_id, "failed", detail, error=error)
+        new = engine.move(conn, cur, HALT_NOT_EFFECTIVE, error=error)
+        finish_in(engine, conn, step_id, "failed", detail, error=error)
         engine.audit(conn, actor="rollback-bot", action="halt_not_effective", outcome="paused", incident_id=inc.id,
                      trades=detail.get("trades_after_halt"))
     engine.publish(Event("step", new, "verify_halt", detail, error))
@@ -152,8 +153,7 @@ def not_effective(engine: Engine, inc: Incident, step_id: int, detail: dict) -> 
 def remember_trades_message(engine: Engine, incident_id: int, *, channel: str, ts: str) -> None:
     """Where the live "trades after the halt" message of an incident is (so it is updated, not posted again)."""
     with engine.db.transaction() as conn:
-        conn.execute("UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s",
-                     (Jsonb({"halt_trades_message": {"channel": channel, "ts": ts}}), incident_id))
+        repo.merge_plan(conn, incident_id, {"halt_trades_message": {"channel": channel, "ts": ts}})
 
 
 # ------------------------------------------------------------------------------------------ the two ways out
@@ -180,8 +180,8 @@ def proceed_anyway(engine: Engine, *, incident_id: int, approver: str, allowed: 
                 refusal = InvalidTransition(f"Trading is no longer halted for {inc.ref}: the swap cannot go ahead.")
         if refusal is None:
             now = engine.clock()
-            new = engine._move(conn, inc, BACKING_UP,
-                               emergency_backup=inc.emergency_backup or engine._emergency_name(inc),
+            new = engine.move(conn, inc, BACKING_UP,
+                               emergency_backup=inc.emergency_backup or name_for(engine, inc),
                                plan={**inc.plan, "proceeded_anyway": {"by": approver, "at": now.isoformat()}})
             journal(conn, incident_id=inc.id, step="proceed_anyway", actor=approver, at=now, outcome="warning",
                     detail={"trades_after_halt_seen": True}, error="proceeded although the halt was not effective")
@@ -208,7 +208,7 @@ def abandon(engine: Engine, *, incident_id: int, user: str, allowed: bool) -> In
         else:
             error = (f"Abandoned by {user}: the halt was not effective. Nothing was swapped; trading stays halted"
                      " until an approver resumes it.")
-            new = engine._move(conn, inc, FAILED, error=error, decided_by=user)
+            new = engine.move(conn, inc, FAILED, error=error, decided_by=user)
             journal(conn, incident_id=inc.id, step="abandoned", actor=user, at=engine.clock())
             engine.audit(conn, actor=user, action="abandon", outcome="ok", incident_id=inc.id)
     if refusal is not None:
@@ -241,8 +241,7 @@ def sweep(engine: Engine) -> trading.SweepResult:
             if not (new_added or new_reenabled):
                 continue
             reenabled = sorted(set(known.get("reenabled", [])) | set(new_reenabled))
-            conn.execute("UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s",
-                         (Jsonb({SWEEP_STEP: {"added": added, "reenabled": reenabled}}), inc.id))
+            repo.merge_plan(conn, inc.id, {SWEEP_STEP: {"added": added, "reenabled": reenabled}})
             detail = {"added": new_added, "reenabled": new_reenabled, "state": inc.state}
             error = (f"a person re-enabled client(s) {', '.join(new_reenabled)} during the halt: left as they set"
                      " them") if new_reenabled else None

@@ -40,7 +40,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from core.errors import Conflict, InvalidTransition
 
@@ -77,6 +76,15 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 # Trading-only incidents (`/rollback halt`): halting → halted → resolved (on resume).
 HALT_TRANSITIONS: dict[str, frozenset[str]] = {HALTING: frozenset({HALTED}), HALTED: frozenset({RESOLVED})}
+# Quick fixes (core.fixes): a second person approves, then the fix runs once.
+FIX_TRANSITIONS: dict[str, frozenset[str]] = {
+    REQUESTED: frozenset({APPROVED, DENIED, CANCELLED}),
+    APPROVED: frozenset({RESOLVED, FAILED}),
+}
+# Each incident kind's moves (a resume override, core.resume, is approved like a rollback request).
+TRANSITIONS_OF_KIND: dict[str, dict[str, frozenset[str]]] = {
+    "rollback": TRANSITIONS, "halt": HALT_TRANSITIONS, "fix": FIX_TRANSITIONS, "resume": TRANSITIONS,
+}
 CLOSED = frozenset({RESOLVED, DENIED, FAILED, CANCELLED, SUPERSEDED})
 # States in which the production files or the deployment log may differ from both "before" and "after".
 SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING})
@@ -84,11 +92,7 @@ SWAP_STATES = frozenset({BACKING_UP, RESTORING, RECORDING, VERIFYING, REVERTING}
 FILES_MIXED = frozenset({REVERT_FAILED})
 # States the executor drives forward without a person.
 RUNNABLE = frozenset({APPROVED, HALTING, HALTED, BACKING_UP, RESTORING, RECORDING, VERIFYING, RESUMING, REVERTING})
-# The journal's name for the step each state runs: what the attempts counter counts.
-STEP_OF_STATE = {
-    APPROVED: "preflight", HALTING: "halt", HALTED: "verify_halt", BACKING_UP: "emergency_backup",
-    RESTORING: "restore", RECORDING: "record", VERIFYING: "verify", RESUMING: "resume", REVERTING: "revert",
-}
+# The step each of these states runs, and its name: core.runbook.steps (RUNBOOK, STEP_OF_STATE).
 
 # The runbook's recovery timeline (minutes after the incident opened): the one place its targets are written.
 RUNBOOK_TARGETS = {"halted": 2, "rolled_back": 5, "verified": 7, "resumed": 10,
@@ -102,7 +106,7 @@ def already_decided(inc: Incident) -> Conflict:
 
 
 def check_transition(current: str, new: str, kind: str = "rollback") -> None:
-    table = HALT_TRANSITIONS if kind == "halt" else TRANSITIONS
+    table = TRANSITIONS_OF_KIND.get(kind, {})  # an unknown kind moves nowhere (fail closed)
     if new not in table.get(current, frozenset()):
         raise InvalidTransition(f"An incident in state '{current}' cannot move to '{new}'.")
 
@@ -197,22 +201,15 @@ class Event:
 Listener = Callable[[Event], None]
 
 
-def journal(conn: psycopg.Connection, *, incident_id: int, step: str, actor: str, at: datetime,
-            started: datetime | None = None, outcome: str = "ok", detail: dict | None = None,
-            error: str | None = None) -> None:
-    """Add a finished step to an incident's journal (``rollback_bot.steps``), in the caller's transaction."""
-    conn.execute(
-        "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at, finished_at, outcome, detail, error)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (incident_id, step, actor, started or at, at, outcome, Jsonb(detail or {}), error[:2000] if error else None),
-    )
+def journal(conn: psycopg.Connection, **row: Any) -> None:
+    """Add a finished step to an incident's journal, in the caller's transaction (``core.repository.journal``)."""
+    from core.repository import journal as write
+
+    write(conn, **row)
 
 
-def audit(conn: psycopg.Connection, *, actor: str, action: str, outcome: str, at: datetime | None = None,
-          incident_id: int | None = None, **detail: Any) -> None:
-    """One row of the audit log, in the caller's transaction; ``at`` defaults to the database's clock."""
-    conn.execute(
-        "INSERT INTO rollback_bot.audit_log (at, actor, action, outcome, incident_id, detail)"
-        " VALUES (coalesce(%s, clock_timestamp()), %s, %s, %s, %s, %s)",
-        (at, actor, action, outcome, incident_id, Jsonb(detail)),
-    )
+def audit(conn: psycopg.Connection, **row: Any) -> None:
+    """One row of the audit log, in the caller's transaction (``core.repository.audit``)."""
+    from core.repository import audit as write
+
+    write(conn, **row)

@@ -1,6 +1,6 @@
 """Transactional outbox: the follow-up jobs a state change implies are queued in the same transaction.
 
-``Engine._move`` (every state change of a rollback or a manual halt) and the insert of a rollback request call
+``Engine.move`` (every state change of a rollback or a manual halt) and the insert of a rollback request call
 the engine's ``follow_ups`` writers with the open transaction and the incident as it now is. The writers only
 insert rows in ``rollback_bot.jobs`` (with dedupe keys, so a writer and an in-process listener that queue the
 same job leave one row): the state and its follow-ups commit together or not at all. A process that dies

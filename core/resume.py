@@ -82,20 +82,20 @@ def resume_trading(engine: Engine, *, user: str, override: Incident | None = Non
         ).fetchall():
             inc = Incident(**row)
             if inc.state == VERIFIED:
-                moved.append(engine._move(conn, inc, RESUMING))
+                moved.append(engine.move(conn, inc, RESUMING))
                 to_run.append(inc.id)
             elif inc.state == RESUMING:
                 to_run.append(inc.id)  # its own resume step (interrupted) lets go of its holder
             else:  # files were mixed by a failed revert: they pass the check now, or two approvers overrode
                 how = (f"override {override.ref} by {override.requested_by} and {override.approved_by}"
                        if override is not None and mismatches else "the files match the production row again")
-                moved.append(engine._move(conn, inc, FAILED, decision_note=f"closed at resume: {how}"))
+                moved.append(engine.move(conn, inc, FAILED, decision_note=f"closed at resume: {how}"))
                 journal(conn, incident_id=inc.id, step="files_checked", actor=user, at=now,
                         detail={"note": how})
         for row in conn.execute(
             "SELECT * FROM rollback_bot.incidents WHERE kind = 'halt' AND state = 'halted' FOR UPDATE"
         ).fetchall():
-            moved.append(engine._move(conn, Incident(**row), RESOLVED, resumed_at=now))
+            moved.append(engine.move(conn, Incident(**row), RESOLVED, resumed_at=now))
         keep = [f"incident:{r['id']}" for r in conn.execute(
             "SELECT id FROM rollback_bot.incidents WHERE kind = 'rollback' AND state <> ALL(%s)", (list(CLOSED),))]
         result = trading.release(conn, holder="", actor=user, force=True, keep=keep)

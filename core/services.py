@@ -372,7 +372,7 @@ class Services:
     REPORT_STATES = outbox.REPORT_STATES
 
     def _report_on_change(self, event: Event) -> None:
-        """For state changes made outside ``Engine._move`` (the outbox queues the others; same dedupe key)."""
+        """For state changes made outside ``Engine.move`` (the outbox queues the others; same dedupe key)."""
         inc = event.incident
         if event.kind == "state" and inc.state in self.REPORT_STATES.get(inc.kind, ()):
             with self.db.transaction() as conn:

@@ -250,9 +250,9 @@ def test_killed_twice_in_the_same_step_is_still_finished(world_template, databas
     assert outcomes == ["running", "running", "ok"], outcomes
 
 
-@pytest.mark.parametrize(("first", "state"), [("copy:1", "backing_up"), ("copy:3", "restoring")])
+@pytest.mark.parametrize(("first", "step"), [("copy:1", "emergency_backup"), ("copy:3", "restore")])
 def test_a_step_killed_every_time_gives_up_and_puts_the_original_back(world_template, database_url, tmp_path,
-                                                                      first, state):
+                                                                      first, step):
     """MAX_STEP_ATTEMPTS: a step that kills the bot each time it runs is not retried for ever; the rollback is
     undone (original files and deployment row back), trading stays halted, the incident is failed."""
     run = fresh_world(world_template, database_url, tmp_path / "w")
@@ -260,7 +260,7 @@ def test_a_step_killed_every_time_gives_up_and_puts_the_original_back(world_temp
     for _ in range(E.MAX_STEP_ATTEMPTS - 1):
         run_child(run, "copy:1", mode="recover")  # the first copy after a restart is the same file again
     [done] = recover(run)
-    assert done.state == "failed" and f"'{state}' was interrupted" in (done.error or ""), (done.state, done.error)
+    assert done.state == "failed" and f"step '{step}' was interrupted" in (done.error or ""), (done.state, done.error)
     assert check_agreement(run, expect="failed") == []
 
 

@@ -10,6 +10,7 @@ import pytest
 from core import engine as E
 from core import incidents
 from core.errors import Conflict, InvalidTransition, NotAuthorized, PreflightFailed, VerificationFailed
+from core.runbook import resume as resume_step
 from tests.helpers import (
     assert_consistent,
     client_settings,
@@ -182,7 +183,7 @@ def test_failed_verification_puts_the_original_back_and_keeps_trading_halted(set
     assert assert_consistent(conn, world.models_dir, MODEL) == original
     assert trading_halted(conn), "trading never resumes on a model that was not verified"
     with pytest.raises(VerificationFailed, match="not verified"):
-        services.engine._assert_verified(done)
+        resume_step.assert_verified(services.engine, done)
 
 
 def test_verification_after_a_restart_parses_the_file_in_place(settings, db, world, conn):
@@ -203,7 +204,7 @@ def test_verification_after_a_restart_parses_the_file_in_place(settings, db, wor
     services.engine.approve(incident_id=inc.id, approver="U0BOB")
     with pytest.raises(Crash):
         services.engine.execute(inc.id)
-    assert services.engine.get(inc.id).state == "verifying" and not services.engine._parsing
+    assert services.engine.get(inc.id).state == "verifying" and inc.id not in services.engine.executor.parsed
     services.engine.fault = E.no_fault
     done = services.engine.execute(inc.id)
     assert done.state == "monitoring", done.error

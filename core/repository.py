@@ -1,0 +1,248 @@
+"""The SQL on the bot's own tables that the engine and the runbook steps run: incidents, the journal
+(``rollback_bot.steps``), the audit log and the job queue.
+
+Every function works in the caller's transaction (``conn``): a state change, its journal row, its audit row
+and the jobs it implies commit together or not at all. Nothing here decides anything; the rules (who may
+approve, which move is allowed) are in ``core.approval``, ``core.incidents`` and ``core.runbook``.
+
+``move`` is the one checked, conditional state change: ``check_transition`` first, then
+``UPDATE … WHERE id = %s AND state = %s``, so two processes (or two clicks) can never both make the same move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from core.errors import Conflict, UnknownIncident
+from core.incidents import CLOSED, NEEDS_ATTENTION, Incident, Step, check_transition
+
+__all__ = [
+    "JOBS_CHANNEL",
+    "attempt_counts",
+    "audit",
+    "cancel_expired",
+    "cancel_not_started",
+    "cancel_request",
+    "decide_request",
+    "enqueue",
+    "finish_step",
+    "get",
+    "incident_ids_in",
+    "insert_incident",
+    "journal",
+    "list_incidents",
+    "merge_plan",
+    "move",
+    "open_rollback_for",
+    "set_message",
+    "start_step",
+    "step_succeeded",
+    "steps",
+]
+
+JOBS_CHANNEL = "rollback_bot_jobs"
+
+# ------------------------------------------------------------------------------------------------ incidents
+
+
+def get(conn: psycopg.Connection, incident_id: int, *, lock: bool = False) -> Incident:
+    """The incident (``lock``: FOR UPDATE, held until the caller's transaction ends); UnknownIncident if none."""
+    row = conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE id = %s" + (" FOR UPDATE" if lock else ""), (incident_id,)
+    ).fetchone()
+    if row is None:
+        raise UnknownIncident(f"There is no incident INC-{incident_id}.")
+    return Incident(**row)
+
+
+def open_rollback_for(conn: psycopg.Connection, model: str) -> Incident | None:
+    """The model's open rollback that blocks a new request (one that needs attention does not)."""
+    row = conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND model_name = %s "
+        "AND state <> ALL(%s) ORDER BY id DESC LIMIT 1",
+        (model, list(CLOSED | {NEEDS_ATTENTION})),
+    ).fetchone()
+    return Incident(**row) if row else None
+
+
+def list_incidents(conn: psycopg.Connection, *, open_only: bool = False, limit: int = 20) -> list[Incident]:
+    if open_only:
+        rows = conn.execute(
+            "SELECT * FROM rollback_bot.incidents WHERE state <> ALL(%s) ORDER BY id DESC LIMIT %s",
+            (list(CLOSED), limit),
+        ).fetchall()
+    else:
+        rows = conn.execute("SELECT * FROM rollback_bot.incidents ORDER BY id DESC LIMIT %s", (limit,)).fetchall()
+    return [Incident(**r) for r in rows]
+
+
+def incident_ids_in(conn: psycopg.Connection, states: Iterable[str], *, kind: str = "rollback") -> list[int]:
+    """Ids of the incidents of ``kind`` in any of ``states``, oldest first."""
+    return [r["id"] for r in conn.execute(
+        "SELECT id FROM rollback_bot.incidents WHERE kind = %s AND state = ANY(%s) ORDER BY id",
+        (kind, list(states)),
+    )]
+
+
+def insert_incident(conn: psycopg.Connection, **values: Any) -> Incident:
+    """A new incident row with these columns (dicts and lists stored as JSON). Raises psycopg's UniqueViolation
+    when the model already has an open rollback (the partial unique index)."""
+    names = list(values)
+    params = [Jsonb(v) if isinstance(v, (dict, list)) else v for v in values.values()]
+    row = conn.execute(
+        f"INSERT INTO rollback_bot.incidents ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})"
+        " RETURNING *",
+        params,
+    ).fetchone()
+    return Incident(**row)
+
+
+def move(conn: psycopg.Connection, inc: Incident, new: str, *, at: datetime, **columns: Any) -> Incident:
+    """Checked, conditional state change (see the module's docstring); Conflict when another process moved it."""
+    check_transition(inc.state, new, inc.kind)
+    sets = ["state = %s", "updated_at = %s"]
+    params: list[Any] = [new, at]
+    for key, value in columns.items():
+        sets.append(f"{key} = %s")
+        params.append(Jsonb(value) if isinstance(value, (dict, list)) else value)
+    if new in CLOSED:
+        sets.append("resolved_at = coalesce(resolved_at, %s)")
+        params.append(at)
+    params += [inc.id, inc.state]
+    row = conn.execute(
+        f"UPDATE rollback_bot.incidents SET {', '.join(sets)} WHERE id = %s AND state = %s RETURNING *", params
+    ).fetchone()
+    if row is None:
+        raise Conflict(f"{inc.ref} changed state while this step ran; another process is handling it.")
+    return Incident(**row)
+
+
+def cancel_request(conn: psycopg.Connection, incident_id: int, *, at: datetime,
+                   note: str = "approval window expired") -> None:
+    """A request whose approval window passed: cancelled (nothing else; the caller journals it)."""
+    conn.execute(
+        "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = %s, updated_at = %s,"
+        " resolved_at = %s WHERE id = %s AND state = 'requested'",
+        (note, at, at, incident_id),
+    )
+
+
+def cancel_expired(conn: psycopg.Connection, *, at: datetime) -> list[dict]:
+    """Every request of any kind whose approval window passed before ``at``, cancelled; their rows."""
+    return conn.execute(
+        "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = 'approval window expired',"
+        " updated_at = %s, resolved_at = %s WHERE state = 'requested' AND expires_at < %s RETURNING *",
+        (at, at, at),
+    ).fetchall()
+
+
+def cancel_not_started(conn: psycopg.Connection, *, at: datetime, approved_before: datetime, note: str) -> list[dict]:
+    """Approved rollbacks that did not start in time (approved before ``approved_before``), cancelled; their rows."""
+    return conn.execute(
+        "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = %s, updated_at = %s,"
+        " resolved_at = %s WHERE kind = 'rollback' AND state = 'approved' AND approved_at < %s RETURNING *",
+        (note, at, at, approved_before),
+    ).fetchall()
+
+
+def decide_request(conn: psycopg.Connection, incident_id: int, *, state: str, user: str, note: str,
+                   at: datetime) -> Incident | None:
+    """A request denied or withdrawn (``state``), if it is still requested; None otherwise."""
+    row = conn.execute(
+        "UPDATE rollback_bot.incidents SET state = %s, decided_by = %s, decision_note = %s, updated_at = %s,"
+        " resolved_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
+        (state, user, note, at, at, incident_id),
+    ).fetchone()
+    return Incident(**row) if row else None
+
+
+def set_message(conn: psycopg.Connection, incident_id: int, *, channel: str, message_ts: str,
+                thread_ts: str | None = None) -> None:
+    conn.execute(
+        "UPDATE rollback_bot.incidents SET channel = %s, message_ts = %s, thread_ts = coalesce(%s, %s) WHERE id = %s",
+        (channel, message_ts, thread_ts, message_ts, incident_id),
+    )
+
+
+def merge_plan(conn: psycopg.Connection, incident_id: int, values: dict) -> None:
+    """Merge ``values`` into the incident's plan (no state change)."""
+    conn.execute("UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s", (Jsonb(values), incident_id))
+
+
+# ------------------------------------------------------------------------------------------------ the journal
+
+
+def steps(conn: psycopg.Connection, incident_id: int) -> list[Step]:
+    rows = conn.execute("SELECT * FROM rollback_bot.steps WHERE incident_id = %s ORDER BY id", (incident_id,))
+    return [Step(**r) for r in rows.fetchall()]
+
+
+def start_step(conn: psycopg.Connection, incident_id: int, step: str, actor: str, *, at: datetime) -> int:
+    """A journal row for a step that starts now; its id, for ``finish_step``."""
+    return conn.execute(
+        "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at) VALUES (%s, %s, %s, %s) RETURNING id",
+        (incident_id, step, actor, at),
+    ).fetchone()["id"]
+
+
+def finish_step(conn: psycopg.Connection, step_id: int, outcome: str, detail: dict | None = None,
+                error: str | None = None, *, at: datetime) -> None:
+    conn.execute(
+        "UPDATE rollback_bot.steps SET finished_at = %s, outcome = %s, detail = detail || %s, error = %s WHERE id = %s",
+        (at, outcome, Jsonb(detail or {}), error, step_id),
+    )
+
+
+def journal(conn: psycopg.Connection, *, incident_id: int, step: str, actor: str, at: datetime,
+            started: datetime | None = None, outcome: str = "ok", detail: dict | None = None,
+            error: str | None = None) -> None:
+    """Add a finished step to an incident's journal, in the caller's transaction."""
+    conn.execute(
+        "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at, finished_at, outcome, detail, error)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (incident_id, step, actor, started or at, at, outcome, Jsonb(detail or {}), error[:2000] if error else None),
+    )
+
+
+def attempt_counts(conn: psycopg.Connection, incident_id: int) -> dict[str, int]:
+    """How many times each journal step of the incident was started."""
+    return {r["step"]: r["n"] for r in conn.execute(
+        "SELECT step, count(*) AS n FROM rollback_bot.steps WHERE incident_id = %s GROUP BY step", (incident_id,),
+    )}
+
+
+def step_succeeded(conn: psycopg.Connection, incident_id: int, step: str) -> bool:
+    """The journal holds a run of ``step`` that ended ``ok``."""
+    return conn.execute(
+        "SELECT 1 FROM rollback_bot.steps WHERE incident_id = %s AND step = %s AND outcome = 'ok'",
+        (incident_id, step),
+    ).fetchone() is not None
+
+
+# ------------------------------------------------------------------------------------------------ audit, jobs
+
+
+def audit(conn: psycopg.Connection, *, actor: str, action: str, outcome: str, at: datetime | None = None,
+          incident_id: int | None = None, **detail: Any) -> None:
+    """One row of the audit log, in the caller's transaction; ``at`` defaults to the database's clock."""
+    conn.execute(
+        "INSERT INTO rollback_bot.audit_log (at, actor, action, outcome, incident_id, detail)"
+        " VALUES (coalesce(%s, clock_timestamp()), %s, %s, %s, %s, %s)",
+        (at, actor, action, outcome, incident_id, Jsonb(detail)),
+    )
+
+
+def enqueue(conn: psycopg.Connection, kind: str, *, incident_id: int | None = None, payload: dict | None = None,
+            run_at: datetime | None = None, dedupe_key: str | None = None) -> None:
+    """Queue background work for whichever bot process claims it first (in the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO rollback_bot.jobs (kind, incident_id, payload, run_at, dedupe_key)"
+        " VALUES (%s, %s, %s, coalesce(%s, clock_timestamp()), %s) ON CONFLICT (dedupe_key) DO NOTHING",
+        (kind, incident_id, Jsonb(payload or {}), run_at, dedupe_key),
+    )
+    conn.execute(f"NOTIFY {JOBS_CHANNEL}")
