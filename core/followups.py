@@ -126,7 +126,10 @@ class PreventionMeasure:
 def due_after(settings: Any) -> dict[str, timedelta]:
     """Each kind's delay after the incident opened, from the settings ``followup_{kind}_hours`` (every kind has
     one: core/settings.py; their defaults are ``KINDS``')."""
-    return {kind: timedelta(hours=float(getattr(settings, f"followup_{kind}_hours"))) for kind, *_ in KINDS}
+    hours = {"root_cause": settings.followup_root_cause_hours, "monitoring": settings.followup_monitoring_hours,
+             "retrain": settings.followup_retrain_hours, "checklist": settings.followup_checklist_hours,
+             "prevention": settings.followup_prevention_hours}
+    return {kind: timedelta(hours=float(hours[kind])) for kind, *_ in KINDS}
 
 
 def plan_for(incident: Incident, due: dict[str, timedelta] | None = None) -> list[tuple[str, str, datetime]]:
