@@ -229,12 +229,11 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
                 return
             before = production_rows(check, model)[0]["version"]
             before_halted = trading_halted(check)
-            hook = None
-            if damage == "damaged_after_restore":
-                def hook(label: str) -> None:
-                    if label == "after:restoring":
-                        damage_file(self.models_dir / model / MODEL_FILE)
-            elif damage == "changed_after_approval":
+            def hook(label: str) -> None:
+                if damage == "damaged_after_restore" and label == "after:restoring":
+                    damage_file(self.models_dir / model / MODEL_FILE)
+
+            if damage == "changed_after_approval":
                 other = next(p for p in sorted((self.models_dir / model).iterdir())
                              if p.is_dir() and p.name.startswith("backup_") and p.name not in self.bad
                              and sha256_file(p / MODEL_FILE) != inc.target_sha256)
@@ -341,10 +340,14 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
                 run_b()
             seen(f"overlapping rollbacks: the second {got['b'].state}" + (" mid-way" if "a" in got else ""))
             want = {None: incidents.MONITORING, "verify": incidents.FAILED, "revert": incidents.REVERT_FAILED}[b_fails]
+            if b_fails == "revert" and not fired:
+                # nothing to put back: the original model.json was the same damaged bytes (files two approvers
+                # resumed on after an earlier failed revert to the same target)
+                want = incidents.FAILED
             assert got["b"].state == want, (got["b"].state, got["b"].error)
             if b_fails:
                 assert trading_halted(check), "trading runs after B failed"
-            if b_fails == "revert":
+            if fired:
                 assert fired["revert:model.json"] == REVERT_ATTEMPTS
 
         @rule()
