@@ -9,6 +9,7 @@ world and runs a short random program of those rules; the invariants are checked
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -229,12 +230,11 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
                 return
             before = production_rows(check, model)[0]["version"]
             before_halted = trading_halted(check)
-            hook = None
-            if damage == "damaged_after_restore":
-                def hook(label: str) -> None:
-                    if label == "after:restoring":
-                        damage_file(self.models_dir / model / MODEL_FILE)
-            elif damage == "changed_after_approval":
+            def hook(label: str) -> None:
+                if damage == "damaged_after_restore" and label == "after:restoring":
+                    damage_file(self.models_dir / model / MODEL_FILE)
+
+            if damage == "changed_after_approval":
                 other = next(p for p in sorted((self.models_dir / model).iterdir())
                              if p.is_dir() and p.name.startswith("backup_") and p.name not in self.bad
                              and sha256_file(p / MODEL_FILE) != inc.target_sha256)
@@ -320,7 +320,10 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
                     raise OSError(errno.EIO, "Input/output error (property test)")
 
             def run_b() -> None:
+                folder = self.models_dir / second
+                got["b_before"] = file_sums(folder)  # what B's revert must put back
                 got["b"] = self._run(b.id, b_hook)
+                got["b_after"] = file_sums(folder)
 
             def a_hook(at: str) -> None:
                 if at == label and b is not None and "b" not in got:
@@ -341,11 +344,24 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
                 run_b()
             seen(f"overlapping rollbacks: the second {got['b'].state}" + (" mid-way" if "a" in got else ""))
             want = {None: incidents.MONITORING, "verify": incidents.FAILED, "revert": incidents.REVERT_FAILED}[b_fails]
+            # B's revert has nothing to copy back (so its failing copy is never reached) when the model.json in
+            # place before B was already the bytes B's damage leaves: B's own target cut short the same way, left
+            # there by an earlier failed revert of a rollback to the same backup that two approvers then resumed
+            # on. The revert rightly succeeds: the files before B are in place, trading stays halted, and
+            # `/rollback resume` keeps refusing them (tests/test_overlap_regression.py).
+            target_bytes = (self.models_dir / second / b.target_backup / MODEL_FILE).read_bytes()
+            damaged = hashlib.sha256(target_bytes[:-50]).hexdigest()  # as damage_file leaves it
+            nothing_to_copy = b_fails == "revert" and got["b_before"][MODEL_FILE] == damaged
+            if nothing_to_copy:
+                want = incidents.FAILED
+                seen("overlapping rollbacks: the second's revert had nothing to copy back")
             assert got["b"].state == want, (got["b"].state, got["b"].error)
             if b_fails:
                 assert trading_halted(check), "trading runs after B failed"
+            if want == incidents.FAILED:
+                assert got["b_after"] == got["b_before"], "B failed, yet its model's files are not those before B"
             if b_fails == "revert":
-                assert fired["revert:model.json"] == REVERT_ATTEMPTS
+                assert fired["revert:model.json"] == (0 if nothing_to_copy else REVERT_ATTEMPTS), fired
 
         @rule()
         def manual_halt(self):

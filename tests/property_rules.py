@@ -204,11 +204,10 @@ def money_rules(ctx: Ctx, base: type) -> type:
             before = self._snapshot()
             if when == "approval":
                 self.engine.settings = broken
-            hook = None
-            if when == "halt":
-                def hook(at: str) -> None:
-                    if at == "before:halted":
-                        self.engine.settings = broken
+            def hook(at: str) -> None:
+                if when == "halt" and at == "before:halted":
+                    self.engine.settings = broken
+
             try:
                 done = self._run(inc.id, hook)
             finally:
