@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-EVENTS: Counter = Counter()  # what the examples did, counted (tests/test_properties.py prints them)
+EVENTS: Counter = Counter()  # what the examples did, counted (tests/core/test_properties.py prints them)
 
 
 def seen(what: str) -> None:

@@ -1,4 +1,4 @@
-"""The rollback engine's state machine for the property test (tests/test_properties.py explains what it checks).
+"""The rollback engine's state machine for the property test (tests/core/test_properties.py explains what it checks).
 
 ``build_machine(ctx)`` makes the ``RuleBasedStateMachine`` for one platform world: the world's state, the rules of
 rollbacks, crashes, restarts, overlapping rollbacks, halts and resumes, the worker and time, and the invariants;
@@ -348,7 +348,7 @@ def build_machine(ctx: Ctx) -> type[RuleBasedStateMachine]:
             # place before B was already the bytes B's damage leaves: B's own target cut short the same way, left
             # there by an earlier failed revert of a rollback to the same backup that two approvers then resumed
             # on. The revert rightly succeeds: the files before B are in place, trading stays halted, and
-            # `/rollback resume` keeps refusing them (tests/test_overlap_regression.py).
+            # `/rollback resume` keeps refusing them (tests/core/test_overlap_regression.py).
             target_bytes = (self.models_dir / second / b.target_backup / MODEL_FILE).read_bytes()
             damaged = hashlib.sha256(target_bytes[:-50]).hexdigest()  # as damage_file leaves it
             nothing_to_copy = b_fails == "revert" and got["b_before"][MODEL_FILE] == damaged

@@ -44,7 +44,7 @@ noisy estimate (one standard error of an annualised 20-day Sharpe is sqrt(252/20
 which backup looks best over the last weeks is partly luck.  The demo's world (seed 0, payoff
 stream 81) was chosen to tell the typical incident: production's 20-day IC and Sharpe negative,
 the oldest backup the best over those days, every figure in a desk's range
-(``tests/test_demo_world.py`` holds it); other seeds may not.
+(``tests/devtools/test_demo_world.py`` holds it); other seeds may not.
 """
 
 from __future__ import annotations

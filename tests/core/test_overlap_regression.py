@@ -38,7 +38,7 @@ from tests.helpers import assert_consistent, production_rows, trading_halted
 from tests.property_clients import EVENTS
 from tests.property_machine import Ctx, build_machine
 from tests.property_rules import money_rules
-from tests.test_properties import collect_labels, reset_rows
+from tests.core.test_properties import collect_labels, reset_rows
 
 A_MODEL, B_MODEL = "growth_momentum_large", "value_small"
 
