@@ -134,7 +134,7 @@ def test_a_slow_approval_misses_the_halt_target(services, world, clock):
     assert status == {"halted": "missed", "rolled_back": "met", "verified": "met", "resumed": "met",
                       "stable": "pending", "root_cause": "pending", "watched": "pending"}
     md = render(services, inc.id, clock())
-    assert "Runbook targets missed: trading halted (T+2)" in md and "the approval alone took 3 min 00 s" in md
+    assert "Runbook targets missed: automated trading halted (T+2)" in md and "the approval alone took 3 min 00 s" in md
 
 
 def test_open_targets_are_pending_then_overdue(services, world, clock):
