@@ -8,14 +8,13 @@ the destination is refused.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from core.atomicfile import atomic_write
 from core.errors import RollbackError
+from core.fileguard import UnsafeFile
 from core.incidents import Incident
-from core.modelio import fsync_dir
 from core.report.text import as_utc
 
 
@@ -67,21 +66,11 @@ def destination(incidents_dir: Path, incident: Incident) -> Path:
     raise ReportError(f"Too many report files named {base}*.md in {incidents_dir}.")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _write(path: Path, data: bytes) -> None:
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.is_symlink():
-            raise ReportError(f"Refusing to write {path.name}: it is a symbolic link.")
-        os.replace(tmp, path)  # replaces a name, never follows a link
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+        atomic_write(path, data, refuse_symlink=True)
+    except UnsafeFile:
+        raise ReportError(f"Refusing to write {path.name}: it is a symbolic link.") from None
 
 
 def write_report(*, incidents_dir: Path, incident: Incident, markdown: str) -> Path:
@@ -90,7 +79,7 @@ def write_report(*, incidents_dir: Path, incident: Incident, markdown: str) -> P
     incidents_dir = Path(incidents_dir)
     incidents_dir.mkdir(parents=True, exist_ok=True)
     path = destination(incidents_dir, incident)
-    _atomic_write(path, (_marker(incident) + "\n" + markdown).encode("utf-8"))
+    _write(path, (_marker(incident) + "\n" + markdown).encode("utf-8"))
     return path
 
 
@@ -99,5 +88,5 @@ def write_chart(*, report_path: Path, png: bytes) -> Path:
     path = Path(report_path).with_suffix(".png")
     if path.is_symlink():
         raise ReportError(f"Refusing to write {path.name}: it is a symbolic link.")
-    _atomic_write(path, png)
+    _write(path, png)
     return path
