@@ -10,8 +10,8 @@ positions it reached) looks at
   made at the baseline day's close is realized by the first new day). ``core.metrics.evaluate`` gives the
   mean daily Spearman IC; an IC below ``min_ic`` is trouble;
 * the production model file: it must still be the restored backup (checksum) and load;
-* the lines appended to every configured log (MONITOR_LOG, TRADING_LOG, API_LOG) since the last look that say
-  ERROR, CRITICAL or Traceback.
+* the lines appended to every configured log (MONITOR_LOG, TRADING_LOG, API_LOG) since the last look that are
+  error lines (core.logscan: ERROR, CRITICAL, FATAL, a traceback, an exception's name).
 
 Trouble is handed to ``on_trouble`` at once and the incident needs attention (``core.aftercare``: it stays open
 and escalates; checks go on until the window ends). The window's end is the engine's own ``monitor_end`` job
@@ -41,7 +41,7 @@ from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt
 from core.escalation import claim_once
 from core.incidents import Event, Incident, journal
-from core.logfollow import LogLook, LogState, follow_logs, log_baseline, scan_log, watched_logs
+from core.logfollow import LogLook, LogState, follow_logs, log_baseline, watched_logs
 from core.marketdata import LabelledRows, labelled_rows  # re-exported: the one realized-returns query
 from core.metrics import evaluate
 from core.modelio import MODEL_FILE, load_booster, predict, read_metadata, sha256_file
@@ -60,7 +60,6 @@ __all__ = [
     "follow_logs",
     "labelled_rows",
     "log_baseline",
-    "scan_log",
     "watched_logs",
 ]
 
