@@ -47,6 +47,7 @@ from core.report import Reports, as_utc, find_report
 
 __all__ = [
     "END_MILESTONES",
+    "HEADLINES",
     "MILESTONES",
     "Attachment",
     "Delivery",
@@ -54,6 +55,7 @@ __all__ = [
     "Mailer",
     "Notice",
     "fresh_report",
+    "headline",
     "NotificationFailed",
     "SmtpTarget",
     "is_transient",
@@ -107,20 +109,40 @@ class Notice:
     text: str
 
 
-def notice(incident: Incident, milestone: str) -> Notice:
-    """Plain text of a stakeholder notification (e-mail body; the Slack layer may format its own)."""
+#: What each milestone says, in the e-mail's subject and in Slack (formatted there): the one place it is written.
+HEADLINES = {
+    "opened": "{ref} opened: {what} requested by {by}",
+    "halted": "{ref}: automated trading halted for the {what}",
+    "rolled_back": "{ref}: {model} rolled back to {target}",
+    "resumed": "{ref}: trading resumed on {target}, monitoring under way",
+    "failed": "{ref} FAILED: {what}; {after}",
+    "resolved": "{ref} resolved: {what}",
+    "closed": "{ref} {state}: {what}",
+    "needs_attention": "{ref} NEEDS ATTENTION: the {what} to {target} did not resolve the issue",
+}
+
+
+def _plain(value: str) -> str:
+    return value
+
+
+def headline(incident: Incident, milestone: str, *, ref: Callable[[str], str] = _plain,
+             code: Callable[[str], str] = _plain, who: Callable[[str], str] = _plain) -> str:
+    """The milestone's sentence (``HEADLINES``). ``ref``, ``code`` (model and backup names) and ``who`` (the
+    requester) format their values for where it is shown; plain text by default."""
     inc = incident
-    what = f"rollback of {inc.model_name}" if inc.kind == "rollback" else "halt of automated trading"
-    head = {
-        "opened": f"{inc.ref} opened: {what} requested by {inc.requested_by}",
-        "halted": f"{inc.ref}: automated trading halted for the {what}",
-        "rolled_back": f"{inc.ref}: {inc.model_name} rolled back to {inc.target_backup}",
-        "resumed": f"{inc.ref}: trading resumed on {inc.target_backup}, monitoring under way",
-        "failed": f"{inc.ref} FAILED: {what}; trading stays halted",
-        "resolved": f"{inc.ref} resolved: {what}",
-        "closed": f"{inc.ref} {inc.state}: {what}",
-        "needs_attention": f"{inc.ref} NEEDS ATTENTION: the {what} to {inc.target_backup} did not resolve the issue",
-    }.get(milestone, f"{inc.ref}: {milestone}")
+    what = f"rollback of {code(inc.model_name or '?')}" if inc.kind == "rollback" else "halt of automated trading"
+    after = ("the original files could NOT all be put back (the production files are mixed) and trading stays"
+             " halted" if inc.state == "revert_failed" else "the original model is in place and trading stays halted")
+    return HEADLINES.get(milestone, "{ref}: {milestone}").format(
+        ref=ref(inc.ref), what=what, model=code(inc.model_name or "?"), target=code(inc.target_backup or "?"),
+        by=who(inc.requested_by or "?"), state=inc.state, after=after, milestone=milestone)
+
+
+def notice(incident: Incident, milestone: str) -> Notice:
+    """Plain text of a stakeholder notification (the e-mail; Slack formats the same ``headline``)."""
+    inc = incident
+    head = headline(inc, milestone)
     lines = [head + ".", ""]
     lines.append(f"Reason: {' '.join(inc.reason.split())}")
     lines.append(f"Severity: {inc.severity}")
