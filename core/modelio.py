@@ -82,16 +82,20 @@ def _too_deep(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
-def read_metadata(folder: Path) -> Metadata:
-    path = folder / METADATA_FILE
+def _read_model_file(path: Path, **limits: Any) -> bytes:
+    """A model folder's file (core.fileguard's ``read_regular``); any failure is a BackupCorrupt naming it."""
     try:
-        raw = read_regular(path, max_bytes=MAX_METADATA_BYTES)
+        return read_regular(path, **limits)
     except FileNotFoundError:
-        raise BackupCorrupt(f"{folder.name}: {METADATA_FILE} is missing") from None
+        raise BackupCorrupt(f"{path.parent.name}: {path.name} is missing") from None
     except UnsafeFile as exc:
-        raise BackupCorrupt(f"{folder.name}: {METADATA_FILE} is refused: {exc.strerror}") from None
+        raise BackupCorrupt(f"{path.parent.name}: {path.name} is refused: {exc.strerror}") from None
     except OSError as exc:
-        raise BackupCorrupt(f"{folder.name}: {METADATA_FILE} cannot be read ({exc.strerror})") from None
+        raise BackupCorrupt(f"{path.parent.name}: {path.name} cannot be read ({exc.strerror})") from None
+
+
+def read_metadata(folder: Path) -> Metadata:
+    raw = _read_model_file(folder / METADATA_FILE, max_bytes=MAX_METADATA_BYTES)
     try:
         data = json.loads(raw.decode("utf-8"))
     except RecursionError:
@@ -116,14 +120,7 @@ def load_booster(path: Path, *, max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> Any
     any failure is a BackupCorrupt naming the file."""
     import xgboost  # imported lazily: it takes a while and most commands do not need it
 
-    try:
-        data = read_regular(path, max_bytes=max_bytes, setting="MAX_MODEL_BYTES")
-    except FileNotFoundError:
-        raise BackupCorrupt(f"{path.parent.name}: {path.name} is missing") from None
-    except UnsafeFile as exc:
-        raise BackupCorrupt(f"{path.parent.name}: {path.name} is refused: {exc.strerror}") from None
-    except OSError as exc:
-        raise BackupCorrupt(f"{path.parent.name}: {path.name} cannot be read ({exc.strerror})") from None
+    data = _read_model_file(path, max_bytes=max_bytes, setting="MAX_MODEL_BYTES")
     try:
         return xgboost.Booster(model_file=data)
     except Exception as exc:  # noqa: BLE001 - xgboost raises XGBoostError or ValueError for bad files
