@@ -18,8 +18,8 @@ from slack_sdk import WebClient
 from core.auth import is_group
 from core.escalation import Breach
 from core.incidents import Event, Incident
+from core.milestones import headline, milestone_of
 from core.monitoring import MonitorCheck, MonitorSummary
-from core.notify import headline, milestone_of
 from core.paging import Page
 from handlers.blocks import esc
 from handlers.deps import Deps

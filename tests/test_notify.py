@@ -227,7 +227,7 @@ def test_milestones_of_engine_events(services, world):
 @pytest.mark.parametrize("state", ["requested", "halted", "verifying", "monitoring", "failed", "revert_failed",
                                    "resolved", "cancelled", "needs_attention"])
 def test_slack_and_e_mail_say_each_milestone_in_the_same_words(services, world, state):
-    """One text per milestone (core.notify.HEADLINES): Slack's stakeholder message is the e-mail's subject in
+    """One text per milestone (core.milestones.HEADLINES): Slack's stakeholder message is the e-mail's subject in
     Slack's markup."""
     import dataclasses
     import re
