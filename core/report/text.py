@@ -1,5 +1,5 @@
 """The report's formatting: times in UTC, spans, Markdown cells, and what each journal step says in the
-report's Actions table (``step_label``, ``describe``)."""
+report's Actions table (``STEP_LABELS``, ``describe``)."""
 
 from __future__ import annotations
 
