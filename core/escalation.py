@@ -45,8 +45,8 @@ from psycopg.types.json import Jsonb
 from core.aftercare import first_reported_at
 from core.engine import Engine, enqueue
 from core.incidents import Event, Incident, Step, journal
-from core.report import TARGET_CHECK_DELAY, TARGETS, human_span, target_status
-from core.timeline import target_label
+from core.report.text import human_span
+from core.timeline import TARGET_CHECK_DELAY, TARGETS, target_label, target_status
 
 __all__ = [
     "AGE_JOB",
@@ -182,11 +182,11 @@ def schedule_for(conn: psycopg.Connection, incident: Incident, *, escalate_after
         if (round_ := age_round(incident, incident.updated_at, escalate_after_minutes)) > 1:
             _queue_age(conn, incident, escalate_after_minutes, round_)  # reopened long after the first report
         if incident.kind == "rollback":
-            for name, minutes, _, _ in TARGETS:
-                enqueue(conn, TARGET_JOB, incident_id=incident.id, payload={"target": name},
-                        run_at=incident.created_at + timedelta(minutes=minutes) + TARGET_CHECK_DELAY.get(
-                            name, timedelta()),
-                        dedupe_key=f"target:{incident.id}:{name}")
+            for m in TARGETS:
+                enqueue(conn, TARGET_JOB, incident_id=incident.id, payload={"target": m.key},
+                        run_at=incident.created_at + timedelta(minutes=m.target or 0) + TARGET_CHECK_DELAY.get(
+                            m.key, timedelta()),
+                        dedupe_key=f"target:{incident.id}:{m.key}")
     for key, _ in _immediate(incident, loss_threshold):
         enqueue(conn, NOW_JOB, incident_id=incident.id, payload={"key": key}, run_at=incident.updated_at,
                 dedupe_key=f"escalate-now:{incident.id}:{key}")

@@ -9,7 +9,6 @@ Model files are read only when they are regular files of a sane size, never thro
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -24,7 +23,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import BackupCorrupt
-from core.fileattrs import apply, file_attrs, folder_attrs
+from core.atomicfile import atomic_write, seal_folder
+from core.fileattrs import Attrs, file_attrs, folder_attrs
 from core.fileguard import DEFAULT_MAX_MODEL_BYTES, MAX_METADATA_BYTES, UnsafeFile, open_regular, read_regular
 
 MODEL_FILE = "model.json"
@@ -82,16 +82,20 @@ def _too_deep(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
-def read_metadata(folder: Path) -> Metadata:
-    path = folder / METADATA_FILE
+def _read_model_file(path: Path, **limits: Any) -> bytes:
+    """A model folder's file (core.fileguard's ``read_regular``); any failure is a BackupCorrupt naming it."""
     try:
-        raw = read_regular(path, max_bytes=MAX_METADATA_BYTES)
+        return read_regular(path, **limits)
     except FileNotFoundError:
-        raise BackupCorrupt(f"{folder.name}: {METADATA_FILE} is missing") from None
+        raise BackupCorrupt(f"{path.parent.name}: {path.name} is missing") from None
     except UnsafeFile as exc:
-        raise BackupCorrupt(f"{folder.name}: {METADATA_FILE} is refused: {exc.strerror}") from None
+        raise BackupCorrupt(f"{path.parent.name}: {path.name} is refused: {exc.strerror}") from None
     except OSError as exc:
-        raise BackupCorrupt(f"{folder.name}: {METADATA_FILE} cannot be read ({exc.strerror})") from None
+        raise BackupCorrupt(f"{path.parent.name}: {path.name} cannot be read ({exc.strerror})") from None
+
+
+def read_metadata(folder: Path) -> Metadata:
+    raw = _read_model_file(folder / METADATA_FILE, max_bytes=MAX_METADATA_BYTES)
     try:
         data = json.loads(raw.decode("utf-8"))
     except RecursionError:
@@ -116,14 +120,7 @@ def load_booster(path: Path, *, max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> Any
     any failure is a BackupCorrupt naming the file."""
     import xgboost  # imported lazily: it takes a while and most commands do not need it
 
-    try:
-        data = read_regular(path, max_bytes=max_bytes, setting="MAX_MODEL_BYTES")
-    except FileNotFoundError:
-        raise BackupCorrupt(f"{path.parent.name}: {path.name} is missing") from None
-    except UnsafeFile as exc:
-        raise BackupCorrupt(f"{path.parent.name}: {path.name} is refused: {exc.strerror}") from None
-    except OSError as exc:
-        raise BackupCorrupt(f"{path.parent.name}: {path.name} cannot be read ({exc.strerror})") from None
+    data = _read_model_file(path, max_bytes=max_bytes, setting="MAX_MODEL_BYTES")
     try:
         return xgboost.Booster(model_file=data)
     except Exception as exc:  # noqa: BLE001 - xgboost raises XGBoostError or ValueError for bad files
@@ -166,35 +163,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copy ``src`` (a regular file, not a link) over ``dst`` so that ``dst`` is always either the old or the
     complete new file, with the owner, group and mode of the file it replaces (the other model file's, or
     the folder's, when there is none: ``core.fileattrs``)."""
     want = file_attrs(dst, siblings=[dst.parent / f for f in MODEL_FILES if f != dst.name])
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open_regular(src) as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            apply(out.fileno(), want, name=str(dst))  # before the final name shows it
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(dst.parent)
+    with open_regular(src) as inp:
+        atomic_write(dst, lambda out: shutil.copyfileobj(inp, out, 1 << 20), attrs=want)
 
 
-def _sibling_backups(folder: Path, exclude: str) -> list[Path]:
+def sibling_backups(folder: Path, exclude: str) -> list[Path]:
     """The real ``backup_*`` folders of a model folder: the platform's own first (emergency backups an older
     bot took came out 0700), most recently changed first."""
     found = []
@@ -210,36 +188,37 @@ def _sibling_backups(folder: Path, exclude: str) -> list[Path]:
     return [entry for *_, entry in sorted(found, reverse=True)]
 
 
+def backup_file_attrs(model_dir: Path, name: str, *, siblings: list[Path], fallback: Path | None = None) -> Attrs:
+    """The rights of file ``name`` in a new backup of ``model_dir``: those of the same file in the most recent
+    sibling backup (``siblings``, from ``sibling_backups``); without one, those of ``fallback`` (the file it
+    copies) or else of the model's own file. A file that is not a model file gets metadata.json's."""
+    if siblings:
+        like = siblings[0]
+    elif fallback is not None:
+        return file_attrs(fallback)
+    else:
+        like = model_dir
+    key = name if name in MODEL_FILES else METADATA_FILE
+    return file_attrs(like / key, siblings=[like / f for f in MODEL_FILES if f != key])
+
+
 def copy_folder_atomically(src_files: list[Path], dst: Path) -> None:
     """Create folder ``dst`` holding copies of ``src_files``; it appears complete or not at all.
 
     ``dst`` is a new ``backup_*`` folder beside others: it gets the owner, group and mode of the most recent
     sibling backup (of the model folder itself when there is none), and each file those of the same file in
-    that backup (of the file it copies when there is none)."""
-    siblings = _sibling_backups(dst.parent, dst.name)
-    folder_want = folder_attrs(dst.parent, like=siblings[:1])
+    that backup (of the file it copies when there is none): ``backup_file_attrs``, ``core.atomicfile``."""
+    siblings = sibling_backups(dst.parent, dst.name)
+    sources = {src.name: src for src in src_files}
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
     try:
         for src in src_files:
-            if siblings:
-                like = siblings[0]
-                want = file_attrs(like / src.name, siblings=[like / f for f in MODEL_FILES if f != src.name])
-            else:
-                want = file_attrs(src)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             with open_regular(src, follow=True) as inp, os.fdopen(os.open(tmp / src.name, flags, 0o600), "wb") as out:
                 shutil.copyfileobj(inp, out, 1 << 20)
-                out.flush()
-                apply(out.fileno(), want, name=str(dst / src.name))
-                os.fsync(out.fileno())
-        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            apply(fd, folder_want, name=str(dst))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, dst)
+        seal_folder(tmp, dst, folder=folder_attrs(dst.parent, like=siblings[:1]),
+                    attrs_of=lambda name: backup_file_attrs(dst.parent, name, siblings=siblings,
+                                                            fallback=sources[name]))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_dir(dst.parent)

@@ -10,8 +10,8 @@ positions it reached) looks at
   made at the baseline day's close is realized by the first new day). ``core.metrics.evaluate`` gives the
   mean daily Spearman IC; an IC below ``min_ic`` is trouble;
 * the production model file: it must still be the restored backup (checksum) and load;
-* the lines appended to every configured log (MONITOR_LOG, TRADING_LOG, API_LOG) since the last look that say
-  ERROR, CRITICAL or Traceback.
+* the lines appended to every configured log (MONITOR_LOG, TRADING_LOG, API_LOG) since the last look that are
+  error lines (core.logscan: ERROR, CRITICAL, FATAL, a traceback, an exception's name).
 
 Trouble is handed to ``on_trouble`` at once and the incident needs attention (``core.aftercare``: it stays open
 and escalates; checks go on until the window ends). The window's end is the engine's own ``monitor_end`` job
@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from core.aftercare import raise_attention
@@ -42,10 +41,11 @@ from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt
 from core.escalation import claim_once
 from core.incidents import Event, Incident, journal
-from core.logfollow import LogLook, LogState, follow_logs, log_baseline, scan_log, watched_logs
+from core.logfollow import LogLook, LogState, follow_logs, log_baseline, watched_logs
+from core.marketdata import LabelledRows, labelled_rows  # re-exported: the one realized-returns query
 from core.metrics import evaluate
 from core.modelio import MODEL_FILE, load_booster, predict, read_metadata, sha256_file
-from core.platform import FEATURE_VIEW, latest_feature_date
+from core.platform import latest_feature_date
 from core.report import human_span
 
 __all__ = [
@@ -60,7 +60,6 @@ __all__ = [
     "follow_logs",
     "labelled_rows",
     "log_baseline",
-    "scan_log",
     "watched_logs",
 ]
 
@@ -68,61 +67,6 @@ log = logging.getLogger("rollback_bot.monitoring")
 
 CHECK_JOB = "monitor_check"
 END_JOB = "monitor_end"  # queued by the engine when trading resumes
-
-
-# ------------------------------------------------------------------------------------------ market data
-
-
-@dataclass(frozen=True)
-class LabelledRows:
-    """Feature rows with their realized label (the ticker's ``return_1d`` on the next trading day)."""
-
-    dates: np.ndarray      # datetime64[D]
-    tickers: list[str]
-    X: np.ndarray          # float64, columns in the requested feature order (NULL -> NaN)
-    realized: np.ndarray   # float64
-
-    def __len__(self) -> int:
-        return len(self.tickers)
-
-
-def labelled_rows(conn: psycopg.Connection, features: list[str], *, since: date | None = None,
-                  last_days: int | None = None) -> LabelledRows:
-    """Rows of ``ml_training_features`` whose next trading day is present (so the label is realized), for
-    feature dates on or after ``since`` and/or the ``last_days`` newest such dates; sorted by (date, ticker)."""
-    query = sql.SQL(
-        """
-        WITH days AS (
-            SELECT date, lead(date) OVER (ORDER BY date) AS next_date FROM (SELECT DISTINCT date FROM {view}) x
-        ), chosen AS (
-            SELECT date, next_date FROM days
-            WHERE next_date IS NOT NULL AND (%(since)s::date IS NULL OR date >= %(since)s::date)
-            ORDER BY date DESC LIMIT %(limit)s
-        )
-        SELECT f.date, f.ticker, n.return_1d{sep}{cols}
-        FROM chosen c
-        JOIN {view} f ON f.date = c.date
-        JOIN {view} n ON n.ticker = f.ticker AND n.date = c.next_date
-        WHERE n.return_1d IS NOT NULL
-        ORDER BY f.date, f.ticker
-        """
-    ).format(
-        view=sql.Identifier(FEATURE_VIEW),
-        sep=sql.SQL(", ") if features else sql.SQL(""),
-        cols=sql.SQL(", ").join(sql.SQL("f.") + sql.Identifier(c) for c in features),
-    )
-    with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
-        rows = cur.execute(query, {"since": since, "limit": last_days}).fetchall()
-    n = len(rows)
-    if n == 0:
-        return LabelledRows(np.empty(0, dtype="datetime64[D]"), [], np.empty((0, len(features))), np.empty(0))
-    return LabelledRows(
-        dates=np.array([r[0] for r in rows], dtype="datetime64[D]"),
-        tickers=[r[1] for r in rows],
-        X=np.array([[np.nan if v is None else v for v in r[3:]] for r in rows], dtype=np.float64).reshape(
-            n, len(features)),
-        realized=np.array([r[2] for r in rows], dtype=np.float64),
-    )
 
 
 # ------------------------------------------------------------------------------------------------- checks

@@ -1,15 +1,5 @@
-"""Stakeholder notifications that do not need Slack: the milestones worth telling, their text, and e-mail.
-
-Milestones of an incident, from the engine's events (``milestone_of``)::
-
-    opened       a rollback was requested (or a manual halt began)
-    halted       trading was halted for a rollback
-    rolled_back  the backup is in production and the deployment log says so (state ``verifying``)
-    resumed      trading resumed on the verified model (state ``monitoring``)
-    failed       the rollback failed (original model back, trading halted)
-    resolved     monitoring ended, or a manual halt was lifted
-    closed       the request was denied or cancelled (or superseded by a follow-up rollback)
-    needs_attention  monitoring found the restored model failing too (core.aftercare)
+"""Stakeholder notifications that do not need Slack: e-mail at each milestone. The milestones worth telling and
+what each says are core.milestones' (re-exported here).
 
 E-mail goes out from the background worker (job ``notify_email``, one per incident and milestone), never
 from inside a rollback: ``Mailer.on_event`` only queues. ``EmailNotifier.send`` retries transient failures
@@ -43,10 +33,12 @@ from tenacity.wait import wait_base
 from core.engine import Engine, enqueue
 from core.errors import ConfigError, RollbackError
 from core.incidents import Event, Incident, journal
-from core.report import Reports, as_utc, find_report
+from core.milestones import END_MILESTONES, HEADLINES, MILESTONES, Notice, headline, milestone_of, notice
+from core.report import Reports, find_report
 
 __all__ = [
     "END_MILESTONES",
+    "HEADLINES",
     "MILESTONES",
     "Attachment",
     "Delivery",
@@ -54,6 +46,7 @@ __all__ = [
     "Mailer",
     "Notice",
     "fresh_report",
+    "headline",
     "NotificationFailed",
     "SmtpTarget",
     "is_transient",
@@ -65,77 +58,11 @@ __all__ = [
 
 log = logging.getLogger("rollback_bot.notify")
 
-MILESTONES = ("opened", "halted", "rolled_back", "resumed", "failed", "resolved", "closed", "needs_attention")
-END_MILESTONES = frozenset({"failed", "resolved", "closed"})
 Attachment = tuple[str, bytes, str]  # (file name, content, MIME type)
 
 
 class NotificationFailed(RollbackError):
     """A notification could not be delivered after its retries (the rollback goes on regardless)."""
-
-
-# ------------------------------------------------------------------------------------------ milestones
-
-
-def milestone_of(event: Event) -> str | None:
-    """The stakeholder milestone an engine event marks, if any."""
-    if event.kind != "state":
-        return None
-    inc = event.incident
-    if inc.kind == "halt":
-        return {"halted": "opened", "resolved": "resolved"}.get(inc.state)
-    if inc.kind != "rollback":
-        return None
-    return {
-        "requested": "opened",
-        "halted": "halted",
-        "verifying": "rolled_back",
-        "monitoring": "resumed",
-        "failed": "failed",
-        "revert_failed": "failed",
-        "resolved": "resolved",
-        "denied": "closed",
-        "cancelled": "closed",
-        "needs_attention": "needs_attention",
-        "superseded": "closed",
-    }.get(inc.state)
-
-
-@dataclass(frozen=True)
-class Notice:
-    subject: str
-    text: str
-
-
-def notice(incident: Incident, milestone: str) -> Notice:
-    """Plain text of a stakeholder notification (e-mail body; the Slack layer may format its own)."""
-    inc = incident
-    what = f"rollback of {inc.model_name}" if inc.kind == "rollback" else "halt of automated trading"
-    head = {
-        "opened": f"{inc.ref} opened: {what} requested by {inc.requested_by}",
-        "halted": f"{inc.ref}: automated trading halted for the {what}",
-        "rolled_back": f"{inc.ref}: {inc.model_name} rolled back to {inc.target_backup}",
-        "resumed": f"{inc.ref}: trading resumed on {inc.target_backup}, monitoring under way",
-        "failed": f"{inc.ref} FAILED: {what}; trading stays halted",
-        "resolved": f"{inc.ref} resolved: {what}",
-        "closed": f"{inc.ref} {inc.state}: {what}",
-        "needs_attention": f"{inc.ref} NEEDS ATTENTION: the {what} to {inc.target_backup} did not resolve the issue",
-    }.get(milestone, f"{inc.ref}: {milestone}")
-    lines = [head + ".", ""]
-    lines.append(f"Reason: {' '.join(inc.reason.split())}")
-    lines.append(f"Severity: {inc.severity}")
-    if inc.kind == "rollback":
-        lines.append(f"Model: {inc.model_name} ({inc.from_version or '?'} -> {inc.target_backup or '?'})")
-    if inc.estimated_loss is not None:
-        lines.append(f"Estimated loss: {inc.estimated_loss:,.0f}")
-    if inc.approved_by:
-        lines.append(f"Approved by: {inc.approved_by}")
-    if inc.error:
-        lines.append(f"Error: {' '.join(inc.error.split())}")
-    lines.append(f"State: {inc.state} (opened {as_utc(inc.created_at):%Y-%m-%d %H:%M:%S} UTC)")
-    if milestone in END_MILESTONES:
-        lines += ["", "The incident report is attached."]
-    return Notice(subject=" ".join(head.split())[:200], text="\n".join(lines) + "\n")
 
 
 def record_notification(conn: Any, *, incident_id: int, channel: str, milestone: str, at: datetime,

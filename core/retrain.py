@@ -34,8 +34,9 @@ from typing import Any
 
 import psycopg
 
-from core.fileattrs import apply, file_attrs, folder_attrs
-from core.modelio import MODEL_FILES, _sibling_backups, fsync_dir
+from core.atomicfile import seal_folder
+from core.fileattrs import folder_attrs
+from core.modelio import backup_file_attrs, sibling_backups
 from core.platform import feature_columns
 from core.process import run_command
 from core.registry import ModelRegistry, validate_name
@@ -122,31 +123,6 @@ def _validate(registry: ModelRegistry, conn: psycopg.Connection, folder: Path) -
     return registry.unusable_reason(info, features=feature_columns(conn))
 
 
-def _give_rights(model_dir: Path, folder: Path) -> None:
-    """Owner, group and mode of the model's backups (core.fileattrs), before the folder gets its final name."""
-    siblings = _sibling_backups(model_dir, "")
-    for entry in sorted(os.listdir(folder)):
-        if siblings:
-            like = siblings[0]
-            name = entry if entry in MODEL_FILES else MODEL_FILES[1]
-            want = file_attrs(like / name, siblings=[like / f for f in MODEL_FILES if f != name])
-        else:
-            name = entry if entry in MODEL_FILES else MODEL_FILES[1]
-            want = file_attrs(model_dir / name, siblings=[model_dir / f for f in MODEL_FILES if f != name])
-        fd = os.open(folder / entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            apply(fd, want, name=f"{model_dir.name}/{entry}")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        apply(fd, folder_attrs(model_dir, like=siblings[:1]), name=str(model_dir.name))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def retrain(
     conn: psycopg.Connection, registry: ModelRegistry, *, command: list[str] | None, timeout_seconds: float,
     model: str, start_date: date, now: datetime, on_output: Callable[[list[str], bool], None] | None = None,
@@ -187,9 +163,9 @@ def retrain(
         if final.exists() or final.is_symlink():
             return RetrainOutcome(False, f"{name} already exists; the retrained model was removed. Try again.",
                                   run.seconds, detail)
-        _give_rights(model_dir, out)
-        os.rename(out, final)
-        fsync_dir(model_dir)
+        siblings = sibling_backups(model_dir, "")  # owner, group and mode of the model's backups
+        seal_folder(out, final, folder=folder_attrs(model_dir, like=siblings[:1]),
+                    attrs_of=lambda name: backup_file_attrs(model_dir, name, siblings=siblings))
         out = final  # landed: nothing to remove
         info = registry.backup(model, name)
         detail.update(backup=name, deploy=deploy_command(model, name), spearman_ic=info.spearman_ic,

@@ -21,7 +21,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from tenacity.wait import wait_base
 
 from core.integrity import Sums, describe, file_sums, short
-from core.modelio import METADATA_FILE, MODEL_FILE, atomic_copy, fsync_dir, sha256_file
+from core.atomicfile import fsync_dir
+from core.modelio import METADATA_FILE, MODEL_FILE, atomic_copy, sha256_file
 
 __all__ = ["DEFAULT_WAIT", "REVERT_ATTEMPTS", "RevertOutcome", "put_back"]
 

@@ -21,7 +21,7 @@ passed by more than one interval, is recorded as missed (journal step ``watch_mi
 report). After each check ``on_update`` shows the record (one thread message, updated in place); trouble
 moves the incident to ``needs_attention`` (``core.aftercare``). The first clean check is journaled as
 ``stable``; after the last one the summary is journaled as ``watch_end`` and handed to ``on_end``. For the
-runbook's targets, a check made within ``core.report.TARGET_CHECK_DELAY`` of its time counts at that time. The watch
+runbook's targets, a check made within ``core.timeline.TARGET_CHECK_DELAY`` of its time counts at that time. The watch
 stops early when the incident is superseded or another rollback of the model was approved.
 """
 
@@ -43,7 +43,7 @@ from core.aftercare import handed_over_to, raise_attention
 from core.engine import Engine, enqueue
 from core.incidents import Event, Incident, journal
 from core.monitoring import Monitor, log_baseline
-from core.report import TARGET_CHECK_DELAY
+from core.timeline import TARGET_CHECK_DELAY
 from core.watchview import due_at, watch_summary
 
 __all__ = ["WATCH_JOB", "EnhancedWatch"]

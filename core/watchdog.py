@@ -1,8 +1,8 @@
 """The watchdog: evaluates production models on a schedule and proposes rollbacks; people decide.
 
 For each production model (a folder under MODELS_DIR) it checks that ``model.json`` loads and evaluates it on
-the last ``days`` feature dates (``core.diagnostics.recent_frame``: labels are next-day returns from
-``daily_bars``): mean daily Spearman IC and the annualised Sharpe of the top/bottom-quintile long-short
+the last ``days`` feature dates (``core.marketdata.labelled_rows``: labels are the next trading day's
+``return_1d``): mean daily Spearman IC and the annualised Sharpe of the top/bottom-quintile long-short
 portfolio. A model is flagged when it does not load, or (with at least ``min_days`` days of data) when its
 IC is below ``ic_threshold`` or its Sharpe below ``sharpe_threshold``.
 
@@ -33,11 +33,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from core import metrics
-from core.diagnostics import recent_frame
 from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt, RollbackError
 from core.fixes import propose_model_restore
 from core.incidents import CLOSED
+from core.marketdata import labelled_rows
 from core.modelio import MODEL_FILE, predict, read_metadata, sha256_file
 from core.platform import feature_columns
 from core.registry import ModelRegistry
@@ -178,7 +178,8 @@ class Watchdog:
                             rec.rule, thresholds=self._thresholds())
         needed = list(dict.fromkeys(prod_features + [f for b in backups if b.metadata for f in b.metadata.features
                                                      if f in available]))
-        dates, X, realized = recent_frame(conn, needed, days=self.days, as_of=as_of)
+        data = labelled_rows(conn, needed, last_days=self.days, as_of=as_of)
+        dates, X, realized = data.dates, data.X, data.realized
         col = {f: j for j, f in enumerate(needed)}
 
         def perf(b: Any, feats: list[str]) -> metrics.Performance:

@@ -18,8 +18,8 @@ from slack_sdk import WebClient
 from core.auth import is_group
 from core.escalation import Breach
 from core.incidents import Event, Incident
+from core.milestones import headline, milestone_of
 from core.monitoring import MonitorCheck, MonitorSummary
-from core.notify import milestone_of
 from core.paging import Page
 from handlers.blocks import esc
 from handlers.deps import Deps
@@ -28,17 +28,24 @@ from handlers.progress import SlackProgress
 
 log = logging.getLogger("rollback_bot.notifications")
 
-MILESTONE_TEXT = {
-    "opened": ":rotating_light: *{ref} opened*: {what}. Reason: {reason}",
-    "halted": ":octagonal_sign: *{ref}*: automated trading halted.",
-    "rolled_back": ":ledger: *{ref}*: {model} rolled back to `{target}`; verifying.",
-    "resumed": ":arrow_forward: *{ref}*: trading resumed on `{target}`; monitoring for {minutes:g} minutes.",
-    "failed": ":red_circle: *{ref} FAILED*: {error}. {after}",
-    "resolved": ":large_green_circle: *{ref} resolved*.",
-    "closed": ":heavy_multiplication_x: *{ref}* {state}.",
-    "needs_attention": ":rotating_light: *{ref} needs attention*: monitoring found `{target}` failing too; see the"
-                       " card for the next step.",
+MILESTONE_ICON = {
+    "opened": ":rotating_light:", "halted": ":octagonal_sign:", "rolled_back": ":ledger:", "resumed": ":arrow_forward:",
+    "failed": ":red_circle:", "resolved": ":large_green_circle:", "closed": ":heavy_multiplication_x:",
+    "needs_attention": ":rotating_light:",
 }
+
+
+def milestone_text(incident: Incident, milestone: str) -> str:
+    """The stakeholders' message: the milestone's headline (core.notify, the e-mail's subject) in Slack's markup,
+    with the reason when an incident opens and the error when it fails."""
+    who = (lambda u: f"<@{esc(u)}>") if incident.source == "slack" else esc
+    text = headline(incident, milestone, ref=lambda r: f"*{r}*", code=lambda s: f"`{esc(s)}`", who=who)
+    text = f"{MILESTONE_ICON.get(milestone, ':bell:')} {text}."
+    if milestone == "opened":
+        text += f" Reason: {esc(incident.reason[:300])}"
+    elif milestone == "failed":
+        text += f" Error: {esc((incident.error or 'see the thread')[:300])}"
+    return text
 
 
 def mention(entry: str) -> str:
@@ -68,15 +75,7 @@ class SlackNotifier:
         if not stakeholders:
             self.deps.services.record_notification(incident_id=inc.id, channel="slack", milestone=milestone, ok=None)
             return
-        what = f"rollback of `{inc.model_name}` to `{inc.target_backup}`" if inc.kind == "rollback" else "trading halt"
-        text = MILESTONE_TEXT[milestone].format(
-            ref=inc.ref, what=what, reason=esc(inc.reason[:300]), model=inc.model_name, target=inc.target_backup,
-            minutes=self.settings.monitor_minutes, error=esc((incident.error or "see the thread")[:300]),
-            state=incident.state,
-            after=("The original files could NOT all be put back (the production files are mixed); trading stays"
-                   " halted." if incident.state == "revert_failed" else
-                   "The original model is in place; trading stays halted."),
-        )
+        text = milestone_text(incident, milestone)  # the incident as it was at this milestone
         errors = []
         try:
             self.progress.reply(inc, f"{' '.join(mention(s) for s in stakeholders)} {text}")

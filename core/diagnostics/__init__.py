@@ -28,7 +28,6 @@ from core.diagnostics.common import (
     WARNING,
     DiagnosticsConfig,
     Finding,
-    recent_frame,
     recent_predictions,
 )
 from core.diagnostics.dataquality import DataQualitySection, DayCount, ReturnNulls, check_data_quality
@@ -72,7 +71,6 @@ __all__ = [
     "check_system",
     "psi",
     "perf_line",
-    "recent_frame",
     "recent_predictions",
     "production_version",
     "backup_version",

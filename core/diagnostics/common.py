@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from core.marketdata import labelled_rows
 from core.modelio import Metadata, predict
 from core.platform import FEATURE_VIEW, feature_columns
 
@@ -111,47 +112,12 @@ def features_of(conn: psycopg.Connection, meta: Metadata | None, booster: Any = 
     return sorted(feature_columns(conn))
 
 
-def recent_frame(
-    conn: psycopg.Connection, features: list[str], *, days: int, as_of: date | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(dates, X, realized)`` for the last ``days`` feature dates that have a next trading day.
-
-    ``X`` holds ``features`` in that order (NULL -> NaN). ``realized`` is the ticker's close-to-close return
-    from ``daily_bars`` between the feature date and the next date present in ``daily_bars`` (NaN when either
-    bar is missing). Rows dated after ``as_of`` are not read. Rows are sorted by (date, ticker).
-    """
-    empty = (np.empty(0, dtype="datetime64[D]"), np.empty((0, len(features))), np.empty(0))
-    recent = view_dates(conn, as_of, days + 1)
-    if not recent:
-        return empty
-    bars = bar_dates(conn, as_of, since=recent[0])
-    nxt = {day: n for day, n in zip(bars, bars[1:])}
-    window = [day for day in recent if day in nxt][-days:]
-    if not window:
-        return empty
-    cols = sql.SQL("").join(sql.SQL(", f.") + sql.Identifier(c) for c in features)
-    query = sql.SQL(
-        "SELECT f.date, b1.close / NULLIF(b0.close, 0) - 1{cols}"
-        " FROM unnest(%s::date[], %s::date[]) AS w(date, next_date)"
-        " JOIN {v} f ON f.date = w.date"
-        " LEFT JOIN daily_bars b0 ON b0.ticker = f.ticker AND b0.date = w.date"
-        " LEFT JOIN daily_bars b1 ON b1.ticker = f.ticker AND b1.date = w.next_date"
-        " ORDER BY f.date, f.ticker"
-    ).format(cols=cols, v=sql.Identifier(FEATURE_VIEW))
-    got = rows(conn, query, (window, [nxt[day] for day in window]))
-    if not got:
-        return empty
-    dates = np.array([r[0] for r in got], dtype="datetime64[D]")
-    realized = np.array([np.nan if r[1] is None else r[1] for r in got], dtype=np.float64)
-    X = np.array([r[2:] for r in got], dtype=np.float64).reshape(len(got), len(features))
-    return dates, X, realized
-
-
 def recent_predictions(
     conn: psycopg.Connection, booster: Any, features: list[str], *, days: int, as_of: date | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(dates, predictions, realized)`` of ``booster`` over ``recent_frame``."""
-    dates, X, realized = recent_frame(conn, features, days=days, as_of=as_of)
-    if dates.size == 0:
-        return dates, np.empty(0), realized
-    return dates, np.asarray(predict(booster, features, X), dtype=np.float64), realized
+    """``(dates, predictions, realized)`` of ``booster`` over the last ``days`` realized feature dates up to
+    ``as_of`` (``core.marketdata.labelled_rows``)."""
+    data = labelled_rows(conn, features, last_days=days, as_of=as_of)
+    if len(data) == 0:
+        return data.dates, np.empty(0), data.realized
+    return data.dates, np.asarray(predict(booster, features, data.X), dtype=np.float64), data.realized

@@ -1,19 +1,18 @@
 """Log scans: a model's training log (``TRAINING_LOG``, one per model when it holds ``{model}``,
 ``{strategy}`` or ``{marketcap}``), and the error lines of any log (the API log of the system check).
 
-Lines matching ERROR (a word ending in error/exception/traceback/fatal/critical, so ``ValueError`` counts),
-WARNING (ending in warn/warning, so ``UserWarning`` counts) or NaN (the word nan) are counted,
-case-insensitive, and the last few kept. Only the last ``log_tail_bytes`` of a file are read.
+Error, warning and NaN lines are counted by the one log scanner (core.logscan: ``ValueError`` and a traceback
+count as errors, ``UserWarning`` as a warning, the word nan as NaN) and the last few kept. Only the last
+``log_tail_bytes`` of a file are read.
 """
 
 from __future__ import annotations
 
-import re
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.diagnostics.common import WARNING, DiagnosticsConfig, Finding
+from core.logscan import KINDS, scan
 
 PLACEHOLDERS = ("{model}", "{strategy}", "{marketcap}")
 
@@ -63,44 +62,18 @@ def is_per_model(template: Path | str | None) -> bool:
     return template is not None and any(p in str(template) for p in PLACEHOLDERS)
 
 
-_LOG_PATTERNS = {
-    # no \b in front: "ValueError", "XGBoostError", "UserWarning" count too
-    "error": re.compile(r"(error|errors|exception|traceback|fatal|critical)\b", re.IGNORECASE),
-    "warning": re.compile(r"(warn|warning|warnings)\b", re.IGNORECASE),
-    "nan": re.compile(r"\bnan\b", re.IGNORECASE),
-}
-
-
-def _read_tail(path: Path, limit: int) -> tuple[bytes, bool]:
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        truncated = size > limit
-        if truncated:
-            fh.seek(size - limit)
-            fh.readline()  # skip the partial first line
-        return fh.read(), truncated
-
-
 def scan_lines(path: Path, *, config: DiagnosticsConfig = DiagnosticsConfig(),
-               kinds: tuple[str, ...] = ("error", "warning", "nan"), model: str | None = None) -> LogScanSection:
-    """Count the lines of ``path`` matching each of ``kinds``; keep the last few matching lines."""
+               kinds: tuple[str, ...] = KINDS, model: str | None = None) -> LogScanSection:
+    """Count the lines of ``path``'s tail that are each of ``kinds`` (core.logscan); keep the last few."""
     try:
-        data, truncated = _read_tail(path, config.log_tail_bytes)
+        got = scan(path, kinds=kinds, tail_bytes=config.log_tail_bytes)
     except FileNotFoundError:
         return LogScanSection(path, "missing", error=f"{path} does not exist", model=model)
     except OSError as exc:
         return LogScanSection(path, "error", error=f"{path} cannot be read ({exc.strerror})", model=model)
-    patterns = {k: _LOG_PATTERNS[k] for k in kinds}
-    counts = {k: 0 for k in _LOG_PATTERNS}
-    last: deque[LogLine] = deque(maxlen=config.log_last_lines)
-    n = 0
-    for n, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
-        hit = tuple(k for k, pattern in patterns.items() if pattern.search(raw))
-        if hit:
-            for k in hit:
-                counts[k] += 1
-            last.append(LogLine(n, hit, raw.strip()[:300]))
-    return LogScanSection(path, "ok", counts, list(last), n, truncated, model=model)
+    last = [LogLine(h.number, h.kinds, h.text) for h in got.hits[-config.log_last_lines:]] \
+        if config.log_last_lines > 0 else []
+    return LogScanSection(path, "ok", dict(got.counts), last, got.lines, got.truncated, model=model)
 
 
 def scan_log(

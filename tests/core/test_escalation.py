@@ -202,7 +202,7 @@ def test_runbook_targets_breached_once_each_and_met_ones_not_at_all(settings, db
     clock.at(minutes=2)
     services.worker.run_due()  # T+2: still waiting for approval → the halt target is breached, as it happens
     assert [(b[1]) for b in pager.breaches] == ["halted"]
-    assert "runbook target T+2 (trading halted) missed: not done after 2 min 00 s (state requested)" in \
+    assert "runbook target T+2 (automated trading halted) missed: not done after 2 min 00 s (state requested)" in \
         pager.breaches[0][2]
     clock.at(minutes=3)
     services.engine.approve(incident_id=inc.id, approver="U0BOB")

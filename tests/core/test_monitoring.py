@@ -9,7 +9,7 @@ import pytest
 
 from core import incidents
 from core.modelio import MODEL_FILE, load_booster, predict, read_metadata
-from core.monitoring import Monitor, scan_log
+from core.monitoring import Monitor
 from core.platform import feature_rows
 from core.report import checklist
 from core.services import Services
@@ -183,20 +183,3 @@ def test_a_missed_resume_event_still_gets_a_summary(settings, db, world, clock, 
     ((_, summary),) = posts.summaries
     assert "was not watched during the window" in summary.text and summary.error_count == 0
     assert services.engine.get(inc.id).state == "resolved"
-
-
-def test_scan_log_reads_complete_new_lines_and_follows_rotation(tmp_path):
-    log = tmp_path / "app.log"
-    log.write_bytes(b"ERROR old\n")
-    start = log.stat().st_size
-    with log.open("ab") as fh:
-        fh.write(b"info\nTraceback (most recent call last):\n  File x\nValueError: bad \xff\nERRORS are fine? no: "
-                 b"ERROR yes\nERR")
-    lines, count, offset, inode = scan_log(log, start)
-    assert lines == ["Traceback (most recent call last):", "ERRORS are fine? no: ERROR yes"] and count == 2
-    assert offset == log.stat().st_size - 3
-    assert scan_log(log, offset, inode=inode)[1] == 0
-    log.write_bytes(b"CRITICAL after rotation\n")  # smaller than the offset: rotated
-    assert scan_log(log, offset, inode=inode)[0] == ["CRITICAL after rotation"]
-    assert scan_log(None, 5) == ([], 0, 5, None)
-    assert scan_log(tmp_path / "missing.log", 5)[2] == 5

@@ -222,3 +222,24 @@ def test_milestones_of_engine_events(services, world):
     assert milestone_of(incidents.Event("step", inc, "record")) is None
     text = notice(inc, "resolved")
     assert "The incident report is attached." in text.text and "IC negative" in text.text
+
+
+@pytest.mark.parametrize("state", ["requested", "halted", "verifying", "monitoring", "failed", "revert_failed",
+                                   "resolved", "cancelled", "needs_attention"])
+def test_slack_and_e_mail_say_each_milestone_in_the_same_words(services, world, state):
+    """One text per milestone (core.milestones.HEADLINES): Slack's stakeholder message is the e-mail's subject in
+    Slack's markup."""
+    import dataclasses
+    import re
+
+    from handlers.notifications import milestone_text
+
+    inc = dataclasses.replace(run_rollback(services), state=state, error="verification failed: checksum")
+    milestone = milestone_of(incidents.Event("state", inc))
+    assert milestone is not None
+    slack = milestone_text(inc, milestone)
+    plain = re.sub(r"^:[a-z_]+: ", "", slack).replace("*", "").replace("`", "").replace("<@U0ALICE>", "U0ALICE")
+    subject = notice(inc, milestone).subject
+    assert plain.startswith(subject + "."), (plain, subject)
+    if state == "revert_failed":
+        assert "production files are mixed" in subject and "Error: verification failed" in slack

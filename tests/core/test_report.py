@@ -134,7 +134,7 @@ def test_a_slow_approval_misses_the_halt_target(services, world, clock):
     assert status == {"halted": "missed", "rolled_back": "met", "verified": "met", "resumed": "met",
                       "stable": "pending", "root_cause": "pending", "watched": "pending"}
     md = render(services, inc.id, clock())
-    assert "Runbook targets missed: trading halted (T+2)" in md and "the approval alone took 3 min 00 s" in md
+    assert "Runbook targets missed: automated trading halted (T+2)" in md and "the approval alone took 3 min 00 s" in md
 
 
 def test_open_targets_are_pending_then_overdue(services, world, clock):
@@ -236,6 +236,23 @@ def test_report_files_never_overwrite_another_incident(services, world, tmp_path
 
     chart = write_chart(report_path=first, png=b"\x89PNG...")
     assert chart.name == first.name.replace(".md", ".png")
+
+
+def test_report_files_keep_the_rights_of_the_file_they_replace(services, world, tmp_path, clock):
+    """Written like model files (core.atomicfile): a new report takes its folder's rights less execute, a
+    rewritten one keeps the rights someone gave it; never the temporary's 0600."""
+    inc = rollback(services, clock)
+    folder = tmp_path / "incidents"
+    folder.mkdir()
+    os.chmod(folder, 0o750)
+    path = write_report(incidents_dir=folder, incident=inc, markdown="# first\n")
+    assert path.stat().st_mode & 0o7777 == 0o640
+    os.chmod(path, 0o604)
+    write_report(incidents_dir=folder, incident=inc, markdown="# second\n")
+    assert path.stat().st_mode & 0o7777 == 0o604 and path.read_text().endswith("# second\n")
+    chart = write_chart(report_path=path, png=b"\x89PNG...")
+    assert chart.stat().st_mode & 0o7777 == 0o640
+    assert sorted(p.name for p in folder.iterdir()) == sorted([path.name, chart.name]), "no temporaries left"
 
 
 def test_a_symlink_at_the_destination_is_refused(services, world, tmp_path, clock):

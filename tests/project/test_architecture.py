@@ -77,7 +77,7 @@ def test_every_state_the_executor_drives_has_one_step_in_a_module_named_after_it
 
     assert {s.state for s in RUNBOOK} == set(RUNNABLE) and len(RUNBOOK) == len(RUNNABLE)
     assert len({s.name for s in RUNBOOK}) == len(RUNBOOK), "one name per step"
-    journal_names = {m[2] for m in MILESTONES}
+    journal_names = {m.step for m in MILESTONES}
     for step in RUNBOOK:
         module = step.run.__module__.rsplit(".", 1)[1]
         # halt.py holds both halves of runbook step 2: the halt and its verification (the quiet wait)
