@@ -51,7 +51,9 @@ def test_resume_on_mixed_files_needs_a_second_approver_to_override(sandbox, worl
                                            message_ts=card.ts, message=card.as_slack())
 
     assert press("U0BOB").status == 200  # the one who asked
-    sandbox.standin.wait_for("response_url", lambda c: "second, different approver" in c.body.get("text", ""))
+    # the refusal itself (the command's own answer also names "a second, different approver": waiting for that
+    # would let the next click race this one's audit row)
+    sandbox.standin.wait_for("response_url", lambda c: "You asked for this override" in c.body.get("text", ""))
     assert trading_halted(conn)
     assert press("U0DAVE").status == 200  # not an approver
     sandbox.standin.wait_for("response_url", lambda c: "Only approvers" in c.body.get("text", ""))
