@@ -52,7 +52,7 @@ from core.errors import (
     RollbackError,
     clean_text,
 )
-from core.incidents import CLOSED, Incident, PreflightReport, audit, journal, utcnow
+from core.incidents import Incident, PreflightReport, audit, journal, utcnow
 from core.platform import FEATURE_VIEW, production_rows
 from core.registry import BackupInfo, ModelRegistry
 from core.runbook.preflight import check_target
@@ -245,14 +245,10 @@ def request_fix(
         plan.update(label=f"{FIXES[fix]} {model} from {start_date.isoformat()}", start_date=start_date.isoformat())
     with db.transaction() as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.fix:' || %s))", (fix,))
-        other = conn.execute(
-            "SELECT id, state, requested_by FROM rollback_bot.incidents WHERE kind = 'fix' AND plan->>'fix' = %s"
-            " AND state <> ALL(%s) ORDER BY id DESC LIMIT 1",
-            (fix, list(CLOSED)),
-        ).fetchone()
+        other = repo.open_fix(conn, fix)
         if other is not None:
-            raise Conflict(f"'{FIXES[fix]}' is already open as INC-{other['id']} ({other['state']}, requested by"
-                           f" {other['requested_by']}); nothing new was posted.")
+            raise Conflict(f"'{FIXES[fix]}' is already open as {other.ref} ({other.state}, requested by"
+                           f" {other.requested_by}); nothing new was posted.")
         now = clock()
         inc = repo.insert_incident(conn, follow_ups=follow_ups or repo.no_follow_ups, kind="fix", model_name=model,
                                    state="requested", reason=reason,

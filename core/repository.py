@@ -1,12 +1,15 @@
-"""The SQL on the bot's own tables that the engine and the runbook steps run: incidents, the journal
-(``rollback_bot.steps``), the audit log and the job queue.
+"""The SQL on the bot's own incidents, journal (``rollback_bot.steps``), audit log and job queue: the engine's,
+the runbook steps', and that of the modules around them (approval, resume, aftercare, access, integrity, the
+watchdog, the halt watch, the quick fixes; tests/project/test_architecture.py keeps it so).
 
 Every function works in the caller's transaction (``conn``): a state change, its journal row, its audit row
 and the jobs it implies commit together or not at all. Nothing here decides anything; the rules (who may
 approve, which move is allowed) are in ``core.approval``, ``core.incidents`` and ``core.runbook``.
 
-``move`` is the one checked, conditional state change: ``check_transition`` first, then
-``UPDATE … WHERE id = %s AND state = %s``, so two processes (or two clicks) can never both make the same move.
+``move`` is THE state change, the only one: ``check_transition`` first, then ``UPDATE … WHERE id = %s AND
+state = %s``, so two processes (or two clicks) can never both make the same move; then the follow-up jobs
+the new state implies (``follow_ups``: report, e-mail, escalation timers, core.outbox), in the same
+transaction. ``insert_incident`` does the same for a new incident's first state.
 """
 
 from __future__ import annotations
@@ -24,29 +27,37 @@ from core.incidents import CLOSED, NEEDS_ATTENTION, Incident, Step, check_transi
 FollowUps = Callable[[psycopg.Connection, Incident], None]
 
 __all__ = [
+    "FollowUps",
     "JOBS_CHANNEL",
+    "approved_not_started",
     "attempt_counts",
     "audit",
-    "FollowUps",
-    "approved_not_started",
     "enqueue",
     "expired_requests",
     "finish_step",
     "get",
     "incident_ids_in",
+    "incidents_in",
     "insert_incident",
     "journal",
+    "later_approved_rollback",
     "list_incidents",
     "merge_plan",
     "move",
+    "needing_attention",
     "no_follow_ups",
+    "open_fix",
+    "open_incident_ids",
+    "open_incidents_among",
     "open_rollback_for",
     "queue_report_refresh",
     "report_written",
+    "rollbacks_that_swapped",
     "set_message",
     "start_step",
     "step_succeeded",
     "steps",
+    "take_over",
 ]
 
 JOBS_CHANNEL = "rollback_bot_jobs"
@@ -122,12 +133,51 @@ def incidents_in(conn: psycopg.Connection, states: Iterable[str], *, kind: str =
     ).fetchall()]
 
 
-def open_incident_ids(conn: psycopg.Connection, *, kind: str = "rollback") -> list[int]:
-    """Ids of the incidents of ``kind`` that are not closed, oldest first."""
+def open_incident_ids(conn: psycopg.Connection, *, kind: str = "rollback", model: str | None = None) -> list[int]:
+    """Ids of the incidents of ``kind`` (of ``model``, if given) that are not closed, oldest first."""
     return [r["id"] for r in conn.execute(
-        "SELECT id FROM rollback_bot.incidents WHERE kind = %s AND state <> ALL(%s) ORDER BY id",
-        (kind, list(CLOSED)),
+        "SELECT id FROM rollback_bot.incidents WHERE kind = %s AND state <> ALL(%s)"
+        " AND (%s::text IS NULL OR model_name = %s) ORDER BY id",
+        (kind, list(CLOSED), model, model),
     )]
+
+
+def open_incidents_among(conn: psycopg.Connection, ids: Iterable[int], *, lock: bool = False) -> list[Incident]:
+    """Those of the incidents ``ids`` that are not closed, oldest first (``lock``: FOR UPDATE)."""
+    return [Incident(**r) for r in conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE id = ANY(%s) AND state <> ALL(%s) ORDER BY id"
+        + (" FOR UPDATE" if lock else ""), (list(ids), list(CLOSED)),
+    ).fetchall()]
+
+
+def open_fix(conn: psycopg.Connection, fix: str) -> Incident | None:
+    """The newest open quick fix of this kind (``plan.fix``), if any."""
+    row = conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE kind = 'fix' AND plan->>'fix' = %s AND state <> ALL(%s)"
+        " ORDER BY id DESC LIMIT 1", (fix, list(CLOSED)),
+    ).fetchone()
+    return Incident(**row) if row else None
+
+
+def rollbacks_that_swapped(conn: psycopg.Connection) -> list[Incident]:
+    """Rollbacks that recorded a deployment or backed up the deployment rows (core.integrity), newest first."""
+    return [Incident(**r) for r in conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback'"
+        " AND (deployed_at IS NOT NULL OR previous_rows IS NOT NULL) ORDER BY id DESC"
+    ).fetchall()]
+
+
+def take_over(conn: psycopg.Connection, inc: Incident, *, user: str, claim: dict, at: datetime,
+              expires_at: datetime) -> Incident:
+    """A watchdog proposal's requester becomes ``user`` (no state change; it must still be requested)."""
+    row = conn.execute(
+        "UPDATE rollback_bot.incidents SET requested_by = %s, plan = plan || %s, updated_at = %s, expires_at = %s"
+        " WHERE id = %s AND state = 'requested' RETURNING *",
+        (user, Jsonb({"taken_over": claim}), at, expires_at, inc.id),
+    ).fetchone()
+    if row is None:
+        raise Conflict(f"{inc.ref} changed state while it was taken over; another process is handling it.")
+    return Incident(**row)
 
 
 def insert_incident(conn: psycopg.Connection, *, follow_ups: FollowUps, **values: Any) -> Incident:
