@@ -1,5 +1,5 @@
-"""One approval path for every request a second person decides: rollbacks (``core.engine``) and quick fixes
-(``core.fixes``, whose ``Rules`` are ``core.fixes.APPROVAL``).
+"""One approval path for every request a second person decides: rollbacks (``core.engine``), quick fixes
+(``core.fixes``, whose ``Rules`` are ``core.fixes.APPROVAL``) and resume overrides (``core.resume.OVERRIDE``).
 
 ``approve`` applies, in this order and in one transaction holding the incident's row lock:
 
@@ -11,8 +11,8 @@
 
 Then ``requested → approved`` goes through ``core.repository.move``, so the transition is checked against the
 kind's table in ``core.incidents`` and made with a conditional UPDATE: exactly one approval wins; the
-follow-up jobs of the new state (``follow_ups``: report, e-mail, escalation timers, core.outbox) commit with it. A refusal is
-audited apart from the transaction that locked the row (it is kept even though the approval is not).
+follow-up jobs of the new state (``follow_ups``: report, e-mail, escalation timers, core.outbox) commit with it.
+A refusal is audited apart from the transaction that locked the row (it is kept even though the approval is not).
 
 ``deny`` is the other decision: an approver denies (``denied``), or the requester withdraws (``cancelled``).
 """
@@ -48,6 +48,8 @@ class Rules:
     ask_again: str                 # how to ask again after the window passed ("request it again")
     wrong_kind: Callable[[Incident], RollbackError]
     extra: Callable[[Incident], RollbackError | None] = lambda inc: None
+    own_request: str = "You cannot approve your own request: a second person must approve it."
+    expired: str = "expired before it was approved"  # "INC-n {expired}; {ask_again}."
 
 
 def _unclaimed_proposal(inc: Incident) -> RollbackError | None:
@@ -85,14 +87,14 @@ def approve(db: Database, rules: Rules, *, incident_id: int, approver: str, allo
         else:
             refusal = rules.extra(inc)
         if refusal is None and approver == inc.requested_by:
-            refusal = NotAuthorized("You cannot approve your own request: a second person must approve it.")
+            refusal = NotAuthorized(rules.own_request)
         elif refusal is None and not allowed:
             refusal = NotAuthorized(rules.not_approver)
         elif refusal is None and inc.expires_at is not None and now > inc.expires_at:
             repo.move(conn, inc, CANCELLED, at=now, follow_ups=follow_ups, decision_note="approval window expired")
             repo.journal(conn, incident_id=incident_id, step="expired", actor=BOT, at=now, outcome="skipped")
             conn.commit()  # the expiry stands
-            refusal = InvalidTransition(f"{inc.ref} expired before it was approved; {rules.ask_again}.")
+            refusal = InvalidTransition(f"{inc.ref} {rules.expired}; {rules.ask_again}.")
         if refusal is not None:
             _refuse(conn, refusal, actor=approver, action=rules.approve_action, incident_id=incident_id)
         new = repo.move(conn, inc, APPROVED, at=now, follow_ups=follow_ups, approved_by=approver, decided_by=approver,

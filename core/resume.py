@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from core import approval
 from core import repository as repo
 from core import trading
 from core.db import step_limits
@@ -35,7 +36,6 @@ from core.incidents import (
     VERIFIED,
     Event,
     Incident,
-    already_decided,
     journal,
 )
 from core.integrity import FileMismatch, fingerprint, production_mismatches
@@ -177,35 +177,25 @@ def request_override(engine: Engine, *, user: str, allowed: bool = True) -> tupl
     return inc, True
 
 
+# The override is approved on the one approval path (core.approval): kind, still requested, never by the approver
+# who asked, approvers only, within the approval window; the transition checked, exactly one approval wins.
+OVERRIDE = approval.Rules(
+    kind=OVERRIDE_KIND, approve_action="resume_override", deny_action="resume_override_deny",
+    not_approver="Only approvers may override the resume check (APPROVERS).",
+    not_denier="Only approvers may cancel a resume override.",
+    ask_again="run `/rollback resume` again",
+    wrong_kind=lambda inc: InvalidTransition(f"{inc.ref} is not a request to override the resume check."),
+    own_request="You asked for this override: a second, different approver must confirm it.",
+    expired="expired before a second approver confirmed it",
+)
+
+
 def approve_override(engine: Engine, *, incident_id: int, approver: str,
                      allowed: bool = True) -> tuple[Incident, trading.ResumeResult]:
-    """A second, different approver confirms an override request: trading resumes on exactly those files."""
-    now = engine.clock()
-    with engine.db.transaction() as conn:
-        inc = engine.get(incident_id, conn, lock=True)
-        refusal: RollbackError | None = None
-        if inc.kind != OVERRIDE_KIND:
-            refusal = InvalidTransition(f"{inc.ref} is not a request to override the resume check.")
-        elif inc.state != "requested":
-            refusal = already_decided(inc)
-        elif not allowed:
-            refusal = NotAuthorized("Only approvers may override the resume check (APPROVERS).")
-        elif approver == inc.requested_by:
-            refusal = NotAuthorized("You asked for this override: a second, different approver must confirm it.")
-        elif inc.expires_at is not None and now > inc.expires_at:
-            _cancel(engine, conn, inc, "approval window expired")
-            journal(conn, incident_id=inc.id, step="expired", actor="rollback-bot", at=now, outcome="skipped")
-            refusal = InvalidTransition(f"{inc.ref} expired before a second approver confirmed it; run"
-                                        " `/rollback resume` again.")
-        if refusal is not None:
-            conn.commit()
-            engine.audit(None, actor=approver, action="resume_override", outcome="refused", incident_id=incident_id,
-                         reason=str(refusal))
-            raise refusal
-        approved = engine.move(conn, inc, APPROVED, approved_by=approver, decided_by=approver, approved_at=now)
-        journal(conn, incident_id=incident_id, step="approved", actor=approver, at=now)
-        engine.audit(conn, actor=approver, action="resume_override", outcome="ok", incident_id=incident_id,
-                     requested_by=inc.requested_by)
+    """A second, different approver confirms an override request (``core.approval``): trading resumes on exactly
+    those files."""
+    approved, _ = approval.approve(engine.db, OVERRIDE, incident_id=incident_id, approver=approver, allowed=allowed,
+                                   clock=engine.clock, follow_ups=engine.write_follow_ups)
     engine.publish(Event("state", approved))
     try:
         result = resume_trading(engine, user=approver, override=approved)
@@ -217,8 +207,8 @@ def approve_override(engine: Engine, *, incident_id: int, approver: str,
         if cancelled is not None:
             engine.publish(Event("state", cancelled))
         if isinstance(exc, FilesMismatch):
-            raise FilesMismatch(f"The production files changed after {inc.ref} was asked for, so it does not apply"
-                                f" (it is cancelled). {exc}", exc.mismatches) from None
+            raise FilesMismatch(f"The production files changed after {approved.ref} was asked for, so it does not"
+                                f" apply (it is cancelled). {exc}", exc.mismatches) from None
         raise
     return engine.get(incident_id), result
 
