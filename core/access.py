@@ -16,8 +16,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from psycopg.types.json import Jsonb
 
+from core import repository as repo
 from core.errors import Conflict, InvalidTransition, NotAuthorized, RateLimited, RollbackError
 from core.incidents import REQUESTED, Event, Incident, already_decided, journal
 
@@ -75,13 +75,8 @@ def take_over(engine: Engine, *, incident_id: int, user: str, allowed: bool) -> 
         else:
             now = engine.clock()
             claim = {"by": user, "from": inc.requested_by, "at": now.isoformat()}
-            row = conn.execute(
-                "UPDATE rollback_bot.incidents SET requested_by = %s, plan = plan || %s, updated_at = %s,"
-                " expires_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
-                (user, Jsonb({"taken_over": claim}), now,
-                 now + timedelta(minutes=engine.settings.approval_timeout_minutes), inc.id),
-            ).fetchone()
-            new = Incident(**row)
+            new = repo.take_over(conn, inc, user=user, claim=claim, at=now,
+                                 expires_at=now + timedelta(minutes=engine.settings.approval_timeout_minutes))
             journal(conn, incident_id=inc.id, step="taken_over", actor=user, at=now, detail=claim)
             engine.audit(conn, actor=user, action="take_over", outcome="ok", incident_id=inc.id)
     if refusal is not None:

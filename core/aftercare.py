@@ -25,8 +25,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
+from core import repository as repo
 from core.errors import InvalidTransition, NotAuthorized, RollbackError, clean_text
 from core.incidents import (
     MONITORING,
@@ -36,7 +36,6 @@ from core.incidents import (
     Event,
     Incident,
     audit,
-    check_transition,
     journal,
 )
 
@@ -77,12 +76,7 @@ def first_reported_at(incident: Incident) -> datetime:
 
 def handed_over_to(conn: psycopg.Connection, incident: Incident) -> int | None:
     """The id of a later rollback of the same model that was approved (the model is in its hands now)."""
-    row = conn.execute(
-        "SELECT id FROM rollback_bot.incidents WHERE kind = 'rollback' AND model_name = %s AND id > %s"
-        " AND approved_at IS NOT NULL ORDER BY id LIMIT 1",
-        (incident.model_name, incident.id),
-    ).fetchone()
-    return row["id"] if row else None
+    return repo.later_approved_rollback(conn, incident.model_name, after_id=incident.id)
 
 
 # ------------------------------------------------------------------------------------------ needs attention
@@ -147,43 +141,28 @@ def accept(engine: Engine, *, incident_id: int, user: str, reason: str, allowed:
 def follow_up_of(conn: psycopg.Connection, model: str) -> dict | None:
     """At request time: the incident of ``model`` that needs attention, which a new request follows up
     (``{"id", "ref", "first_reported_at"}`` for the new incident's plan), or None."""
-    row = conn.execute(
-        "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND model_name = %s"
-        " AND state = 'needs_attention' ORDER BY id DESC LIMIT 1",
-        (model,),
-    ).fetchone()
-    if row is None:
+    waiting = repo.needing_attention(conn, model)
+    if not waiting:
         return None
-    old = Incident(**row)
+    old = waiting[-1]
     return {"id": old.id, "ref": old.ref, "first_reported_at": first_reported_at(old).isoformat()}
 
 
-def supersede(conn: psycopg.Connection, new: Incident, *, at: datetime) -> list[Incident]:
+def supersede(conn: psycopg.Connection, new: Incident, *, at: datetime,
+              follow_ups: repo.FollowUps) -> list[Incident]:
     """At approval, in the approval's transaction: the model's incidents that need attention are closed as
-    ``superseded`` by ``new`` (journaled and audited). Returns them, for their state events."""
+    ``superseded`` by ``new`` (journaled and audited; through ``repository.move``, with their follow-ups).
+    Returns them, for their state events."""
     if new.kind != "rollback" or not new.model_name:
         return []
     _lock_model(conn, new.model_name)
     out = []
-    rows = conn.execute(
-        "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND model_name = %s"
-        " AND state = 'needs_attention' AND id <> %s ORDER BY id FOR UPDATE",
-        (new.model_name, new.id),
-    ).fetchall()
-    for row in rows:
-        check_transition(NEEDS_ATTENTION, SUPERSEDED)
-        done = conn.execute(
-            "UPDATE rollback_bot.incidents SET state = %s, updated_at = %s, resolved_at = coalesce(resolved_at, %s),"
-            " plan = plan || %s WHERE id = %s AND state = %s RETURNING *",
-            (SUPERSEDED, at, at, Jsonb({"superseded_by": {"id": new.id, "ref": new.ref,
-                                                          "backup": new.target_backup}}),
-             row["id"], NEEDS_ATTENTION),
-        ).fetchone()
-        if done is None:
-            continue
-        journal(conn, incident_id=row["id"], step="superseded", actor=new.approved_by or ACTOR, at=at,
+    for old in repo.needing_attention(conn, new.model_name, lock=True, except_id=new.id):
+        done = repo.move(conn, old, SUPERSEDED, at=at, follow_ups=follow_ups, plan={
+            **(old.plan or {}), "superseded_by": {"id": new.id, "ref": new.ref, "backup": new.target_backup}})
+        journal(conn, incident_id=old.id, step="superseded", actor=new.approved_by or ACTOR, at=at,
                 detail={"by": new.ref, "backup": new.target_backup})
-        audit(conn, at=at, actor=new.approved_by or ACTOR, action="supersede", outcome="ok", incident_id=row["id"],
+        audit(conn, at=at, actor=new.approved_by or ACTOR, action="supersede", outcome="ok", incident_id=old.id,
               by=new.ref, backup=new.target_backup)
-        out.append(Incident(**done))
+        out.append(done)
     return out

@@ -1,5 +1,5 @@
-"""One approval path for every request a second person decides: rollbacks (``core.engine``) and quick fixes
-(``core.fixes``, whose ``Rules`` are ``core.fixes.APPROVAL``).
+"""One approval path for every request a second person decides: rollbacks (``core.engine``), quick fixes
+(``core.fixes``, whose ``Rules`` are ``core.fixes.APPROVAL``) and resume overrides (``core.resume.OVERRIDE``).
 
 ``approve`` applies, in this order and in one transaction holding the incident's row lock:
 
@@ -10,8 +10,9 @@
 5. the approval window: a request past it is cancelled (journaled ``expired``), and the approval refused.
 
 Then ``requested → approved`` goes through ``core.repository.move``, so the transition is checked against the
-kind's table in ``core.incidents`` and made with a conditional UPDATE: exactly one approval wins. A refusal is
-audited apart from the transaction that locked the row (it is kept even though the approval is not).
+kind's table in ``core.incidents`` and made with a conditional UPDATE: exactly one approval wins; the
+follow-up jobs of the new state (``follow_ups``: report, e-mail, escalation timers, core.outbox) commit with it.
+A refusal is audited apart from the transaction that locked the row (it is kept even though the approval is not).
 
 ``deny`` is the other decision: an approver denies (``denied``), or the requester withdraws (``cancelled``).
 """
@@ -47,6 +48,8 @@ class Rules:
     ask_again: str                 # how to ask again after the window passed ("request it again")
     wrong_kind: Callable[[Incident], RollbackError]
     extra: Callable[[Incident], RollbackError | None] = lambda inc: None
+    own_request: str = "You cannot approve your own request: a second person must approve it."
+    expired: str = "expired before it was approved"  # "INC-n {expired}; {ask_again}."
 
 
 def _unclaimed_proposal(inc: Incident) -> RollbackError | None:
@@ -69,7 +72,7 @@ ROLLBACK = Rules(
 
 
 def approve(db: Database, rules: Rules, *, incident_id: int, approver: str, allowed: bool,
-            clock: Callable[[], datetime],
+            clock: Callable[[], datetime], follow_ups: repo.FollowUps,
             then: Callable[[psycopg.Connection, Incident], object] | None = None) -> tuple[Incident, object]:
     """``requested → approved`` by a second person (see the module's docstring). ``then(conn, incident)`` runs in
     the approval's transaction (the job that executes it, superseded incidents); its result is returned."""
@@ -84,17 +87,18 @@ def approve(db: Database, rules: Rules, *, incident_id: int, approver: str, allo
         else:
             refusal = rules.extra(inc)
         if refusal is None and approver == inc.requested_by:
-            refusal = NotAuthorized("You cannot approve your own request: a second person must approve it.")
+            refusal = NotAuthorized(rules.own_request)
         elif refusal is None and not allowed:
             refusal = NotAuthorized(rules.not_approver)
         elif refusal is None and inc.expires_at is not None and now > inc.expires_at:
-            repo.cancel_request(conn, incident_id, at=now)
+            repo.move(conn, inc, CANCELLED, at=now, follow_ups=follow_ups, decision_note="approval window expired")
             repo.journal(conn, incident_id=incident_id, step="expired", actor=BOT, at=now, outcome="skipped")
             conn.commit()  # the expiry stands
-            refusal = InvalidTransition(f"{inc.ref} expired before it was approved; {rules.ask_again}.")
+            refusal = InvalidTransition(f"{inc.ref} {rules.expired}; {rules.ask_again}.")
         if refusal is not None:
             _refuse(conn, refusal, actor=approver, action=rules.approve_action, incident_id=incident_id)
-        new = repo.move(conn, inc, APPROVED, at=now, approved_by=approver, decided_by=approver, approved_at=now)
+        new = repo.move(conn, inc, APPROVED, at=now, follow_ups=follow_ups, approved_by=approver, decided_by=approver,
+                        approved_at=now)
         repo.journal(conn, incident_id=incident_id, step="approved", actor=approver, at=now)
         repo.audit(conn, actor=approver, action=rules.approve_action, outcome="ok", incident_id=incident_id)
         extra = then(conn, new) if then is not None else None
@@ -102,7 +106,7 @@ def approve(db: Database, rules: Rules, *, incident_id: int, approver: str, allo
 
 
 def deny(db: Database, rules: Rules, *, incident_id: int, user: str, note: str, allowed: bool,
-         clock: Callable[[], datetime]) -> Incident:
+         clock: Callable[[], datetime], follow_ups: repo.FollowUps) -> Incident:
     """An approver denies the request (``denied``) or its requester withdraws it (``cancelled``)."""
     note = clean_text(note)
     with db.transaction() as conn:
@@ -118,7 +122,7 @@ def deny(db: Database, rules: Rules, *, incident_id: int, user: str, note: str, 
         if refusal is not None:
             _refuse(conn, refusal, actor=user, action=rules.deny_action, incident_id=incident_id)
         state = CANCELLED if user == inc.requested_by else DENIED
-        new = repo.move(conn, inc, state, at=now, decided_by=user, decision_note=note)
+        new = repo.move(conn, inc, state, at=now, follow_ups=follow_ups, decided_by=user, decision_note=note)
         repo.journal(conn, incident_id=incident_id, step=state, actor=user, at=now,
                      detail={"note": note} if note else None)
         repo.audit(conn, actor=user, action=rules.deny_action, outcome="ok", incident_id=incident_id, note=note)
@@ -134,15 +138,19 @@ def _refuse(conn: psycopg.Connection, refusal: RollbackError, *, actor: str, act
     raise refusal
 
 
-def expire(db: Database, *, now: datetime, not_started_before: datetime, not_started_note: str) -> list[Incident]:
+def expire(db: Database, *, now: datetime, not_started_before: datetime, not_started_note: str,
+           follow_ups: repo.FollowUps) -> list[Incident]:
     """Cancel requests of any kind whose approval window has passed, and approved rollbacks that did not start
-    by ``not_started_before`` (APPROVED_START_TIMEOUT_MINUTES); journaled ``expired``. The cancelled incidents."""
+    by ``not_started_before`` (APPROVED_START_TIMEOUT_MINUTES); journaled ``expired``, each through
+    ``repository.move`` (so with its follow-ups, in this transaction). The cancelled incidents."""
+    out: list[Incident] = []
     with db.transaction() as conn:
-        rows = repo.cancel_expired(conn, at=now)
-        for r in rows:
-            repo.journal(conn, incident_id=r["id"], step="expired", actor=BOT, at=now, outcome="skipped")
-        late = repo.cancel_not_started(conn, at=now, approved_before=not_started_before, note=not_started_note)
-        for r in late:
-            repo.journal(conn, incident_id=r["id"], step="expired", actor=BOT, at=now, outcome="skipped",
+        for inc in repo.expired_requests(conn, at=now):
+            out.append(repo.move(conn, inc, CANCELLED, at=now, follow_ups=follow_ups,
+                                 decision_note="approval window expired"))
+            repo.journal(conn, incident_id=inc.id, step="expired", actor=BOT, at=now, outcome="skipped")
+        for inc in repo.approved_not_started(conn, approved_before=not_started_before):
+            out.append(repo.move(conn, inc, CANCELLED, at=now, follow_ups=follow_ups, decision_note=not_started_note))
+            repo.journal(conn, incident_id=inc.id, step="expired", actor=BOT, at=now, outcome="skipped",
                          detail={"note": not_started_note})
-    return [Incident(**r) for r in rows + late]
+    return out

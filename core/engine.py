@@ -130,9 +130,7 @@ class Engine:
 
     def move(self, conn: psycopg.Connection, inc: Incident, new: str, **columns: Any) -> Incident:
         """Checked, conditional state change inside the caller's transaction, with its follow-up jobs."""
-        moved = repo.move(conn, inc, new, at=self.clock(), **columns)
-        self.write_follow_ups(conn, moved)
-        return moved
+        return repo.move(conn, inc, new, at=self.clock(), follow_ups=self.write_follow_ups, **columns)
 
     _move = move  # the name before core/runbook; use ``move``
 
@@ -169,12 +167,14 @@ class Engine:
         told who acted. The approval queues the ``execute`` job in its own transaction."""
 
         def then(conn: psycopg.Connection, inc: Incident) -> list[Incident]:
-            superseded = aftercare.supersede(conn, inc, at=inc.approved_at)
+            superseded = aftercare.supersede(conn, inc, at=inc.approved_at, follow_ups=self.write_follow_ups)
             repo.enqueue(conn, "execute", incident_id=inc.id, dedupe_key=f"execute:{inc.id}")
             return superseded
 
         incident, superseded = approval.approve(self.db, approval.ROLLBACK, incident_id=incident_id,
-                                                approver=approver, allowed=allowed, clock=self.clock, then=then)
+                                                approver=approver, allowed=allowed, clock=self.clock, then=then,
+                                                follow_ups=self.write_follow_ups)
+        self.fault("decided:approved")  # committed with its follow-ups; the events come next
         for old in superseded:
             self.publish(Event("state", old))
         self.publish(Event("state", incident))
@@ -183,7 +183,8 @@ class Engine:
     def deny(self, *, incident_id: int, user: str, note: str, allowed: bool = True) -> Incident:
         """An approver denies a rollback request, or its requester withdraws it (``core.approval``)."""
         incident = approval.deny(self.db, approval.ROLLBACK, incident_id=incident_id, user=user, note=note,
-                                 allowed=allowed, clock=self.clock)
+                                 allowed=allowed, clock=self.clock, follow_ups=self.write_follow_ups)
+        self.fault(f"decided:{incident.state}")  # committed with its follow-ups; the events come next
         self.publish(Event("state", incident))
         return incident
 
@@ -192,7 +193,10 @@ class Engine:
         APPROVED_START_TIMEOUT_MINUTES (run by the worker)."""
         now = self.clock()
         out = approval.expire(self.db, now=now, not_started_before=now - preflight.start_timeout(self.settings),
-                              not_started_note=preflight.not_started_note(self.settings))
+                              not_started_note=preflight.not_started_note(self.settings),
+                              follow_ups=self.write_follow_ups)
+        if out:
+            self.fault("decided:expired")  # committed with their follow-ups; the events come next
         for inc in out:
             self.publish(Event("state", inc))
         return out

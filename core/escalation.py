@@ -42,6 +42,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from core import repository as repo
 from core.aftercare import first_reported_at
 from core.engine import Engine, enqueue
 from core.incidents import Event, Incident, Step, journal
@@ -301,6 +302,7 @@ class Escalator:
         with self.db.transaction() as conn:
             journal(conn, incident_id=inc.id, step=step, actor="rollback-bot", at=self.engine.clock(),
                     detail={"reason": reason, **extra})
+            repo.queue_report_refresh(conn, inc.id, why=marker)  # the report shows the page or the breach
             self.engine.audit(conn, actor="rollback-bot", action="escalate", outcome="ok", incident_id=inc.id,
                               reason=reason, **extra)
         log.info("%s: %s", inc.ref, reason)

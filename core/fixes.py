@@ -52,7 +52,7 @@ from core.errors import (
     RollbackError,
     clean_text,
 )
-from core.incidents import CLOSED, Incident, PreflightReport, audit, journal, utcnow
+from core.incidents import Incident, PreflightReport, audit, journal, utcnow
 from core.platform import FEATURE_VIEW, production_rows
 from core.registry import BackupInfo, ModelRegistry
 from core.runbook.preflight import check_target
@@ -245,20 +245,15 @@ def request_fix(
         plan.update(label=f"{FIXES[fix]} {model} from {start_date.isoformat()}", start_date=start_date.isoformat())
     with db.transaction() as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.fix:' || %s))", (fix,))
-        other = conn.execute(
-            "SELECT id, state, requested_by FROM rollback_bot.incidents WHERE kind = 'fix' AND plan->>'fix' = %s"
-            " AND state <> ALL(%s) ORDER BY id DESC LIMIT 1",
-            (fix, list(CLOSED)),
-        ).fetchone()
+        other = repo.open_fix(conn, fix)
         if other is not None:
-            raise Conflict(f"'{FIXES[fix]}' is already open as INC-{other['id']} ({other['state']}, requested by"
-                           f" {other['requested_by']}); nothing new was posted.")
+            raise Conflict(f"'{FIXES[fix]}' is already open as {other.ref} ({other.state}, requested by"
+                           f" {other.requested_by}); nothing new was posted.")
         now = clock()
-        inc = repo.insert_incident(conn, kind="fix", model_name=model, state="requested", reason=reason,
+        inc = repo.insert_incident(conn, follow_ups=follow_ups or repo.no_follow_ups, kind="fix", model_name=model,
+                                   state="requested", reason=reason,
                                    severity="medium", requested_by=requested_by, source=source, channel=channel,
                                    plan=plan, created_at=now, updated_at=now, expires_at=now + expires_in)
-        if follow_ups is not None:  # the engine's outbox (core.outbox): timers queued with the request
-            follow_ups(conn, inc)
         journal(conn, incident_id=inc.id, step="requested", actor=requested_by, at=now,
                 detail={"fix": fix, "reason": reason})
         audit(conn, at=now, actor=requested_by, action="fix_request", outcome="ok", incident_id=inc.id, fix=fix)
@@ -267,7 +262,7 @@ def request_fix(
 
 def approve_fix(
     db: Database, *, incident_id: int, approver: str, allowed: bool = True, enqueue_run: bool = True,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] = utcnow, follow_ups: repo.FollowUps | None = None,
 ) -> Incident:
     """Two-person rule and exactly-once, as for a rollback (``core.approval``); queues the ``fix`` job (see
     ``register``)."""
@@ -277,16 +272,17 @@ def approve_fix(
             enqueue(conn, FIX_JOB, incident_id=inc.id, dedupe_key=f"fix:{inc.id}")
 
     inc, _ = approval.approve(db, APPROVAL, incident_id=incident_id, approver=approver, allowed=allowed, clock=clock,
-                              then=queue_run)
+                              then=queue_run, follow_ups=follow_ups or repo.no_follow_ups)
     return inc
 
 
 def deny_fix(
     db: Database, *, incident_id: int, user: str, note: str = "", allowed: bool = True,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] = utcnow, follow_ups: repo.FollowUps | None = None,
 ) -> Incident:
     """Deny a fix request (an approver) or withdraw it (the requester: ``cancelled``), as for a rollback."""
-    return approval.deny(db, APPROVAL, incident_id=incident_id, user=user, note=note, allowed=allowed, clock=clock)
+    return approval.deny(db, APPROVAL, incident_id=incident_id, user=user, note=note, allowed=allowed, clock=clock,
+                         follow_ups=follow_ups or repo.no_follow_ups)
 
 
 @dataclass(frozen=True)
@@ -302,7 +298,7 @@ class RetrainRunner:
 
 def run_fix(
     db: Database, *, incident_id: int, actor: str = BOT, clock: Callable[[], datetime] = utcnow,
-    retrainer: RetrainRunner | None = None,
+    retrainer: RetrainRunner | None = None, follow_ups: repo.FollowUps | None = None,
 ) -> FixOutcome:
     """Run an approved fix once: approved → resolved (it worked) or failed (with the reason).
 
@@ -326,7 +322,8 @@ def run_fix(
         now = clock()
         state = "resolved" if result.ok else "failed"
         stored = {"ok": result.ok, "message": result.message, "seconds": round(result.seconds, 3), **result.detail}
-        done = repo.move(conn, inc, state, at=now, error=None if result.ok else result.message[:2000],
+        done = repo.move(conn, inc, state, at=now, follow_ups=follow_ups or repo.no_follow_ups,
+                         error=None if result.ok else result.message[:2000],
                          plan={**(inc.plan or {}), "result": stored})
         journal(conn, incident_id=incident_id, step=str(fix), actor=actor, at=now, started=started,
                 outcome="ok" if result.ok else "failed", detail=stored,
@@ -354,7 +351,8 @@ def register(worker: Any, *, on_done: Callable[[FixOutcome], None] | None = None
     """Run approved fixes from the job queue (``approve_fix`` queues them); ``on_done`` hears each outcome."""
 
     def handle(job: dict) -> None:
-        outcome = run_fix(worker.db, incident_id=job["incident_id"], clock=worker.engine.clock, retrainer=retrainer)
+        outcome = run_fix(worker.db, incident_id=job["incident_id"], clock=worker.engine.clock, retrainer=retrainer,
+                          follow_ups=worker.engine.write_follow_ups)
         if on_done is not None and outcome.result is not None:
             on_done(outcome)
 

@@ -231,9 +231,7 @@ def sweep(engine: Engine) -> trading.SweepResult:
         ids = [int(h.split(":", 1)[1]) for h in trading.holders(conn, result.halt_id)
                if h.startswith("incident:") and h.split(":", 1)[1].isdigit()]
         told: list[tuple[Incident, dict]] = []
-        for row in conn.execute("SELECT * FROM rollback_bot.incidents WHERE id = ANY(%s) AND state <> ALL(%s)"
-                                " ORDER BY id FOR UPDATE", (ids, list(CLOSED))).fetchall():
-            inc = Incident(**row)
+        for inc in repo.open_incidents_among(conn, ids, lock=True):
             known = (inc.plan or {}).get(SWEEP_STEP) or {}
             added = sorted(set(known.get("added", [])) | set(result.added))
             new_added = [c for c in result.added if c not in known.get("added", [])]

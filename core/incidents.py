@@ -81,9 +81,14 @@ FIX_TRANSITIONS: dict[str, frozenset[str]] = {
     REQUESTED: frozenset({APPROVED, DENIED, CANCELLED}),
     APPROVED: frozenset({RESOLVED, FAILED}),
 }
-# Each incident kind's moves (a resume override, core.resume, is approved like a rollback request).
+# A resume override (core.resume): a second approver confirms, then it is used once (resolved) or cancelled.
+RESUME_TRANSITIONS: dict[str, frozenset[str]] = {
+    REQUESTED: frozenset({APPROVED, DENIED, CANCELLED}),
+    APPROVED: frozenset({RESOLVED, CANCELLED}),
+}
+# Each incident kind's moves.
 TRANSITIONS_OF_KIND: dict[str, dict[str, frozenset[str]]] = {
-    "rollback": TRANSITIONS, "halt": HALT_TRANSITIONS, "fix": FIX_TRANSITIONS, "resume": TRANSITIONS,
+    "rollback": TRANSITIONS, "halt": HALT_TRANSITIONS, "fix": FIX_TRANSITIONS, "resume": RESUME_TRANSITIONS,
 }
 CLOSED = frozenset({RESOLVED, DENIED, FAILED, CANCELLED, SUPERSEDED})
 # States in which the production files or the deployment log may differ from both "before" and "after".

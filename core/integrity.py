@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 
+from core import repository as repo
 from core.errors import VerificationFailed
 from core.incidents import CLOSED, FILES_MIXED, Incident
 from core.modelio import METADATA_FILE, MODEL_FILE, MODEL_FILES, sha256_file
@@ -153,18 +154,17 @@ def _same_row(prev: dict, version: str, deployed_at: datetime) -> bool:
         return False
 
 
-def _expected(rows: list[dict], folder: Path, version: str, deployed_at: datetime) -> tuple[Sums | None, str]:
+def _expected(rows: list[Incident], folder: Path, version: str, deployed_at: datetime) -> tuple[Sums | None, str]:
     """The production row's files (see the module's docstring); ``rows``: the model's rollbacks, newest first."""
     for row in rows:  # 1. a row the bot wrote: the pins of the rollback that wrote it
-        if row["target_backup"] == version and row["deployed_at"] == deployed_at:
-            pins = pins_of(Incident(**row))
+        if row.target_backup == version and row.deployed_at == deployed_at:
+            pins = pins_of(row)
             if pins:
-                return pins, f"{version}, as approved in INC-{row['id']}"
+                return pins, f"{version}, as approved in {row.ref}"
     candidate = folder / version
     if version.startswith("backup_") and "/" not in version and candidate.is_dir() and not candidate.is_symlink():
         return file_sums(candidate), f"{version} (its backup folder)"  # 2.
-    for row in rows:  # 3. what was in place when the bot backed the row's files up
-        inc = Incident(**row)
+    for inc in rows:  # 3. what was in place when the bot backed the row's files up
         if any(_same_row(p, version, deployed_at) for p in (inc.previous_rows or [])):
             originals = originals_of(inc, folder / inc.emergency_backup if inc.emergency_backup else None)
             if originals is not None:
@@ -179,12 +179,9 @@ def production_mismatches(conn: psycopg.Connection, registry: Any) -> list[FileM
     newest: dict[str, Any] = {}
     for row in production_rows(conn):
         newest.setdefault(row.model_name, row)
-    rollbacks: dict[str, list[dict]] = {}
-    for row in conn.execute(
-        "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback'"
-        " AND (deployed_at IS NOT NULL OR previous_rows IS NOT NULL) ORDER BY id DESC"
-    ):
-        rollbacks.setdefault(row["model_name"], []).append(row)
+    rollbacks: dict[str, list[Incident]] = {}
+    for inc in repo.rollbacks_that_swapped(conn):
+        rollbacks.setdefault(str(inc.model_name), []).append(inc)
     for model in sorted(set(registry.list_models()) & set(newest)):
         row = newest[model]
         folder = registry.model_dir(model)
@@ -197,12 +194,7 @@ def production_mismatches(conn: psycopg.Connection, registry: Any) -> list[FileM
             known = ([(f"production row {row.version}", expected)] if expected else []) + _backup_sums(folder, actual)
             what = describe(folder, actual, known)
             out.append(FileMismatch(model, source, {n: what[n] for n in wrong}, actual, expected or {}))
-    mixed = conn.execute(
-        "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s) ORDER BY id",
-        (list(FILES_MIXED - CLOSED),),
-    ).fetchall()
-    for row in mixed:
-        inc = Incident(**row)
+    for inc in repo.incidents_in(conn, FILES_MIXED - CLOSED):
         folder = registry.model_dir(inc.model_name)
         originals = originals_of(inc, folder / inc.emergency_backup if inc.emergency_backup else None) or {}
         actual = file_sums(folder)

@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from core import repository as repo
 from core.engine import Engine, enqueue
 from core.errors import InvalidInput, clean_text
 from core.escalation import NOW_JOB
@@ -146,10 +147,7 @@ class LossBook:
                         dedupe_key=f"escalate-now:{inc.id}:loss:{entry.id}")
             enqueue(conn, SHOW_JOB, incident_id=inc.id, payload={**shown, "escalating": escalating}, run_at=now,
                     dedupe_key=f"loss-shown:{entry.id}")
-            if conn.execute("SELECT 1 FROM rollback_bot.steps WHERE incident_id = %s AND step = 'report'"
-                            " AND outcome = 'ok' LIMIT 1", (inc.id,)).fetchone():
-                enqueue(conn, "report", incident_id=inc.id, payload={"upload": False},
-                        dedupe_key=f"report:{inc.id}:loss:{entry.id}")
+            repo.queue_report_refresh(conn, inc.id, why=f"loss:{entry.id}")  # the report shows the figure
         return LossUpdate(new, entry, previous, escalating)
 
     @staticmethod

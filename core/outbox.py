@@ -1,18 +1,24 @@
 """Transactional outbox: the follow-up jobs a state change implies are queued in the same transaction.
 
-``Engine.move`` (every state change of a rollback or a manual halt) and the insert of a rollback request call
-the engine's ``follow_ups`` writers with the open transaction and the incident as it now is. The writers only
-insert rows in ``rollback_bot.jobs`` (with dedupe keys, so a writer and an in-process listener that queue the
-same job leave one row): the state and its follow-ups commit together or not at all. A process that dies
-right after the commit therefore loses nothing, and every process (``serve``, ``work``, the break-glass CLI,
-tests) queues the same jobs, whatever listeners it has. Whichever process's worker claims a job delivers it,
-once (``core.worker``).
+Every state change goes through ``core.repository.move`` (and every new incident through
+``repository.insert_incident``), which call the engine's ``follow_ups`` writers (``Engine.write_follow_ups``)
+with the open transaction and the incident as it now is: the runbook's steps (``Engine.move``), approve, deny
+and expiry (``core.approval``, rollbacks and quick fixes), supersede and *needs attention* (``core.aftercare``),
+``/rollback resume`` and its override (``core.resume``), the halt watch's ways out. The writers only insert
+rows in ``rollback_bot.jobs`` (with dedupe keys): the state and its follow-ups commit together or not at all.
+A process that dies right after the commit therefore loses nothing, and every process (``serve``, ``work``, the
+break-glass CLI, tests) queues the same jobs, whatever listeners it has: no listener queues them. Whichever
+process's worker claims a job delivers it, once (``core.worker``).
 
 Follow-ups written here (``install`` adds the writers to the engine of every ``Services``):
 
     report          report:{id}:{state}:{updated_at}   the incident report at its report states
     notify_email    notify-email:{id}:{milestone}      the stakeholder e-mail of a milestone (SMTP configured)
     escalation      escalate-age / target / escalate-now timers (``core.escalation.schedule_for``)
+
+Outside state changes, what the report shows queues its rewrite the same way, in the transaction that records
+it (``repository.queue_report_refresh``): a page and an emergency page (``core.escalation``, ``core.paging``),
+an acknowledgement (``core.paging``), a loss figure (``core.loss``).
 
 The Slack-only deliveries (thread posts, card updates) stay on the in-process listeners.
 
@@ -75,7 +81,7 @@ def install(engine, worker, settings: Settings, reports: Reports) -> Mailer | No
         return None
     notifier = EmailNotifier(settings.smtp_url.get_secret_value(), settings.email_sender, settings.stakeholder_emails)
     mailer = Mailer(engine, notifier, attachments=fresh_report(reports))
-    mailer.register(worker)
+    mailer.register(worker, subscribe=False)  # queued by email_job with each state, not by a listener
     engine.follow_ups.append(email_job)
     return mailer
 

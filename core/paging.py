@@ -37,6 +37,7 @@ from typing import Any
 
 import psycopg
 
+from core import repository as repo
 from core.engine import Engine, enqueue
 from core.errors import Conflict, InvalidTransition, NotAuthorized
 from core.escalation import claim_once
@@ -176,6 +177,7 @@ class Paging:
             detail = {"by": user, "emergency_paged": page.emergency_paged_at is not None,
                       "after_seconds": round((now - page.paged_at).total_seconds())}
             journal(conn, incident_id=incident_id, step=ACK_STEP, actor=user, at=now, detail=detail)
+            repo.queue_report_refresh(conn, incident_id, why=ACK_STEP)  # the report shows who acknowledged
             self.engine.audit(conn, actor=user, action="acknowledge", outcome="ok", incident_id=incident_id)
             if self.pagerduty is not None:
                 enqueue(conn, PAGERDUTY_JOB, incident_id=incident_id, run_at=now,
@@ -253,6 +255,7 @@ class Paging:
         with self.db.transaction() as conn:
             journal(conn, incident_id=incident_id, step="escalate", actor="rollback-bot", at=self.engine.clock(),
                     detail={"reason": reason, "tier": "emergency"})
+            repo.queue_report_refresh(conn, incident_id, why="page-emergency")  # the report shows the page
             self.engine.audit(conn, actor="rollback-bot", action="escalate", outcome="ok", incident_id=incident_id,
                               tier="emergency", reason=reason)
         log.info("%s", reason)

@@ -1,17 +1,20 @@
-"""The SQL on the bot's own tables that the engine and the runbook steps run: incidents, the journal
-(``rollback_bot.steps``), the audit log and the job queue.
+"""The SQL on the bot's own incidents, journal (``rollback_bot.steps``), audit log and job queue: the engine's,
+the runbook steps', and that of the modules around them (approval, resume, aftercare, access, integrity, the
+watchdog, the halt watch, the quick fixes; tests/project/test_architecture.py keeps it so).
 
 Every function works in the caller's transaction (``conn``): a state change, its journal row, its audit row
 and the jobs it implies commit together or not at all. Nothing here decides anything; the rules (who may
 approve, which move is allowed) are in ``core.approval``, ``core.incidents`` and ``core.runbook``.
 
-``move`` is the one checked, conditional state change: ``check_transition`` first, then
-``UPDATE … WHERE id = %s AND state = %s``, so two processes (or two clicks) can never both make the same move.
+``move`` is THE state change, the only one: ``check_transition`` first, then ``UPDATE … WHERE id = %s AND
+state = %s``, so two processes (or two clicks) can never both make the same move; then the follow-up jobs
+the new state implies (``follow_ups``: report, e-mail, escalation timers, core.outbox), in the same
+transaction. ``insert_incident`` does the same for a new incident's first state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -21,28 +24,40 @@ from psycopg.types.json import Jsonb
 from core.errors import Conflict, UnknownIncident
 from core.incidents import CLOSED, NEEDS_ATTENTION, Incident, Step, check_transition
 
+FollowUps = Callable[[psycopg.Connection, Incident], None]
+
 __all__ = [
+    "FollowUps",
     "JOBS_CHANNEL",
+    "approved_not_started",
     "attempt_counts",
     "audit",
-    "cancel_expired",
-    "cancel_not_started",
-    "cancel_request",
-    "decide_request",
     "enqueue",
+    "expired_requests",
     "finish_step",
     "get",
     "incident_ids_in",
+    "incidents_in",
     "insert_incident",
     "journal",
+    "later_approved_rollback",
     "list_incidents",
     "merge_plan",
     "move",
+    "needing_attention",
+    "no_follow_ups",
+    "open_fix",
+    "open_incident_ids",
+    "open_incidents_among",
     "open_rollback_for",
+    "queue_report_refresh",
+    "report_written",
+    "rollbacks_that_swapped",
     "set_message",
     "start_step",
     "step_succeeded",
     "steps",
+    "take_over",
 ]
 
 JOBS_CHANNEL = "rollback_bot_jobs"
@@ -89,8 +104,85 @@ def incident_ids_in(conn: psycopg.Connection, states: Iterable[str], *, kind: st
     )]
 
 
-def insert_incident(conn: psycopg.Connection, **values: Any) -> Incident:
-    """A new incident row with these columns (dicts and lists stored as JSON). Raises psycopg's UniqueViolation
+def needing_attention(conn: psycopg.Connection, model: str, *, lock: bool = False,
+                      except_id: int | None = None) -> list[Incident]:
+    """The model's rollbacks that need attention, oldest first (``lock``: FOR UPDATE)."""
+    return [Incident(**r) for r in conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND model_name = %s"
+        " AND state = 'needs_attention' AND id IS DISTINCT FROM %s ORDER BY id" + (" FOR UPDATE" if lock else ""),
+        (model, except_id),
+    ).fetchall()]
+
+
+def later_approved_rollback(conn: psycopg.Connection, model: str | None, *, after_id: int) -> int | None:
+    """The id of the first rollback of ``model`` opened after ``after_id`` that was approved, if any."""
+    row = conn.execute(
+        "SELECT id FROM rollback_bot.incidents WHERE kind = 'rollback' AND model_name = %s AND id > %s"
+        " AND approved_at IS NOT NULL ORDER BY id LIMIT 1",
+        (model, after_id),
+    ).fetchone()
+    return row["id"] if row else None
+
+
+def incidents_in(conn: psycopg.Connection, states: Iterable[str], *, kind: str = "rollback",
+                 lock: bool = False) -> list[Incident]:
+    """The incidents of ``kind`` in any of ``states``, oldest first (``lock``: FOR UPDATE)."""
+    return [Incident(**r) for r in conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE kind = %s AND state = ANY(%s) ORDER BY id"
+        + (" FOR UPDATE" if lock else ""), (kind, list(states)),
+    ).fetchall()]
+
+
+def open_incident_ids(conn: psycopg.Connection, *, kind: str = "rollback", model: str | None = None) -> list[int]:
+    """Ids of the incidents of ``kind`` (of ``model``, if given) that are not closed, oldest first."""
+    return [r["id"] for r in conn.execute(
+        "SELECT id FROM rollback_bot.incidents WHERE kind = %s AND state <> ALL(%s)"
+        " AND (%s::text IS NULL OR model_name = %s) ORDER BY id",
+        (kind, list(CLOSED), model, model),
+    )]
+
+
+def open_incidents_among(conn: psycopg.Connection, ids: Iterable[int], *, lock: bool = False) -> list[Incident]:
+    """Those of the incidents ``ids`` that are not closed, oldest first (``lock``: FOR UPDATE)."""
+    return [Incident(**r) for r in conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE id = ANY(%s) AND state <> ALL(%s) ORDER BY id"
+        + (" FOR UPDATE" if lock else ""), (list(ids), list(CLOSED)),
+    ).fetchall()]
+
+
+def open_fix(conn: psycopg.Connection, fix: str) -> Incident | None:
+    """The newest open quick fix of this kind (``plan.fix``), if any."""
+    row = conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE kind = 'fix' AND plan->>'fix' = %s AND state <> ALL(%s)"
+        " ORDER BY id DESC LIMIT 1", (fix, list(CLOSED)),
+    ).fetchone()
+    return Incident(**row) if row else None
+
+
+def rollbacks_that_swapped(conn: psycopg.Connection) -> list[Incident]:
+    """Rollbacks that recorded a deployment or backed up the deployment rows (core.integrity), newest first."""
+    return [Incident(**r) for r in conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback'"
+        " AND (deployed_at IS NOT NULL OR previous_rows IS NOT NULL) ORDER BY id DESC"
+    ).fetchall()]
+
+
+def take_over(conn: psycopg.Connection, inc: Incident, *, user: str, claim: dict, at: datetime,
+              expires_at: datetime) -> Incident:
+    """A watchdog proposal's requester becomes ``user`` (no state change; it must still be requested)."""
+    row = conn.execute(
+        "UPDATE rollback_bot.incidents SET requested_by = %s, plan = plan || %s, updated_at = %s, expires_at = %s"
+        " WHERE id = %s AND state = 'requested' RETURNING *",
+        (user, Jsonb({"taken_over": claim}), at, expires_at, inc.id),
+    ).fetchone()
+    if row is None:
+        raise Conflict(f"{inc.ref} changed state while it was taken over; another process is handling it.")
+    return Incident(**row)
+
+
+def insert_incident(conn: psycopg.Connection, *, follow_ups: FollowUps, **values: Any) -> Incident:
+    """A new incident row with these columns (dicts and lists stored as JSON), and the follow-up jobs its first
+    state implies (``follow_ups``, core.outbox), in the caller's transaction. Raises psycopg's UniqueViolation
     when the model already has an open rollback (the partial unique index)."""
     names = list(values)
     params = [Jsonb(v) if isinstance(v, (dict, list)) else v for v in values.values()]
@@ -99,18 +191,23 @@ def insert_incident(conn: psycopg.Connection, **values: Any) -> Incident:
         " RETURNING *",
         params,
     ).fetchone()
-    return Incident(**row)
+    inc = Incident(**row)
+    follow_ups(conn, inc)
+    return inc
 
 
-def move(conn: psycopg.Connection, inc: Incident, new: str, *, at: datetime, **columns: Any) -> Incident:
-    """Checked, conditional state change (see the module's docstring); Conflict when another process moved it."""
+def move(conn: psycopg.Connection, inc: Incident, new: str, *, at: datetime, follow_ups: FollowUps,
+         **columns: Any) -> Incident:
+    """THE state change (see the module's docstring): checked, conditional, and with the follow-up jobs the new
+    state implies (``follow_ups(conn, moved)``, core.outbox) written in the same transaction. Conflict when
+    another process moved it first."""
     check_transition(inc.state, new, inc.kind)
     sets = ["state = %s", "updated_at = %s"]
     params: list[Any] = [new, at]
     for key, value in columns.items():
         sets.append(f"{key} = %s")
         params.append(Jsonb(value) if isinstance(value, (dict, list)) else value)
-    if new in CLOSED:
+    if new in CLOSED and "resolved_at" not in columns:
         sets.append("resolved_at = coalesce(resolved_at, %s)")
         params.append(at)
     params += [inc.id, inc.state]
@@ -119,46 +216,31 @@ def move(conn: psycopg.Connection, inc: Incident, new: str, *, at: datetime, **c
     ).fetchone()
     if row is None:
         raise Conflict(f"{inc.ref} changed state while this step ran; another process is handling it.")
-    return Incident(**row)
+    moved = Incident(**row)
+    follow_ups(conn, moved)
+    return moved
 
 
-def cancel_request(conn: psycopg.Connection, incident_id: int, *, at: datetime,
-                   note: str = "approval window expired") -> None:
-    """A request whose approval window passed: cancelled (nothing else; the caller journals it)."""
-    conn.execute(
-        "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = %s, updated_at = %s,"
-        " resolved_at = %s WHERE id = %s AND state = 'requested'",
-        (note, at, at, incident_id),
-    )
+def no_follow_ups(conn: psycopg.Connection, inc: Incident) -> None:
+    """For a caller that has no outbox writers (a bare engine in a test): nothing is queued."""
+    return None
 
 
-def cancel_expired(conn: psycopg.Connection, *, at: datetime) -> list[dict]:
-    """Every request of any kind whose approval window passed before ``at``, cancelled; their rows."""
-    return conn.execute(
-        "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = 'approval window expired',"
-        " updated_at = %s, resolved_at = %s WHERE state = 'requested' AND expires_at < %s RETURNING *",
-        (at, at, at),
-    ).fetchall()
+def expired_requests(conn: psycopg.Connection, *, at: datetime) -> list[Incident]:
+    """Requests of any kind whose approval window passed before ``at``, locked (rows another process holds are
+    skipped: it is deciding them)."""
+    return [Incident(**r) for r in conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE state = 'requested' AND expires_at < %s ORDER BY id"
+        " FOR UPDATE SKIP LOCKED", (at,),
+    ).fetchall()]
 
 
-def cancel_not_started(conn: psycopg.Connection, *, at: datetime, approved_before: datetime, note: str) -> list[dict]:
-    """Approved rollbacks that did not start in time (approved before ``approved_before``), cancelled; their rows."""
-    return conn.execute(
-        "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = %s, updated_at = %s,"
-        " resolved_at = %s WHERE kind = 'rollback' AND state = 'approved' AND approved_at < %s RETURNING *",
-        (note, at, at, approved_before),
-    ).fetchall()
-
-
-def decide_request(conn: psycopg.Connection, incident_id: int, *, state: str, user: str, note: str,
-                   at: datetime) -> Incident | None:
-    """A request denied or withdrawn (``state``), if it is still requested; None otherwise."""
-    row = conn.execute(
-        "UPDATE rollback_bot.incidents SET state = %s, decided_by = %s, decision_note = %s, updated_at = %s,"
-        " resolved_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
-        (state, user, note, at, at, incident_id),
-    ).fetchone()
-    return Incident(**row) if row else None
+def approved_not_started(conn: psycopg.Connection, *, approved_before: datetime) -> list[Incident]:
+    """Approved rollbacks approved before ``approved_before`` that never started, locked (as above)."""
+    return [Incident(**r) for r in conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = 'approved' AND approved_at < %s"
+        " ORDER BY id FOR UPDATE SKIP LOCKED", (approved_before,),
+    ).fetchall()]
 
 
 def set_message(conn: psycopg.Connection, incident_id: int, *, channel: str, message_ts: str,
@@ -246,3 +328,19 @@ def enqueue(conn: psycopg.Connection, kind: str, *, incident_id: int | None = No
         (kind, incident_id, Jsonb(payload or {}), run_at, dedupe_key),
     )
     conn.execute(f"NOTIFY {JOBS_CHANNEL}")
+
+
+def report_written(conn: psycopg.Connection, incident_id: int) -> bool:
+    """The incident's report has been written at least once (its journal holds a ``report`` step that ended ok)."""
+    return step_succeeded(conn, incident_id, "report")
+
+
+def queue_report_refresh(conn: psycopg.Connection, incident_id: int, *, why: str) -> bool:
+    """Something the report shows happened (a page, an acknowledgement, a loss figure): queue the report's
+    rewrite (not uploaded again) in the caller's transaction, once per ``why``, if the report exists already
+    (the report is first written when the rollback finishes, core.outbox). True when queued."""
+    if not report_written(conn, incident_id):
+        return False
+    enqueue(conn, "report", incident_id=incident_id, payload={"upload": False},
+            dedupe_key=f"report:{incident_id}:{why}")
+    return True

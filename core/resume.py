@@ -17,14 +17,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from psycopg.types.json import Jsonb
-
+from core import approval
+from core import repository as repo
 from core import trading
 from core.db import step_limits
 from core.errors import Conflict, FilesMismatch, InvalidTransition, NotAuthorized, RollbackError, clean_text
 from core.incidents import (
-    CLOSED,
+    APPROVED,
+    CANCELLED,
     FAILED,
+    HALTED,
+    REQUESTED,
     FILES_MIXED,
     RESOLVED,
     RESUMING,
@@ -33,7 +36,6 @@ from core.incidents import (
     VERIFIED,
     Event,
     Incident,
-    already_decided,
     journal,
 )
 from core.integrity import FileMismatch, fingerprint, production_mismatches
@@ -76,11 +78,7 @@ def resume_trading(engine: Engine, *, user: str, override: Incident | None = Non
         conn.execute(TRADING_LOCK)  # every halt takes it: nothing halts or joins the halt until we commit
         _refuse_if_busy(engine, conn, user)
         now = engine.clock()
-        for row in conn.execute(
-            "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s) ORDER BY id"
-            " FOR UPDATE", ([VERIFIED, RESUMING, *FILES_MIXED],),
-        ).fetchall():
-            inc = Incident(**row)
+        for inc in repo.incidents_in(conn, [VERIFIED, RESUMING, *FILES_MIXED], lock=True):
             if inc.state == VERIFIED:
                 moved.append(engine.move(conn, inc, RESUMING))
                 to_run.append(inc.id)
@@ -92,22 +90,15 @@ def resume_trading(engine: Engine, *, user: str, override: Incident | None = Non
                 moved.append(engine.move(conn, inc, FAILED, decision_note=f"closed at resume: {how}"))
                 journal(conn, incident_id=inc.id, step="files_checked", actor=user, at=now,
                         detail={"note": how})
-        for row in conn.execute(
-            "SELECT * FROM rollback_bot.incidents WHERE kind = 'halt' AND state = 'halted' FOR UPDATE"
-        ).fetchall():
-            moved.append(engine.move(conn, Incident(**row), RESOLVED, resumed_at=now))
-        keep = [f"incident:{r['id']}" for r in conn.execute(
-            "SELECT id FROM rollback_bot.incidents WHERE kind = 'rollback' AND state <> ALL(%s)", (list(CLOSED),))]
+        for halt in repo.incidents_in(conn, [HALTED], kind="halt", lock=True):
+            moved.append(engine.move(conn, halt, RESOLVED, resumed_at=now))
+        keep = [f"incident:{i}" for i in repo.open_incident_ids(conn)]
         result = trading.release(conn, holder="", actor=user, force=True, keep=keep)
         if override is not None:
-            row = conn.execute(
-                "UPDATE rollback_bot.incidents SET state = 'resolved', resumed_at = %s, resolved_at = %s,"
-                " updated_at = %s WHERE id = %s AND kind = %s AND state = 'approved' RETURNING *",
-                (now, now, now, override.id, OVERRIDE_KIND),
-            ).fetchone()
-            if row is None:
+            current = engine.get(override.id, conn, lock=True)
+            if current.kind != OVERRIDE_KIND or current.state != APPROVED:
                 raise Conflict(f"{override.ref} was already used or cancelled; nothing was resumed.")
-            moved.append(Incident(**row))
+            moved.append(engine.move(conn, current, RESOLVED, resumed_at=now))
             journal(conn, incident_id=override.id, step="resolved", actor=user, at=now,
                     detail={"note": "trading resumed under this override"})
         engine.audit(conn, actor=user, action="resume", outcome="ok", resumed=result.resumed,
@@ -124,12 +115,9 @@ def resume_trading(engine: Engine, *, user: str, override: Incident | None = Non
 def _refuse_if_busy(engine: Engine, conn, user: str) -> None:  # noqa: ANN001
     """InvalidTransition (audited apart from ``conn``'s transaction, which is rolled back) while any rollback is
     under way."""
-    busy = conn.execute(
-        "SELECT id, state FROM rollback_bot.incidents WHERE kind = 'rollback' AND state = ANY(%s) ORDER BY id",
-        (list((RUNNABLE - {RESUMING}) | {HALT_NOT_EFFECTIVE}),),
-    ).fetchall()
+    busy = repo.incidents_in(conn, (RUNNABLE - {RESUMING}) | {HALT_NOT_EFFECTIVE})
     if busy:
-        refs = ", ".join(f"INC-{r['id']} ({r['state']})" for r in busy)
+        refs = ", ".join(f"{i.ref} ({i.state})" for i in busy)
         conn.rollback()
         engine.audit(conn, actor=user, action="resume", outcome="refused", reason=f"rollbacks under way: {refs}")
         conn.commit()
@@ -169,24 +157,17 @@ def request_override(engine: Engine, *, user: str, allowed: bool = True) -> tupl
     events: list[Incident] = []
     with engine.db.transaction() as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.resume_override'))")
-        for row in conn.execute(
-            "SELECT * FROM rollback_bot.incidents WHERE kind = %s AND state = 'requested' FOR UPDATE",
-            (OVERRIDE_KIND,),
-        ).fetchall():
-            other = Incident(**row)
+        for other in repo.incidents_in(conn, [REQUESTED], kind=OVERRIDE_KIND, lock=True):
             if (other.plan or {}).get("fingerprint") == fp and (other.expires_at is None or other.expires_at > now):
                 return other, False
-            events.append(_cancel(conn, other, now, "the production files changed; a new request replaces it"))
+            events.append(_cancel(engine, conn, other, "the production files changed; a new request replaces it"))
         text = mismatch_text(mismatches)
-        row = conn.execute(
-            "INSERT INTO rollback_bot.incidents (kind, state, reason, severity, requested_by, plan, created_at,"
-            " updated_at, expires_at) VALUES (%s, 'requested', %s, 'critical', %s, %s, %s, %s, %s) RETURNING *",
-            (OVERRIDE_KIND, clean_text(f"Resume trading although the production files do not match: {text}"),
-             user, Jsonb({"fingerprint": fp, "mismatches": [m.as_dict() for m in mismatches]}), now, now,
-             now + timedelta(minutes=engine.settings.approval_timeout_minutes)),
-        ).fetchone()
-        inc = Incident(**row)
-        engine.write_follow_ups(conn, inc)  # the outbox (core.outbox): its timers commit with the request
+        inc = repo.insert_incident(  # with its follow-ups (core.outbox): its timers commit with the request
+            conn, follow_ups=engine.write_follow_ups, kind=OVERRIDE_KIND, state=REQUESTED,
+            reason=clean_text(f"Resume trading although the production files do not match: {text}"),
+            severity="critical", requested_by=user,
+            plan={"fingerprint": fp, "mismatches": [m.as_dict() for m in mismatches]}, created_at=now,
+            updated_at=now, expires_at=now + timedelta(minutes=engine.settings.approval_timeout_minutes))
         journal(conn, incident_id=inc.id, step="requested", actor=user, at=now,
                 detail={"reason": text, "fingerprint": fp})
         engine.audit(conn, actor=user, action="resume_override_request", outcome="ok", incident_id=inc.id,
@@ -196,64 +177,47 @@ def request_override(engine: Engine, *, user: str, allowed: bool = True) -> tupl
     return inc, True
 
 
+# The override is approved on the one approval path (core.approval): kind, still requested, never by the approver
+# who asked, approvers only, within the approval window; the transition checked, exactly one approval wins.
+OVERRIDE = approval.Rules(
+    kind=OVERRIDE_KIND, approve_action="resume_override", deny_action="resume_override_deny",
+    not_approver="Only approvers may override the resume check (APPROVERS).",
+    not_denier="Only approvers may cancel a resume override.",
+    ask_again="run `/rollback resume` again",
+    wrong_kind=lambda inc: InvalidTransition(f"{inc.ref} is not a request to override the resume check."),
+    own_request="You asked for this override: a second, different approver must confirm it.",
+    expired="expired before a second approver confirmed it",
+)
+
+
 def approve_override(engine: Engine, *, incident_id: int, approver: str,
                      allowed: bool = True) -> tuple[Incident, trading.ResumeResult]:
-    """A second, different approver confirms an override request: trading resumes on exactly those files."""
-    now = engine.clock()
-    with engine.db.transaction() as conn:
-        inc = engine.get(incident_id, conn, lock=True)
-        refusal: RollbackError | None = None
-        if inc.kind != OVERRIDE_KIND:
-            refusal = InvalidTransition(f"{inc.ref} is not a request to override the resume check.")
-        elif inc.state != "requested":
-            refusal = already_decided(inc)
-        elif not allowed:
-            refusal = NotAuthorized("Only approvers may override the resume check (APPROVERS).")
-        elif approver == inc.requested_by:
-            refusal = NotAuthorized("You asked for this override: a second, different approver must confirm it.")
-        elif inc.expires_at is not None and now > inc.expires_at:
-            _cancel(conn, inc, now, "approval window expired")
-            journal(conn, incident_id=inc.id, step="expired", actor="rollback-bot", at=now, outcome="skipped")
-            refusal = InvalidTransition(f"{inc.ref} expired before a second approver confirmed it; run"
-                                        " `/rollback resume` again.")
-        if refusal is not None:
-            conn.commit()
-            engine.audit(None, actor=approver, action="resume_override", outcome="refused", incident_id=incident_id,
-                         reason=str(refusal))
-            raise refusal
-        row = conn.execute(
-            "UPDATE rollback_bot.incidents SET state = 'approved', approved_by = %s, decided_by = %s,"
-            " approved_at = %s, updated_at = %s WHERE id = %s AND state = 'requested' RETURNING *",
-            (approver, approver, now, now, incident_id),
-        ).fetchone()
-        approved = Incident(**row)
-        journal(conn, incident_id=incident_id, step="approved", actor=approver, at=now)
-        engine.audit(conn, actor=approver, action="resume_override", outcome="ok", incident_id=incident_id,
-                     requested_by=inc.requested_by)
+    """A second, different approver confirms an override request (``core.approval``): trading resumes on exactly
+    those files."""
+    approved, _ = approval.approve(engine.db, OVERRIDE, incident_id=incident_id, approver=approver, allowed=allowed,
+                                   clock=engine.clock, follow_ups=engine.write_follow_ups)
     engine.publish(Event("state", approved))
     try:
         result = resume_trading(engine, user=approver, override=approved)
     except RollbackError as exc:
         with engine.db.transaction() as conn:
             current = engine.get(incident_id, conn, lock=True)
-            cancelled = _cancel(conn, current, engine.clock(), f"not used: {exc}"[:2000]) \
-                if current.state in ("requested", "approved") else None
+            cancelled = _cancel(engine, conn, current, f"not used: {exc}"[:2000]) \
+                if current.state in (REQUESTED, APPROVED) else None
         if cancelled is not None:
             engine.publish(Event("state", cancelled))
         if isinstance(exc, FilesMismatch):
-            raise FilesMismatch(f"The production files changed after {inc.ref} was asked for, so it does not apply"
-                                f" (it is cancelled). {exc}", exc.mismatches) from None
+            raise FilesMismatch(f"The production files changed after {approved.ref} was asked for, so it does not"
+                                f" apply (it is cancelled). {exc}", exc.mismatches) from None
         raise
     return engine.get(incident_id), result
 
 
-def _cancel(conn, inc: Incident, now, note: str) -> Incident:  # noqa: ANN001
-    row = conn.execute(
-        "UPDATE rollback_bot.incidents SET state = 'cancelled', decision_note = %s, updated_at = %s, resolved_at = %s"
-        " WHERE id = %s AND state = ANY(%s) RETURNING *",
-        (note, now, now, inc.id, ["requested", "approved"]),
-    ).fetchone()
-    if row is None:
+def _cancel(engine: Engine, conn, inc: Incident, note: str) -> Incident:  # noqa: ANN001
+    """A request or approved override not used: cancelled (``Engine.move``, with its follow-ups), journaled."""
+    if inc.state not in (REQUESTED, APPROVED):
         return inc
-    journal(conn, incident_id=inc.id, step="cancelled", actor="rollback-bot", at=now, detail={"note": note})
-    return Incident(**row)
+    new = engine.move(conn, inc, CANCELLED, decision_note=note)
+    journal(conn, incident_id=inc.id, step="cancelled", actor="rollback-bot", at=engine.clock(),
+            detail={"note": note})
+    return new

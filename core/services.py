@@ -128,10 +128,10 @@ class Services:
         self.paging = Paging(self.engine, ack_minutes=settings.escalation_ack_minutes, pagerduty=pagerduty_of(settings))
         self.reports = Reports(self.engine, settings.incidents_dir, chart=chart_maker(db, self.registry),
                                losses=self.loss.history)
-        self.engine.subscribe(self._report_on_change)
         self.worker.on("report", self._write_report)
         # Transactional outbox (core.outbox): the report, the e-mail and the escalation timers of a state change
-        # are queued in its transaction, in every process (serve, work, the CLI, tests), listeners or not.
+        # are queued in its transaction (core.repository.move), in every process (serve, work, the CLI, tests);
+        # no listener queues them.
         self.mailer: Mailer | None = outbox.install(self.engine, self.worker, settings, self.reports)
         # The runbook's next steps as follow-ups with owners and due dates (their jobs: FollowUps.register).
         self.followups = FollowUps(self.engine)
@@ -321,13 +321,13 @@ class Services:
 
     def approve_fix(self, *, incident_id: int, approver: str, allowed: bool):
         inc = fixes.approve_fix(self.db, incident_id=incident_id, approver=approver, allowed=allowed,
-                                clock=self.engine.clock)
+                                clock=self.engine.clock, follow_ups=self.engine.write_follow_ups)
         self.engine.publish(Event("state", inc))
         return inc
 
     def deny_fix(self, *, incident_id: int, user: str, note: str, allowed: bool):
         inc = fixes.deny_fix(self.db, incident_id=incident_id, user=user, note=note, allowed=allowed,
-                             clock=self.engine.clock)
+                             clock=self.engine.clock, follow_ups=self.engine.write_follow_ups)
         self.engine.publish(Event("state", inc))
         return inc
 
@@ -368,15 +368,6 @@ class Services:
         return dog
 
     # ------------------------------------------------------------------------------ after the rollback
-
-    REPORT_STATES = outbox.REPORT_STATES
-
-    def _report_on_change(self, event: Event) -> None:
-        """For state changes made outside ``Engine.move`` (the outbox queues the others; same dedupe key)."""
-        inc = event.incident
-        if event.kind == "state" and inc.state in self.REPORT_STATES.get(inc.kind, ()):
-            with self.db.transaction() as conn:
-                outbox.report_job(conn, inc)
 
     def _write_report(self, job: dict) -> None:
         self._update_report(job["incident_id"], upload=bool(job["payload"].get("upload")))
@@ -432,8 +423,8 @@ class Services:
         s = self.settings
         self.paging.register(self.worker, on_emergency=on_emergency, on_pagerduty_failed=on_pagerduty_failed)
         Escalator(self.engine, escalate_after_minutes=s.escalate_after_minutes,
-                  loss_threshold=s.loss_escalation_threshold, paging=self.paging).register(self.worker, on_page,
-                                                                                           on_breach)
+                  loss_threshold=s.loss_escalation_threshold, paging=self.paging).register(
+            self.worker, on_page, on_breach, subscribe=False)  # the timers are queued with each state (core.outbox)
         Monitor(self.engine, log_paths=self.watched_logs(), every_minutes=s.monitor_every_minutes,
                 total_minutes=s.monitor_minutes, min_ic=s.monitor_min_ic).register(self.worker, on_trouble, on_summary)
         if self.mailer is not None:  # installed with the services (core.outbox); the Slack layer reports failures

@@ -32,11 +32,11 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
+from core import repository as repo
 from core import metrics
 from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt, RollbackError
 from core.fixes import propose_model_restore
-from core.incidents import CLOSED
 from core.marketdata import labelled_rows
 from core.modelio import MODEL_FILE, predict, read_metadata, sha256_file
 from core.platform import feature_columns
@@ -269,12 +269,7 @@ class Watchdog:
         now = self.engine.clock()
         with self.engine.db.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.watchdog:' || %s))", (p.model,))
-            open_rollback = conn.execute(
-                "SELECT id FROM rollback_bot.incidents WHERE kind = 'rollback' AND model_name = %s"
-                " AND state <> ALL(%s) LIMIT 1",
-                (p.model, list(CLOSED)),
-            ).fetchone()
-            if open_rollback:
+            if repo.open_incident_ids(conn, model=p.model):
                 return None
             recent = conn.execute(
                 "SELECT id FROM rollback_bot.audit_log WHERE action = %s AND outcome = 'proposed'"

@@ -6,7 +6,8 @@ Run by tests/core/test_crash.py as a real subprocess, from the project root::
         --kill-at LABEL [--mode run|recover] [--corrupt-after-restore] [--read-only-at LABEL]
 
 ``--mode run`` requests, approves (a second person) and executes a rollback; ``--mode recover`` does what a
-restarted bot does, ``engine.recover()``. ``--kill-at`` is a label the engine passes to its fault hook
+restarted bot does, ``engine.recover()``; ``--mode deny`` requests and denies, ``--mode expire`` requests and lets
+the approval window pass (the worker's expiry). ``--kill-at`` is a label the engine passes to its fault hook
 (``before:halting``, ``restored:model.json``, ...) or ``copy:N``: the N-th file copy (1-based) writes half its
 bytes, then the process is killed, leaving a partly written temporary file behind. Exit status 0 means the
 label was never reached; a kill shows as -SIGKILL.
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--backup", required=True)
     parser.add_argument("--kill-at", required=True)
-    parser.add_argument("--mode", choices=("run", "recover"), default="run")
+    parser.add_argument("--mode", choices=("run", "recover", "deny", "expire"), default="run",
+                        help="deny: request, then an approver denies; expire: request, then the approval window"
+                             " passes and the worker's expiry runs")
     parser.add_argument("--corrupt-after-restore", action="store_true",
                         help="truncate the restored model.json at after:restoring, so verification fails")
     parser.add_argument("--read-only-at", default=None, metavar="LABEL",
@@ -85,6 +88,18 @@ def main(argv: list[str] | None = None) -> int:
                                              requested_by="U0ALICE")
             engine.approve(incident_id=inc.id, approver="U0BOB")
             engine.execute(inc.id)
+        elif args.mode in ("deny", "expire"):
+            inc, _ = engine.request_rollback(model=args.model, backup=args.backup, reason="crash test",
+                                             requested_by="U0ALICE")
+            if args.mode == "deny":
+                engine.deny(incident_id=inc.id, user="U0BOB", note="not this one")
+            else:
+                from datetime import timedelta
+
+                from core.incidents import utcnow
+
+                engine.clock = lambda: utcnow() + timedelta(hours=1)  # past the approval window
+                engine.expire_requests()
         else:
             engine.recover()
     finally:

@@ -76,8 +76,9 @@ def halt_trading(engine: Engine, *, user: str, reason: str) -> Incident:
     """A manual halt (``/rollback halt``), journaled as an incident of kind 'halt'."""
     now = engine.clock()
     with engine.db.transaction() as conn:
-        inc = repo.insert_incident(conn, kind="halt", state=HALTING, reason=clean_text(reason) or "manual halt",
-                                   requested_by=user, created_at=now, updated_at=now)
+        inc = repo.insert_incident(conn, follow_ups=engine.write_follow_ups, kind="halt", state=HALTING,
+                                   reason=clean_text(reason) or "manual halt", requested_by=user, created_at=now,
+                                   updated_at=now)
         sid = repo.start_step(conn, inc.id, NAME, user, at=engine.clock())
         result = trading.halt(conn, holder=f"incident:{inc.id}", actor=user, reason=inc.reason)
         new = engine.move(conn, inc, HALTED, halted_at=result.halted_at, plan={"halt_id": result.halt_id})

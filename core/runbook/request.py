@@ -79,7 +79,7 @@ def request_rollback(
         follows = aftercare.follow_up_of(conn, model)
         try:
             incident = repo.insert_incident(
-                conn, kind="rollback", model_name=model, target_backup=backup,
+                conn, follow_ups=engine.write_follow_ups, kind="rollback", model_name=model, target_backup=backup,
                 from_version=prod["version"] if prod else None, state=REQUESTED, reason=reason[:2000],
                 severity=severity, estimated_loss=estimated_loss, keep_halted=keep_halted,
                 requested_by=requested_by, source=source, channel=channel, target_sha256=report.sha256,
@@ -94,7 +94,6 @@ def request_rollback(
             other = engine.open_incident_for(model)
             ref = other.ref if other else "another request"
             raise Conflict(f"{model} already has an open rollback, {ref}; nothing new was posted.") from None
-        engine.write_follow_ups(conn, incident)
         done(engine, conn, incident.id, NAME, requested_by, detail={"backup": backup, "reason": reason})
         engine.audit(conn, actor=requested_by, action="request", outcome="ok", incident_id=incident.id,
                      model=model, backup=backup)
@@ -120,7 +119,7 @@ def break_glass(engine: Engine, *, model: str, backup: str, reason: str, by: str
                           decided_by=by, approved_at=now, plan={**cur.plan, "break_glass": who})
         done(engine, conn, inc.id, "approved", by, detail={"break_glass": True, **who})
         engine.audit(conn, actor=by, action="break_glass_rollback", outcome="ok", incident_id=inc.id, **who)
-        superseded = aftercare.supersede(conn, new, at=now)
+        superseded = aftercare.supersede(conn, new, at=now, follow_ups=engine.write_follow_ups)
     for old in superseded:
         engine.publish(Event("state", old))
     engine.publish(Event("state", new))

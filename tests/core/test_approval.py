@@ -53,7 +53,8 @@ def test_a_fix_moves_by_its_own_table_not_a_rollbacks(services, world, conn) -> 
     done = fixes.run_fix(services.db, incident_id=fix.id).incident
     assert done.state == "resolved"
     with services.db.transaction() as c, pytest.raises(InvalidTransition):
-        repo.move(c, repo.get(c, fix.id, lock=True), incidents.NEEDS_ATTENTION, at=services.engine.clock())
+        repo.move(c, repo.get(c, fix.id, lock=True), incidents.NEEDS_ATTENTION, at=services.engine.clock(),
+                  follow_ups=services.engine.write_follow_ups)
     assert services.engine.get(fix.id).state == "resolved"
     incidents.check_transition("approved", "failed", "fix")
     with pytest.raises(InvalidTransition):

@@ -73,13 +73,13 @@ def test_the_break_glass_cli_rollback_sends_the_stakeholder_email(settings, worl
     assert "stay queued for `rollback-bot serve`" in r.stdout
 
 
-def _kill_child_at(settings, world, label: str, smtp_url: str) -> None:
+def _kill_child_at(settings, world, label: str, smtp_url: str, *, mode: str = "run") -> None:
     app = f"outbox_child_{uuid.uuid4().hex[:12]}"
     url = settings.database_dsn()
     env = {**os.environ, "SMTP_URL": smtp_url, "STAKEHOLDER_EMAILS": STAKEHOLDERS}
     argv = [sys.executable, "-m", "tests.crash_child", "--db", f"{url}{'&' if '?' in url else '?'}application_name={app}",
             "--models", str(world.models_dir), "--incidents", str(settings.incidents_dir), "--model", MODEL,
-            "--backup", world.models[MODEL].backups[0].name, "--kill-at", label]
+            "--backup", world.models[MODEL].backups[0].name, "--kill-at", label, "--mode", mode]
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, f"not killed at {label} (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
     deadline = time.monotonic() + 20

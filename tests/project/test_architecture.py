@@ -97,6 +97,41 @@ def test_the_engine_and_the_runbook_write_the_bots_tables_only_through_the_repos
         assert not write.search(text), f"{rel} writes a bot table itself: {write.search(text).group(0)}"
 
 
+# Modules that once ran their own SQL on rollback_bot.incidents (issue 15, item 3): now through core.repository.
+INCIDENT_SQL_FREE = RUNBOOK_MODULES + ["core/resume.py", "core/aftercare.py", "core/access.py", "core/integrity.py",
+                                       "core/watchdog.py", "core/halt_watch.py", "core/fixes.py"]
+
+
+def test_these_modules_run_no_sql_on_the_incidents_and_write_the_bots_tables_only_through_the_repository():
+    import re
+
+    incidents = re.compile(r"rollback_bot\.incidents\b", re.IGNORECASE)
+    write = re.compile(r"(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+rollback_bot\.incidents\b", re.IGNORECASE)
+    for rel in INCIDENT_SQL_FREE:
+        if rel == "core/repository.py":
+            continue
+        text = (ROOT / rel).read_text(encoding="utf-8")
+        for line in text.splitlines():
+            if incidents.search(line) and ("SELECT" in line.upper() or write.search(line)):
+                raise AssertionError(f"{rel} runs SQL on rollback_bot.incidents itself: {line.strip()}")
+
+
+def test_no_module_changes_an_incidents_state_but_the_repository():
+    """Every state change goes through core.repository.move, which writes its follow-ups (core.outbox)."""
+    import re
+
+    sets_state = re.compile(r"UPDATE\s+rollback_bot\.incidents\s+SET\b(?:(?!\bWHERE\b)[^;\n])*?\bstate\s*=",
+                            re.IGNORECASE)
+    for path in sorted((ROOT / "core").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        if rel == "core/repository.py":
+            continue
+        # Adjacent string literals are one statement: join them before looking.
+        text = re.sub(r'"\s*\n\s*"', "", path.read_text(encoding="utf-8"))
+        for m in sets_state.finditer(text):
+            raise AssertionError(f"{rel} changes an incident's state itself: {m.group(0)[:200]}")
+
+
 def test_the_engine_and_the_runbook_modules_stay_small():
     for rel in RUNBOOK_MODULES:
         lines = (ROOT / rel).read_text(encoding="utf-8").count("\n")
