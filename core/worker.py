@@ -109,26 +109,29 @@ class Worker:
                                 daemon=True)
         beat.start()
         try:
-            self._run(job)
-        finally:
+            failure = self._call(job)
+        finally:  # the heartbeat stops before the outcome is recorded (fenced: it counts only if still held)
             done.set()
             beat.join(10)
+        if failure is None:
+            self._finish(job)
+        elif isinstance(failure, (DatabaseUnavailable, psycopg.OperationalError)):
+            self._release(job, str(failure), delay=2.0)
+        elif job["attempts"] + 1 >= 5:
+            self._finish(job, error=f"gave up: {failure}")
+        else:
+            self._release(job, str(failure), delay=2.0 ** (job["attempts"] + 1))
 
-    def _run(self, job: dict) -> None:
+    def _call(self, job: dict) -> Exception | None:
         try:
             self.handlers[job["kind"]](job)
         except (DatabaseUnavailable, psycopg.OperationalError) as exc:
             log.warning("job %s (%s) hit a database error, will retry: %s", job["id"], job["kind"], exc)
-            self._release(job, str(exc), delay=2.0)
-            return
+            return exc
         except Exception as exc:  # noqa: BLE001 - a failing job is recorded and retried with back-off
             log.exception("job %s (%s) failed", job["id"], job["kind"])
-            if job["attempts"] + 1 >= 5:
-                self._finish(job, error=f"gave up: {exc}")
-            else:
-                self._release(job, str(exc), delay=2.0 ** (job["attempts"] + 1))
-            return
-        self._finish(job)
+            return exc
+        return None
 
     def _finish(self, job: dict, error: str | None = None) -> None:
         with self.db.transaction() as conn:
