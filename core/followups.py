@@ -235,6 +235,9 @@ class FollowUps:
             if created:
                 journal(conn, incident_id=inc.id, step="followups", actor="rollback-bot", at=now,
                         detail={"kinds": [i.kind for i in created]})
+            from core import watch_followup  # it builds on this module
+
+            watch_followup.settle(conn, inc.id, now=now)  # a 24-hour watch that completed before: done by the bot
             return for_incident(conn, inc.id)
 
     def _create_job(self, job: dict) -> None:

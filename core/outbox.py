@@ -120,10 +120,7 @@ def deliver(worker, incident_id: int, kinds: Iterable[str]) -> int:
             ).fetchone()
             if job is None:
                 break
-            conn.execute(
-                "UPDATE rollback_bot.jobs SET locked_by = %s, locked_until = %s, attempts = attempts + 1 WHERE id = %s",
-                (worker.engine.owner, now + worker.lease, job["id"]),
-            )
+            job = worker.take(conn, job, now)
         worker.run_job(job)
         n += 1
     return n

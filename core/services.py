@@ -109,7 +109,7 @@ class Services:
         self.db = db
         self.registry = registry or ModelRegistry(settings.models_dir, max_model_bytes=settings.max_model_bytes)
         self.engine = Engine(settings, db, self.registry, clock=clock or utcnow, fault_hook=fault_hook or no_fault)
-        self.worker = Worker(self.engine)
+        self.worker = Worker(self.engine, lease_seconds=settings.job_lease_seconds)
         self._background = False
         # While a halt is held, clients activated or added are saved and halted too (core.halt_watch).
         self.worker.periodic.append(lambda: halt_watch.sweep(self.engine))

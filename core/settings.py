@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # SET LOCAL lock_timeout / statement_timeout on every transaction of a rollback's steps.
     step_lock_timeout_seconds: float = Field(default=10, gt=0, le=3600)
     step_statement_timeout_seconds: float = Field(default=60, gt=0, le=86400)
+    # A background job's lease (core/worker.py): kept alive by its worker's heartbeat (every third of it) while
+    # the job runs; the job of a worker that died is taken over once it runs out.
+    job_lease_seconds: float = Field(default=300, ge=3, le=86400)
     # The swap waits until the trades source has been quiet this long since the halt; past the timeout the
     # halt is "not effective" (paged; an approver other than the requester may proceed anyway).
     halt_quiet_seconds: float = Field(default=3, ge=0)

@@ -20,7 +20,9 @@ next, so the watch survives restarts and runs once with several bot processes. A
 passed by more than one interval, is recorded as missed (journal step ``watch_missed``, in the message and the
 report). After each check ``on_update`` shows the record (one thread message, updated in place); trouble
 moves the incident to ``needs_attention`` (``core.aftercare``). The first clean check is journaled as
-``stable``; after the last one the summary is journaled as ``watch_end`` and handed to ``on_end``. For the
+``stable``; after the last one the summary is journaled as ``watch_end`` and handed to ``on_end``, and the
+watch's follow-up is settled (``core.watch_followup``: done by the bot when the watch ended well, else left open)
+and the follow-ups message shown again. For the
 runbook's targets, a check made within ``core.timeline.TARGET_CHECK_DELAY`` of its time counts at that time. The watch
 stops early when the incident is superseded or another rollback of the model was approved.
 """
@@ -38,9 +40,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from core import trading
+from core import trading, watch_followup
 from core.aftercare import handed_over_to, raise_attention
 from core.engine import Engine, enqueue
+from core.followups import CREATE_JOB as FOLLOWUPS_JOB
 from core.incidents import Event, Incident, journal
 from core.monitoring import Monitor, log_baseline
 from core.timeline import TARGET_CHECK_DELAY
@@ -225,6 +228,9 @@ class EnhancedWatch:
                         dedupe_key=f"watch:{inc.id}:{nxt}")
             conn.execute("UPDATE rollback_bot.incidents SET plan = jsonb_set(plan, '{watch}', %s) WHERE id = %s",
                          (Jsonb(w), inc.id))
+            if final:  # its follow-up: done by the bot when it ended well, else left open; the message shows which
+                watch_followup.settle(conn, inc.id, now=now)
+                enqueue(conn, FOLLOWUPS_JOB, incident_id=inc.id, dedupe_key=f"followups:{inc.id}:watch_end")
             if final or missed or trouble:
                 enqueue(conn, "report", incident_id=inc.id, payload={"upload": final},
                         dedupe_key=f"report:{inc.id}:watch:{latest}")

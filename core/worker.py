@@ -4,6 +4,15 @@ Jobs live in ``rollback_bot.jobs`` and are claimed with ``FOR UPDATE SKIP LOCKED
 bot processes on one database each job runs once, and a job whose process died is picked up again when its
 lease runs out. The worker wakes at once on ``NOTIFY rollback_bot_jobs`` (sent in the transaction that
 queues a job) and otherwise polls.
+
+Leases are fenced. Each claim writes its own token into ``locked_by`` (this process, this worker, this claim),
+so two workers in one process, or one worker claiming the same job again, never pass for each other. While a
+job runs, a heartbeat thread extends ``locked_until`` every ``heartbeat_seconds`` (default: a third of the
+lease) for as long as ``locked_by`` is still this claim's token: a job that runs longer than its lease (a slow
+diagnostics run, a long retrain, an upload under Slack's rate limits) is not claimed and run a second time,
+while the job of a worker that died (no heartbeat) is taken over once its lease runs out. A job's completion or
+release only counts while its claim still holds the lease: a worker that lost it (its heartbeat could not reach
+the database for a whole lease, and another worker took the job over) logs so and leaves the other claim alone.
 """
 
 from __future__ import annotations
@@ -12,8 +21,9 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -27,11 +37,14 @@ JobHandler = Callable[[dict], None]
 
 class Worker:
     def __init__(self, engine: Engine, *, poll_seconds: float = 1.0, lease_seconds: float = 300.0,
-                 recover_every_seconds: float = 30.0) -> None:
+                 recover_every_seconds: float = 30.0, heartbeat_seconds: float | None = None) -> None:
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
         self.engine = engine
         self.db = engine.db
         self.poll_seconds = poll_seconds
         self.lease = timedelta(seconds=lease_seconds)
+        self.heartbeat_seconds = heartbeat_seconds if heartbeat_seconds is not None else lease_seconds / 3
         self.recover_every = recover_every_seconds
         self.handlers: dict[str, JobHandler] = {
             "execute": lambda job: self.engine.execute(job["incident_id"]),
@@ -59,44 +72,93 @@ class Worker:
             ).fetchone()
             if job is None:
                 return None
-            conn.execute(
-                "UPDATE rollback_bot.jobs SET locked_by = %s, locked_until = %s, attempts = attempts + 1 WHERE id = %s",
-                (self.engine.owner, now + self.lease, job["id"]),
-            )
-        return job
+            return self.take(conn, job, now)
+
+    def take(self, conn: psycopg.Connection, job: dict, now: datetime) -> dict:
+        """Lease a job selected ``FOR UPDATE`` in ``conn``'s transaction to a new claim of this worker: the job
+        as it was selected, with ``locked_by`` the claim's token (what ``run_job`` fences on)."""
+        token = f"{self.engine.owner}/{uuid.uuid4().hex[:12]}"
+        conn.execute(
+            "UPDATE rollback_bot.jobs SET locked_by = %s, locked_until = %s, attempts = attempts + 1 WHERE id = %s",
+            (token, now + self.lease, job["id"]),
+        )
+        return {**job, "locked_by": token}
+
+    def heartbeat(self, job: dict) -> bool:
+        """Extend the lease of a claimed job, only while this claim still holds it. False: it does not (done, or
+        taken over by another claim after the lease ran out)."""
+        with self.db.transaction() as conn:
+            return conn.execute(
+                "UPDATE rollback_bot.jobs SET locked_until = %s WHERE id = %s AND locked_by = %s AND done_at IS NULL"
+                " RETURNING id", (self.engine.clock() + self.lease, job["id"], job["locked_by"]),
+            ).fetchone() is not None
+
+    def _keep_alive(self, job: dict, done: threading.Event) -> None:
+        while not done.wait(self.heartbeat_seconds):
+            try:
+                if not self.heartbeat(job):
+                    log.warning("job %s (%s): lease lost (claim %s no longer holds it); the job keeps running here"
+                                " but will not be marked done by this claim", job["id"], job["kind"], job["locked_by"])
+                    return
+            except Exception as exc:  # noqa: BLE001 - e.g. the database is restarting: try again at the next beat
+                log.warning("job %s (%s): lease heartbeat failed, will try again: %s", job["id"], job["kind"], exc)
 
     def run_job(self, job: dict) -> None:
+        done = threading.Event()
+        beat = threading.Thread(target=self._keep_alive, args=(job, done), name=f"rollback-lease-{job['id']}",
+                                daemon=True)
+        beat.start()
+        try:
+            failure = self._call(job)
+        finally:  # the heartbeat stops before the outcome is recorded (fenced: it counts only if still held)
+            done.set()
+            beat.join(10)
+        if failure is None:
+            self._finish(job)
+        elif isinstance(failure, (DatabaseUnavailable, psycopg.OperationalError)):
+            self._release(job, str(failure), delay=2.0)
+        elif job["attempts"] + 1 >= 5:
+            self._finish(job, error=f"gave up: {failure}")
+        else:
+            self._release(job, str(failure), delay=2.0 ** (job["attempts"] + 1))
+
+    def _call(self, job: dict) -> Exception | None:
         try:
             self.handlers[job["kind"]](job)
         except (DatabaseUnavailable, psycopg.OperationalError) as exc:
             log.warning("job %s (%s) hit a database error, will retry: %s", job["id"], job["kind"], exc)
-            self._release(job, str(exc), delay=2.0)
-            return
+            return exc
         except Exception as exc:  # noqa: BLE001 - a failing job is recorded and retried with back-off
             log.exception("job %s (%s) failed", job["id"], job["kind"])
-            if job["attempts"] + 1 >= 5:
-                self._finish(job, error=f"gave up: {exc}")
-            else:
-                self._release(job, str(exc), delay=2.0 ** (job["attempts"] + 1))
-            return
-        self._finish(job)
+            return exc
+        return None
 
     def _finish(self, job: dict, error: str | None = None) -> None:
         with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE rollback_bot.jobs SET done_at = %s, locked_until = NULL, last_error = %s WHERE id = %s",
-                (self.engine.clock(), error, job["id"]),
-            )
+            held = conn.execute(
+                "UPDATE rollback_bot.jobs SET done_at = %s, locked_until = NULL, last_error = %s"
+                " WHERE id = %s AND locked_by = %s AND done_at IS NULL RETURNING id",
+                (self.engine.clock(), error, job["id"], job["locked_by"]),
+            ).fetchone()
+        if held is None:
+            self._lost(job, "finished")
 
     def _release(self, job: dict, error: str, delay: float) -> None:
         try:
             with self.db.transaction() as conn:
-                conn.execute(
-                    "UPDATE rollback_bot.jobs SET locked_until = NULL, last_error = %s, run_at = %s WHERE id = %s",
-                    (error[:2000], self.engine.clock() + timedelta(seconds=delay), job["id"]),
-                )
+                held = conn.execute(
+                    "UPDATE rollback_bot.jobs SET locked_until = NULL, last_error = %s, run_at = %s"
+                    " WHERE id = %s AND locked_by = %s AND done_at IS NULL RETURNING id",
+                    (error[:2000], self.engine.clock() + timedelta(seconds=delay), job["id"], job["locked_by"]),
+                ).fetchone()
         except DatabaseUnavailable:
-            pass  # the lease runs out by itself
+            return  # the lease runs out by itself
+        if held is None:
+            self._lost(job, "failed")
+
+    def _lost(self, job: dict, what: str) -> None:
+        log.warning("job %s (%s) %s after its claim %s lost the lease (taken over or done elsewhere): not recorded"
+                    " by this claim", job["id"], job["kind"], what, job["locked_by"])
 
     def run_due(self, limit: int = 100) -> int:
         """Run every job that is due now (tests and the demo call this with a controlled clock)."""

@@ -18,6 +18,7 @@ from slack_sdk.models.blocks import (
 from core.followups import FollowUp, PreventionMeasure
 from core.incidents import Incident
 from core.report import human_span
+from core.watch_followup import BOT, KIND as WATCHED, WatchOutcome, watch_outcome
 from handlers.blocks import MAX_BLOCKS, clip, context, esc, finish, form, section, when
 from handlers.ids import Action, Block as B, View as V
 
@@ -38,7 +39,8 @@ def due_text(item: FollowUp, now: datetime, *, relative: bool = True) -> str:
     """``relative``: how long until (or since) the due date, for an answer read at once; a message that stays in
     the thread gives the date alone (and is updated when the item becomes overdue)."""
     if item.done:
-        return f"done by <@{esc(item.completed_by)}> {when(item.completed_at)}"
+        by = "the bot" if item.completed_by == BOT else f"<@{esc(item.completed_by)}>"
+        return f"done by {by} {when(item.completed_at)}"
     if item.overdue(now):
         late = f"overdue by {span(now - item.due_at)}" if relative else "overdue"
         return f"due {when(item.due_at)} · :alarm_clock: *{late}*"
@@ -65,8 +67,11 @@ def board_blocks(incident: Incident, items: list[FollowUp], measures: list[Preve
     blocks: list[Block] = [section(
         f":clipboard: *Follow-ups of {incident.ref}* — the runbook's next steps, each with an owner and a due date."
         " The owner gets a reminder when one is overdue.")]
+    watch = watch_outcome(incident)
     for item in items:
         blocks.append(section(item_line(item, now, relative=False)))
+        if item.kind == WATCHED and watch is not None:
+            blocks.append(context(watch_note(item, watch)))
         if not item.done:
             value = str(item.id)
             blocks.append(ActionsBlock(block_id=f"followup:{item.id}", elements=[
@@ -83,6 +88,18 @@ def board_blocks(incident: Incident, items: list[FollowUp], measures: list[Preve
         ButtonElement(text="Add prevention measure", action_id=Action.ADD_PREVENTION.value, value=str(incident.id)),
     ]))
     return finish(blocks)
+
+
+def watch_note(item: FollowUp, watch: WatchOutcome) -> str:
+    """Under the monitoring follow-up, once the 24-hour watch has ended: what the bot did about it."""
+    if item.done and item.completed_by == BOT:
+        head = ":robot_face: The 24-hour watch completed, so the bot marked this done."
+    elif item.done:
+        head = "The 24-hour watch has ended."
+    else:
+        head = (f":warning: The 24-hour watch did not end cleanly ({esc(watch.why_open or 'trouble found')}), so this"
+                " is left open: look into it, then mark it done.")
+    return clip(f"{head} {esc(watch.summary)}", 2900)
 
 
 def assign_modal(incident: Incident, item: FollowUp) -> dict:

@@ -4,8 +4,8 @@
 diagnose), requests a rollback to the recommended backup; the card shows the evidence before anybody approves;
 she cannot approve her own request, Bob does; the bot runs the runbook; new market data confirms the restored
 model; the incident resolves. Carol takes the root-cause follow-up, writes the root cause and marks it done; Bob
-takes the 24-hour watch, which runs on the demo's clock, and closes it when the watch's summary is in. The report
-lists the follow-ups. Every step is then checked in PostgreSQL and on disk.
+takes the 24-hour watch, which runs on the demo's clock; when it completes with no trouble the bot marks its
+follow-up done (Bob is not reminded of it). The report lists the follow-ups. Every step is then checked in PostgreSQL and on disk.
 """
 
 from __future__ import annotations
@@ -200,12 +200,15 @@ def _watch_a_day(env: Environment, inc) -> None:
     if message is not None:
         n.say(render_message("rollback-bot in #incidents (thread), the watch's message after "
                              f"{len(message.versions)} updates", message.text, None, n.name, indent="      ↳ "))
-    n.person("U0BOB", "clicks [Done] on “Enhanced monitoring … for 24 hours” (and confirms)")
-    press_followup(box, "U0BOB", "followup_done", inc.message_ts, watching.id)
+    n.narrate("The watch completed with no trouble, so the bot marks its follow-up done: Bob, its owner, is not "
+              "reminded of work the bot did")
     wait_until(lambda: _followup(services, inc.id, "monitoring").done, 30, "the watch follow-up done")
-    wait_until(lambda: report_says(services, inc.id, "done by Bob"), 30, "the report's follow-ups")
+    board_ts = followups_message(box, inc.message_ts).ts
+    shows(box, CHANNEL, "The 24-hour watch completed", ts=board_ts)
+    wait_until(lambda: report_says(services, inc.id, "done by rollback-bot"), 30, "the report's follow-ups")
     box.settle()
     n.show_new()
+    n.message(board_ts, f"the follow-ups message of {inc.ref} after the watch")
     n.card(inc.message_ts, f"{inc.ref} after 24 hours")
 
 
@@ -256,9 +259,10 @@ def _verify(conn: psycopg.Connection, services: Services, settings_before: dict[
         Check("the runbook's T+30, T+2h and T+24h targets were met",
               all(t.status == "met" for t in target_status(inc, list(steps_all), services.engine.clock())
                   if t.name in ("stable", "root_cause", "watched"))),
-        Check("follow-ups: the root cause taken and done by Carol, the 24-hour watch by Bob, both in the report",
+        Check("follow-ups: the root cause taken and done by Carol, the 24-hour watch taken by Bob and done by the "
+              "bot when the watch completed, both in the report",
               len(items) == 5 and items["root_cause"].owner == items["root_cause"].completed_by == "U0CAROL"
-              and items["monitoring"].owner == items["monitoring"].completed_by == "U0BOB"
+              and items["monitoring"].owner == "U0BOB" and items["monitoring"].completed_by == "rollback-bot"
               and "- [x] 9. Root-cause analysis initiated" in report_text
               and report_text.count("| done by ") >= 2,
               f"{sum(i.done for i in items.values())} of {len(items)} done"),

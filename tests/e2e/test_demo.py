@@ -58,7 +58,10 @@ def test_demo_plays_both_scenarios(database_url, tmp_path):
     assert "done by @carol" in _between(first, "the follow-ups message of INC-1, updated in place", "└")
     followups = _between(first, "│ ## Follow-ups", "═══")
     assert "| Carol (@carol) |" in followups and "done by Carol (@carol) at" in followups
-    assert "done by Bob (@bob) at" in followups
+    # (3b) the 24-hour watch's follow-up: taken by Bob, done by the bot when the watch completed with no trouble
+    assert "| Bob (@bob) |" in followups and "done by rollback-bot at" in followups
+    assert "The 24-hour watch completed, so the bot marked this done." in _between(
+        first, "the follow-ups message of INC-1 after the watch", "└")
 
     calls = seen["calls"]
 
