@@ -78,10 +78,11 @@ def opened_view(box, callback_id):
     return shown
 
 
-def refused_in_form(box, needle):
-    """A refusal shown in the loading view the click opened (where the person looks), not whispered."""
+def refused_in_form(box, needle, count=1):
+    """A refusal shown in the loading view the click opened (where the person looks), not whispered; ``count``:
+    how many such refusals by now (an earlier one with the same words must not stand in for this one)."""
     box.standin.wait_for("views.update", lambda c: c.ok and c.response["view"]["callback_id"] == "notice_modal"
-                         and needle in dumps(c.body.get("view")))
+                         and needle in dumps(c.body.get("view")), count=count)
 
 
 def updated_board(box, needle):
@@ -129,7 +130,7 @@ def test_followups_are_posted_assigned_completed_and_reported(settings, db, stan
         press(box, "U0DAVE", "followup_assign", board, retrain.id)
         refused_in_form(box, "Only the incident's people")
         press(box, "U0DAVE", "add_prevention", board, inc.id)
-        refused_in_form(box, "Only the incident's people")
+        refused_in_form(box, "Only the incident's people", count=2)
         click(box, "U0DAVE", "add_root_cause", standin.message(CHANNEL, card.ts))
         # the form's loading view opened at once turns into the refusal
         standin.wait_for("views.update", lambda c: "may add its root cause" in dumps(c.body.get("view")))
