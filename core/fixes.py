@@ -23,39 +23,30 @@ Two fixes:
 * **Retrain** (the runbook's "overfitted model") -- an incident of kind ``fix`` like the refresh, with the
   model and the training window's start date in its plan; the approved run is ``core.retrain.retrain``: its
   output becomes a new ``backup_retrain_*`` candidate, deployed only by an ordinary approved rollback.
+
+The refresh itself is ``core.feature_view``, the restore proposal ``core.model_restore``; their public names are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from contextlib import nullcontext
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.rows import tuple_row
 
 from core import approval
 from core import repository as repo
 from core.db import Database
 from core.engine import Engine, enqueue
-from core.errors import (
-    BackupCorrupt,
-    Conflict,
-    InvalidTransition,
-    NotAuthorized,
-    PreflightFailed,
-    RollbackError,
-    clean_text,
-)
-from core.incidents import Incident, PreflightReport, audit, journal, utcnow
-from core.platform import FEATURE_VIEW, production_rows
-from core.registry import BackupInfo, ModelRegistry
-from core.runbook.preflight import check_target
+from core.errors import Conflict, InvalidTransition, NotAuthorized, RollbackError, clean_text
+from core.feature_view import REFRESH_VIEW, REFRESH_VIEW_BLOCKING, FixResult, refresh_feature_view
+from core.incidents import Incident, audit, journal, utcnow
+from core.model_restore import RESTORE_RULE, RestoreProposal, propose_model_restore, request_restore
+from core.registry import ModelRegistry
 
 __all__ = [
     "FIXES",
@@ -78,8 +69,6 @@ __all__ = [
 
 log = logging.getLogger("rollback_bot.fixes")
 
-REFRESH_VIEW = "refresh_feature_view"
-REFRESH_VIEW_BLOCKING = "refresh_feature_view_blocking"
 RETRAIN = "retrain"  # core.retrain: RETRAIN_COMMAND's output lands as a new backup_retrain_* candidate
 #: fix name -> button label
 FIXES: dict[str, str] = {
@@ -106,105 +95,9 @@ APPROVAL = approval.Rules(
 
 
 @dataclass(frozen=True)
-class FixResult:
-    fix: str
-    ok: bool
-    message: str
-    concurrently: bool
-    seconds: float = 0.0
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class FixOutcome:
     incident: Incident
     result: FixResult | None   # None when the fix had already run (its stored result is in incident.plan)
-
-
-# --------------------------------------------------------------------------------------------- the view
-
-
-def _view_state(conn: psycopg.Connection) -> tuple[bool, bool, bool] | None:
-    """(populated, has a usable unique index, owned by the current user) of the feature view; None if absent."""
-    with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(
-            "SELECT c.relispopulated,"
-            " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid"
-            "         AND i.indpred IS NULL AND i.indexprs IS NULL),"
-            " pg_has_role(current_user, c.relowner, 'USAGE')"
-            " FROM pg_class c WHERE c.oid = to_regclass(%s) AND c.relkind = 'm'",
-            (FEATURE_VIEW,),
-        ).fetchone()
-    return None if row is None else (bool(row[0]), bool(row[1]), bool(row[2]))
-
-
-def _latest(conn: psycopg.Connection) -> tuple[date | None, date | None]:
-    with conn.cursor(row_factory=tuple_row) as cur:
-        view = cur.execute(sql.SQL("SELECT max(date) FROM {}").format(sql.Identifier(FEATURE_VIEW))).fetchone()[0]
-        bars = cur.execute("SELECT max(date) FROM daily_bars").fetchone()[0]
-    return view, bars
-
-
-def refresh_feature_view(conn: psycopg.Connection, *, concurrently: bool = True) -> FixResult:
-    """Refresh ``ml_training_features`` (found through the search_path) and say what changed.
-
-    Runs in its own transaction, or a savepoint of the caller's. Never raises for a refresh that cannot run:
-    the result's ``ok`` is False and its ``message`` says why and what to do instead.
-    """
-    fix = REFRESH_VIEW if concurrently else REFRESH_VIEW_BLOCKING
-    state = _view_state(conn)
-    if state is None:
-        return FixResult(fix, False, f"{FEATURE_VIEW} is not a materialized view in this database's search_path.",
-                         concurrently)
-    populated, unique_index, owner = state
-    if not owner:
-        return FixResult(fix, False, f"The bot's database role does not own {FEATURE_VIEW}, and only its owner may "
-                                     "refresh it; ask the platform team to refresh it or grant ownership.",
-                         concurrently)
-    if concurrently and not unique_index:
-        return FixResult(fix, False, f"{FEATURE_VIEW} cannot be refreshed concurrently: it has no unique index"
-                                     " without a WHERE clause on plain columns (e.g. on (date, ticker)). Create one,"
-                                     " or use the blocking refresh, which locks readers out of the view while it"
-                                     " runs.", concurrently)
-    if concurrently and not populated:
-        return FixResult(fix, False, f"{FEATURE_VIEW} cannot be refreshed concurrently: it has never been populated"
-                                     " (created WITH NO DATA). Use the blocking refresh once, which locks readers"
-                                     " out of the view while it runs.", concurrently)
-    before_view, bars = (None, None) if not populated else _latest(conn)
-    stmt = sql.SQL("REFRESH MATERIALIZED VIEW {}{}").format(
-        sql.SQL("CONCURRENTLY ") if concurrently else sql.SQL(""), sql.Identifier(FEATURE_VIEW)
-    )
-    started = time.perf_counter()
-    try:
-        with conn.transaction():
-            with conn.cursor(row_factory=tuple_row) as cur:
-                cur.execute(stmt)
-    except psycopg.errors.InsufficientPrivilege as exc:
-        return FixResult(fix, False, f"Not allowed to refresh {FEATURE_VIEW}: {exc.diag.message_primary}.",
-                         concurrently)
-    except (psycopg.errors.ObjectNotInPrerequisiteState, psycopg.errors.FeatureNotSupported) as exc:
-        hint = f" {exc.diag.message_hint}" if exc.diag.message_hint else ""
-        return FixResult(fix, False, f"{FEATURE_VIEW} cannot be refreshed concurrently: {exc.diag.message_primary}."
-                                     f"{hint} The blocking refresh would work but locks readers out of the view.",
-                         concurrently)
-    except psycopg.errors.LockNotAvailable as exc:
-        return FixResult(fix, False, f"{FEATURE_VIEW} is busy: {exc.diag.message_primary}. Try again shortly.",
-                         concurrently)
-    seconds = time.perf_counter() - started
-    after_view, bars = _latest(conn)
-    detail = {"view_latest_before": _iso(before_view), "view_latest_after": _iso(after_view),
-              "bars_latest": _iso(bars)}
-    how = "concurrently" if concurrently else "(blocking readers)"
-    message = f"Refreshed {FEATURE_VIEW} {how} in {seconds:.1f} s; its latest date is now {_iso(after_view)}"
-    if before_view != after_view:
-        message += f" (was {_iso(before_view)})"
-    if bars is not None and (after_view is None or after_view < bars):
-        message += f"; still behind daily_bars ({bars.isoformat()}): the view's query leaves those days out"
-    return FixResult(fix, True, message + ".", concurrently, seconds, detail)
-
-
-def _iso(day: date | None) -> str | None:
-    return day.isoformat() if day else None
 
 
 # --------------------------------------------------------------------------------------------- fix incidents
@@ -213,7 +106,7 @@ def _iso(day: date | None) -> str | None:
 def _get(conn: psycopg.Connection, incident_id: int, *, lock: bool = False) -> Incident:
     inc = repo.get(conn, incident_id, lock=lock)
     if inc.kind != "fix":
-        raise UnknownFix(f"{inc.ref} is a {inc.kind} incident, not a quick fix.")
+        raise APPROVAL.wrong_kind(inc)
     return inc
 
 
@@ -357,87 +250,3 @@ def register(worker: Any, *, on_done: Callable[[FixOutcome], None] | None = None
             on_done(outcome)
 
     worker.on(FIX_JOB, handle)
-
-
-# --------------------------------------------------------------------------------------------- model restore
-
-
-@dataclass(frozen=True)
-class RestoreProposal:
-    model: str
-    problem: str                   # why the production model.json does not load
-    backup: str | None             # the proposed target; None when no backup passes pre-flight
-    production_version: str | None  # model_deployment_log's production version
-    same_version: bool             # the target is the backup of the version in production
-    checks: list[str] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)
-    preflight: PreflightReport | None = None
-    rule: str = ""
-
-    @property
-    def possible(self) -> bool:
-        return self.backup is not None
-
-
-RESTORE_RULE = (
-    "the backup of the version model_deployment_log lists as production (the same model, uncorrupted) when it "
-    "passes pre-flight, else the newest passing backup by training date; emergency backups last"
-)
-
-
-def _restore_order(backups: list[BackupInfo], production_version: str | None) -> list[BackupInfo]:
-    def key(b: BackupInfo) -> tuple:
-        return (b.name != production_version, b.is_emergency, -(b.training_date or date.min).toordinal(), b.name)
-
-    return sorted(backups, key=key)
-
-
-def propose_model_restore(
-    registry: ModelRegistry, conn: psycopg.Connection, *, model: str, engine: Engine | None = None,
-    settings: Any = None,
-) -> RestoreProposal | None:
-    """None when the production model.json loads; else the restore target by RESTORE_RULE.
-
-    Each candidate goes through the one pre-flight (``core.runbook.preflight.check_target``, exactly the checks a
-    rollback runs): with ``engine`` as ``Engine.preflight`` does it, without it on ``conn`` (the trades source too
-    when ``settings`` are given).
-    """
-    folder = registry.model_dir(model)
-    problem = registry.load_problem(folder)
-    if problem is None:
-        return None
-    rows = production_rows(conn, model)
-    production_version = rows[0].version if rows else None
-    rejected: dict[str, str] = {}
-    for b in _restore_order(registry.list_backups(model), production_version):
-        try:
-            if engine is not None:
-                report = engine.preflight(model=model, backup=b.name)
-            else:
-                report = check_target(registry, settings, model=model, backup=b.name,
-                                      transaction=lambda: nullcontext(conn))
-        except (PreflightFailed, BackupCorrupt) as exc:
-            rejected[b.name] = str(exc).split(" fails pre-flight: ", 1)[-1]
-            continue
-        checks = list(report.checks)
-        return RestoreProposal(model, problem, b.name, production_version, b.name == production_version, checks,
-                               rejected, report, RESTORE_RULE)
-    return RestoreProposal(model, problem, None, production_version, False, [], rejected, None, RESTORE_RULE)
-
-
-def request_restore(
-    engine: Engine, proposal: RestoreProposal, requested_by: str, *, channel: str | None = None,
-    source: str = "slack",
-) -> tuple[Incident, PreflightReport]:
-    """Open the rollback request that restores the proposal's backup (approved and executed like any rollback)."""
-    if proposal.backup is None:
-        raise PreflightFailed(
-            f"No backup of {proposal.model} passes pre-flight, so the corrupt model.json cannot be restored: "
-            + "; ".join(f"{k}: {v}" for k, v in list(proposal.rejected.items())[:5])
-        )
-    what = "the same version" if proposal.same_version else "the newest backup that passes pre-flight"
-    reason = (f"Quick fix: the production model.json of {proposal.model} does not load ({proposal.problem});"
-              f" restore {proposal.backup} ({what}).")
-    return engine.request_rollback(model=proposal.model, backup=proposal.backup, reason=reason,
-                                   requested_by=requested_by, severity="high", channel=channel, source=source)
-

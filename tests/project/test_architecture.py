@@ -99,7 +99,8 @@ def test_the_engine_and_the_runbook_write_the_bots_tables_only_through_the_repos
 
 # Modules that once ran their own SQL on rollback_bot.incidents (issue 15, item 3): now through core.repository.
 INCIDENT_SQL_FREE = RUNBOOK_MODULES + ["core/resume.py", "core/aftercare.py", "core/access.py", "core/integrity.py",
-                                       "core/watchdog.py", "core/halt_watch.py", "core/fixes.py"]
+                                       "core/watchdog.py", "core/halt_watch.py", "core/fixes.py",
+                                       "core/feature_view.py", "core/model_restore.py"]
 
 
 def test_these_modules_run_no_sql_on_the_incidents_and_write_the_bots_tables_only_through_the_repository():
