@@ -28,21 +28,44 @@ Journal steps (read by the report's checklist, items 9 and 10): ``followups`` (c
 Who may act on an incident's follow-ups: operators and approvers (the caller says so, from ``core.auth``), the
 incident's people (who requested, approved or decided it) and the owners of its follow-ups. Anyone may be made
 an owner.
+
+The items as data, their kinds and their SQL are ``core.followup_items`` (re-exported here); this module is the
+``FollowUps`` service.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 
+from core import repository as repo
 from core.access import may_annotate
 from core.engine import Engine, enqueue
-from core.errors import Conflict, InvalidTransition, NotAuthorized, RollbackError, UnknownIncident, clean_text
+from core.errors import Conflict, InvalidTransition, NotAuthorized, RollbackError, clean_text
+from core.followup_items import (
+    COLUMNS as _COLUMNS,
+    CREATE_JOB,
+    DUE_JOB,
+    KINDS,
+    NOT_ALLOWED,
+    REMIND_EVERY,
+    TRIGGER_STATES,
+    FollowUp,
+    PreventionMeasure,
+    UnknownFollowUp,
+    due_after,
+    for_incident,
+    locked as _get,
+    owns as _owns,
+    plan_for,
+    prevention_measures,
+    queue_creation,
+    schedule_reminder as _schedule_reminder,
+)
 from core.incidents import Incident, journal
 
 __all__ = [
@@ -61,136 +84,22 @@ __all__ = [
 
 log = logging.getLogger("rollback_bot.followups")
 
-CREATE_JOB = "followups"
-DUE_JOB = "followup_due"
-REMIND_EVERY = timedelta(hours=24)
-# A rollback in one of these states has finished its runbook run: its follow-ups are due.
-TRIGGER_STATES = frozenset({"monitoring", "verified", "failed", "revert_failed", "needs_attention"})
-_FAILED_STATES = frozenset({"failed", "revert_failed"})
 _BOARD_CLAIM = timedelta(minutes=5)
-
-#: (kind, title template, due after the incident opened, also after a failed rollback)
-KINDS: tuple[tuple[str, str, timedelta, bool], ...] = (
-    ("root_cause", "Investigate the root cause of {model}'s failure", timedelta(hours=2), True),
-    ("monitoring", "Enhanced monitoring of {target} for 24 hours (IC, error logs, trades)", timedelta(hours=24),
-     False),
-    ("retrain", "Retrain {model} on recent data and evaluate it before it is redeployed", timedelta(days=3), True),
-    ("checklist", "Update the deployment checklist with what {ref} taught", timedelta(days=7), True),
-    ("prevention", "Identify prevention measures (write them into the report's Prevention section)",
-     timedelta(days=7), True),
-)
-NOT_ALLOWED = ("Only the incident's people (who requested or approved it, the owners of its follow-ups), operators "
-               "and approvers may act on its follow-ups.")
-_COLUMNS = ("id, incident_id, kind, title, owner, assigned_by, assigned_at, due_at, state, completed_by, completed_at,"
-            " reminded_at, reminders, created_at")
-
-
-class UnknownFollowUp(RollbackError):
-    """No follow-up with that id."""
-
-
-@dataclass(frozen=True)
-class FollowUp:
-    id: int
-    incident_id: int
-    kind: str
-    title: str
-    owner: str | None
-    assigned_by: str | None
-    assigned_at: datetime | None
-    due_at: datetime
-    state: str  # open | done
-    completed_by: str | None
-    completed_at: datetime | None
-    reminded_at: datetime | None
-    reminders: int
-    created_at: datetime
-
-    @property
-    def done(self) -> bool:
-        return self.state == "done"
-
-    def overdue(self, now: datetime) -> bool:
-        return not self.done and now >= self.due_at
-
-
-@dataclass(frozen=True)
-class PreventionMeasure:
-    id: int
-    incident_id: int
-    text: str
-    added_by: str
-    added_at: datetime
-
-
-def due_after(settings: Any) -> dict[str, timedelta]:
-    """Each kind's delay after the incident opened, from the settings ``followup_{kind}_hours`` (every kind has
-    one: core/settings.py; their defaults are ``KINDS``')."""
-    hours = {"root_cause": settings.followup_root_cause_hours, "monitoring": settings.followup_monitoring_hours,
-             "retrain": settings.followup_retrain_hours, "checklist": settings.followup_checklist_hours,
-             "prevention": settings.followup_prevention_hours}
-    return {kind: timedelta(hours=float(hours[kind])) for kind, *_ in KINDS}
-
-
-def plan_for(incident: Incident, due: dict[str, timedelta] | None = None) -> list[tuple[str, str, datetime]]:
-    """The follow-ups an incident gets: (kind, title, due); ``due``: each kind's delay (``due_after``), else the
-    defaults."""
-    failed = incident.state in _FAILED_STATES
-    names = {"model": incident.model_name or "the model", "target": incident.target_backup or "the restored model",
-             "ref": incident.ref}
-    due = due or {}
-    return [(kind, title.format(**names), incident.created_at + due.get(kind, after))
-            for kind, title, after, after_failure in KINDS if after_failure or not failed]
-
-
-# ------------------------------------------------------------------------------------------- SQL
-
-
-def for_incident(conn: psycopg.Connection, incident_id: int) -> list[FollowUp]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM rollback_bot.followups WHERE incident_id = %s ORDER BY due_at, id",
-                        (incident_id,)).fetchall()
-    return [FollowUp(**r) for r in rows]
-
-
-def prevention_measures(conn: psycopg.Connection, incident_id: int) -> list[PreventionMeasure]:
-    rows = conn.execute("SELECT id, incident_id, text, added_by, added_at FROM rollback_bot.prevention_measures"
-                        " WHERE incident_id = %s ORDER BY id", (incident_id,)).fetchall()
-    return [PreventionMeasure(**r) for r in rows]
-
-
-def _get(conn: psycopg.Connection, followup_id: int) -> FollowUp:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM rollback_bot.followups WHERE id = %s FOR UPDATE",
-                       (followup_id,)).fetchone()
-    if row is None:
-        raise UnknownFollowUp(f"There is no follow-up #{followup_id}.")
-    return FollowUp(**row)
-
-
-def _incident(conn: psycopg.Connection, incident_id: int) -> Incident:
-    row = conn.execute("SELECT * FROM rollback_bot.incidents WHERE id = %s", (incident_id,)).fetchone()
-    if row is None:
-        raise UnknownIncident(f"There is no incident INC-{incident_id}.")
-    return Incident(**row)
-
-
-def _owns(conn: psycopg.Connection, incident_id: int, user: str) -> bool:
-    return bool(user) and conn.execute("SELECT 1 FROM rollback_bot.followups WHERE incident_id = %s AND owner = %s",
-                                       (incident_id, user)).fetchone() is not None
-
-
-def queue_creation(conn: psycopg.Connection, inc: Incident) -> None:
-    """The engine's outbox writer: a rollback that reached a state where its runbook run is over gets its
-    follow-ups queued in the same transaction."""
-    if inc.kind == "rollback" and inc.state in TRIGGER_STATES:
-        enqueue(conn, CREATE_JOB, incident_id=inc.id, dedupe_key=f"followups:{inc.id}")
-
-
-def _schedule_reminder(conn: psycopg.Connection, item: FollowUp, n: int, run_at: datetime) -> None:
-    enqueue(conn, DUE_JOB, incident_id=item.incident_id, payload={"followup": item.id}, run_at=run_at,
-            dedupe_key=f"followup-due:{item.id}:{n}")
 
 
 # ------------------------------------------------------------------------------------------- the service
+
+
+def _unfinished(conn: psycopg.Connection, inc: Incident, item: FollowUp) -> RollbackError | None:
+    """Why ``item`` cannot be marked done yet: the root-cause one needs a recorded root cause, the prevention one
+    a measure."""
+    if item.kind == "root_cause" and not (inc.root_cause or "").strip():
+        return InvalidTransition("Record the root cause first (*Add root cause* on the incident's card),"
+                                 " then mark the investigation done.")
+    if item.kind == "prevention" and not prevention_measures(conn, inc.id):
+        return InvalidTransition("Write at least one prevention measure first (*Add prevention measure*),"
+                                 " then mark this done.")
+    return None
 
 
 BoardCallback = Callable[[Incident], None]
@@ -220,7 +129,7 @@ class FollowUps:
         """The incident's follow-ups, created if they are not yet (idempotent), with their first reminders."""
         now = self.engine.clock()
         with self.db.transaction() as conn:
-            inc = _incident(conn, incident_id)
+            inc = repo.get(conn, incident_id)
             created = []
             for kind, title, due in plan_for(inc, due_after(self.engine.settings)):
                 row = conn.execute(
@@ -260,7 +169,7 @@ class FollowUps:
         soonest due first."""
         with self.db.transaction() as conn:
             if incident_id is not None:
-                _incident(conn, incident_id)  # UnknownIncident for a wrong id
+                repo.get(conn, incident_id)  # UnknownIncident for a wrong id
                 return for_incident(conn, incident_id)
             rows = conn.execute(f"SELECT {_COLUMNS} FROM rollback_bot.followups WHERE state = 'open'"
                                 " ORDER BY due_at, id LIMIT %s", (limit,)).fetchall()
@@ -292,11 +201,27 @@ class FollowUps:
 
     def may_act(self, *, incident_id: int, user: str, operator: bool) -> bool:
         with self.db.transaction() as conn:
-            return self._may_act(conn, _incident(conn, incident_id), user, operator)
+            return self._may_act(conn, repo.get(conn, incident_id), user, operator)
 
-    def _refuse(self, inc: Incident, user: str, action: str, reason: str, **detail: Any) -> None:
-        self.engine.audit(None, actor=user, action=action, outcome="refused", incident_id=inc.id, reason=reason,
-                          **detail)
+    def _refuse(self, conn: psycopg.Connection, inc: Incident, user: str, action: str,
+                refusal: RollbackError | None, **detail: Any) -> None:
+        """Nothing happens when there is a ``refusal``: the transaction is rolled back, the refusal audited and
+        raised."""
+        if refusal is None:
+            return
+        conn.rollback()
+        self.engine.audit(None, actor=user, action=action, outcome="refused", incident_id=inc.id,
+                          reason=str(refusal), **detail)
+        raise refusal
+
+    def _item_refusal(self, conn: psycopg.Connection, inc: Incident, item: FollowUp, by: str,
+                      operator: bool) -> RollbackError | None:
+        """Why ``by`` may not act on ``item`` at all (not one of the incident's people, or it is done)."""
+        if not self._may_act(conn, inc, by, operator):
+            return NotAuthorized(NOT_ALLOWED)
+        if item.done:
+            return Conflict(f"“{item.title}” is already done (by {item.completed_by}).")
+        return None
 
     # -- acting
 
@@ -308,18 +233,10 @@ class FollowUps:
         now = self.engine.clock()
         with self.db.transaction() as conn:
             item = _get(conn, followup_id)
-            inc = _incident(conn, item.incident_id)
-            refusal = None
-            if not self._may_act(conn, inc, by, operator):
-                refusal = NotAuthorized(NOT_ALLOWED)
-            elif item.done:
-                refusal = Conflict(f"“{item.title}” is already done (by {item.completed_by}).")
-            elif item.owner == owner:
-                refusal = Conflict(f"“{item.title}” is already owned by {owner}.")
-            if refusal is not None:
-                conn.rollback()
-                self._refuse(inc, by, "followup_assign", str(refusal), followup=item.id, owner=owner)
-                raise refusal
+            inc = repo.get(conn, item.incident_id)
+            refusal = self._item_refusal(conn, inc, item, by, operator) or (
+                Conflict(f"“{item.title}” is already owned by {owner}.") if item.owner == owner else None)
+            self._refuse(conn, inc, by, "followup_assign", refusal, followup=item.id, owner=owner)
             row = conn.execute(
                 f"UPDATE rollback_bot.followups SET owner = %s, assigned_by = %s, assigned_at = %s WHERE id = %s"
                 f" RETURNING {_COLUMNS}", (owner, by, now, item.id),
@@ -336,22 +253,9 @@ class FollowUps:
         now = self.engine.clock()
         with self.db.transaction() as conn:
             item = _get(conn, followup_id)
-            inc = _incident(conn, item.incident_id)
-            refusal: RollbackError | None = None
-            if not self._may_act(conn, inc, by, operator):
-                refusal = NotAuthorized(NOT_ALLOWED)
-            elif item.done:
-                refusal = Conflict(f"“{item.title}” is already done (by {item.completed_by}).")
-            elif item.kind == "root_cause" and not (inc.root_cause or "").strip():
-                refusal = InvalidTransition("Record the root cause first (*Add root cause* on the incident's card),"
-                                            " then mark the investigation done.")
-            elif item.kind == "prevention" and not prevention_measures(conn, inc.id):
-                refusal = InvalidTransition("Write at least one prevention measure first (*Add prevention measure*),"
-                                            " then mark this done.")
-            if refusal is not None:
-                conn.rollback()
-                self._refuse(inc, by, "followup_done", str(refusal), followup=item.id)
-                raise refusal
+            inc = repo.get(conn, item.incident_id)
+            refusal = self._item_refusal(conn, inc, item, by, operator) or _unfinished(conn, inc, item)
+            self._refuse(conn, inc, by, "followup_done", refusal, followup=item.id)
             row = conn.execute(
                 f"UPDATE rollback_bot.followups SET state = 'done', completed_by = %s, completed_at = %s,"
                 f" owner = coalesce(owner, %s) WHERE id = %s AND state = 'open' RETURNING {_COLUMNS}",
@@ -369,16 +273,13 @@ class FollowUps:
         text = clean_text(text, 2900)
         now = self.engine.clock()
         with self.db.transaction() as conn:
-            inc = _incident(conn, incident_id)
+            inc = repo.get(conn, incident_id)
             refusal: RollbackError | None = None
             if not text:
                 refusal = InvalidTransition("Describe the prevention measure.")
             elif not self._may_act(conn, inc, by, operator):
                 refusal = NotAuthorized(NOT_ALLOWED.replace("act on its follow-ups", "add prevention measures"))
-            if refusal is not None:
-                conn.rollback()
-                self._refuse(inc, by, "prevention", str(refusal))
-                raise refusal
+            self._refuse(conn, inc, by, "prevention", refusal)
             row = conn.execute(
                 "INSERT INTO rollback_bot.prevention_measures (incident_id, text, added_by, added_at)"
                 " VALUES (%s, %s, %s, %s) RETURNING id, incident_id, text, added_by, added_at",
