@@ -202,6 +202,13 @@ class Event:
         self.detail = detail or {}
         self.error = error
 
+    @property
+    def resumed_on_restored(self) -> bool:
+        """Trading resumed on a restored model: a rollback entered ``monitoring`` (monitoring and the 24-hour
+        watch start here)."""
+        inc = self.incident
+        return self.kind == "state" and inc.kind == "rollback" and inc.state == "monitoring"
+
 
 Listener = Callable[[Event], None]
 

@@ -177,10 +177,9 @@ class Monitor:
 
     def on_event(self, event: Event) -> None:
         """Engine listener: start monitoring when trading resumes on a restored model."""
-        inc = event.incident
-        if event.kind == "state" and inc.kind == "rollback" and inc.state == "monitoring":
+        if event.resumed_on_restored:
             with self.db.transaction() as conn:
-                self.schedule(conn, inc)
+                self.schedule(conn, event.incident)
 
     def register(self, worker: Any, on_trouble: TroubleCallback, on_summary: SummaryCallback, *,
                  subscribe: bool = True) -> None:

@@ -105,10 +105,9 @@ class EnhancedWatch:
 
     def on_event(self, event: Event) -> None:
         """Engine listener: the watch starts when trading resumes on a restored model."""
-        inc = event.incident
-        if event.kind == "state" and inc.kind == "rollback" and inc.state == "monitoring":
+        if event.resumed_on_restored:
             with self.db.transaction() as conn:
-                self.schedule(conn, inc)
+                self.schedule(conn, event.incident)
 
     def sweep(self) -> None:
         """Periodic safety net: a resumed rollback whose resume event was lost (the process died between the
