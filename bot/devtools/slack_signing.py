@@ -8,26 +8,27 @@ library, and returns HTTP errors instead of raising them.
 
 Every sending method accepts ``timestamp=`` (sign with this Unix time, e.g. one
 older than five minutes), ``secret=`` (sign with another secret, i.e. a wrong
-signature) and ``headers=`` (extra or overriding headers).
+signature) and ``headers=`` (extra or overriding headers) (``SendOptions``).
+
+The payload shapes (user, team, the interactivity envelope, a modal's view) are ``slack_payloads.SlackPayloads``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import json
 import secrets
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, Unpack
 from urllib.parse import urlencode
 
-__all__ = ["SenderResponse", "SlackSender", "sign"]
+from bot.devtools.slack_payloads import Identity, JSONDict, SlackPayloads, compact as _compact, state_values as _state_values
 
-JSONDict = dict[str, Any]
+__all__ = ["SenderResponse", "SendOptions", "SlackSender", "sign"]
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -54,22 +55,17 @@ class SenderResponse(NamedTuple):
         return json.loads(self.body) if self.body.strip() else None
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+class SendOptions(TypedDict, total=False):
+    """How a request is signed and sent, accepted by every sending method."""
+
+    timestamp: int | None        # sign with this Unix time (e.g. one older than five minutes)
+    secret: str | None           # sign with another secret (a wrong signature)
+    headers: Mapping[str, str] | None  # extra or overriding headers
+    retry_num: int | None        # Slack's X-Slack-Retry-Num (and X-Slack-Retry-Reason)
+    retry_reason: str | None
 
 
-def _state_values(values: Mapping[str, Mapping[str, Any]] | None) -> JSONDict:
-    """Slack's ``state.values``; a plain string leaf becomes a ``plain_text_input`` value."""
-    result: JSONDict = {}
-    for block_id, actions in (values or {}).items():
-        result[block_id] = {
-            action_id: value if isinstance(value, dict) else {"type": "plain_text_input", "value": value}
-            for action_id, value in actions.items()
-        }
-    return result
-
-
-class SlackSender:
+class SlackSender(SlackPayloads):
     """Signed HTTP client posting Slack-shaped requests to a Bolt app.
 
     Args:
@@ -89,28 +85,15 @@ class SlackSender:
         url: str,
         signing_secret: str,
         *,
-        team_id: str = "T0001",
-        api_app_id: str = "A0001",
-        team_domain: str = "example",
-        bot_user_id: str = "U0ROLLBOT",
-        bot_id: str = "B0ROLLBOT",
-        verification_token: str = "verification-token",
         timeout: float = 10.0,
-        trigger_ids: Callable[[], str] | None = None,
         response_urls: Callable[[str, str, str], str] | None = None,
+        **identity: Unpack[Identity],
     ) -> None:
+        super().__init__(**identity)
         self.url = url
         self.signing_secret = signing_secret
-        self.team_id = team_id
-        self.api_app_id = api_app_id
-        self.team_domain = team_domain
-        self.bot_user_id = bot_user_id
-        self.bot_id = bot_id
-        self.verification_token = verification_token
         self.timeout = timeout
-        self.trigger_ids = trigger_ids
         self.response_urls = response_urls
-        self._counter = itertools.count(1)
         # An explicit empty ProxyHandler: requests to a local app never go through an HTTP(S)_PROXY.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -149,34 +132,8 @@ class SlackSender:
         all_headers.update(headers or {})
         return self.raw(body, all_headers)
 
-    def _send_interactivity(self, payload: JSONDict, **kwargs: Any) -> SenderResponse:
+    def _send_interactivity(self, payload: JSONDict, **kwargs: Unpack[SendOptions]) -> SenderResponse:
         return self.send(urlencode({"payload": _compact(payload)}), FORM, **kwargs)
-
-    # ------------------------------------------------------------------ ids
-
-    def new_trigger_id(self) -> str:
-        """A fresh trigger id shaped like Slack's (``13345224609.738474920.8088930838d88f008e0``)."""
-        if self.trigger_ids is not None:
-            return self.trigger_ids()
-        return f"{int(time.time() * 1000)}.{next(self._counter):09d}.{secrets.token_hex(16)}"
-
-    def _new_id(self, prefix: str) -> str:
-        return f"{prefix}{next(self._counter):08d}{secrets.token_hex(2).upper()}"
-
-    def _user(self, user_id: str, user_name: str | None) -> JSONDict:
-        name = user_name or user_id.lower()
-        return {"id": user_id, "username": name, "name": name, "team_id": self.team_id}
-
-    def _team(self) -> JSONDict:
-        return {"id": self.team_id, "domain": self.team_domain}
-
-    @staticmethod
-    def _channel_name(channel_id: str, channel_name: str | None) -> str:
-        if channel_name:
-            return channel_name
-        if channel_id.startswith("D"):
-            return "directmessage"
-        return "privategroup" if channel_id.startswith("G") else "general"
 
     # ------------------------------------------------------------------ slash commands
 
@@ -191,11 +148,7 @@ class SlackSender:
         user_name: str | None = None,
         channel_name: str | None = None,
         trigger_id: str | None = None,
-        retry_num: int | None = None,
-        retry_reason: str | None = None,
-        timestamp: int | None = None,
-        secret: str | None = None,
-        headers: Mapping[str, str] | None = None,
+        **send: Unpack[SendOptions],
     ) -> SenderResponse:
         """POST a slash command, form-encoded like Slack's payload."""
         fields = {
@@ -213,8 +166,7 @@ class SlackSender:
             "response_url": response_url,
             "trigger_id": trigger_id or self.new_trigger_id(),
         }
-        return self.send(urlencode(fields), FORM, timestamp=timestamp, secret=secret, headers=headers,
-                         retry_num=retry_num, retry_reason=retry_reason)
+        return self.send(urlencode(fields), FORM, **send)
 
     # ------------------------------------------------------------------ interactivity
 
@@ -238,9 +190,7 @@ class SlackSender:
         action: Mapping[str, Any] | None = None,
         state_values: Mapping[str, Mapping[str, Any]] | None = None,
         extra: Mapping[str, Any] | None = None,
-        timestamp: int | None = None,
-        secret: str | None = None,
-        headers: Mapping[str, str] | None = None,
+        **send: Unpack[SendOptions],
     ) -> SenderResponse:
         """POST a ``block_actions`` payload for a click on ``action_id``.
 
@@ -265,16 +215,8 @@ class SlackSender:
             action_obj["style"] = element["style"]
         action_obj.update(action or {})
 
-        payload: JSONDict = {
-            "type": "block_actions",
-            "user": self._user(user_id, user_name),
-            "api_app_id": self.api_app_id,
-            "token": self.verification_token,
-            "trigger_id": trigger_id or self.new_trigger_id(),
-            "team": self._team(),
-            "enterprise": None,
-            "is_enterprise_install": False,
-        }
+        payload = self._interaction("block_actions", user_id, user_name,
+                                    trigger_id=trigger_id or self.new_trigger_id())
         if view is not None:
             payload["container"] = {"type": "view", "view_id": view.get("id")}
             payload["view"] = dict(view)
@@ -296,7 +238,7 @@ class SlackSender:
             payload["response_url"] = response_url
         payload["actions"] = [action_obj]
         payload.update(extra or {})
-        return self._send_interactivity(payload, timestamp=timestamp, secret=secret, headers=headers)
+        return self._send_interactivity(payload, **send)
 
     def block_suggestion(
         self,
@@ -306,72 +248,17 @@ class SlackSender:
         value: str,
         view: Mapping[str, Any],
         block_id: str | None = None,
-        timestamp: int | None = None,
-        secret: str | None = None,
+        **send: Unpack[SendOptions],
     ) -> SenderResponse:
         """POST a ``block_suggestion`` payload: a person typed ``value`` into the ``external_select`` menu
         ``action_id`` of the modal ``view`` (its ``state`` and ``private_metadata`` travel with it). The app
         answers in the acknowledgement: ``{"options": [...]}``."""
         element = self._find_element(view, action_id)
-        payload: JSONDict = {
-            "type": "block_suggestion",
-            "user": self._user(user_id, None),
-            "container": {"type": "view", "view_id": view.get("id")},
-            "api_app_id": self.api_app_id,
-            "token": self.verification_token,
-            "action_id": action_id,
-            "block_id": block_id or element.get("_block_id") or self._new_id("b"),
-            "value": value,
-            "team": self._team(),
-            "enterprise": None,
-            "is_enterprise_install": False,
-            "view": dict(view),
-        }
-        return self._send_interactivity(payload, timestamp=timestamp, secret=secret)
-
-    @staticmethod
-    def _find_element(container: Mapping[str, Any], action_id: str) -> JSONDict:
-        """The element with ``action_id`` in a message/view's blocks, plus its ``_block_id``."""
-        for block in container.get("blocks") or []:
-            candidates = list(block.get("elements") or [])
-            if isinstance(block.get("accessory"), dict):
-                candidates.append(block["accessory"])
-            if isinstance(block.get("element"), dict):
-                candidates.append(block["element"])
-            for element in candidates:
-                if isinstance(element, dict) and element.get("action_id") == action_id:
-                    return {**element, "_block_id": block.get("block_id")}
-        return {}
-
-    def _view_payload(self, *, view_id: str | None, callback_id: str, private_metadata: str,
-                      state_values: Mapping[str, Mapping[str, Any]] | None,
-                      view: Mapping[str, Any] | None) -> JSONDict:
-        view_id = view_id or self._new_id("V")
-        payload: JSONDict = {
-            "id": view_id,
-            "team_id": self.team_id,
-            "type": "modal",
-            "blocks": [],
-            "private_metadata": private_metadata,
-            "callback_id": callback_id,
-            "state": {"values": _state_values(state_values)},
-            "hash": f"{int(time.time())}.{secrets.token_hex(4)}",
-            "title": {"type": "plain_text", "text": "Modal", "emoji": True},
-            "clear_on_close": False,
-            "notify_on_close": False,
-            "close": None,
-            "submit": None,
-            "previous_view_id": None,
-            "root_view_id": view_id,
-            "app_id": self.api_app_id,
-            "external_id": "",
-            "app_installed_team_id": self.team_id,
-            "bot_id": self.bot_id,
-        }
-        payload.update(view or {})
-        payload.update(id=view_id, callback_id=callback_id, private_metadata=private_metadata)
-        payload["state"] = {"values": _state_values(state_values)}
-        return payload
+        payload = self._interaction(
+            "block_suggestion", user_id, None, container={"type": "view", "view_id": view.get("id")},
+            action_id=action_id, block_id=block_id or element.get("_block_id") or self._new_id("b"), value=value,
+            view=dict(view))
+        return self._send_interactivity(payload, **send)
 
     def view_submission(
         self,
@@ -385,9 +272,7 @@ class SlackSender:
         user_name: str | None = None,
         view: Mapping[str, Any] | None = None,
         response_urls: list[JSONDict] | None = None,
-        timestamp: int | None = None,
-        secret: str | None = None,
-        headers: Mapping[str, str] | None = None,
+        **send: Unpack[SendOptions],
     ) -> SenderResponse:
         """POST a ``view_submission`` for a modal.
 
@@ -396,20 +281,12 @@ class SlackSender:
         sent as is (e.g. ``{"type": "static_select", "selected_option": {...}}``).
         ``view`` adds fields to the view (``blocks``, ``title``, ``hash``...).
         """
-        payload = {
-            "type": "view_submission",
-            "team": self._team(),
-            "user": self._user(user_id, user_name),
-            "api_app_id": self.api_app_id,
-            "token": self.verification_token,
-            "trigger_id": trigger_id or self.new_trigger_id(),
-            "view": self._view_payload(view_id=view_id, callback_id=callback_id, private_metadata=private_metadata,
-                                       state_values=state_values, view=view),
-            "response_urls": list(response_urls or []),
-            "is_enterprise_install": False,
-            "enterprise": None,
-        }
-        return self._send_interactivity(payload, timestamp=timestamp, secret=secret, headers=headers)
+        payload = self._interaction(
+            "view_submission", user_id, user_name, trigger_id=trigger_id or self.new_trigger_id(),
+            view=self._view_payload(view_id=view_id, callback_id=callback_id, private_metadata=private_metadata,
+                                    state_values=state_values, view=view),
+            response_urls=list(response_urls or []))
+        return self._send_interactivity(payload, **send)
 
     def view_closed(
         self,
@@ -421,24 +298,15 @@ class SlackSender:
         is_cleared: bool = False,
         user_name: str | None = None,
         view: Mapping[str, Any] | None = None,
-        timestamp: int | None = None,
-        secret: str | None = None,
-        headers: Mapping[str, str] | None = None,
+        **send: Unpack[SendOptions],
     ) -> SenderResponse:
         """POST a ``view_closed`` payload (sent when a modal with ``notify_on_close`` is closed)."""
-        payload = {
-            "type": "view_closed",
-            "team": self._team(),
-            "user": self._user(user_id, user_name),
-            "api_app_id": self.api_app_id,
-            "token": self.verification_token,
-            "view": self._view_payload(view_id=view_id, callback_id=callback_id, private_metadata=private_metadata,
-                                       state_values=None, view=view),
-            "is_cleared": is_cleared,
-            "is_enterprise_install": False,
-            "enterprise": None,
-        }
-        return self._send_interactivity(payload, timestamp=timestamp, secret=secret, headers=headers)
+        payload = self._interaction(
+            "view_closed", user_id, user_name,
+            view=self._view_payload(view_id=view_id, callback_id=callback_id, private_metadata=private_metadata,
+                                    state_values=None, view=view),
+            is_cleared=is_cleared)
+        return self._send_interactivity(payload, **send)
 
     # ------------------------------------------------------------------ Events API
 
@@ -448,11 +316,7 @@ class SlackSender:
         *,
         event_id: str | None = None,
         event_time: int | None = None,
-        retry_num: int | None = None,
-        retry_reason: str | None = None,
-        timestamp: int | None = None,
-        secret: str | None = None,
-        headers: Mapping[str, str] | None = None,
+        **send: Unpack[SendOptions],
     ) -> SenderResponse:
         """POST an Events API ``event_callback`` wrapping ``event`` (JSON)."""
         envelope = {
@@ -468,8 +332,7 @@ class SlackSender:
             "is_ext_shared_channel": False,
             "event_context": f"4-{secrets.token_urlsafe(24)}",
         }
-        return self.send(_compact(envelope), JSON, timestamp=timestamp, secret=secret, headers=headers,
-                         retry_num=retry_num, retry_reason=retry_reason)
+        return self.send(_compact(envelope), JSON, **send)
 
     def app_home_opened(self, user_id: str, *, tab: str = "home", view: Mapping[str, Any] | None = None,
                         **kwargs: Any) -> SenderResponse:
