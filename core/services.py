@@ -13,24 +13,21 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from core import access, aftercare, fixes, halt_watch, outbox
-from core.charts import chart_maker, model_chart
+from core import access, aftercare, fixes
+from core.charts import model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
 from core.diagnostics.incident import diagnose_incident
 from core.doctor import ChatChecks, DoctorRun, latest_run, run_doctor, store_run
-from core.engine import Engine, enqueue, no_fault
+from core.engine import Engine, enqueue
 from core.errors import NotAuthorized, PreflightFailed, UnknownModel, clean_text
 from core.escalation import Breach, Escalator
-from core.evidence import EvidenceJob
 from core.followups import FollowUps
-from core.incidents import CLOSED, Event, Incident, journal, utcnow
+from core.incidents import CLOSED, Event, Incident, journal
 from core.loss import LossBook
 from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows, watched_logs
 from core.notify import Mailer, record_notification
-from core.pagerduty import PagerDuty
 from core.paging import Page, Paging
-from core.pnl import PnlPoller
 from core.performance import evaluate_booster
 from core.platform import DeploymentRow, feature_columns, production_rows
 from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
@@ -94,47 +91,34 @@ class StartForm:
 
 
 class Services:
-    """Composition of the service layer, built once at the entry point."""
+    """The service layer's facade over parts built once at the entry point (``bot.compose``)."""
 
     def __init__(
         self,
         settings: Settings,
         db: Database,
-        registry: ModelRegistry | None = None,
+        registry: ModelRegistry,
         *,
-        clock: Callable[[], datetime] | None = None,
-        fault_hook: Callable[[str], None] | None = None,
+        engine: Engine,
+        worker: Worker,
+        loss: LossBook,
+        paging: Paging,
+        reports: Reports,
+        followups: FollowUps,
+        mailer: Mailer | None = None,
     ) -> None:
+        """The parts come built and wired by the one composition root, ``bot.compose.build_services``."""
         self.settings = settings
         self.db = db
-        self.registry = registry or ModelRegistry(settings.models_dir, max_model_bytes=settings.max_model_bytes)
-        self.engine = Engine(settings, db, self.registry, clock=clock or utcnow, fault_hook=fault_hook or no_fault)
-        self.worker = Worker(self.engine, lease_seconds=settings.job_lease_seconds)
+        self.registry = registry
+        self.engine = engine
+        self.worker = worker
+        self.loss = loss
+        self.paging = paging
+        self.reports = reports
+        self.mailer = mailer
+        self.followups = followups
         self._background = False
-        # While a halt is held, clients activated or added are saved and halted too (core.halt_watch).
-        self.worker.periodic.append(lambda: halt_watch.sweep(self.engine))
-        # Runbook step 8: every rollback runs diagnostics right after the halt (a job, so any process may).
-        self.engine.subscribe(self._diagnose_after_halt)
-        self.worker.on("diagnose", self._run_incident_diagnostics)
-        # Evidence before approval (core.evidence): a job queued with every rollback request.
-        EvidenceJob(self.engine, lambda model: self.diagnose(model=model)).register(self.worker)
-        # Runbook step 7: the report is written as soon as the rollback finishes and kept up to date.
-        # Issue 14: the estimated loss as a live number (and the P&L query), paging that wakes people.
-        self.loss = LossBook(self.engine, loss_threshold=settings.loss_escalation_threshold)
-        self.loss.register(self.worker)
-        if settings.pnl_query:
-            PnlPoller(self.engine, self.loss, query=settings.pnl_query, every_minutes=settings.pnl_poll_minutes,
-                      timeout_seconds=settings.pnl_query_timeout_seconds).register(self.worker)
-        self.paging = Paging(self.engine, ack_minutes=settings.escalation_ack_minutes, pagerduty=pagerduty_of(settings))
-        self.reports = Reports(self.engine, settings.incidents_dir, chart=chart_maker(db, self.registry),
-                               losses=self.loss.history)
-        self.worker.on("report", self._write_report)
-        # Transactional outbox (core.outbox): the report, the e-mail and the escalation timers of a state change
-        # are queued in its transaction (core.repository.move), in every process (serve, work, the CLI, tests);
-        # no listener queues them.
-        self.mailer: Mailer | None = outbox.install(self.engine, self.worker, settings, self.reports)
-        # The runbook's next steps as follow-ups with owners and due dates (their jobs: FollowUps.register).
-        self.followups = FollowUps(self.engine)
 
     def start_background(self) -> None:
         """Recover interrupted rollbacks, then run queued jobs and timers until ``stop_background``."""
@@ -285,13 +269,15 @@ class Services:
                                    training_log=self.settings.training_log, api_log=self.settings.api_log,
                                    today=self.engine.clock().date())
 
-    def _diagnose_after_halt(self, event: Event) -> None:
+    def diagnose_after_halt(self, event: Event) -> None:
+        """Engine listener (bot.compose): queue the diagnostics job when a rollback has halted trading."""
         inc = event.incident
         if event.kind == "step" and event.step == "halt" and inc.kind == "rollback":
             with self.db.transaction() as conn:
                 enqueue(conn, "diagnose", incident_id=inc.id, dedupe_key=f"diagnose:{inc.id}")
 
-    def _run_incident_diagnostics(self, job: dict) -> None:
+    def run_incident_diagnostics(self, job: dict) -> None:
+        """The `diagnose` job (bot.compose): the incident's diagnostics kept on its plan and journaled."""
         inc = self.engine.get(job["incident_id"])
         # The version that failed (the job may run after the swap), and the restored model's figures apart.
         s = self.settings
@@ -369,7 +355,8 @@ class Services:
 
     # ------------------------------------------------------------------------------ after the rollback
 
-    def _write_report(self, job: dict) -> None:
+    def write_report_job(self, job: dict) -> None:
+        """The `report` job (bot.compose)."""
         self._update_report(job["incident_id"], upload=bool(job["payload"].get("upload")))
 
     def report(self, *, incident_id: int, actor: str, is_approver: bool) -> Path:
@@ -471,10 +458,3 @@ class Services:
                 (incident_id, channel, milestone),
             ).fetchone() is not None
 
-
-def pagerduty_of(settings: Settings) -> PagerDuty | None:
-    """PagerDuty's Events API v2 when PAGERDUTY_ROUTING_KEY is set."""
-    key = settings.pagerduty_routing_key.get_secret_value() if settings.pagerduty_routing_key else ""
-    if not key:
-        return None
-    return PagerDuty(key, settings.pagerduty_events_url, backoff_seconds=settings.pagerduty_backoff_seconds)
