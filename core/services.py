@@ -6,10 +6,9 @@ Slack handlers, the CLI and the demo all call these; none of this module knows a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 from psycopg.types.json import Jsonb
 
@@ -18,66 +17,25 @@ from core.charts import model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
 from core.diagnostics.incident import diagnose_incident
-from core.doctor import ChatChecks, DoctorRun, latest_run, run_doctor, store_run
+from core.doctor import ChatChecks, DoctorRun, run_doctor, store_run
 from core.engine import Engine, enqueue
-from core.errors import NotAuthorized, PreflightFailed, UnknownModel, clean_text
+from core.errors import NotAuthorized, PreflightFailed, clean_text
 from core.escalation import Breach, Escalator
 from core.followups import FollowUps
-from core.incidents import CLOSED, Event, Incident, journal
+from core.incidents import Event, Incident, journal
 from core.loss import LossBook
-from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows, watched_logs
+from core.monitoring import Monitor, MonitorCheck, MonitorSummary, watched_logs
 from core.notify import Mailer, record_notification
 from core.paging import Page, Paging
-from core.performance import evaluate_booster
-from core.platform import DeploymentRow, feature_columns, production_rows
-from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
+from core.registry import BackupInfo, ModelRegistry, validate_name
 from core.report import Reports, add_root_cause, summary_line
 from core.retrain import OUTPUT_EVENT as RETRAIN_OUTPUT, default_start_date
 from core.settings import Settings
+from core.status import (  # noqa: F401 - the query dataclasses stay importable from here
+    CLOSED_STATES, BackupsReport, ModelStatus, OpenIncident, StatusReport, backups_report, status_report)
 from core.watch import EnhancedWatch
 from core.watchdog import Proposal, Watchdog
 from core.worker import Worker
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    name: str
-    deployment: DeploymentRow | None
-    production_files: BackupInfo | None
-    problems: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class OpenIncident:
-    id: int
-    kind: str
-    model_name: str | None
-    state: str
-    requested_by: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    models: list[ModelStatus]
-    incidents: list[OpenIncident]
-    trading_halted: bool
-    halted_since: datetime | None = None
-    halt_reason: str | None = None
-    doctor: DoctorRun | None = None  # the latest `rollback-bot doctor` run, from any process
-
-
-@dataclass(frozen=True)
-class BackupsReport:
-    model: str
-    production: BackupInfo
-    deployment: DeploymentRow | None
-    backups: list[BackupInfo]
-    recommendation: Recommendation
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-CLOSED_STATES = tuple(sorted(CLOSED))
 
 
 @dataclass(frozen=True)
@@ -134,63 +92,10 @@ class Services:
     # ------------------------------------------------------------------ queries
 
     def status(self) -> StatusReport:
-        with self.db.transaction() as conn:
-            rows = production_rows(conn)
-            incidents = [
-                OpenIncident(**r)
-                for r in conn.execute(
-                    "SELECT id, kind, model_name, state, requested_by, created_at FROM rollback_bot.incidents "
-                    "WHERE state <> ALL(%s) ORDER BY id",
-                    (list(CLOSED_STATES),),
-                )
-            ]
-            halt = conn.execute("SELECT halted, since, reason FROM rollback_bot.trading_state").fetchone()
-            doctor = latest_run(conn)
-        by_model: dict[str, list[DeploymentRow]] = {}
-        for row in rows:
-            by_model.setdefault(row.model_name, []).append(row)
-        names = sorted(set(by_model) | set(self.registry.list_models()))
-        models = []
-        for name in names:
-            problems: list[str] = []
-            dep_rows = by_model.get(name, [])
-            if len(dep_rows) > 1:
-                problems.append(f"{len(dep_rows)} rows are marked production in model_deployment_log")
-            if not dep_rows:
-                problems.append("no production row in model_deployment_log")
-            files = None
-            try:
-                files = self.registry.production(name)
-                problems.extend(files.problems)
-            except (UnknownModel, Exception) as exc:  # noqa: BLE001 - reported per model, never a crash
-                problems.append(str(exc))
-            models.append(ModelStatus(name, dep_rows[0] if dep_rows else None, files, tuple(problems)))
-        return StatusReport(
-            models=models,
-            incidents=incidents,
-            trading_halted=bool(halt and halt["halted"]),
-            halted_since=halt["since"] if halt else None,
-            halt_reason=halt["reason"] if halt else None,
-            doctor=doctor,
-        )
+        return status_report(self.db, self.registry)
 
     def backups(self, *, model: str) -> BackupsReport:
-        validate_name(model, "model")
-        production = self.registry.production(model)
-        backups = self.registry.list_backups(model)
-        with self.db.transaction() as conn:
-            features = feature_columns(conn)
-            rows = production_rows(conn, model)
-            recommendation = self.registry.recommend(
-                model, backups, available_features=features or None, live_score=self._live_scorer(conn)
-            )
-        return BackupsReport(
-            model=model,
-            production=production,
-            deployment=rows[0] if rows else None,
-            backups=backups,
-            recommendation=recommendation,
-        )
+        return backups_report(self.db, self.registry, model)
 
     def doctor(self, *, source: str, chat: ChatChecks | None = None) -> DoctorRun:
         """`rollback-bot doctor`: every check a rollback relies on; the run is kept for `/rollback status`."""
@@ -244,20 +149,6 @@ class Services:
                 (hours * 3600, limit),
             ).fetchall()
         return [r["user_id"] for r in rows]
-
-    def _live_scorer(self, conn, days: int = 20):
-        """Score a backup on the last ``days`` trading days of live data (see core.performance)."""
-        cache: dict[tuple[str, ...], LabelledRows] = {}
-
-        def score(b: BackupInfo):
-            if not b.features:
-                return None
-            key = tuple(b.features)
-            if key not in cache:
-                cache[key] = labelled_rows(conn, b.features, last_days=days)
-            return evaluate_booster(self.registry.booster(b.path), b.features, cache[key])
-
-        return score
 
     # ------------------------------------------------------------------------------ diagnostics & fixes
 

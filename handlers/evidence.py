@@ -150,7 +150,6 @@ def confirm_prompt(model: str, backup: str, reason: str) -> tuple[str, list[dict
 
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
-    services = deps.services
     engine = deps.engine
 
     def show_evidence(inc: Incident, event: Event) -> None:

@@ -126,7 +126,6 @@ class FollowUpBoard:
 
 
 def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -> FollowUpBoard:
-    services = deps.services
     followups = deps.followups
     board = FollowUpBoard(client, deps, progress)
     followups.register(deps.worker, on_board=board.post_now, on_reminder=board.remind)

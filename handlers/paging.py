@@ -35,7 +35,6 @@ def may_acknowledge(deps: Deps, user: str) -> bool:
 
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
-    services = deps.services
     engine = deps.engine
 
     # ------------------------------------------------------------------------------------ Acknowledge
