@@ -92,12 +92,12 @@ class BenchWorld:
     def services(self, **kwargs: Any) -> Iterator[Any]:
         """A ``core.services.Services`` over this world, its pool closed on exit."""
         from core.db import Database
-        from core.services import Services
+        from bot.compose import build_services
 
         settings = self.settings()
         db = Database(settings.database_dsn(), max_size=settings.db_pool_max).open()
         try:
-            yield Services(settings, db, **kwargs)
+            yield build_services(settings, db, **kwargs)
         finally:
             db.close()
 

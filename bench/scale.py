@@ -157,7 +157,7 @@ def over_http(gen: Generator, model: str, repeats: int = 3) -> dict[str, float]:
     from bot.devtools.sandbox import Sandbox
     from bot.devtools.slack_standin import SlackStandIn
     from core.db import Database
-    from core.services import Services
+    from bot.compose import build_services
 
     out: dict[str, float] = {}
     with SlackStandIn() as standin:
@@ -166,7 +166,7 @@ def over_http(gen: Generator, model: str, repeats: int = 3) -> dict[str, float]:
                                approvers=["U0BOB"])
         db = Database(settings.database_dsn(), max_size=settings.db_pool_max).open()
         try:
-            with Sandbox(Services(settings, db), standin=standin) as box:
+            with Sandbox(build_services(settings, db), standin=standin) as box:
                 for label, text in (("status", "status"), ("backups", f"backups {model}")):
                     samples = []
                     for _ in range(repeats + 1):  # the first one warms up (auth.test, imports, caches)
@@ -202,7 +202,7 @@ def run(argv: list[str] | None = None) -> int:
     http: dict[str, float] = {}
     with bench_world() as bw:
         from core.db import Database
-        from core.services import Services
+        from bot.compose import build_services
 
         gen = Generator(bw)
         probe = gen.name(0)
@@ -212,7 +212,7 @@ def run(argv: list[str] | None = None) -> int:
                 settings = gen.settings()
                 db = Database(settings.database_dsn(), max_size=4).open()
                 try:
-                    services = Services(settings, db)
+                    services = build_services(settings, db)
                     repeats = max(1, args.repeats)
                     s_first, s_med, s_min, report = timed(services.status, repeats)
                     b_first, b_med, b_min, backups = timed(lambda: services.backups(model=probe), repeats)

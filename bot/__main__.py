@@ -46,13 +46,13 @@ def _settings_with_database(settings: Settings, *, ensure_local: bool) -> Settin
 
 def build_services(settings: Settings, *, migrate_first: bool = True, wait: bool = True):
     from core.db import Database, migrate
-    from core.services import Services
+    from bot.compose import build_services as compose
 
     dsn = settings.database_dsn()
     if migrate_first:
         migrate(dsn)
     db = Database(dsn, max_size=settings.db_pool_max).open(wait=wait)
-    return Services(settings, db)
+    return compose(settings, db)
 
 
 def freeze_startup_heap() -> None:

@@ -68,7 +68,9 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
         logger=logging.getLogger("rollback_bot.bolt"),
     )
     executor = work_pool()
-    deps = Deps(services=services, auth=build_authorizer(settings, client), executor=executor, remote=remote)
+    deps = Deps(services=services, auth=build_authorizer(settings, client), executor=executor, remote=remote,
+                engine=services.engine, followups=services.followups, paging=services.paging, loss=services.loss,
+                registry=services.registry, reports=services.reports, worker=services.worker)
     progress = SlackProgress(client, deps)
     services.engine.subscribe(progress)
     app.progress = progress  # type: ignore[attr-defined] - tests and the demo flush it

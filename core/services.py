@@ -6,81 +6,36 @@ Slack handlers, the CLI and the demo all call these; none of this module knows a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from core import access, aftercare, fixes, halt_watch, outbox
-from core.charts import chart_maker, model_chart
+from core import access, aftercare, fixes
+from core.charts import model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
 from core.diagnostics.incident import diagnose_incident
-from core.doctor import ChatChecks, DoctorRun, latest_run, run_doctor, store_run
-from core.engine import Engine, enqueue, no_fault
-from core.errors import NotAuthorized, PreflightFailed, UnknownModel, clean_text
+from core.doctor import ChatChecks, DoctorRun, run_doctor, store_run
+from core.engine import Engine, enqueue
+from core.errors import NotAuthorized, PreflightFailed, clean_text
 from core.escalation import Breach, Escalator
-from core.evidence import EvidenceJob
 from core.followups import FollowUps
-from core.incidents import CLOSED, Event, Incident, journal, utcnow
+from core.incidents import Event, Incident, journal
 from core.loss import LossBook
-from core.monitoring import LabelledRows, Monitor, MonitorCheck, MonitorSummary, labelled_rows, watched_logs
+from core.monitoring import Monitor, MonitorCheck, MonitorSummary, watched_logs
 from core.notify import Mailer, record_notification
-from core.pagerduty import PagerDuty
 from core.paging import Page, Paging
-from core.pnl import PnlPoller
-from core.performance import evaluate_booster
-from core.platform import DeploymentRow, feature_columns, production_rows
-from core.registry import BackupInfo, ModelRegistry, Recommendation, validate_name
+from core.registry import BackupInfo, ModelRegistry, validate_name
 from core.report import Reports, add_root_cause, summary_line
 from core.retrain import OUTPUT_EVENT as RETRAIN_OUTPUT, default_start_date
 from core.settings import Settings
+from core.status import (  # noqa: F401 - the query dataclasses stay importable from here
+    CLOSED_STATES, BackupsReport, ModelStatus, OpenIncident, StatusReport, backups_report, status_report)
 from core.watch import EnhancedWatch
 from core.watchdog import Proposal, Watchdog
 from core.worker import Worker
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    name: str
-    deployment: DeploymentRow | None
-    production_files: BackupInfo | None
-    problems: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class OpenIncident:
-    id: int
-    kind: str
-    model_name: str | None
-    state: str
-    requested_by: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    models: list[ModelStatus]
-    incidents: list[OpenIncident]
-    trading_halted: bool
-    halted_since: datetime | None = None
-    halt_reason: str | None = None
-    doctor: DoctorRun | None = None  # the latest `rollback-bot doctor` run, from any process
-
-
-@dataclass(frozen=True)
-class BackupsReport:
-    model: str
-    production: BackupInfo
-    deployment: DeploymentRow | None
-    backups: list[BackupInfo]
-    recommendation: Recommendation
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-CLOSED_STATES = tuple(sorted(CLOSED))
 
 
 @dataclass(frozen=True)
@@ -94,47 +49,34 @@ class StartForm:
 
 
 class Services:
-    """Composition of the service layer, built once at the entry point."""
+    """The service layer's facade over parts built once at the entry point (``bot.compose``)."""
 
     def __init__(
         self,
         settings: Settings,
         db: Database,
-        registry: ModelRegistry | None = None,
+        registry: ModelRegistry,
         *,
-        clock: Callable[[], datetime] | None = None,
-        fault_hook: Callable[[str], None] | None = None,
+        engine: Engine,
+        worker: Worker,
+        loss: LossBook,
+        paging: Paging,
+        reports: Reports,
+        followups: FollowUps,
+        mailer: Mailer | None = None,
     ) -> None:
+        """The parts come built and wired by the one composition root, ``bot.compose.build_services``."""
         self.settings = settings
         self.db = db
-        self.registry = registry or ModelRegistry(settings.models_dir, max_model_bytes=settings.max_model_bytes)
-        self.engine = Engine(settings, db, self.registry, clock=clock or utcnow, fault_hook=fault_hook or no_fault)
-        self.worker = Worker(self.engine, lease_seconds=settings.job_lease_seconds)
+        self.registry = registry
+        self.engine = engine
+        self.worker = worker
+        self.loss = loss
+        self.paging = paging
+        self.reports = reports
+        self.mailer = mailer
+        self.followups = followups
         self._background = False
-        # While a halt is held, clients activated or added are saved and halted too (core.halt_watch).
-        self.worker.periodic.append(lambda: halt_watch.sweep(self.engine))
-        # Runbook step 8: every rollback runs diagnostics right after the halt (a job, so any process may).
-        self.engine.subscribe(self._diagnose_after_halt)
-        self.worker.on("diagnose", self._run_incident_diagnostics)
-        # Evidence before approval (core.evidence): a job queued with every rollback request.
-        EvidenceJob(self.engine, lambda model: self.diagnose(model=model)).register(self.worker)
-        # Runbook step 7: the report is written as soon as the rollback finishes and kept up to date.
-        # Issue 14: the estimated loss as a live number (and the P&L query), paging that wakes people.
-        self.loss = LossBook(self.engine, loss_threshold=settings.loss_escalation_threshold)
-        self.loss.register(self.worker)
-        if settings.pnl_query:
-            PnlPoller(self.engine, self.loss, query=settings.pnl_query, every_minutes=settings.pnl_poll_minutes,
-                      timeout_seconds=settings.pnl_query_timeout_seconds).register(self.worker)
-        self.paging = Paging(self.engine, ack_minutes=settings.escalation_ack_minutes, pagerduty=pagerduty_of(settings))
-        self.reports = Reports(self.engine, settings.incidents_dir, chart=chart_maker(db, self.registry),
-                               losses=self.loss.history)
-        self.worker.on("report", self._write_report)
-        # Transactional outbox (core.outbox): the report, the e-mail and the escalation timers of a state change
-        # are queued in its transaction (core.repository.move), in every process (serve, work, the CLI, tests);
-        # no listener queues them.
-        self.mailer: Mailer | None = outbox.install(self.engine, self.worker, settings, self.reports)
-        # The runbook's next steps as follow-ups with owners and due dates (their jobs: FollowUps.register).
-        self.followups = FollowUps(self.engine)
 
     def start_background(self) -> None:
         """Recover interrupted rollbacks, then run queued jobs and timers until ``stop_background``."""
@@ -150,63 +92,10 @@ class Services:
     # ------------------------------------------------------------------ queries
 
     def status(self) -> StatusReport:
-        with self.db.transaction() as conn:
-            rows = production_rows(conn)
-            incidents = [
-                OpenIncident(**r)
-                for r in conn.execute(
-                    "SELECT id, kind, model_name, state, requested_by, created_at FROM rollback_bot.incidents "
-                    "WHERE state <> ALL(%s) ORDER BY id",
-                    (list(CLOSED_STATES),),
-                )
-            ]
-            halt = conn.execute("SELECT halted, since, reason FROM rollback_bot.trading_state").fetchone()
-            doctor = latest_run(conn)
-        by_model: dict[str, list[DeploymentRow]] = {}
-        for row in rows:
-            by_model.setdefault(row.model_name, []).append(row)
-        names = sorted(set(by_model) | set(self.registry.list_models()))
-        models = []
-        for name in names:
-            problems: list[str] = []
-            dep_rows = by_model.get(name, [])
-            if len(dep_rows) > 1:
-                problems.append(f"{len(dep_rows)} rows are marked production in model_deployment_log")
-            if not dep_rows:
-                problems.append("no production row in model_deployment_log")
-            files = None
-            try:
-                files = self.registry.production(name)
-                problems.extend(files.problems)
-            except (UnknownModel, Exception) as exc:  # noqa: BLE001 - reported per model, never a crash
-                problems.append(str(exc))
-            models.append(ModelStatus(name, dep_rows[0] if dep_rows else None, files, tuple(problems)))
-        return StatusReport(
-            models=models,
-            incidents=incidents,
-            trading_halted=bool(halt and halt["halted"]),
-            halted_since=halt["since"] if halt else None,
-            halt_reason=halt["reason"] if halt else None,
-            doctor=doctor,
-        )
+        return status_report(self.db, self.registry)
 
     def backups(self, *, model: str) -> BackupsReport:
-        validate_name(model, "model")
-        production = self.registry.production(model)
-        backups = self.registry.list_backups(model)
-        with self.db.transaction() as conn:
-            features = feature_columns(conn)
-            rows = production_rows(conn, model)
-            recommendation = self.registry.recommend(
-                model, backups, available_features=features or None, live_score=self._live_scorer(conn)
-            )
-        return BackupsReport(
-            model=model,
-            production=production,
-            deployment=rows[0] if rows else None,
-            backups=backups,
-            recommendation=recommendation,
-        )
+        return backups_report(self.db, self.registry, model)
 
     def doctor(self, *, source: str, chat: ChatChecks | None = None) -> DoctorRun:
         """`rollback-bot doctor`: every check a rollback relies on; the run is kept for `/rollback status`."""
@@ -261,20 +150,6 @@ class Services:
             ).fetchall()
         return [r["user_id"] for r in rows]
 
-    def _live_scorer(self, conn, days: int = 20):
-        """Score a backup on the last ``days`` trading days of live data (see core.performance)."""
-        cache: dict[tuple[str, ...], LabelledRows] = {}
-
-        def score(b: BackupInfo):
-            if not b.features:
-                return None
-            key = tuple(b.features)
-            if key not in cache:
-                cache[key] = labelled_rows(conn, b.features, last_days=days)
-            return evaluate_booster(self.registry.booster(b.path), b.features, cache[key])
-
-        return score
-
     # ------------------------------------------------------------------------------ diagnostics & fixes
 
     def diagnose(self, *, model: str) -> DiagnosticsReport:
@@ -285,13 +160,15 @@ class Services:
                                    training_log=self.settings.training_log, api_log=self.settings.api_log,
                                    today=self.engine.clock().date())
 
-    def _diagnose_after_halt(self, event: Event) -> None:
+    def diagnose_after_halt(self, event: Event) -> None:
+        """Engine listener (bot.compose): queue the diagnostics job when a rollback has halted trading."""
         inc = event.incident
         if event.kind == "step" and event.step == "halt" and inc.kind == "rollback":
             with self.db.transaction() as conn:
                 enqueue(conn, "diagnose", incident_id=inc.id, dedupe_key=f"diagnose:{inc.id}")
 
-    def _run_incident_diagnostics(self, job: dict) -> None:
+    def run_incident_diagnostics(self, job: dict) -> None:
+        """The `diagnose` job (bot.compose): the incident's diagnostics kept on its plan and journaled."""
         inc = self.engine.get(job["incident_id"])
         # The version that failed (the job may run after the swap), and the restored model's figures apart.
         s = self.settings
@@ -369,7 +246,8 @@ class Services:
 
     # ------------------------------------------------------------------------------ after the rollback
 
-    def _write_report(self, job: dict) -> None:
+    def write_report_job(self, job: dict) -> None:
+        """The `report` job (bot.compose)."""
         self._update_report(job["incident_id"], upload=bool(job["payload"].get("upload")))
 
     def report(self, *, incident_id: int, actor: str, is_approver: bool) -> Path:
@@ -471,10 +349,3 @@ class Services:
                 (incident_id, channel, milestone),
             ).fetchone() is not None
 
-
-def pagerduty_of(settings: Settings) -> PagerDuty | None:
-    """PagerDuty's Events API v2 when PAGERDUTY_ROUTING_KEY is set."""
-    key = settings.pagerduty_routing_key.get_secret_value() if settings.pagerduty_routing_key else ""
-    if not key:
-        return None
-    return PagerDuty(key, settings.pagerduty_events_url, backoff_seconds=settings.pagerduty_backoff_seconds)

@@ -28,7 +28,7 @@ from handlers.respond import (acking, answer, clicked_id, first_delivery, once_p
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
-    engine = services.engine
+    engine = deps.engine
 
     def approve(incident_id: int, user: str, body: dict, client: WebClient) -> None:
         if engine.get(incident_id).kind == "fix":
@@ -75,7 +75,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
             inc = engine.get(incident_id)
             user = body["user"]["id"]
             if not access.may_annotate(inc, user, is_approver=deps.auth.is_approver(user),
-                                       owns_followup=services.followups.owns(incident_id=incident_id, user=user)):
+                                       owns_followup=deps.followups.owns(incident_id=incident_id, user=user)):
                 engine.audit(None, actor=user, action="root_cause", outcome="refused", incident_id=incident_id,
                              reason="not the incident's requester or approver, nor an approver")
                 raise NotAuthorized("Only the incident's requester and approver, the owners of its follow-ups, and"

@@ -25,7 +25,7 @@ log = logging.getLogger("rollback_bot.attention")
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
-    engine = services.engine
+    engine = deps.engine
 
     def needing_attention(body: dict) -> Incident:
         incident_id = clicked_id(body)
@@ -101,7 +101,7 @@ def register_watch(deps: Deps, progress: SlackProgress) -> None:
         text = watch_message(watch, ref=inc.ref)
 
         def post() -> None:  # the message's ts is read now: an earlier post queued before may have just set it
-            fresh = services.engine.get(inc.id)
+            fresh = deps.engine.get(inc.id)
             ts = ((fresh.plan or {}).get("watch") or {}).get("message_ts")
             if ts:
                 progress.client.chat_update(channel=inc.channel, ts=ts, text=text)

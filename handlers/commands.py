@@ -74,7 +74,7 @@ def parse_incident_ref(text: str) -> int | None:
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
-    engine = services.engine
+    engine = deps.engine
     handlers: dict[str, Callable[[ParsedCommand, Respond, WebClient], None]] = {}
 
     def on(verb: str) -> Callable:
@@ -206,7 +206,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         incident_id = parse_incident_ref(cmd.args[0]) if len(cmd.args) == 1 else None
         if cmd.args and incident_id is None:
             return tell(respond, USAGE["followups"])
-        items = services.followups.listing(incident_id=incident_id)
+        items = deps.followups.listing(incident_id=incident_id)
         inc = engine.get(incident_id) if incident_id is not None else None
         respond(text=f"Follow-ups of {inc.ref}" if inc else "Open follow-ups", response_type="ephemeral",
                 blocks=followup_views.listing_blocks(items, engine.clock(), incident=inc), replace_original=False)
@@ -228,7 +228,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                 return
         if model and backup and reason:
             if not confirm:  # nothing is posted or changed: the checklist and the command with --confirm
-                services.registry.backup_dir(model, backup)  # a wrong backup is said now, not after confirming
+                deps.registry.backup_dir(model, backup)  # a wrong backup is said now, not after confirming
                 text, blocks = confirm_prompt(model, backup, reason)
                 return respond(text=text, blocks=blocks, response_type="ephemeral", replace_original=False)
             inc, _ = engine.request_rollback(model=model, backup=backup, reason=reason, requested_by=cmd.user_id,
@@ -288,7 +288,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         if not deps.auth.is_operator(cmd.user_id):
             return refuse(cmd, respond, "loss", "Only operators may update the estimated loss (OPERATORS).")
         amount = parse_amount(cmd.args[1])
-        update = services.loss.record(incident_id=incident_id, amount=amount, by=cmd.user_id, source="slack")
+        update = deps.loss.record(incident_id=incident_id, amount=amount, by=cmd.user_id, source="slack")
         was = f" (was {money(update.previous)})" if update.previous is not None else ""
         respond(text=f"{update.incident.ref}: the estimated loss is now {money(update.entry.amount)}{was}."
                      + (" It is over LOSS_ESCALATION_THRESHOLD: escalating now." if update.escalating else ""),

@@ -9,8 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.auth import Authorizer
+from core.engine import Engine
+from core.followups import FollowUps
+from core.loss import LossBook
+from core.paging import Paging
+from core.registry import ModelRegistry
+from core.report import Reports
 from core.services import Services
-from core.worker import lower_thread_priority
+from core.worker import Worker, lower_thread_priority
 
 log = logging.getLogger("rollback_bot.handlers")
 
@@ -33,9 +39,17 @@ RemoteSubmit = Callable[[str, dict[str, Any]], None]
 
 @dataclass
 class Deps:
-    services: Services
+    services: Services  # the facade's own methods (status, backups, diagnose, report, ...)
     auth: Authorizer
     executor: ThreadPoolExecutor
+    # The parts the handlers use directly, handed in by the composition root (bot/app.py).
+    engine: Engine
+    followups: FollowUps
+    paging: Paging
+    loss: LossBook
+    registry: ModelRegistry
+    reports: Reports
+    worker: Worker
     works: dict[str, Callable[..., Any]] = field(default_factory=dict)
     remote: RemoteSubmit | None = None  # set by `serve`: work goes to the work process (bot/workproc.py)
     openers: ThreadPoolExecutor = field(default_factory=opener_pool)

@@ -150,8 +150,7 @@ def confirm_prompt(model: str, backup: str, reason: str) -> tuple[str, list[dict
 
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
-    services = deps.services
-    engine = services.engine
+    engine = deps.engine
 
     def show_evidence(inc: Incident, event: Event) -> None:
         if inc.channel and inc.message_ts:

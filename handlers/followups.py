@@ -36,8 +36,8 @@ class FollowUpBoard:
         self.client = client
         self.deps = deps
         self.progress = progress
-        self.followups = deps.services.followups
-        self.engine = deps.services.engine
+        self.followups = deps.followups
+        self.engine = deps.engine
 
     def show(self, incident_id: int) -> None:
         """Post the message (once, across processes) or update it in place."""
@@ -126,17 +126,16 @@ class FollowUpBoard:
 
 
 def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -> FollowUpBoard:
-    services = deps.services
-    followups = services.followups
+    followups = deps.followups
     board = FollowUpBoard(client, deps, progress)
-    followups.register(services.worker, on_board=board.post_now, on_reminder=board.remind)
+    followups.register(deps.worker, on_board=board.post_now, on_reminder=board.remind)
 
     def operator(user: str) -> bool:
         return deps.auth.is_operator(user)
 
     def check_may_act(incident_id: int, user: str, action: str) -> None:
         if not followups.may_act(incident_id=incident_id, user=user, operator=operator(user)):
-            services.engine.audit(None, actor=user, action=action, outcome="refused", incident_id=incident_id,
+            deps.engine.audit(None, actor=user, action=action, outcome="refused", incident_id=incident_id,
                                   reason="not one of the incident's people, an operator or an approver")
             raise NotAuthorized(NOT_ALLOWED)
 
@@ -158,7 +157,7 @@ def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -
             if item.done:
                 raise Conflict(f"“{item.title}” is already done (by {item.completed_by}).")
             modal.show(client, loading, trigger_id=body["trigger_id"],
-                       view=fv.assign_modal(services.engine.get(item.incident_id), item))
+                       view=fv.assign_modal(deps.engine.get(item.incident_id), item))
         except Exception as exc:  # noqa: BLE001 - the person is told why, where they look; nothing changed
             answer(client, body, loading, f":no_entry: {describe(exc)}", modal.ASSIGN)
 
@@ -169,7 +168,7 @@ def register(app: App, client: WebClient, deps: Deps, progress: SlackProgress) -
                 raise UnknownIncident("This button names no incident.")
             check_may_act(incident_id, user, "prevention")
             modal.show(client, loading, trigger_id=body["trigger_id"], view=fv.prevention_modal(
-                services.engine.get(incident_id), followups.prevention(incident_id)))
+                deps.engine.get(incident_id), followups.prevention(incident_id)))
         except Exception as exc:  # noqa: BLE001
             answer(client, body, loading, f":no_entry: {describe(exc)}", modal.PREVENTION)
 

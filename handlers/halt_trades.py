@@ -24,7 +24,7 @@ def trades_text(d: dict) -> str:
 
 
 def register(deps: Deps, progress: SlackProgress) -> None:
-    engine = deps.services.engine
+    engine = deps.engine
 
     def show(inc: Incident, event: Event) -> None:
         if not inc.channel or not inc.message_ts:

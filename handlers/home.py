@@ -34,7 +34,7 @@ def shared_blocks(deps: Deps) -> tuple[list[dict], list[dict]]:
     """What every viewer sees: (the status, the recent incidents)."""
     services = deps.services
     status_blocks = views.status_blocks(services.status())
-    recent = [i for i in services.engine.list_incidents(limit=30) if not i.is_open][:10]
+    recent = [i for i in deps.engine.list_incidents(limit=30) if not i.is_open][:10]
     extra = [DividerBlock().to_dict(), HeaderBlock(text="Recent incidents").to_dict()]
     if recent:
         lines = [
@@ -52,8 +52,8 @@ def home_view(deps: Deps, user_id: str, shared: tuple[list[dict], list[dict]] | 
     """The App Home of ``user_id``: the status, the viewer's follow-ups and the unassigned ones, recent incidents
     (``shared``: the first and last, built once for many viewers)."""
     status_blocks, extra = shared if shared is not None else shared_blocks(deps)
-    mine, nobody = deps.services.followups.open_for(user_id)
-    followups = [DividerBlock().to_dict(), *fv.home_blocks(mine, nobody, deps.services.engine.clock())]
+    mine, nobody = deps.followups.open_for(user_id)
+    followups = [DividerBlock().to_dict(), *fv.home_blocks(mine, nobody, deps.engine.clock())]
     room = 100 - len(followups) - len(extra)  # a long status is cut before the follow-ups are
     return View(type="home", blocks=status_blocks[:room] + followups + extra).to_dict()
 

@@ -66,7 +66,7 @@ class SlackNotifier:
         milestone = milestone_of(Event("state", incident))
         if milestone is None:
             return
-        inc = self.deps.services.engine.get(incident.id)
+        inc = self.deps.engine.get(incident.id)
         if not inc.channel or not inc.message_ts:
             return  # the card is being posted; post_card announces the incident again once it has a thread
         if self.deps.services.notified(incident_id=inc.id, channel="slack", milestone=milestone):
@@ -106,15 +106,15 @@ class SlackNotifier:
     def page(self, incident: Incident, reason: str) -> None:
         """The primary contacts (user groups expanded): a DM each and a mention in the thread, with *Acknowledge*
         while nobody has acknowledged the incident's page."""
-        inc = self.deps.services.engine.get(incident.id)
-        page = self.deps.services.paging.get(inc.id)
+        inc = self.deps.engine.get(incident.id)
+        page = self.deps.paging.get(inc.id)
         self._page_people(inc, self.settings.primary_contacts, tier="primary",
                           text=f":rotating_light: *Escalation* of {inc.ref}: {esc(reason)}",
                           acknowledgeable=page is not None and page.waiting, unset="(no PRIMARY_CONTACTS configured)")
 
     def emergency(self, incident: Incident, page: Page) -> None:
         """Nobody acknowledged within ESCALATION_ACK_MINUTES: the emergency contacts, the same way."""
-        inc = self.deps.services.engine.get(incident.id)
+        inc = self.deps.engine.get(incident.id)
         text = (f":rotating_light: *Emergency escalation* of {inc.ref}: nobody acknowledged the page within "
                 f"{self.settings.escalation_ack_minutes:g} minutes. {esc(page.reason)}")
         self._page_people(inc, self.settings.emergency_contacts, tier="emergency", text=text, acknowledgeable=True,
@@ -155,7 +155,7 @@ class SlackNotifier:
                 mentioned = True
             except Exception as exc:  # noqa: BLE001
                 failed["thread"] = _slack_error(exc)
-        self.deps.services.paging.record_paged(inc.id, tier=tier, delivered=delivered,
+        self.deps.paging.record_paged(inc.id, tier=tier, delivered=delivered,
                                                failed={k: v for k, v in failed.items() if k != "thread"})
         if failed and (delivered or mentioned):
             self._say(inc, f":warning: Some of the {tier} contacts could not be paged in Slack: "
@@ -198,7 +198,7 @@ class SlackNotifier:
         self.client.files_upload_v2(file_uploads=files, channel=channel, thread_ts=thread, initial_comment=comment)
 
     def _say(self, incident: Incident, text: str) -> None:
-        inc = self.deps.services.engine.get(incident.id)
+        inc = self.deps.engine.get(incident.id)
         if inc.channel and inc.message_ts:
             self.progress.submit(lambda: self.progress.reply(inc, text), ref=inc.ref)
 
@@ -231,7 +231,7 @@ class PeopleNames:
 
 def register(client: WebClient, deps: Deps, progress: SlackProgress) -> SlackNotifier:
     n = SlackNotifier(client, deps, progress)
-    deps.services.reports.people = PeopleNames(client)
+    deps.reports.people = PeopleNames(client)
     progress.after_change.append(n.on_state)
     progress.on_step["report"] = n.report
     deps.services.register_aftercare(on_page=n.page, on_breach=n.breach, on_trouble=n.trouble,

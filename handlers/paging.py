@@ -35,13 +35,12 @@ def may_acknowledge(deps: Deps, user: str) -> bool:
 
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
-    services = deps.services
-    engine = services.engine
+    engine = deps.engine
 
     # ------------------------------------------------------------------------------------ Acknowledge
 
     def acknowledge_page(incident_id: int, user: str, body: dict, client: WebClient) -> None:
-        page = services.paging.acknowledge(incident_id=incident_id, user=user, allowed=may_acknowledge(deps, user))
+        page = deps.paging.acknowledge(incident_id=incident_id, user=user, allowed=may_acknowledge(deps, user))
         message = body.get("message") or {}
         channel = channel_of(body)
         inc = engine.get(incident_id)
@@ -68,7 +67,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         def record(text: str | None, meta: dict, user: str) -> None:
             amount = parse_amount(text or "")
             require_operator(deps, user, action="loss", to="update the estimated loss", incident_id=meta.get("incident"))
-            services.loss.record(incident_id=int(meta["incident"]), amount=amount, by=user, source="slack")
+            deps.loss.record(incident_id=int(meta["incident"]), amount=amount, by=user, source="slack")
 
         submitted(ack, body, B.LOSS, "loss", record, empty=None)
 

@@ -30,7 +30,7 @@ def chosen_model(view: dict) -> str | None:
 
 
 def register(app: App, deps: Deps) -> None:
-    picker = Picker(deps.services.registry)
+    picker = Picker(deps.registry)
     picker.warm()
 
     def model_options(ack: Ack, payload: dict) -> None:

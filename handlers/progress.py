@@ -78,7 +78,7 @@ class SlackProgress:
     # ------------------------------------------------------------------------------ Slack side
 
     def show(self, event: Event) -> None:
-        inc = self.deps.services.engine.get(event.incident.id)  # freshest row (message ts, state)
+        inc = self.deps.engine.get(event.incident.id)  # freshest row (message ts, state)
         if event.kind == "step" and event.step in self.on_step:
             self.on_step[event.step](inc, event)
             return
@@ -100,7 +100,7 @@ class SlackProgress:
                     log.exception("after-change hook failed for %s", inc.ref)
 
     def update_card(self, inc: Incident) -> None:
-        steps = self.deps.services.engine.steps(inc.id)
+        steps = self.deps.engine.steps(inc.id)
         self.client.chat_update(
             channel=inc.channel, ts=inc.message_ts, text=f"{iv.incident_title(inc)}: {inc.state}",
             blocks=iv.incident_card(inc, steps),
@@ -111,11 +111,11 @@ class SlackProgress:
 
     def post_card(self, inc: Incident) -> Incident:
         """Post a new incident's card to INCIDENT_CHANNEL and remember where it is."""
-        steps = self.deps.services.engine.steps(inc.id)
+        steps = self.deps.engine.steps(inc.id)
         resp = self.client.chat_postMessage(
             channel=self.deps.channel, text=f"{iv.incident_title(inc)}: {inc.state}", blocks=iv.incident_card(inc, steps)
         )
-        self.deps.services.engine.set_message(inc.id, channel=resp["channel"], message_ts=resp["ts"])
-        inc = self.deps.services.engine.get(inc.id)
+        self.deps.engine.set_message(inc.id, channel=resp["channel"], message_ts=resp["ts"])
+        inc = self.deps.engine.get(inc.id)
         self(Event("state", inc))  # now that it has a thread: the opening notifications
         return inc

@@ -114,7 +114,7 @@ def require_operator(deps: Deps, user: str, *, action: str, to: str, incident_id
     """Raise NotAuthorized ("Only operators may ``to`` (OPERATORS).") for a person outside OPERATORS, audited as a
     refused ``action``."""
     if not deps.auth.is_operator(user):
-        deps.services.engine.audit(None, actor=user, action=action, outcome="refused", incident_id=incident_id,
+        deps.engine.audit(None, actor=user, action=action, outcome="refused", incident_id=incident_id,
                                    reason="not an operator")
         raise NotAuthorized(f"Only operators may {to} (OPERATORS).")
 

@@ -66,7 +66,7 @@ def output_text(incident: Incident, lines: list[str], running: bool) -> str:
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
-    engine = services.engine
+    engine = deps.engine
     output_ts: dict[int, str] = {}  # incident id -> ts of its output message in the thread
 
     def show_output(inc: Incident, event: Event) -> None:

@@ -62,7 +62,7 @@ def parse_start(values: dict) -> tuple[dict, dict]:
 
 def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     services = deps.services
-    engine = services.engine
+    engine = deps.engine
 
     def start_ack(ack: Ack, body: dict, client: WebClient) -> None:
         fields, errors = parse_start(body["view"]["state"]["values"])
@@ -79,7 +79,7 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
                 errors[B.MODEL.value] = str(exc)[:150]
         if not errors:
             try:  # the menus search as one types: a backup chosen for another model must not slip through
-                services.registry.backup_dir(fields["model"], fields["backup"])
+                deps.registry.backup_dir(fields["model"], fields["backup"])
             except RollbackError as exc:
                 errors[B.BACKUP.value] = str(exc)[:150]
         checks = checks_error(body["view"]["state"]["values"])  # the runbook's pre-rollback checks, all required

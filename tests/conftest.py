@@ -172,9 +172,9 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
 
 @pytest.fixture
 def services(settings: Settings, db: Database):
-    from core.services import Services
+    from bot.compose import build_services
 
-    return Services(settings, db)
+    return build_services(settings, db)
 
 
 @pytest.fixture
@@ -191,8 +191,8 @@ def standin():
 def sandbox(settings: Settings, db: Database, standin):
     """The real app over HTTP against the stand-in; the background worker is not started (tests drive it)."""
     from bot.devtools.sandbox import Sandbox
-    from core.services import Services
+    from bot.compose import build_services
 
-    services = Services(settings.model_copy(update={"slack_api_url": standin.base_url}), db)
+    services = build_services(settings.model_copy(update={"slack_api_url": standin.base_url}), db)
     with Sandbox(services, standin=standin) as box:
         yield box

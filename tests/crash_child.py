@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from core.db import Database
-    from core.services import Services
+    from bot.compose import build_services
     from core.settings import Settings
 
     if args.kill_at.startswith("copy:"):
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                         incidents_dir=args.incidents, monitor_minutes=30, halt_quiet_seconds=0)
     db = Database(settings.database_dsn(), min_size=1, max_size=4).open()
     try:
-        services = Services(settings, db, fault_hook=fault)
+        services = build_services(settings, db, fault_hook=fault)
         engine = services.engine
         if args.mode == "run":
             inc, _ = engine.request_rollback(model=args.model, backup=args.backup, reason="crash test",

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.db import Database
     from core.errors import RollbackError
     from core.modelio import atomic_copy
-    from core.services import Services
+    from bot.compose import build_services
     from core.settings import Settings
 
     if args.command == "copy":
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_bytes(path.read_bytes()[:-50])
 
     try:
-        services = Services(settings, db, fault_hook=fault)
+        services = build_services(settings, db, fault_hook=fault)
         engine = services.engine
         if args.quick_fix:
             with db.transaction() as conn:

@@ -33,6 +33,7 @@ from bot.devtools.pagerduty_standin import PagerDutyStandIn
 from bot.devtools.sandbox import BOT_TOKEN, SIGNING_SECRET, Sandbox
 from bot.devtools.slack_standin import SlackStandIn
 from core.db import Database, migrate
+from bot.compose import build_services
 from core.services import Services
 from core.settings import Settings
 
@@ -111,7 +112,7 @@ def environment(*, root: Path, database_url: str | None, size: str, out: TextIO)
         "slack_api_url": standin.base_url, "pagerduty_routing_key": SecretStr(PAGERDUTY_KEY),
         "pagerduty_events_url": pagerduty.url})
     db = Database(url, max_size=8).open()
-    services = Services(settings, db, clock=clock.now)
+    services = build_services(settings, db, clock=clock.now)
     try:
         with Sandbox(services, standin=standin, start_worker=True) as box:
             yield Environment(box, Narrator(standin, out), clock, world, services, url, pagerduty)

@@ -26,6 +26,7 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from bot.app import build_app
 from bot.membership import ensure_in_channel
 from bot.server import BackgroundServer
+from bot.compose import build_services
 from core.services import Services
 from tests.e2e.test_security import ClaimSpy
 
@@ -203,7 +204,7 @@ def socket_app(settings, db, standin, world) -> Iterator[SocketApp]:
     standin.socket_mode_url = server.url
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "slack_signing_secret": None,
                                     "slack_app_token": SecretStr(APP_TOKEN)})
-    services = Services(s, db)
+    services = build_services(s, db)
     app = build_app(s, services)
     ensure_in_channel(app.client, s.incident_channel)  # as `serve` does at start
     handler = SocketModeHandler(app, s.slack_app_token.get_secret_value(), web_client=app.client)

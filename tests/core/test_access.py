@@ -19,7 +19,7 @@ from bot.devtools.slack_signing import SenderResponse, SlackSender
 from core import access
 from core.auth import Authorizer
 from core.errors import NotAuthorized, RateLimited
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import Clock, shown_modal, trading_halted
 
 MODEL = "growth_momentum_large"
@@ -52,7 +52,7 @@ def test_without_operators_only_approvers_operate(settings, db, standin, world, 
     auth = Authorizer(operators=[], approvers=["U0BOB"])
     assert not auth.is_operator("U0DAVE") and auth.is_operator("U0BOB") and not auth.is_operator("")
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "operators": []})
-    with Sandbox(Services(s, db), standin=standin) as box:
+    with Sandbox(build_services(s, db), standin=standin) as box:
         assert "Only operators" in answer(box, box.command("U0DAVE", "halt rogue"))
         assert "Only operators" in answer(box, box.command("U0DAVE", f"start {MODEL} {target_of(box.services)} x --confirm"))
         assert not trading_halted(conn)
@@ -67,7 +67,7 @@ def test_heavy_commands_are_for_operators_approvers_and_stakeholders(settings, d
     from bot.devtools.sandbox import Sandbox
 
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "stakeholders": ["U0ERIN"]})
-    with Sandbox(Services(s, db), standin=standin) as box:
+    with Sandbox(build_services(s, db), standin=standin) as box:
         for text in (f"diagnose {MODEL}", f"backups {MODEL}", f"status {MODEL}"):
             assert "operators, approvers and stakeholders" in answer(box, box.command("U0DAVE", text)), text
         assert "Backups" in json.dumps(box.responses(box.command("U0ERIN", f"backups {MODEL}").response_key)[0])
@@ -79,7 +79,7 @@ def test_heavy_commands_are_for_operators_approvers_and_stakeholders(settings, d
 
 def test_heavy_commands_are_rate_limited_per_person_across_processes(settings, db, world, conn):
     s = settings.model_copy(update={"heavy_commands_per_minute": 3})
-    one, two = Services(s, db), Services(s, db)  # two bot processes sharing the database
+    one, two = build_services(s, db), build_services(s, db)  # two bot processes sharing the database
     clock = Clock(one.engine.clock())
     one.engine.clock = two.engine.clock = clock
     for services in (one, two, one):
@@ -93,7 +93,7 @@ def test_heavy_commands_are_rate_limited_per_person_across_processes(settings, d
 
 def test_concurrent_heavy_commands_take_no_more_than_the_limit(settings, db, world, conn):
     s = settings.model_copy(update={"heavy_commands_per_minute": 5})
-    services = [Services(s, db) for _ in range(4)]
+    services = [build_services(s, db) for _ in range(4)]
     results: list[bool] = []
 
     def run(svc):
@@ -162,7 +162,7 @@ def test_twenty_diagnose_commands_in_flight_do_not_delay_approve_in_the_work_pro
 
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "slack_signing_secret": None,
                                     "heavy_commands_per_minute": 100})
-    services = Services(s, db)
+    services = build_services(s, db)
     app = build_app(s, services)
     standin.join(CHANNEL)  # `serve` joined the incident channel before it started the work process
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target_of(services), reason="Sharpe collapsed",
@@ -206,7 +206,7 @@ def test_twenty_diagnose_commands_in_flight_do_not_delay_approve_in_one_process(
     from bot.devtools.sandbox import Sandbox
 
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "heavy_commands_per_minute": 100})
-    with Sandbox(Services(s, db), standin=standin) as box:
+    with Sandbox(build_services(s, db), standin=standin) as box:
         answer(box, box.command("U0ALICE", f"start {MODEL} {target_of(box.services)} Sharpe collapsed --confirm"))
         card = card_of(box)
         lock = _blocking_diagnostics(database_url)
@@ -297,7 +297,7 @@ def test_root_cause_and_report_belong_to_the_incidents_people_and_approvers(sand
 
 def test_clock_is_used_for_the_window(settings, db, world):
     """The rate limit's minute is the engine's clock (tests move it; nobody waits)."""
-    services = Services(settings.model_copy(update={"heavy_commands_per_minute": 1}), db)
+    services = build_services(settings.model_copy(update={"heavy_commands_per_minute": 1}), db)
     clock = Clock(services.engine.clock())
     services.engine.clock = clock
     services.heavy_command(user="U0ALICE", command="diagnose", allowed=True)

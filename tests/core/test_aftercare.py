@@ -10,7 +10,7 @@ from core import aftercare, incidents
 from core.errors import Conflict, InvalidTransition, NotAuthorized, RollbackError
 from core.escalation import Escalator, age_escalation
 from core.report import render_report
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import Clock, assert_consistent
 from tests.core.test_escalation import Pager
 
@@ -43,7 +43,7 @@ def failing(services, clock, minutes=40):
 
 
 def test_a_follow_up_rollback_is_allowed_and_supersedes_the_incident_when_approved(settings, db, world, clock, conn):
-    services = Services(settings, db, clock=clock)
+    services = build_services(settings, db, clock=clock)
     old = failing(services, clock)
     assert old.state == "needs_attention" and old.is_open
     assert services.engine.open_incident_for(MODEL) is None, "it does not block a follow-up"
@@ -82,7 +82,7 @@ def test_a_follow_up_rollback_is_allowed_and_supersedes_the_incident_when_approv
 
 
 def test_the_database_keeps_one_open_rollback_and_one_needing_attention_per_model(settings, db, world, clock, conn):
-    services = Services(settings, db, clock=clock)
+    services = build_services(settings, db, clock=clock)
     old = failing(services, clock)
     follow, _ = services.engine.request_rollback(model=MODEL, backup=another_backup(services, old.target_backup),
                                                  reason="again", requested_by="U0ALICE")
@@ -94,7 +94,7 @@ def test_the_database_keeps_one_open_rollback_and_one_needing_attention_per_mode
 
 
 def test_an_approver_accepts_with_a_written_reason(settings, db, world, clock, conn):
-    services = Services(settings, db, clock=clock)
+    services = build_services(settings, db, clock=clock)
     inc = failing(services, clock)
     with pytest.raises(NotAuthorized):
         services.accept(incident_id=inc.id, user="U0ALICE", reason="fine", allowed=False)
@@ -119,7 +119,7 @@ def test_an_approver_accepts_with_a_written_reason(settings, db, world, clock, c
 def test_needing_attention_pages_at_once_and_age_counts_from_the_first_report_until_a_person_closes(
         settings, db, world, clock):
     pager = Pager()
-    services = Services(settings, db, clock=clock)
+    services = build_services(settings, db, clock=clock)
     Escalator(services.engine, escalate_after_minutes=120).register(services.worker, pager.page, pager.breach)
     old = failing(services, clock, minutes=40)
     services.worker.run_due()
@@ -155,7 +155,7 @@ def test_needing_attention_pages_at_once_and_age_counts_from_the_first_report_un
 
 def test_a_resolved_incident_reopened_late_is_paged_at_once(settings, db, world, clock):
     pager = Pager()
-    services = Services(settings, db, clock=clock)
+    services = build_services(settings, db, clock=clock)
     Escalator(services.engine, escalate_after_minutes=120).register(services.worker, pager.page, pager.breach)
     inc = rollback(services)
     clock.at(minutes=40)

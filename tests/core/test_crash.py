@@ -27,7 +27,7 @@ from core import engine as E
 from core import incidents
 from core.db import Database
 from core.modelio import sha256_file
-from core.services import Services
+from bot.compose import build_services
 from core.settings import Settings
 from tests.conftest import reset_database
 from tests.helpers import assert_consistent, client_settings, files_equal, production_rows, trading_halted
@@ -102,7 +102,7 @@ def recover(run: Run) -> list[incidents.Incident]:
     """What a restarted bot does at start-up."""
     db = Database(make_settings(run).database_dsn(), max_size=4).open()
     try:
-        return Services(make_settings(run), db).engine.recover()
+        return build_services(make_settings(run), db).engine.recover()
     finally:
         db.close()
 
@@ -176,7 +176,7 @@ def collect_boundaries(world_template, url: str, where: Path, *, corrupt: bool) 
     shutil.copyfileobj = counting_copy  # counts, then copies for real (core.modelio copies with it)
     db = Database(make_settings(run).database_dsn(), max_size=4).open()
     try:
-        engine = Services(make_settings(run), db, fault_hook=hook).engine
+        engine = build_services(make_settings(run), db, fault_hook=hook).engine
         inc, _ = engine.request_rollback(model=MODEL, backup=run.target, reason="r", requested_by="U0ALICE")
         engine.approve(incident_id=inc.id, approver="U0BOB")
         done = engine.execute(inc.id)

@@ -11,6 +11,7 @@ import pytest
 
 from core.diagnostics.incident import diagnose_incident
 from core.report import render_report
+from bot.compose import build_services
 from core.services import Services
 from tests.helpers import files_equal
 
@@ -54,7 +55,7 @@ def test_the_failed_version_is_diagnosed_whenever_the_job_runs(settings, db, wor
             seen["state"] = inc.state
             seen["report"], seen["detail"] = diagnose(services, inc)
 
-    services = Services(settings, db, fault_hook=hook)
+    services = build_services(settings, db, fault_hook=hook)
     inc = request(services)
     seen["id"] = inc.id
     done = services.engine.execute(inc.id)

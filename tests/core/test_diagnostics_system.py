@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 from bot.devtools import demo_world as dw
 from core.diagnostics import DiagnosticsConfig, check_data_quality, check_system, training_log_path
 from core.diagnostics.system import last_trading_day
-from core.services import Services
+from bot.compose import build_services
 
 MODEL = "growth_momentum_large"
 
@@ -43,7 +43,7 @@ def test_one_training_log_per_model(settings, db, world, tmp_path):
     logs.mkdir()
     (logs / "growth_momentum-large.log").write_text("INFO epoch 1\nERROR shard 3 unreadable\nINFO done\n")
     s = settings.model_copy(update={"training_log": logs / "{strategy}-{marketcap}.log"})
-    services = Services(s, db)
+    services = build_services(s, db)
     report = services.diagnose(model=MODEL)
     assert report.log_scan.status == "ok" and report.log_scan.model == MODEL
     assert report.log_scan.counts["error"] == 1

@@ -362,9 +362,9 @@ def test_a_failing_check_at_serve_start_is_posted_and_shown_in_status(settings, 
 
 
 def test_preflight_refuses_a_rollback_with_the_doctors_reason(settings, db, world, conn) -> None:
-    from core.services import Services
+    from bot.compose import build_services
 
-    broken = Services(settings.model_copy(update={"trades_table": "no_such_trades"}), db)
+    broken = build_services(settings.model_copy(update={"trades_table": "no_such_trades"}), db)
     target = broken.registry.recommend(MODEL).backup.name
     before = client_settings(conn)
     with pytest.raises(PreflightFailed) as refused:

@@ -171,9 +171,9 @@ def test_expired_request_cannot_be_approved(services, world):
 
 
 def test_failed_verification_puts_the_original_back_and_keeps_trading_halted(settings, db, world, conn):
-    from core.services import Services
+    from bot.compose import build_services
 
-    services = Services(settings, db, fault_hook=corrupt_after_restore(world.models_dir / MODEL))
+    services = build_services(settings, db, fault_hook=corrupt_after_restore(world.models_dir / MODEL))
     original = assert_consistent(conn, world.models_dir, MODEL)
     target = target_of(services)
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
@@ -189,7 +189,7 @@ def test_failed_verification_puts_the_original_back_and_keeps_trading_halted(set
 def test_verification_after_a_restart_parses_the_file_in_place(settings, db, world, conn):
     """The model parsed ahead lives only in the run that parsed it: a run that starts at verification (after a
     crash) loads and checks the file in place itself."""
-    from core.services import Services
+    from bot.compose import build_services
 
     class Crash(Exception):
         pass
@@ -198,7 +198,7 @@ def test_verification_after_a_restart_parses_the_file_in_place(settings, db, wor
         if label == "before:verifying":
             raise Crash(label)
 
-    services = Services(settings, db, fault_hook=crash_before_verifying)
+    services = build_services(settings, db, fault_hook=crash_before_verifying)
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target_of(services), reason="r",
                                               requested_by="U0ALICE")
     services.engine.approve(incident_id=inc.id, approver="U0BOB")
@@ -258,7 +258,7 @@ def test_keep_halted_waits_for_an_approver_to_resume(services, world, conn):
 
 
 def test_resume_is_refused_while_a_swap_is_under_way(settings, db, world, conn):
-    from core.services import Services
+    from bot.compose import build_services
 
     seen = {}
 
@@ -268,7 +268,7 @@ def test_resume_is_refused_while_a_swap_is_under_way(settings, db, world, conn):
                 services.engine.resume_trading(user="U0BOB")
             seen["tried"] = trading_halted(conn)
 
-    services = Services(settings, db, fault_hook=try_resume)
+    services = build_services(settings, db, fault_hook=try_resume)
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target_of(services), reason="r", requested_by="U0ALICE")
     services.engine.approve(incident_id=inc.id, approver="U0BOB")
     assert services.engine.execute(inc.id).state == "monitoring"
@@ -291,11 +291,11 @@ def test_halt_verification_flags_trades_after_the_halt(services, world, conn):
 
 
 def test_stop_command_runs_without_a_shell(settings, db, world, tmp_path, conn):
-    from core.services import Services
+    from bot.compose import build_services
 
     marker = tmp_path / "stopped"
     cmd = ["/bin/sh", "-c", f'echo "$0" > {marker}', "arg; rm -rf /"]
-    services = Services(settings.model_copy(update={"trading_stop_command": cmd}), db)
+    services = build_services(settings.model_copy(update={"trading_stop_command": cmd}), db)
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target_of(services), reason="r", requested_by="U0ALICE")
     services.engine.approve(incident_id=inc.id, approver="U0BOB")
     assert services.engine.execute(inc.id).state == "monitoring"
@@ -303,9 +303,9 @@ def test_stop_command_runs_without_a_shell(settings, db, world, tmp_path, conn):
 
 
 def test_failing_stop_command_fails_the_incident_with_trading_halted(settings, db, world, conn):
-    from core.services import Services
+    from bot.compose import build_services
 
-    services = Services(settings.model_copy(update={"trading_stop_command": ["/bin/false"]}), db)
+    services = build_services(settings.model_copy(update={"trading_stop_command": ["/bin/false"]}), db)
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target_of(services), reason="r", requested_by="U0ALICE")
     services.engine.approve(incident_id=inc.id, approver="U0BOB")
     done = services.engine.execute(inc.id)

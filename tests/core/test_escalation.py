@@ -10,6 +10,7 @@ import pytest
 
 from core import incidents
 from core.escalation import Escalator, age_escalation, check_target, immediate_reasons
+from bot.compose import build_services
 from core.services import Services
 from tests.helpers import Clock, corrupt_after_restore
 
@@ -45,7 +46,7 @@ class Pager:
 
 def bot(settings, db, clock, pager, *, minutes=120, threshold=None) -> Services:
     """One bot process: its own Services (engine, worker) and escalator, on the shared database."""
-    services = Services(settings, db, clock=clock)
+    services = build_services(settings, db, clock=clock)
     Escalator(services.engine, escalate_after_minutes=minutes, loss_threshold=threshold).register(
         services.worker, pager.page, pager.breach)
     return services
@@ -243,7 +244,7 @@ def test_pure_decisions(world, services, clock):
 def test_a_process_without_the_escalator_still_queues_the_timers(settings, db, world, clock):
     """The timers are written with the state changes (core.outbox), not by a listener: another process's
     escalator fires them, with no sweep."""
-    plain = Services(settings, db, clock=clock)  # a process without the escalator (the CLI, a dead process)
+    plain = build_services(settings, db, clock=clock)  # a process without the escalator (the CLI, a dead process)
     inc = kept_halted_rollback(plain)
     pager = Pager()
     services = bot(settings, db, clock, pager)

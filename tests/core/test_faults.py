@@ -38,6 +38,7 @@ from core import incidents
 from core.db import Database
 from core.errors import DatabaseUnavailable
 from core.modelio import sha256_file
+from bot.compose import build_services
 from core.services import Services
 from core.settings import Settings
 from tests.conftest import build_snapshot_world, reset_database
@@ -118,7 +119,7 @@ class PrivateRun:
 
     def services(self, *, fault_hook=None, timeout: float = 3.0) -> tuple[Services, Database]:
         db = Database(self.settings.database_dsn(), max_size=4, timeout=timeout).open()
-        return Services(self.settings, db, fault_hook=fault_hook), db
+        return build_services(self.settings, db, fault_hook=fault_hook), db
 
     def connect(self) -> psycopg.Connection:
         return psycopg.connect(self.pg.url, row_factory=dict_row, autocommit=True)

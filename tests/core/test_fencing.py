@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 from core.errors import DatabaseUnavailable
 from core.fencing import Fence, LostLock
 from core.modelio import sha256_file
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import assert_consistent, trading_halted
 
 MODEL = "growth_momentum_large"
@@ -45,7 +45,7 @@ def run_in_thread(fn):
 def test_a_step_waiting_on_a_lock_stops_at_its_lock_timeout(settings, db, world, database_url, conn):
     """Somebody holds a lock on client_settings: the halt step gives up after STEP_LOCK_TIMEOUT_SECONDS with a
     clear error instead of hanging, nothing of it is committed, and it runs again once the lock is gone."""
-    services = Services(settings.model_copy(update={"step_lock_timeout_seconds": 0.3}), db)
+    services = build_services(settings.model_copy(update={"step_lock_timeout_seconds": 0.3}), db)
     inc = approved(services.engine, world)
     blocker = psycopg.connect(database_url)
     try:
@@ -71,7 +71,7 @@ def test_a_step_statement_stops_at_its_statement_timeout(settings, db, world, co
     conn.execute("CREATE TRIGGER slow_settings AFTER UPDATE ON client_settings FOR EACH STATEMENT"
                  " EXECUTE FUNCTION public.slow_settings()")
     try:
-        services = Services(settings.model_copy(update={"step_statement_timeout_seconds": 0.5}), db)
+        services = build_services(settings.model_copy(update={"step_statement_timeout_seconds": 0.5}), db)
         inc = approved(services.engine, world)
         with pytest.raises(DatabaseUnavailable, match="statement timeout"):
             services.engine.execute(inc.id)
@@ -95,14 +95,14 @@ def test_an_executor_that_lost_its_lock_touches_no_file(settings, db, world, con
                 " AND ((classid::bigint << 32) | objid::bigint) = %s", (key,)).fetchone()["n"]
             assert n == 1
 
-    services = Services(settings, db, fault_hook=cut_the_lock_session)
+    services = build_services(settings, db, fault_hook=cut_the_lock_session)
     inc = approved(services.engine, world)
     with pytest.raises(DatabaseUnavailable) as stopped:
         services.engine.execute(inc.id)
     assert {f: sha256_file(folder / f) for f in before} == before, "a process without the lock changed the files"
     assert isinstance(stopped.value, LostLock) and "without touching any file" in str(stopped.value)
     assert services.engine.get(inc.id).state == "restoring" and trading_halted(conn)
-    recovered = Services(settings, db).engine.recover()
+    recovered = build_services(settings, db).engine.recover()
     assert [i.state for i in recovered] == ["monitoring"]
     assert assert_consistent(conn, world.models_dir, MODEL) == oldest(world)
 

@@ -177,10 +177,10 @@ def test_a_backup_file_turned_into_a_link_after_approval_stops_before_the_halt(s
 
 
 def test_an_oversized_model_is_refused(settings, db, world, conn):
-    from core.services import Services
+    from bot.compose import build_services
 
-    services = Services(settings.model_copy(update={"max_model_bytes": 4096}), db)
-    big = world.models_dir / MODEL / target_of(Services(settings, db)) / "model.json"
+    services = build_services(settings.model_copy(update={"max_model_bytes": 4096}), db)
+    big = world.models_dir / MODEL / target_of(build_services(settings, db)) / "model.json"
     assert big.stat().st_size > 4096
     before = snapshot(world.models_dir)
     assert services.registry.recommend(MODEL).backup is None  # every backup's model.json is over the limit

@@ -66,10 +66,10 @@ def test_what_an_incident_gets_and_when_it_is_due(services, world, clock):
 
 
 def test_queued_with_the_state_change_and_created_once(settings, db, world, conn):
-    from core.services import Services
+    from bot.compose import build_services
 
     # a process that cannot tell anybody (the break-glass CLI): the job is queued in the state change's transaction
-    cli = Services(settings, db)
+    cli = build_services(settings, db)
     cli.engine.clock = Clock(incidents.utcnow().replace(microsecond=0) + timedelta(minutes=15))
     inc = rollback(cli)
     assert inc.state == "monitoring"
@@ -78,7 +78,7 @@ def test_queued_with_the_state_change_and_created_once(settings, db, world, conn
     assert len(queued) == 1 and queued[0]["done_at"] is None and not cli.followups.items(inc.id)
     assert cli.worker.run_due() >= 0 and not cli.followups.items(inc.id)  # nobody here handles it
     # a bot process that can (serve's work process) creates them and shows them, once
-    served = Services(settings, db)
+    served = build_services(settings, db)
     served.engine.clock = cli.engine.clock
     t = Told()
     served.followups.register(served.worker, on_board=t.board, on_reminder=t.remind)

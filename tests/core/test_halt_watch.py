@@ -13,7 +13,7 @@ import pytest
 
 from core import incidents, trading
 from core.errors import PreflightFailed, RollbackError
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import Clock, assert_consistent, client_settings, trading_halted
 
 MODEL = "growth_momentum_large"
@@ -58,7 +58,7 @@ def step(services, inc, name):
 
 
 def test_the_swap_waits_until_no_trade_for_the_quiet_seconds(settings, db, world, conn):
-    services = Services(settings.model_copy(update={"halt_quiet_seconds": 3}), db)
+    services = build_services(settings.model_copy(update={"halt_quiet_seconds": 3}), db)
     inc = approved(services)
     events = []
     services.engine.subscribe(lambda e: events.append(e) if e.step == "halt_trades" else None)
@@ -86,7 +86,7 @@ def test_the_swap_waits_until_no_trade_for_the_quiet_seconds(settings, db, world
 
 
 def test_without_trades_the_wait_is_the_quiet_seconds(settings, db, world, conn):
-    services = Services(settings.model_copy(update={"halt_quiet_seconds": 3}), db)
+    services = build_services(settings.model_copy(update={"halt_quiet_seconds": 3}), db)
     inc = approved(services)
     moving_clock(services.engine)
     assert services.engine.execute(inc.id).state == "monitoring"
@@ -101,7 +101,7 @@ def test_trades_that_keep_coming_pause_the_rollback_page_and_an_approver_may_pro
 
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "halt_quiet_seconds": 3,
                                     "halt_quiet_timeout_seconds": 120, "escalation_contacts": ["U0DAVE"]})
-    services = Services(s, db)
+    services = build_services(s, db)
     original = assert_consistent(conn, world.models_dir, MODEL)
     with Sandbox(services, standin=standin) as box:
         reply = box.command("U0ALICE", f"start {MODEL} {target_of(services)} Sharpe collapsed --confirm")
@@ -156,7 +156,7 @@ def test_trades_that_keep_coming_pause_the_rollback_page_and_an_approver_may_pro
 def test_abandon_ends_a_paused_rollback_with_trading_halted(settings, db, world, conn):
     from core import halt_watch
 
-    services = Services(settings.model_copy(update={"halt_quiet_seconds": 3, "halt_quiet_timeout_seconds": 10}), db)
+    services = build_services(settings.model_copy(update={"halt_quiet_seconds": 3, "halt_quiet_timeout_seconds": 10}), db)
     inc = approved(services)
     moving_clock(services.engine, lambda clock: trade(conn))
     assert services.engine.execute(inc.id).state == "halt_not_effective"
@@ -171,12 +171,12 @@ def test_abandon_ends_a_paused_rollback_with_trading_halted(settings, db, world,
 
 
 def test_a_missing_trades_table_is_refused_before_any_halt(settings, db, world, conn):
-    services = Services(settings.model_copy(update={"trades_table": "fills_that_do_not_exist"}), db)
+    services = build_services(settings.model_copy(update={"trades_table": "fills_that_do_not_exist"}), db)
     with pytest.raises(PreflightFailed, match="fills_that_do_not_exist"):
         approved(services)
     assert conn.execute("SELECT count(*) AS n FROM rollback_bot.incidents").fetchone()["n"] == 0
     # the table goes missing between the request and the approval: refused at the pre-flight before the halt
-    good = Services(settings, db)
+    good = build_services(settings, db)
     inc = approved(good)
     good.engine.settings = settings.model_copy(update={"trades_table": "fills_that_do_not_exist"})
     done = good.engine.execute(inc.id)
@@ -195,7 +195,7 @@ def test_a_missing_trading_log_or_time_column_is_named(settings, db, world, conn
 
 
 def test_no_trade_source_must_be_said_explicitly(settings, db, world, conn):
-    services = Services(settings.model_copy(update={"trades_table": "none", "halt_quiet_seconds": 3}), db)
+    services = build_services(settings.model_copy(update={"trades_table": "none", "halt_quiet_seconds": 3}), db)
     inc = approved(services)
     moving_clock(services.engine)
     assert services.engine.execute(inc.id).state == "monitoring"

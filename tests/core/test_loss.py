@@ -17,7 +17,7 @@ from bot.devtools.sandbox import Sandbox
 from core import incidents
 from core.errors import InvalidInput
 from core.loss import parse_amount
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import Clock, shown_modal
 from tests.core.test_escalation import Pager, bot
 from tests.e2e.test_slack_flow import CHANNEL, MODEL, card_message, click, request
@@ -42,7 +42,7 @@ def escalations(standin):
 
 def loss_box(settings, db, standin, **extra):
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "primary_contacts": ["U0ERIN"], **extra})
-    return Sandbox(Services(s, db), standin=standin)
+    return Sandbox(build_services(s, db), standin=standin)
 
 
 def test_parse_amount():
@@ -242,7 +242,7 @@ def test_pnl_query_is_polled_read_only_into_the_history(settings, db, world, con
     ("SELECT x FROM generate_series(1, 2) x", "returned 2 row(s)"),
 ])
 def test_a_bad_pnl_query_is_reported_once_and_changes_nothing(settings, db, world, conn, clock, query, error):
-    services = Services(settings.model_copy(update={"pnl_query": query, "pnl_query_timeout_seconds": 0.2}), db,
+    services = build_services(settings.model_copy(update={"pnl_query": query, "pnl_query_timeout_seconds": 0.2}), db,
                         clock=clock)
     warnings = []
     services.engine.subscribe(lambda e: warnings.append(e.error) if e.kind == "warning" else None)

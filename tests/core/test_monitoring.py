@@ -12,7 +12,7 @@ from core.modelio import MODEL_FILE, load_booster, predict, read_metadata
 from core.monitoring import Monitor
 from core.platform import feature_rows
 from core.report import checklist
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import Clock
 
 MODEL = "growth_momentum_large"
@@ -71,7 +71,7 @@ class Posts:
 
 
 def monitored_rollback(settings, db, clock, log_path, *, subscribe=True):
-    services = Services(settings, db, clock=clock)
+    services = build_services(settings, db, clock=clock)
     monitor = Monitor(services.engine, log_path=log_path, every_minutes=5)
     posts = Posts(services.engine)
     monitor.register(services.worker, posts.on_trouble, posts.on_summary, subscribe=subscribe)

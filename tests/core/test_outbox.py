@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from core.db import Database
+from bot.compose import build_services
 from core.services import Services
 from core.settings import Settings
 from tests.core.test_notify import Inbox, smtp  # noqa: F401 - the fixture
@@ -95,7 +96,7 @@ def _restarted(settings, smtp_url: str) -> tuple[Services, Database, list]:
                  incidents_dir=settings.incidents_dir, monitor_minutes=30, halt_quiet_seconds=0,
                  smtp_url=smtp_url, stakeholder_emails=STAKEHOLDERS)
     db = Database(s.database_dsn(), max_size=4).open()
-    services = Services(s, db)
+    services = build_services(s, db)
     writes: list = []
     services.engine.subscribe(lambda e: writes.append(e.incident.state) if e.kind == "step" and e.step == "report"
                               else None)

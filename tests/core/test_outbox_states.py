@@ -16,6 +16,7 @@ import pytest
 from core import outbox
 from core.db import Database
 from core.incidents import utcnow
+from bot.compose import build_services
 from core.services import Services
 from core.settings import Settings
 from tests.core.test_notify import Inbox, smtp  # noqa: F401 - the fixture
@@ -39,7 +40,7 @@ def bare_process(settings: Settings, smtp_url: str, clock: Clock) -> tuple[Servi
     """What `rollback-bot work` or the CLI builds: services, no Slack app; and not one listener on the engine."""
     s = Settings(_env_file=None, **{**settings.model_dump(), "smtp_url": smtp_url, "stakeholder_emails": STAKEHOLDERS})
     db = Database(s.database_dsn(), max_size=4).open()
-    services = Services(s, db, clock=clock)
+    services = build_services(s, db, clock=clock)
     services.engine.listeners.clear()
     return services, db
 
@@ -121,7 +122,7 @@ def test_a_page_an_acknowledgement_and_a_loss_figure_rewrite_the_report(settings
     s = Settings(_env_file=None, **{**settings.model_dump(), "escalate_after_minutes": 60})
     db = Database(s.database_dsn(), max_size=4).open()
     try:
-        services = Services(s, db, clock=clock)
+        services = build_services(s, db, clock=clock)
         services.engine.listeners.clear()
         paged: list = []
         services.register_aftercare(on_page=lambda inc, reason: paged.append(reason), on_breach=lambda *a: None,

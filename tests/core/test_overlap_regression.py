@@ -32,6 +32,7 @@ from core.errors import FilesMismatch
 from core.integrity import file_sums
 from core.modelio import MODEL_FILE, sha256_file
 from core.revert import REVERT_ATTEMPTS
+from bot.compose import build_services
 from core.services import Services
 from core.settings import Settings
 from tests.helpers import assert_consistent, production_rows, trading_halted
@@ -175,7 +176,7 @@ def test_the_counterexample_steps_hold_every_invariant(world_template, database_
             reset_rows(check)
             folder = tmp_path / f"example{next(counter)}"
             shutil.copytree(source, folder, symlinks=True)
-            return folder, Services(settings.model_copy(update={"models_dir": folder}), db)
+            return folder, build_services(settings.model_copy(update={"models_dir": folder}), db)
 
         folder, services = fresh()
         labels = collect_labels(services.engine, models[0], world_template.models[models[0]].backups[0].name,

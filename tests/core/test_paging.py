@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from bot.devtools.pagerduty_standin import PagerDutyStandIn
 from bot.devtools.sandbox import Sandbox
 from core import incidents
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import Clock, whispered
 from tests.e2e.test_slack_flow import CHANNEL, MODEL, card_message
 
@@ -48,7 +48,7 @@ def paging_settings(settings, standin, pd, **extra):
 
 
 def box(settings, db, standin, pd, clock, **extra) -> Sandbox:
-    return Sandbox(Services(paging_settings(settings, standin, pd, **extra), db, clock=clock), standin=standin)
+    return Sandbox(build_services(paging_settings(settings, standin, pd, **extra), db, clock=clock), standin=standin)
 
 
 def dm_pages(standin, user, needle="Escalation"):

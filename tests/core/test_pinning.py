@@ -12,7 +12,7 @@ import pytest
 from core import fixes, incidents
 from core.errors import InvalidTransition, VerificationFailed
 from core.modelio import sha256_file
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import Clock, assert_consistent, trading_halted
 
 MODEL = "growth_momentum_large"
@@ -57,7 +57,7 @@ def test_metadata_changed_during_the_halt_is_not_restored(settings, db, world, c
         if label == "before:restoring":
             edit_metadata(backup_meta, spearman_ic=0.5)
 
-    services = Services(settings, db, fault_hook=change_it)
+    services = build_services(settings, db, fault_hook=change_it)
     inc = request(services.engine, world)
     services.engine.approve(incident_id=inc.id, approver="U0BOB")
     done = services.engine.execute(inc.id)
@@ -74,7 +74,7 @@ def test_verification_checks_the_pinned_metadata_in_place(settings, db, world, c
             for path in (folder / "metadata.json", folder / oldest(world) / "metadata.json"):
                 edit_metadata(path, sharpe_ratio=7.5)
 
-    services = Services(settings, db, fault_hook=change_both)
+    services = build_services(settings, db, fault_hook=change_both)
     inc = request(services.engine, world)
     services.engine.approve(incident_id=inc.id, approver="U0BOB")
     done = services.engine.execute(inc.id)

@@ -55,6 +55,7 @@ from core import engine as E
 from core import incidents
 from core.db import Database
 from core.modelio import MODEL_FILE, sha256_file
+from bot.compose import build_services
 from core.services import Services
 from core.settings import Settings
 from tests.conftest import BOT_TABLES, MUTABLE_PLATFORM
@@ -139,7 +140,7 @@ def test_rollback_engine_invariants(property_world: PropertyWorld, tmp_path, req
         folder = tmp_path / f"example{n}"
         shutil.rmtree(tmp_path / f"example{n - 1}", ignore_errors=True)
         shutil.copytree(world.models_dir, folder, symlinks=True)
-        return folder, Services(base_settings.model_copy(update={"models_dir": folder}), db)
+        return folder, build_services(base_settings.model_copy(update={"models_dir": folder}), db)
 
     folder, services = fresh(next(counter))
     labels = collect_labels(services.engine, models[0], world.models[models[0]].backups[0].name, folder)

@@ -150,9 +150,9 @@ def test_open_targets_are_pending_then_overdue(services, world, clock):
 
 
 def test_failed_verification_report(settings, db, world, conn):
-    from core.services import Services
+    from bot.compose import build_services
 
-    services = Services(settings, db, fault_hook=corrupt_after_restore(world.models_dir / MODEL))
+    services = build_services(settings, db, fault_hook=corrupt_after_restore(world.models_dir / MODEL))
     target = services.registry.recommend(MODEL).backup.name
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
     services.engine.approve(incident_id=inc.id, approver="U0BOB")

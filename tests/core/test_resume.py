@@ -9,7 +9,7 @@ import pytest
 
 from core import engine as E
 from core.errors import FilesMismatch, NotAuthorized
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import assert_consistent, client_settings, corrupt_after_restore, trading_halted
 
 MODEL = "growth_momentum_large"
@@ -38,8 +38,8 @@ def test_a_rollback_approved_while_resume_runs_keeps_trading_halted(settings, db
     model is approved and its executor (another process) halts and starts swapping files. The resume must not
     drop that rollback's holder: trading stays halted until its swap is done and verified."""
     before = client_settings(conn)
-    first = Services(settings, db).engine         # the process running /rollback resume
-    second = Services(settings, db).engine        # another bot process, executing the new rollback
+    first = build_services(settings, db).engine         # the process running /rollback resume
+    second = build_services(settings, db).engine        # another bot process, executing the new rollback
     other = other_model(world)
     kept, _ = first.request_rollback(model=other, backup=oldest(world, other), reason="keep halted",
                                      requested_by="U0ALICE", keep_halted=True)
@@ -120,7 +120,7 @@ def failed_revert(services, world, *, lose: str = "metadata.json"):
 def test_resume_refuses_mixed_files_until_two_different_approvers_override(settings, db, world, conn):
     from tenacity import wait_none
 
-    services = Services(settings, db)
+    services = build_services(settings, db)
     services.engine.revert_wait = wait_none()
     original = world.models[MODEL].production_version
     done = failed_revert(services, world)
@@ -158,7 +158,7 @@ def test_resume_refuses_mixed_files_until_two_different_approvers_override(setti
 def test_resume_after_the_files_are_put_right_needs_one_approver_and_closes_the_incident(settings, db, world, conn):
     from tenacity import wait_none
 
-    services = Services(settings, db)
+    services = build_services(settings, db)
     services.engine.revert_wait = wait_none()
     done = failed_revert(services, world, lose="model.json")
     assert done.state == "revert_failed"
@@ -177,7 +177,7 @@ def test_resume_after_the_files_are_put_right_needs_one_approver_and_closes_the_
 def test_an_override_is_for_exactly_the_files_it_was_asked_for(settings, db, world, conn):
     from tenacity import wait_none
 
-    services = Services(settings, db)
+    services = build_services(settings, db)
     services.engine.revert_wait = wait_none()
     failed_revert(services, world)
     override, _ = services.engine.request_resume_override(user="U0BOB")
@@ -193,7 +193,7 @@ def test_an_override_is_for_exactly_the_files_it_was_asked_for(settings, db, wor
 def test_resume_refuses_when_the_original_had_no_model_file(settings, db, world, conn):
     """Issue 13.2, the same rule when the original had no model.json: the failed rollback puts the original
     state back (no model.json), and `/rollback resume` refuses it like any mismatch."""
-    services = Services(settings, db, fault_hook=corrupt_after_restore(world.models_dir / MODEL))
+    services = build_services(settings, db, fault_hook=corrupt_after_restore(world.models_dir / MODEL))
     (world.models_dir / MODEL / "model.json").unlink()
     inc, _ = services.engine.request_rollback(model=MODEL, backup=oldest(world, MODEL), reason="model.json is gone",
                                               requested_by="U0ALICE")

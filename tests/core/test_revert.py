@@ -9,7 +9,7 @@ import json
 from tenacity import wait_none
 
 from core.escalation import immediate_reasons
-from core.services import Services
+from bot.compose import build_services
 from handlers import incident_views as iv
 from tests.helpers import assert_consistent, corrupt_after_restore, trading_halted
 
@@ -44,10 +44,10 @@ def test_a_failing_file_operation_is_retried_and_the_revert_completes(settings, 
             if len(tries) == 1:
                 raise OSError(errno.ENOSPC, "No space left on device")
 
-    done = run_failing(Services(settings, db), world, disk_full_once)
+    done = run_failing(build_services(settings, db), world, disk_full_once)
     assert done.state == "failed", (done.state, done.error)
     assert tries == ["revert:model.json", "revert:model.json"]
-    revert = next(s for s in Services(settings, db).engine.steps(done.id) if s.step == "revert")
+    revert = next(s for s in build_services(settings, db).engine.steps(done.id) if s.step == "revert")
     assert revert.outcome == "ok" and revert.detail["attempts"] == 2
     assert assert_consistent(conn, world.models_dir, MODEL) == world.models[MODEL].production_version
     assert trading_halted(conn)
@@ -63,7 +63,7 @@ def test_a_revert_that_keeps_failing_says_which_file_is_which_version(settings, 
         if label == "before:reverting":
             (world.models_dir / MODEL / engine.get(inc.id).emergency_backup / "metadata.json").unlink()
 
-    services = Services(settings, db)
+    services = build_services(settings, db)
     done = run_failing(services, world, emergency_metadata_lost)
     assert done.state == "revert_failed", (done.state, done.error)
     assert done.is_open and trading_halted(conn)

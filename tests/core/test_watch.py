@@ -8,7 +8,7 @@ import pytest
 
 from core import incidents
 from core.report import render_report, target_status
-from core.services import Services
+from bot.compose import build_services
 from core.watch import EnhancedWatch
 from core.watchview import watch_message_lines
 from tests.helpers import Clock
@@ -38,7 +38,7 @@ class Posts:
 
 def process(settings, db, clock, *, hours=2.0, logs=()):
     """One bot process with the watch (and only the watch) registered."""
-    services = Services(settings, db, clock=clock)
+    services = build_services(settings, db, clock=clock)
     posts = Posts()
     EnhancedWatch(services.engine, log_paths=list(logs), hours=hours, every_minutes=30).register(
         services.worker, posts.update, posts.end)

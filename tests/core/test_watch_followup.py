@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 
 from core import incidents
-from core.services import Services
+from bot.compose import build_services
 from core.watch import EnhancedWatch
 from handlers.followup_views import board_blocks
 from tests.core.test_followups import Told
@@ -29,7 +29,7 @@ def clock():
 
 def bot_process(settings, db, clock, *, logs=(), followups=True):
     """One bot process with the 2-hour watch and (unless told not to) the follow-up jobs registered."""
-    services = Services(settings, db, clock=clock)
+    services = build_services(settings, db, clock=clock)
     summaries: list[str] = []
     EnhancedWatch(services.engine, log_paths=list(logs), hours=2, every_minutes=30).register(
         services.worker, lambda inc, w: None, lambda inc, summary: summaries.append(summary))

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from bot.devtools.sandbox import Sandbox
 from bot.devtools.slack_signing import SlackSender
 from core.db import Database
-from core.services import Services
+from bot.compose import build_services
 from tests.bot.test_serve import free_port, serve  # noqa: F401 - the fixture
 
 MODEL = "growth_momentum_large"
@@ -62,7 +62,7 @@ def test_an_unreachable_database_is_answered_within_seconds(settings, standin, w
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "database_url": SecretStr(url)})
     db = Database(s.database_dsn(), max_size=2).open(wait=False)
     try:
-        with Sandbox(Services(s, db), standin=standin) as box:
+        with Sandbox(build_services(s, db), standin=standin) as box:
             answers = []
             for text in ("status", f"diagnose {MODEL}"):
                 t0 = time.monotonic()

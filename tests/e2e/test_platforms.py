@@ -23,7 +23,7 @@ from bot.devtools.sandbox import Sandbox
 from core import fixes
 from core.db import Database, migrate
 from core.errors import ConfigError
-from core.services import Services
+from bot.compose import build_services
 from core.settings import Settings
 from tests.helpers import files_equal
 from tests.platforms import KEY_TYPES, PlatformWorld, with_login
@@ -56,7 +56,7 @@ def box(request, platforms, standin, tmp_path):
     pw = platforms.world(request.param)
     db = Database(pw.bot_url, max_size=6).open()
     try:
-        with Sandbox(Services(bot_settings(pw, tmp_path, standin), db), standin=standin) as sandbox:
+        with Sandbox(build_services(bot_settings(pw, tmp_path, standin), db), standin=standin) as sandbox:
             yield pw, sandbox
     finally:
         db.close()
@@ -227,7 +227,7 @@ def test_watchdog_and_manual_halt_resume_as_the_least_privilege_role(box, platfo
     services = sandbox.services
     s = services.settings.model_copy(update={"watchdog_every_minutes": 60, "watchdog_ic_threshold": 0.02,
                                              "watchdog_sharpe_threshold": 1.0})
-    with Sandbox(Services(s, services.db), standin=standin) as watch:
+    with Sandbox(build_services(s, services.db), standin=standin) as watch:
         watch.run_worker()
         posted = [m for m in standin.messages(CHANNEL) if not m.is_reply and "watchdog" in json.dumps(m.blocks)]
         assert posted, [m.text for m in standin.messages(CHANNEL)]
@@ -241,7 +241,7 @@ def test_a_client_made_manual_during_the_halt_stays_manual_with_the_readmes_gran
     db = Database(pw.bot_url, max_size=2).open()
     check = pw.connect()
     try:
-        services = Services(Settings(_env_file=None, database_url=pw.bot_url, incidents_dir=tmp_path / "incidents",
+        services = build_services(Settings(_env_file=None, database_url=pw.bot_url, incidents_dir=tmp_path / "incidents",
                                      models_dir=pw.copy_models(tmp_path / "models")), db)
         auto = [c.client_id for c in pw.clients if c.active and c.settings == (True, False)]
         manual = ("UPDATE client_settings SET auto_rebalance = false, require_manual_approval = true"

@@ -30,6 +30,7 @@ from pydantic import SecretStr
 from bot.devtools.sandbox import Sandbox
 from bot.devtools.slack_signing import SenderResponse, SlackSender, sign
 from core.db import Database
+from bot.compose import build_services
 from core.services import Services
 from tests.helpers import assert_consistent, checks_ticked, shown_modal, trading_halted
 
@@ -401,7 +402,7 @@ def test_secrets_never_in_any_log_line_of_a_whole_rollback(settings, standin, wo
     assert all(secrets)
     db = Database(s.database_dsn(), max_size=4).open()
     try:
-        with Sandbox(Services(s, db), standin=standin) as box:
+        with Sandbox(build_services(s, db), standin=standin) as box:
             request_rollback(box)
             message = card(box)
             click(box, "U0BOB", "rollback_approve", message)

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from bot.devtools.sandbox import Sandbox
 from core import incidents
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import shown_modal, trading_halted
 from tests.core.test_notify import Inbox, smtp  # noqa: F401 - the real SMTP server fixture
 from tests.e2e.test_slack_flow import CHANNEL, MODEL, click, request
@@ -19,7 +19,7 @@ from tests.e2e.test_slack_flow import CHANNEL, MODEL, click, request
 def box_with(settings, db, standin, **extra):
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "stakeholders": ["U0DAVE", "S0RISK"],
                                     "escalation_contacts": ["U0ERIN"], **extra})
-    return Sandbox(Services(s, db), standin=standin)
+    return Sandbox(build_services(s, db), standin=standin)
 
 
 def approve_and_run(box, card):

@@ -11,7 +11,7 @@ import pytest
 
 from bot.devtools.sandbox import Sandbox
 from core import aftercare, incidents
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import Clock, assert_consistent, checks_ticked, shown_modal, trading_halted
 from tests.e2e.test_slack_flow import CHANNEL, MODEL, click, request
 
@@ -24,7 +24,7 @@ def clock():  # a minute ahead: jobs the app queues "now" (the database's clock)
 def box(settings, db, standin, clock, **extra) -> Sandbox:
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "escalation_contacts": ["U0ERIN"], **extra})
     standin.add_user("U0ERIN", name="erin")
-    return Sandbox(Services(s, db, clock=clock), standin=standin)
+    return Sandbox(build_services(s, db, clock=clock), standin=standin)
 
 
 def rolled_back(b: Sandbox):

@@ -96,11 +96,11 @@ def test_restore_corrupt_model_quick_fix(sandbox, world, conn):
 
 def test_watchdog_posts_a_prefilled_request_and_never_rolls_back_alone(settings, db, standin, world, conn):
     from bot.devtools.sandbox import Sandbox
-    from core.services import Services
+    from bot.compose import build_services
 
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "watchdog_every_minutes": 60,
                                     "watchdog_ic_threshold": 0.02, "watchdog_sharpe_threshold": 1.0})
-    with Sandbox(Services(s, db), standin=standin) as box:
+    with Sandbox(build_services(s, db), standin=standin) as box:
         box.run_worker()
         posted = [m for m in standin.messages(CHANNEL) if not m.is_reply]
         assert {json.dumps(m.blocks).count("watchdog") > 0 for m in posted} == {True}

@@ -228,11 +228,11 @@ def test_incidents_list_and_app_home(sandbox, world, conn):
 
 def test_user_groups_are_resolved(settings, db, standin, world, conn):
     from bot.devtools.sandbox import Sandbox
-    from core.services import Services
+    from bot.compose import build_services
 
     standin.usergroups["S0APPROVERS"] = ["U0DAVE"]
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "approvers": ["S0APPROVERS"]})
-    with Sandbox(Services(s, db), standin=standin) as box:
+    with Sandbox(build_services(s, db), standin=standin) as box:
         card = request(box)
         click(box, "U0DAVE", "rollback_approve", card)
         standin.wait_for("usergroups.users.list")

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from bot.devtools.sandbox import Sandbox
 from core import incidents
-from core.services import Services
+from bot.compose import build_services
 from tests.helpers import Clock, corrupt_after_restore, shown_modal, whispered
 from tests.e2e.test_slack_flow import CHANNEL, MODEL, click, request
 
@@ -25,7 +25,7 @@ def dumps(value):
 
 
 def box_with(settings, db, standin, clock, **services_kw):
-    services = Services(settings.model_copy(update={"slack_api_url": standin.base_url}), db, **services_kw)
+    services = build_services(settings.model_copy(update={"slack_api_url": standin.base_url}), db, **services_kw)
     services.engine.clock = clock
     return Sandbox(services, standin=standin)
 

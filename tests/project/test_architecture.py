@@ -54,6 +54,39 @@ def test_handlers_do_not_import_the_composition_root():
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
+PARTS = {"engine", "worker", "followups", "paging", "loss", "registry", "reports", "mailer"}
+
+
+def test_handlers_receive_the_parts_they_use_and_never_reach_through_the_services():
+    """``deps.engine``, never ``services.engine`` / ``deps.services.engine``: the composition root hands each part
+    in (handlers/deps.py, filled by bot/app.py); ``deps.services`` is for the facade's own methods."""
+    for path, tree in modules("handlers"):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in PARTS:
+                inner = node.value
+                through = (isinstance(inner, ast.Name) and inner.id == "services") or (
+                    isinstance(inner, ast.Attribute) and inner.attr == "services")
+                assert not through, f"{path.relative_to(ROOT)}:{node.lineno} reaches through services.{node.attr}"
+
+
+COMPOSED = {"Engine", "Worker", "LossBook", "Paging", "Reports", "FollowUps", "PnlPoller", "EvidenceJob", "Mailer"}
+
+
+def test_core_composes_nothing():
+    """One composition root, in bot/ (bot/compose.py): core/ builds no engine, worker or service part and installs
+    no outbox; core.services.Services is a facade over the parts it is given."""
+    for path, tree in modules("core"):
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "outbox":
+                assert name != "install", f"{path.relative_to(ROOT)}:{node.lineno} installs the outbox"
+            if path.name == "services.py" or name in ("Engine", "Worker"):
+                assert name not in COMPOSED, f"{path.relative_to(ROOT)}:{node.lineno} builds a {name}"
+
+
 # ------------------------------------------------------------------------------------------ the runbook's shape
 
 
