@@ -1,4 +1,4 @@
-"""`rollback-bot rollback …` (bot/__main__.py, Engine.break_glass) is accountable: the operating-system identity
+"""`rollback-bot rollback …` (bot/breakglass.py, Engine.break_glass) is accountable: the operating-system identity
 is recorded beside --by, a person confirms at a terminal (or --yes; no terminal and no --yes is a refusal), and
 the incident channel is told when Slack is reachable (a failure to post is reported, never fatal).
 

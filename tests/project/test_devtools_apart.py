@@ -17,7 +17,7 @@ def modules(package: str):
 #: The only places the runtime reaches into bot/devtools/, each lazily inside one function of the CLI: the demo, the
 #: console, and DATABASE_URL's default (the private local cluster of a development machine).
 DEVTOOLS_ENTRY_POINTS = {("bot/__main__.py", "cmd_demo"), ("bot/__main__.py", "cmd_console"),
-                         ("bot/__main__.py", "_settings_with_database")}
+                         ("bot/cli_support.py", "settings_with_database")}
 
 
 def devtools_imports(tree: ast.AST):
