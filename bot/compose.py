@@ -17,6 +17,7 @@ from core.evidence import EvidenceJob
 from core.followups import FollowUps
 from core.incidents import utcnow
 from core.loss import LossBook
+from core.monitoring import Monitor, watched_logs
 from core.pagerduty import PagerDuty
 from core.paging import Paging
 from core.pnl import PnlPoller
@@ -24,6 +25,7 @@ from core.registry import ModelRegistry
 from core.report import Reports
 from core.services import Services
 from core.settings import Settings
+from core.watch import EnhancedWatch
 from core.worker import Worker
 
 
@@ -48,10 +50,18 @@ def build_services(
     # are queued in its transaction (core.repository.move), in every process (serve, work, the CLI, tests);
     # no listener queues them.
     mailer = outbox.install(engine, worker, settings, reports)
+    # Runbook step 6: the 30-minute monitoring and the 24-hour watch after the resume, queued in the resume's
+    # transaction (core.outbox.aftercare_jobs); their checks run wherever the Slack layer registers them.
+    logs = watched_logs(settings.monitor_log, settings.trading_log, settings.api_log)
+    monitor = Monitor(engine, log_paths=logs, every_minutes=settings.monitor_every_minutes,
+                      total_minutes=settings.monitor_minutes, min_ic=settings.monitor_min_ic)
+    watch = EnhancedWatch(engine, log_paths=logs, hours=settings.enhanced_monitor_hours,
+                          every_minutes=settings.enhanced_monitor_every_minutes, min_ic=settings.monitor_min_ic)
+    engine.follow_ups.append(outbox.aftercare_jobs(monitor, watch))
     # The runbook's next steps as follow-ups with owners and due dates (their jobs: FollowUps.register).
     followups = FollowUps(engine)
     services = Services(settings, db, registry, engine=engine, worker=worker, loss=loss, paging=paging,
-                        reports=reports, followups=followups, mailer=mailer)
+                        reports=reports, followups=followups, monitor=monitor, watch=watch, mailer=mailer)
     # While a halt is held, clients activated or added are saved and halted too (core.halt_watch).
     worker.periodic.append(lambda: halt_watch.sweep(engine))
     # Runbook step 8: every rollback runs diagnostics right after the halt (a job, so any process may).

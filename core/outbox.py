@@ -15,6 +15,9 @@ Follow-ups written here (``install`` adds the writers to the engine of every ``S
     report          report:{id}:{state}:{updated_at}   the incident report at its report states
     notify_email    notify-email:{id}:{milestone}      the stakeholder e-mail of a milestone (SMTP configured)
     escalation      escalate-age / target / escalate-now timers (``core.escalation.schedule_for``)
+    aftercare       monitor-check:{id}:1, watch:{id}:N     when trading resumes on a restored model (a rollback
+                                                        enters ``monitoring``): the 30-minute monitoring and the
+                                                        24-hour watch (``aftercare_jobs``, added by bot/compose.py)
 
 Outside state changes, what the report shows queues its rewrite the same way, in the transaction that records
 it (``repository.queue_report_refresh``): a page and an emergency page (``core.escalation``, ``core.paging``),
@@ -31,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg
 
@@ -67,6 +71,18 @@ def email_job(conn: psycopg.Connection, inc: Incident) -> None:
 def escalation_jobs(*, escalate_after_minutes: float, loss_threshold: float | None) -> FollowUps:
     def write(conn: psycopg.Connection, inc: Incident) -> None:
         schedule_for(conn, inc, escalate_after_minutes=escalate_after_minutes, loss_threshold=loss_threshold)
+
+    return write
+
+
+def aftercare_jobs(monitor: Any, watch: Any) -> FollowUps:
+    """Runbook step 6: trading resumed on a restored model (the ``monitoring`` state of a rollback) starts the
+    30-minute monitoring and the 24-hour watch, their baselines recorded and first checks queued in the resume's
+    transaction (``Monitor.schedule``, ``EnhancedWatch.schedule``; both do nothing the second time)."""
+    def write(conn: psycopg.Connection, inc: Incident) -> None:
+        if inc.kind == "rollback" and inc.state == "monitoring":
+            monitor.schedule(conn, inc)
+            watch.schedule(conn, inc)
 
     return write
 

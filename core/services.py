@@ -63,6 +63,8 @@ class Services:
         paging: Paging,
         reports: Reports,
         followups: FollowUps,
+        monitor: Monitor,
+        watch: EnhancedWatch,
         mailer: Mailer | None = None,
     ) -> None:
         """The parts come built and wired by the one composition root, ``bot.compose.build_services``."""
@@ -76,6 +78,8 @@ class Services:
         self.reports = reports
         self.mailer = mailer
         self.followups = followups
+        self.monitor = monitor  # runbook step 6: both are queued with the resume (core.outbox.aftercare_jobs)
+        self.watch = watch
         self._background = False
 
     def start_background(self) -> None:
@@ -303,8 +307,8 @@ class Services:
         Escalator(self.engine, escalate_after_minutes=s.escalate_after_minutes,
                   loss_threshold=s.loss_escalation_threshold, paging=self.paging).register(
             self.worker, on_page, on_breach, subscribe=False)  # the timers are queued with each state (core.outbox)
-        Monitor(self.engine, log_paths=self.watched_logs(), every_minutes=s.monitor_every_minutes,
-                total_minutes=s.monitor_minutes, min_ic=s.monitor_min_ic).register(self.worker, on_trouble, on_summary)
+        # started in the resume's transaction (core.outbox.aftercare_jobs), not by a listener
+        self.monitor.register(self.worker, on_trouble, on_summary, subscribe=False)
         if self.mailer is not None:  # installed with the services (core.outbox); the Slack layer reports failures
             self.mailer.on_failed = on_email_failed
 
@@ -316,10 +320,8 @@ class Services:
     def register_watch(self, *, on_update: Callable[[Incident, dict], None],
                        on_end: Callable[[Incident, str], None]) -> EnhancedWatch:
         """The runbook's 24 hours of enhanced monitoring after the resume (core.watch)."""
-        s = self.settings
-        self.watch = EnhancedWatch(self.engine, log_paths=self.watched_logs(), hours=s.enhanced_monitor_hours,
-                                   every_minutes=s.enhanced_monitor_every_minutes, min_ic=s.monitor_min_ic)
-        self.watch.register(self.worker, on_update, on_end)
+        # started in the resume's transaction (core.outbox.aftercare_jobs), not by a listener
+        self.watch.register(self.worker, on_update, on_end, subscribe=False)
         return self.watch
 
     def accept(self, *, incident_id: int, user: str, reason: str, allowed: bool) -> Incident:

@@ -9,7 +9,6 @@ import pytest
 
 from core import incidents
 from core.modelio import MODEL_FILE, load_booster, predict, read_metadata
-from core.monitoring import Monitor
 from core.platform import feature_rows
 from core.report import checklist
 from bot.compose import build_services
@@ -70,11 +69,18 @@ class Posts:
         self.summaries.append((self.engine.get(incident.id).state, summary))
 
 
-def monitored_rollback(settings, db, clock, log_path, *, subscribe=True):
-    services = build_services(settings, db, clock=clock)
-    monitor = Monitor(services.engine, log_path=log_path, every_minutes=5)
+def monitored_rollback(settings, db, clock, log_path, *, started=True):
+    """A rollback resumed with monitoring: built and started by the services (bot/compose.py, started in the
+    resume's transaction by core.outbox.aftercare_jobs) unless ``started`` is False (a rollback whose monitoring
+    was never started, as by a bot before the outbox queued it)."""
+    services = build_services(settings.model_copy(update={"monitor_log": log_path, "monitor_every_minutes": 5}),
+                              db, clock=clock)
+    monitor = services.monitor
+    if not started:
+        services.engine.follow_ups.remove(next(w for w in services.engine.follow_ups
+                                               if w.__qualname__.startswith("aftercare_jobs")))
     posts = Posts(services.engine)
-    monitor.register(services.worker, posts.on_trouble, posts.on_summary, subscribe=subscribe)
+    monitor.register(services.worker, posts.on_trouble, posts.on_summary, subscribe=False)
     target = services.registry.recommend(MODEL).backup.name
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
     services.engine.approve(incident_id=inc.id, approver="U0BOB")
@@ -176,10 +182,29 @@ def test_a_swapped_production_model_is_trouble(settings, db, world, clock):
 def test_a_missed_resume_event_still_gets_a_summary(settings, db, world, clock, tmp_path):
     log = tmp_path / "trading.log"
     log.write_text("ERROR before\n")
-    services, monitor, posts, inc = monitored_rollback(settings, db, clock, log, subscribe=False)
+    services, monitor, posts, inc = monitored_rollback(settings, db, clock, log, started=False)
     assert "monitor" not in inc.plan
     clock.at(minutes=30)
     services.worker.run_due()
     ((_, summary),) = posts.summaries
     assert "was not watched during the window" in summary.text and summary.error_count == 0
     assert services.engine.get(inc.id).state == "resolved"
+
+
+def test_the_resume_queues_monitoring_and_the_watch_in_its_own_transaction(settings, db, world, clock):
+    """Runbook step 6 through the outbox (issue 15 item 1): a process with no monitoring and no watch registered,
+    as the break-glass CLI, still leaves both started when trading resumes on the restored model: their baselines
+    in the incident's plan and their first checks queued, for whichever process runs them."""
+    services = build_services(settings, db, clock=clock)  # nothing registered, no listener
+    target = services.registry.recommend(MODEL).backup.name
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
+    services.engine.approve(incident_id=inc.id, approver="U0BOB")
+    inc = services.engine.execute(inc.id)
+    assert inc.state == "monitoring"
+    assert {"monitor", "watch"} <= set(services.engine.get(inc.id).plan)
+    with services.db.transaction() as c:
+        queued = {(r["kind"], r["dedupe_key"]) for r in c.execute(
+            "SELECT kind, dedupe_key FROM rollback_bot.jobs WHERE incident_id = %s AND done_at IS NULL",
+            (inc.id,)).fetchall()}
+    assert ("monitor_check", f"monitor-check:{inc.id}:1") in queued
+    assert any(kind == "watch_check" for kind, _ in queued), queued

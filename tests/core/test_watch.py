@@ -9,7 +9,6 @@ import pytest
 from core import incidents
 from core.report import render_report, target_status
 from bot.compose import build_services
-from core.watch import EnhancedWatch
 from core.watchview import watch_message_lines
 from tests.helpers import Clock
 from tests.core.test_monitoring import new_day  # noqa: F401 - the fixture that closes a trading day
@@ -38,11 +37,20 @@ class Posts:
 
 def process(settings, db, clock, *, hours=2.0, logs=()):
     """One bot process with the watch (and only the watch) registered."""
-    services = build_services(settings, db, clock=clock)
+    services = build_services(watch_settings(settings, hours=hours, logs=logs), db, clock=clock)
     posts = Posts()
-    EnhancedWatch(services.engine, log_paths=list(logs), hours=hours, every_minutes=30).register(
-        services.worker, posts.update, posts.end)
+    services.watch.register(services.worker, posts.update, posts.end, subscribe=False)  # started by the outbox
     return services, posts
+
+
+def watch_settings(settings, *, hours=2.0, logs=()):
+    """The watch is built and started by the services (bot/compose.py, core.outbox.aftercare_jobs) from the
+    settings: ``logs`` (at most two) are followed as MONITOR_LOG and API_LOG."""
+    logs = list(logs)
+    assert len(logs) <= 2
+    return settings.model_copy(update={"enhanced_monitor_hours": hours, "enhanced_monitor_every_minutes": 30,
+                                       "monitor_log": logs[0] if logs else None,
+                                       "api_log": logs[1] if len(logs) > 1 else None})
 
 
 def resumed_rollback(services):

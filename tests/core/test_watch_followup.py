@@ -15,10 +15,9 @@ import pytest
 
 from core import incidents
 from bot.compose import build_services
-from core.watch import EnhancedWatch
 from handlers.followup_views import board_blocks
 from tests.core.test_followups import Told
-from tests.core.test_watch import resumed_rollback
+from tests.core.test_watch import resumed_rollback, watch_settings
 from tests.helpers import Clock
 
 
@@ -29,10 +28,10 @@ def clock():
 
 def bot_process(settings, db, clock, *, logs=(), followups=True):
     """One bot process with the 2-hour watch and (unless told not to) the follow-up jobs registered."""
-    services = build_services(settings, db, clock=clock)
+    services = build_services(watch_settings(settings, hours=2, logs=logs), db, clock=clock)
     summaries: list[str] = []
-    EnhancedWatch(services.engine, log_paths=list(logs), hours=2, every_minutes=30).register(
-        services.worker, lambda inc, w: None, lambda inc, summary: summaries.append(summary))
+    services.watch.register(services.worker, lambda inc, w: None, lambda inc, summary: summaries.append(summary),
+                            subscribe=False)  # started by the outbox
     told = Told()
     if followups:
         services.followups.register(services.worker, on_board=told.board, on_reminder=told.remind)
