@@ -287,7 +287,7 @@ def run_bare_sync(port: int, api_url: str) -> int:
     app.command("/rollback")(lambda ack: ack())
     app.action("add_root_cause")(lambda ack: ack())
     no_db = SimpleNamespace(db=SimpleNamespace(ping=lambda: True))  # /healthz only
-    serve_http(build_web_app(app, no_db), host="127.0.0.1", port=port)  # type: ignore[arg-type]
+    serve_http(build_web_app(app, no_db, serve_metrics=False), host="127.0.0.1", port=port)  # type: ignore[arg-type]
     return 0
 
 

@@ -58,6 +58,7 @@ def build_services(
     watch = EnhancedWatch(engine, log_paths=logs, hours=settings.enhanced_monitor_hours,
                           every_minutes=settings.enhanced_monitor_every_minutes, min_ic=settings.monitor_min_ic)
     engine.follow_ups.append(outbox.aftercare_jobs(monitor, watch))
+    engine.follow_ups.append(paging.close_with_state)  # an incident that closes resolves its page
     # The runbook's next steps as follow-ups with owners and due dates (their jobs: FollowUps.register).
     followups = FollowUps(engine)
     services = Services(settings, db, registry, engine=engine, worker=worker, loss=loss, paging=paging,

@@ -18,6 +18,8 @@ Follow-ups written here (``install`` adds the writers to the engine of every ``S
     aftercare       monitor-check:{id}:1, watch:{id}:N     when trading resumes on a restored model (a rollback
                                                         enters ``monitoring``): the 30-minute monitoring and the
                                                         24-hour watch (``aftercare_jobs``, added by bot/compose.py)
+    page close      pagerduty:{id}:resolve                an incident that closes (resolved, denied, cancelled)
+                                                        closes its page (``Paging.close_with_state``)
 
 Outside state changes, what the report shows queues its rewrite the same way, in the transaction that records
 it (``repository.queue_report_refresh``): a page and an emergency page (``core.escalation``, ``core.paging``),

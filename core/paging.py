@@ -187,31 +187,34 @@ class Paging:
 
     def close(self, incident_id: int) -> Page | None:
         """The incident closed: its page is resolved (in PagerDuty too)."""
-        now = self.engine.clock()
         with self.db.transaction() as conn:
-            row = conn.execute(
-                "UPDATE rollback_bot.pages SET closed_at = %s WHERE incident_id = %s AND closed_at IS NULL RETURNING *",
-                (now, incident_id),
-            ).fetchone()
-            if row is not None and self.pagerduty is not None:
-                enqueue(conn, PAGERDUTY_JOB, incident_id=incident_id, run_at=now,
-                        dedupe_key=f"pagerduty:{incident_id}:resolve")
+            return self.close_in(conn, incident_id)
+
+    def close_in(self, conn: psycopg.Connection, incident_id: int) -> Page | None:
+        now = self.engine.clock()
+        row = conn.execute(
+            "UPDATE rollback_bot.pages SET closed_at = %s WHERE incident_id = %s AND closed_at IS NULL RETURNING *",
+            (now, incident_id),
+        ).fetchone()
+        if row is not None and self.pagerduty is not None:
+            enqueue(conn, PAGERDUTY_JOB, incident_id=incident_id, run_at=now,
+                    dedupe_key=f"pagerduty:{incident_id}:resolve")
         return Page(**row) if row else None
+
+    def close_with_state(self, conn: psycopg.Connection, inc: Incident) -> None:
+        """Outbox follow-up (core.outbox, added by bot/compose.py): an incident that closes resolves its page in
+        the transaction that closes it, whichever process closes it."""
+        if inc.state in CLOSING:
+            self.close_in(conn, inc.id)
 
     def on_event(self, event: Event) -> None:
         if event.kind == "state" and event.incident.state in CLOSING:
             self.close(event.incident.id)
 
     def sweep(self) -> None:
-        """Pages whose incident closed unseen (the process died before its event), and pages PagerDuty lags
-        behind whose job gave up."""
+        """Pages PagerDuty lags behind whose job gave up. (A page is closed with its incident, in the same
+        transaction: ``close_with_state``.)"""
         now = self.engine.clock()
-        with self.db.transaction() as conn:
-            missed = [r["incident_id"] for r in conn.execute(
-                "SELECT p.incident_id FROM rollback_bot.pages p JOIN rollback_bot.incidents i ON i.id = p.incident_id"
-                " WHERE p.closed_at IS NULL AND i.state = ANY(%s)", (list(CLOSING),))]
-        for incident_id in missed:
-            self.close(incident_id)
         if self.pagerduty is None:
             return
         with self.db.transaction() as conn:

@@ -303,7 +303,8 @@ class Services:
     ) -> None:
         """Escalation timers and paging, post-resume monitoring and e-mail, telling people through the callbacks."""
         s = self.settings
-        self.paging.register(self.worker, on_emergency=on_emergency, on_pagerduty_failed=on_pagerduty_failed)
+        self.paging.register(self.worker, on_emergency=on_emergency, on_pagerduty_failed=on_pagerduty_failed,
+                             subscribe=False)  # a page closes with its incident (core.outbox, bot/compose.py)
         Escalator(self.engine, escalate_after_minutes=s.escalate_after_minutes,
                   loss_threshold=s.loss_escalation_threshold, paging=self.paging).register(
             self.worker, on_page, on_breach, subscribe=False)  # the timers are queued with each state (core.outbox)
