@@ -152,15 +152,15 @@ class EvidenceJob:
         self.live_days = live_days
 
     def register(self, worker: Worker) -> None:
-        self.engine.subscribe(self._on_event)
+        """The job is queued with the request itself, in its transaction (``queue``, an outbox follow-up)."""
+        self.engine.follow_ups.append(self.queue)
         worker.on(JOB, self.run)
 
-    def _on_event(self, event: Event) -> None:
-        inc = event.incident
-        # Not for the break-glass CLI: its request is approved at once, nobody waits for evidence.
-        if event.kind == "state" and inc.kind == "rollback" and inc.state == REQUESTED and inc.source != "cli":
-            with self.engine.db.transaction() as conn:
-                enqueue(conn, JOB, incident_id=inc.id, dedupe_key=f"{JOB}:{inc.id}")
+    def queue(self, conn: psycopg.Connection, inc: Incident) -> None:
+        """Outbox follow-up (core.outbox): a new rollback request queues its evidence job in its own transaction.
+        Not for the break-glass CLI: its request is approved at once, nobody waits for evidence."""
+        if inc.kind == "rollback" and inc.state == REQUESTED and inc.source != "cli":
+            enqueue(conn, JOB, incident_id=inc.id, dedupe_key=f"{JOB}:{inc.id}")
 
     def compute(self, model: str, backup: str, from_version: str | None) -> dict[str, Any]:
         started = time.perf_counter()

@@ -20,6 +20,8 @@ Follow-ups written here (``install`` adds the writers to the engine of every ``S
                                                         24-hour watch (``aftercare_jobs``, added by bot/compose.py)
     page close      pagerduty:{id}:resolve                an incident that closes (resolved, denied, cancelled)
                                                         closes its page (``Paging.close_with_state``)
+    evidence        evidence:{id}                         a new rollback request (not break-glass): the evidence the
+                                                        card shows before approval (``EvidenceJob.queue``)
 
 Outside state changes, what the report shows queues its rewrite the same way, in the transaction that records
 it (``repository.queue_report_refresh``): a page and an emergency page (``core.escalation``, ``core.paging``),

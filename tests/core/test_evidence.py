@@ -140,3 +140,19 @@ def test_the_verdict_rule(kw, verdict):
                 current={"ic": 0.0}, target={"ic": 0.0}) | kw
     got, why = classify(**args)
     assert got == verdict and why
+
+
+def test_a_request_queues_its_evidence_in_its_own_transaction(settings, db, world):
+    """The evidence job is an outbox follow-up of the request (core.outbox): a process with no engine listener at
+    all, or one that dies right after the request commits, still leaves it queued for whichever worker runs it."""
+    from bot.compose import build_services
+
+    services = build_services(settings, db)
+    services.engine.listeners.clear()  # no listener of any kind: only what the transaction wrote counts
+    target = services.registry.recommend(MODEL).backup.name
+    inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
+    with services.db.transaction() as c:
+        keys = [r["dedupe_key"] for r in c.execute(
+            "SELECT dedupe_key FROM rollback_bot.jobs WHERE incident_id = %s AND kind = 'evidence'",
+            (inc.id,)).fetchall()]
+    assert keys == [f"evidence:{inc.id}"]
