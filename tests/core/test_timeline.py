@@ -5,24 +5,14 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
-from core import incidents
 from core.escalation import check_target
 from core.halt_now import halt_before_approval
 from core.report import render_report
 from core.timeline import MILESTONES, TARGETS, milestone_times, milestones, target_label, target_status
 from handlers.incident_views import checklist_text
-from tests.helpers import Clock
+from tests.core.test_report import clock  # noqa: F401 - the engine's controllable clock (a fixture)
 
 MODEL = "growth_momentum_large"
-
-
-@pytest.fixture
-def clock(services):
-    c = Clock(incidents.utcnow().replace(microsecond=0))
-    services.engine.clock = c
-    return c
 
 
 def halted_early_then_rolled_back(services, clock):

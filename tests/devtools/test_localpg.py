@@ -225,10 +225,10 @@ def test_cli_as_ordinary_user() -> None:
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
-        pytest.skip("no 'nobody' user")
+        pytest.fail("no 'nobody' user to run the CLI as an ordinary user")
     found = _python_for(user)
     if found is None:
-        pytest.skip("no python with psycopg that 'nobody' can run")
+        pytest.fail("no python with psycopg that 'nobody' can run")
     python, site = found
     root = Path(tempfile.mkdtemp(prefix="localpg-nonroot-", dir="/tmp"))
     (root / "bot" / "devtools").mkdir(parents=True)
