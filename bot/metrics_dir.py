@@ -20,25 +20,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+from core.process import pid_exists
+
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "rollback-bot-metrics-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove_orphans(parent: Path) -> None:
     """Directories of serve processes that no longer exist (killed before they could clean up)."""
     for path in parent.glob(PREFIX + "*"):
         pid = path.name[len(PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_exists(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -39,6 +39,17 @@ class CommandRun:
     seconds: float = 0.0
 
 
+def pid_exists(pid: int) -> bool:
+    """True if a process with this pid exists at all, zombies and other users' processes included."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """Kill the command and everything it started (its session's process group), then reap it."""
     try:

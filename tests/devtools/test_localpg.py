@@ -235,6 +235,9 @@ def test_cli_as_ordinary_user() -> None:
     (root / "bot" / "__init__.py").write_text("")
     (root / "bot" / "devtools" / "__init__.py").write_text("")
     shutil.copytree(REPO / "bot" / "devtools" / "localpg", root / "bot" / "devtools" / "localpg")
+    (root / "core").mkdir()  # the one runtime module localpg uses (pid_exists)
+    (root / "core" / "__init__.py").write_text("")
+    shutil.copy(REPO / "core" / "process.py", root / "core" / "process.py")
     for path in [root, *root.rglob("*")]:
         os.chown(path, pw.pw_uid, pw.pw_gid)
     env = {"PYTHONPATH": site, "PATH": os.environ.get("PATH", ""), "HOME": str(root)}

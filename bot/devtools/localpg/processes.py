@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from bot.devtools.localpg.common import _PORT_RANGE, HOST, _children
+from core.process import pid_exists
 
 
 def _pid_alive(pid: int) -> bool:
@@ -28,18 +29,7 @@ def _pid_alive(pid: int) -> bool:
         return False
     except (OSError, IndexError):
         pass
-    return _pid_exists(pid)
-
-
-def _pid_exists(pid: int) -> bool:
-    """True if the pid exists at all, zombies included (what the postmaster itself checks)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_exists(pid)  # no /proc: exists at all, zombies included (what the postmaster checks)
 
 
 def _is_our_postmaster(pid: int, data_dir: Path) -> bool:

@@ -18,8 +18,9 @@ from bot.devtools.localpg.common import (
 )
 from bot.devtools.localpg.osuser import _OsUser
 from bot.devtools.localpg.processes import (
-    _is_our_postmaster, _log_tail, _pick_port, _pid_alive, _pid_exists, _port_free, _processes_in, _read_pidfile,
+    _is_our_postmaster, _log_tail, _pick_port, _pid_alive, _port_free, _processes_in, _read_pidfile,
 )
+from core.process import pid_exists
 
 if TYPE_CHECKING:
     from bot.devtools.localpg.localcluster import LocalCluster
@@ -203,7 +204,7 @@ def _start(cl: LocalCluster, user: _OsUser, timeout: float, allow_port_change: b
                     "its postmaster is gone; stop them first"
                 )
             time.sleep(0.05)
-        if _pid_exists(info[0]):
+        if pid_exists(info[0]):
             # The pid is a zombie nobody reaps (PID 1 of some containers) or now belongs to
             # an unrelated process: the postmaster would refuse to start ("lock file
             # already exists").  Nothing uses the data directory any more, so drop the file.
