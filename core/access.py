@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 
 from core import repository as repo
+from core.decision import settle
 from core.errors import Conflict, InvalidTransition, NotAuthorized, RateLimited, RollbackError
-from core.incidents import REQUESTED, Event, Incident, already_decided, journal
+from core.incidents import REQUESTED, Incident, already_decided, journal
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -62,6 +63,7 @@ def is_unclaimed_proposal(inc: Incident) -> bool:
 def take_over(engine: Engine, *, incident_id: int, user: str, allowed: bool) -> Incident:
     """A person becomes the requester of a watchdog proposal (audited); a different approver approves it."""
     refusal: RollbackError | None = None
+    new: Incident | None = None
     with engine.db.transaction() as conn:
         inc = engine.get(incident_id, conn, lock=True)
         if inc.kind != "rollback" or inc.source != "watchdog":
@@ -79,9 +81,4 @@ def take_over(engine: Engine, *, incident_id: int, user: str, allowed: bool) -> 
                                  expires_at=now + timedelta(minutes=engine.settings.approval_timeout_minutes))
             journal(conn, incident_id=inc.id, step="taken_over", actor=user, at=now, detail=claim)
             engine.audit(conn, actor=user, action="take_over", outcome="ok", incident_id=inc.id)
-    if refusal is not None:
-        engine.audit(None, actor=user, action="take_over", outcome="refused", incident_id=incident_id,
-                     reason=str(refusal))
-        raise refusal
-    engine.publish(Event("state", new))
-    return new
+    return settle(engine, refusal, new, actor=user, action="take_over", incident_id=incident_id)

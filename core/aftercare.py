@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from core import repository as repo
+from core.decision import settle
 from core.errors import InvalidTransition, NotAuthorized, RollbackError, clean_text
 from core.incidents import (
     MONITORING,
@@ -116,6 +117,7 @@ def accept(engine: Engine, *, incident_id: int, user: str, reason: str, allowed:
     with engine.db.transaction() as conn:
         inc = engine.get(incident_id, conn, lock=True)
         refusal: RollbackError | None = None
+        new: Incident | None = None
         if inc.state != NEEDS_ATTENTION:
             refusal = InvalidTransition(f"{inc.ref} is {inc.state.replace('_', ' ')}: there is nothing to accept.")
         elif not allowed:
@@ -127,12 +129,7 @@ def accept(engine: Engine, *, incident_id: int, user: str, reason: str, allowed:
             new = engine.move(conn, inc, RESOLVED, plan={**(inc.plan or {}), "accepted": accepted})
             journal(conn, incident_id=inc.id, step="accepted", actor=user, at=now, detail={"reason": reason})
             audit(conn, at=now, actor=user, action="accept", outcome="ok", incident_id=inc.id, reason=reason)
-    if refusal is not None:
-        engine.audit(None, actor=user, action="accept", outcome="refused", incident_id=incident_id,
-                     reason=str(refusal))
-        raise refusal
-    engine.publish(Event("state", new))
-    return new
+    return settle(engine, refusal, new, actor=user, action="accept", incident_id=incident_id)
 
 
 # ------------------------------------------------------------------------------------------ follow-ups

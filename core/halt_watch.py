@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import repository as repo
 from core import trading
+from core.decision import settle
 from core.errors import InvalidTransition, NotAuthorized, PreflightFailed, RollbackError
 from core.incidents import (
     BACKING_UP,
@@ -164,6 +165,7 @@ def proceed_anyway(engine: Engine, *, incident_id: int, approver: str, allowed: 
     from core.engine import enqueue
 
     refusal: RollbackError | None = None
+    new: Incident | None = None
     with engine.db.transaction() as conn:
         inc = engine.get(incident_id, conn, lock=True)
         if inc.kind != "rollback" or inc.state != HALT_NOT_EFFECTIVE:
@@ -187,17 +189,13 @@ def proceed_anyway(engine: Engine, *, incident_id: int, approver: str, allowed: 
                     detail={"trades_after_halt_seen": True}, error="proceeded although the halt was not effective")
             engine.audit(conn, actor=approver, action="proceed_anyway", outcome="ok", incident_id=inc.id)
             enqueue(conn, "execute", incident_id=inc.id, dedupe_key=f"execute:{inc.id}:proceed_anyway")
-    if refusal is not None:
-        engine.audit(None, actor=approver, action="proceed_anyway", outcome="refused", incident_id=incident_id,
-                     reason=str(refusal))
-        raise refusal
-    engine.publish(Event("state", new))
-    return new
+    return settle(engine, refusal, new, actor=approver, action="proceed_anyway", incident_id=incident_id)
 
 
 def abandon(engine: Engine, *, incident_id: int, user: str, allowed: bool) -> Incident:
     """End a paused rollback: nothing was swapped, trading stays halted until an approver resumes it."""
     refusal: RollbackError | None = None
+    new: Incident | None = None
     with engine.db.transaction() as conn:
         inc = engine.get(incident_id, conn, lock=True)
         if inc.kind != "rollback" or inc.state != HALT_NOT_EFFECTIVE:
@@ -211,12 +209,8 @@ def abandon(engine: Engine, *, incident_id: int, user: str, allowed: bool) -> In
             new = engine.move(conn, inc, FAILED, error=error, decided_by=user)
             journal(conn, incident_id=inc.id, step="abandoned", actor=user, at=engine.clock())
             engine.audit(conn, actor=user, action="abandon", outcome="ok", incident_id=inc.id)
-    if refusal is not None:
-        engine.audit(None, actor=user, action="abandon", outcome="refused", incident_id=incident_id,
-                     reason=str(refusal))
-        raise refusal
-    engine.publish(Event("state", new, error=new.error))
-    return new
+    return settle(engine, refusal, new, actor=user, action="abandon", incident_id=incident_id,
+                  with_error=True)
 
 
 # ------------------------------------------------------------------------------------------ the sweep
