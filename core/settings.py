@@ -19,6 +19,13 @@ from core.errors import ConfigError
 
 IdList = Annotated[list[str], NoDecode]
 
+# Secrets checked by how they begin: setting -> (the beginnings it may have, what it must be).
+SECRET_PREFIXES: dict[str, tuple[tuple[str, ...], str]] = {
+    "database_url": (("postgresql://", "postgres://"), "a postgresql:// URL"),
+    "slack_bot_token": (("xoxb-",), "a bot token starting with xoxb-"),
+    "slack_app_token": (("xapp-",), "an app-level token starting with xapp-"),
+}
+
 
 def _split_ids(value: Any) -> list[str]:
     if value is None:
@@ -177,25 +184,12 @@ class Settings(BaseSettings):
             del update["escalation_contacts"]
         return super().model_copy(update=update, deep=deep)
 
-    @field_validator("database_url")
+    @field_validator(*SECRET_PREFIXES)
     @classmethod
-    def _db_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
-            raise ValueError("must be a postgresql:// URL")
-        return value
-
-    @field_validator("slack_bot_token")
-    @classmethod
-    def _bot_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith("xoxb-"):
-            raise ValueError("must be a bot token starting with xoxb-")
-        return value
-
-    @field_validator("slack_app_token")
-    @classmethod
-    def _app_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith("xapp-"):
-            raise ValueError("must be an app-level token starting with xapp-")
+    def _secret_prefix(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        prefixes, what = SECRET_PREFIXES[info.field_name]
+        if value is not None and not value.get_secret_value().startswith(prefixes):
+            raise ValueError(f"must be {what}")
         return value
 
     @field_validator("trades_table", "trades_time_column")

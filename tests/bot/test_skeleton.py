@@ -47,6 +47,17 @@ def test_malformed_setting_names_the_variable(tmp_path):
         load_settings(slack_bot_token="not-a-bot-token")
 
 
+@pytest.mark.parametrize("name, good, bad, message", [
+    ("database_url", "postgres://u@h/db", "mysql://u@h/db", "must be a postgresql:// URL"),
+    ("slack_bot_token", "xoxb-1", "xoxp-1", "must be a bot token starting with xoxb-"),
+    ("slack_app_token", "xapp-1", "xoxb-1", "must be an app-level token starting with xapp-"),
+])
+def test_secrets_are_checked_by_how_they_begin(name, good, bad, message):
+    assert getattr(load_settings(**{name: good}), name).get_secret_value() == good
+    with pytest.raises(ConfigError, match=f"{name.upper()}.*{message}"):
+        load_settings(**{name: bad})
+
+
 def test_id_lists_and_secrets(monkeypatch):
     monkeypatch.setenv("APPROVERS", "U1, U2 S3")
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-very-secret")
