@@ -33,12 +33,20 @@ __all__ = ["CHECKLIST", "CHECKLIST_KEYS", "ChecklistItem", "checklist"]
 
 @dataclass(frozen=True)
 class ChecklistItem:
-    number: int
-    text: str
+    """One of the runbook's items, named by its key (its number and text follow from it)."""
+
+    key: str
     done: bool
     note: str = ""
     applicable: bool = True
-    key: str = ""
+
+    @property
+    def number(self) -> int:
+        return CHECKLIST_KEYS.index(self.key) + 1
+
+    @property
+    def text(self) -> str:
+        return CHECKLIST[self.number - 1]
 
 
 CHECKLIST: list[str] = [
@@ -63,8 +71,7 @@ def checklist(incident: Incident, steps: list[Step]) -> list[ChecklistItem]:
     items: list[ChecklistItem] = []
 
     def add(done: bool, note: str = "", applicable: bool = True) -> None:
-        n = len(items) + 1
-        items.append(ChecklistItem(n, CHECKLIST[n - 1], done and applicable, note, applicable, CHECKLIST_KEYS[n - 1]))
+        items.append(ChecklistItem(CHECKLIST_KEYS[len(items)], done and applicable, note, applicable))
 
     requested = any(s.step == "requested" for s in steps) if rollback else True
     add(requested and bool(incident.reason.strip()), "" if incident.reason.strip() else "no reason recorded")
