@@ -99,15 +99,10 @@ class ModelLook:
 
 
 @dataclass(frozen=True)
-class MonitorSummary:
-    text: str
-    trouble: list[str]
-    ic: float | None
-    sharpe: float | None
-    rows: int
-    days: int
-    error_count: int
-    error_lines: list[str] = field(default_factory=list)
+class MonitorSummary(MonitorCheck):
+    """The check of the whole window, told in ``text``, after ``minutes`` of monitoring."""
+
+    text: str = ""
     minutes: float = 0.0
 
     @property
@@ -291,9 +286,7 @@ class Monitor:
             parts.append("No new market data arrived, so predictions could not be checked against realized returns.")
         parts.append(log_note)
         parts.append("Trouble: " + "; ".join(whole.trouble) + "." if whole.trouble else "No trouble found.")
-        return MonitorSummary(text=" ".join(parts), trouble=whole.trouble, ic=whole.ic, sharpe=whole.sharpe,
-                              rows=whole.rows, days=whole.days, error_count=whole.error_count,
-                              error_lines=whole.error_lines, minutes=minutes)
+        return MonitorSummary(**vars(whole), text=" ".join(parts), minutes=minutes)
 
     # -- job handlers
 
