@@ -4,6 +4,7 @@ handlers/incident_forms.py)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 
 from slack_sdk.models.blocks import (
@@ -217,6 +218,27 @@ def halt_not_effective_blocks(incident: Incident) -> list[Block]:
     ]
 
 
+# The swap's steps whose reply is one line from their detail.
+STEP_LINES: dict[str, Callable[[dict], str]] = {
+    "emergency_backup": lambda d: (f":floppy_disk: Emergency backup `{esc(d.get('backup'))}` taken"
+                                   f" (sha256 {str(d.get('model_sha256'))[:12]}…)."),
+    "restore": lambda d: f":arrows_counterclockwise: `{esc(d.get('from'))}` restored atomically into place.",
+    "record": lambda d: f":ledger: `model_deployment_log`: `{esc(d.get('version'))}` is production (one transaction).",
+    "verify": lambda d: (f":mag: Verified: model loads, checksum matches, prediction on {d.get('rows')} rows of "
+                         f"{esc(d.get('prediction_day'))} is finite and varies."),
+}
+
+# States in which a rollback stopped for a person to act: (title, the error's stand-in when there is none, what next).
+STOPPED_LINES: dict[str, tuple[str, str, str]] = {
+    "revert_failed": ("Rollback failed and the revert failed", "see the journal",
+                      " Escalated; `/rollback resume` is refused until the files match the production row (or two"
+                      " approvers override)."),
+    "halt_not_effective": ("Halt not effective", "trades continue after the halt",
+                           " Escalation is paged. An approver other than the requester may *Proceed anyway* on the"
+                           " card."),
+}
+
+
 def step_reply(incident: Incident, step: str, detail: dict, error: str | None = None) -> str:
     """One thread reply per step, with its details."""
     d = detail or {}
@@ -244,17 +266,8 @@ def step_reply(incident: Incident, step: str, detail: dict, error: str | None = 
             parts.append(f":warning: A person re-enabled client(s) {esc(', '.join(d['reenabled']))} while trading is"
                          " halted: they may trade during the swap. Left as they set them (not restored on resume).")
         return " ".join(parts) or "Halt sweep: nothing new."
-    if step == "emergency_backup":
-        return f":floppy_disk: Emergency backup `{esc(d.get('backup'))}` taken (sha256 {str(d.get('model_sha256'))[:12]}…)."
-    if step == "restore":
-        return f":arrows_counterclockwise: `{esc(d.get('from'))}` restored atomically into place."
-    if step == "record":
-        return f":ledger: `model_deployment_log`: `{esc(d.get('version'))}` is production (one transaction)."
-    if step == "verify":
-        return (
-            f":mag: Verified: model loads, checksum matches, prediction on {d.get('rows')} rows of "
-            f"{esc(d.get('prediction_day'))} is finite and varies."
-        )
+    if step in STEP_LINES:
+        return STEP_LINES[step](d)
     if step == "resume":
         if not d.get("resumed"):
             held = ", ".join(d.get("still_held_by") or [])
@@ -307,12 +320,9 @@ def state_reply(incident: Incident) -> str | None:
         return f":white_check_mark: {esc(incident.ref)} {_failed_files(incident)[0].lower()}{_failed_files(incident)[1:]}"
     if s == "failed":
         return f":red_circle: *Rollback failed*: {esc(incident.error or 'see the journal')}. {_failed_files(incident)} Trading stays halted."
-    if s == "revert_failed":
-        return (f":sos: *Rollback failed and the revert failed*: {esc(incident.error or 'see the journal')}"
-                " Escalated; `/rollback resume` is refused until the files match the production row (or two approvers override).")
-    if s == "halt_not_effective":
-        return (f":rotating_light: *Halt not effective*: {esc(incident.error or 'trades continue after the halt')}"
-                " Escalation is paged. An approver other than the requester may *Proceed anyway* on the card.")
+    if s in STOPPED_LINES:
+        title, default, then = STOPPED_LINES[s]
+        return f"{STATE_EMOJI[s]} *{title}*: {esc(incident.error or default)}{then}"
     if s == "backing_up" and (incident.plan or {}).get("proceeded_anyway"):
         who = incident.plan["proceeded_anyway"].get("by")
         return f":warning: <@{esc(who)}> chose *Proceed anyway*: the swap goes ahead although the halt was late."
