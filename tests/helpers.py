@@ -81,6 +81,14 @@ def shown_modal(standin, callback_id: str, *, timeout: float = 10.0) -> dict:
     return standin.view(call.response["view"]["id"])
 
 
+def submit_shown_modal(box, user: str, callback_id: str, state_values: dict):
+    """``user`` submits the modal ``callback_id`` once it is shown (``shown_modal``) with ``state_values``; the
+    response to the submission."""
+    view = shown_modal(box.standin, callback_id)
+    return box.sender.view_submission(user_id=user, callback_id=callback_id, state_values=state_values,
+                                      private_metadata=view["private_metadata"])
+
+
 def checks_ticked(keys=None) -> dict:
     """The request form's pre-rollback checks block, as Slack submits it: ``keys`` ticked (default: all)."""
     from core.prerollback import CHECKS

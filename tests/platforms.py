@@ -102,6 +102,21 @@ def clients_for(key_type: str) -> list[Client]:
     return out
 
 
+def audit_trigger(table: str, events: str, insert: str) -> list[str]:
+    """The platform's audit of ``table``: after each of ``events`` on a row, ``insert`` runs as the owner
+    (``table_audit()``, SECURITY DEFINER, so that writers need no right on the audit table)."""
+    return [
+        f"""CREATE FUNCTION {table}_audit() RETURNS trigger LANGUAGE plpgsql
+            SECURITY DEFINER SET search_path = public, pg_temp AS $$
+        BEGIN
+            {insert};
+            RETURN NULL;
+        END $$""",
+        f"""CREATE TRIGGER {table}_audit AFTER {events} ON {table}
+            FOR EACH ROW EXECUTE FUNCTION {table}_audit()""",
+    ]
+
+
 def platform_ddl(key_type: str) -> list[str]:
     """The owner's DDL: the platform's tables as its own team made them."""
     kt, plain = CLIENT_ID_DDL[key_type], key_type
@@ -144,15 +159,9 @@ def platform_ddl(key_type: str) -> list[str]:
         END $$""",
         """CREATE TRIGGER client_settings_touch BEFORE UPDATE ON client_settings
             FOR EACH ROW EXECUTE FUNCTION client_settings_touch()""",
-        """CREATE FUNCTION client_settings_audit() RETURNS trigger LANGUAGE plpgsql
-            SECURITY DEFINER SET search_path = public, pg_temp AS $$
-        BEGIN
-            INSERT INTO client_settings_history (client_id, auto_rebalance, require_manual_approval, revision)
-            VALUES (NEW.client_id, NEW.auto_rebalance, NEW.require_manual_approval, NEW.revision);
-            RETURN NULL;
-        END $$""",
-        """CREATE TRIGGER client_settings_audit AFTER UPDATE ON client_settings
-            FOR EACH ROW EXECUTE FUNCTION client_settings_audit()""",
+        *audit_trigger("client_settings", "UPDATE", """INSERT INTO client_settings_history
+                (client_id, auto_rebalance, require_manual_approval, revision)
+            VALUES (NEW.client_id, NEW.auto_rebalance, NEW.require_manual_approval, NEW.revision)"""),
         """CREATE TABLE model_deployment_log (
             id                bigserial PRIMARY KEY,
             model_name        text NOT NULL,
@@ -191,15 +200,9 @@ def platform_ddl(key_type: str) -> list[str]:
         END $$""",
         """CREATE TRIGGER model_deployment_log_guard BEFORE INSERT OR UPDATE ON model_deployment_log
             FOR EACH ROW EXECUTE FUNCTION model_deployment_log_guard()""",
-        """CREATE FUNCTION model_deployment_log_audit() RETURNS trigger LANGUAGE plpgsql
-            SECURITY DEFINER SET search_path = public, pg_temp AS $$
-        BEGIN
-            INSERT INTO deployment_audit (op, model_name, version, is_production)
-            VALUES (TG_OP, NEW.model_name, NEW.version, NEW.is_production);
-            RETURN NULL;
-        END $$""",
-        """CREATE TRIGGER model_deployment_log_audit AFTER INSERT OR UPDATE ON model_deployment_log
-            FOR EACH ROW EXECUTE FUNCTION model_deployment_log_audit()""",
+        *audit_trigger("model_deployment_log", "INSERT OR UPDATE", """INSERT INTO deployment_audit
+                (op, model_name, version, is_production)
+            VALUES (TG_OP, NEW.model_name, NEW.version, NEW.is_production)"""),
         f"""CREATE TABLE trades (
             trade_id    bigserial PRIMARY KEY,
             client_id   {plain} NOT NULL REFERENCES clients (client_id),

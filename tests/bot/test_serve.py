@@ -43,6 +43,19 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise AssertionError("serve did not become healthy")
 
 
+def serve_env(settings, standin, world, tmp_path, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a `rollback-bot serve` on ``port`` against the test's stand-in, database and world."""
+    return {
+        "PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
+        "SLACK_BOT_TOKEN": settings.slack_bot_token.get_secret_value(),
+        "SLACK_SIGNING_SECRET": settings.slack_signing_secret.get_secret_value(),
+        "SLACK_API_URL": standin.base_url, "DATABASE_URL": settings.database_dsn(),
+        "MODELS_DIR": str(world.models_dir), "INCIDENTS_DIR": str(tmp_path / "incidents"),
+        "INCIDENT_CHANNEL": "C0INCIDENT", "OPERATORS": "U0ALICE,U0BOB,U0CAROL", "APPROVERS": "U0BOB,U0CAROL",
+        "PORT": str(port), "WATCHDOG_EVERY_MINUTES": "0", **extra,
+    }
+
+
 @pytest.fixture
 def serve(settings, standin, world, tmp_path):
     procs: list[subprocess.Popen] = []
@@ -52,15 +65,7 @@ def serve(settings, standin, world, tmp_path):
 
     def start_proc(*, wait: bool = True, **extra: str) -> tuple[str, subprocess.Popen]:
         port = free_port()
-        env = {
-            "PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
-            "SLACK_BOT_TOKEN": settings.slack_bot_token.get_secret_value(),
-            "SLACK_SIGNING_SECRET": settings.slack_signing_secret.get_secret_value(),
-            "SLACK_API_URL": standin.base_url, "DATABASE_URL": settings.database_dsn(),
-            "MODELS_DIR": str(world.models_dir), "INCIDENTS_DIR": str(tmp_path / "incidents"),
-            "INCIDENT_CHANNEL": "C0INCIDENT", "OPERATORS": "U0ALICE,U0BOB,U0CAROL", "APPROVERS": "U0BOB,U0CAROL",
-            "PORT": str(port), "WATCHDOG_EVERY_MINUTES": "0", **extra,
-        }
+        env = serve_env(settings, standin, world, tmp_path, port, **extra)
         proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1"], env=env, cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         procs.append(proc)

@@ -319,18 +319,10 @@ def test_rollback_doctor_in_slack_is_for_approvers(sandbox, standin, conn) -> No
 
 def test_a_failing_check_at_serve_start_is_posted_and_shown_in_status(settings, standin, world, tmp_path,
                                                                        conn) -> None:
-    from tests.bot.test_serve import free_port, wait_healthy
+    from tests.bot.test_serve import free_port, serve_env, wait_healthy
 
     port = free_port()
-    env = {
-        "PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
-        "SLACK_BOT_TOKEN": settings.slack_bot_token.get_secret_value(),
-        "SLACK_SIGNING_SECRET": settings.slack_signing_secret.get_secret_value(),
-        "SLACK_API_URL": standin.base_url, "DATABASE_URL": settings.database_dsn(),
-        "MODELS_DIR": str(world.models_dir), "INCIDENTS_DIR": str(tmp_path / "incidents"),
-        "INCIDENT_CHANNEL": "C0INCIDENT", "OPERATORS": "U0ALICE,U0BOB,U0CAROL", "APPROVERS": "U0BOB,U0CAROL",
-        "PORT": str(port), "WATCHDOG_EVERY_MINUTES": "0", "TRADING_LOG": str(tmp_path / "no-trading.log"),
-    }
+    env = serve_env(settings, standin, world, tmp_path, port, TRADING_LOG=str(tmp_path / "no-trading.log"))
     proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1"], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -71,6 +71,15 @@ def page_row(conn, incident_id):
     return conn.execute("SELECT * FROM rollback_bot.pages WHERE incident_id = %s", (incident_id,)).fetchone()
 
 
+def losing_half_a_million(b: Sandbox):
+    """Alice requests a rollback of MODEL and puts its loss at 500k (the incident, as requested)."""
+    target = b.services.registry.recommend(MODEL).backup.name
+    b.responses(b.command("U0ALICE", f"start {MODEL} {target} losing money --confirm").response_key)
+    inc = b.services.engine.list_incidents()[0]
+    b.responses(b.command("U0ALICE", f"loss {inc.ref} 500k").response_key)
+    return inc
+
+
 def halt(b: Sandbox):
     reply = b.command("U0ALICE", "halt fat-finger orders from the momentum book")
     b.responses(reply.response_key)
@@ -154,10 +163,7 @@ def test_primary_then_emergency_when_nobody_acknowledges(settings, db, people, p
 def test_acknowledged_in_time_the_emergency_tier_never_fires(settings, db, people, pd, clock, world, conn):
     standin = people
     with box(settings, db, standin, pd, clock, loss_escalation_threshold=100_000) as b:
-        target = b.services.registry.recommend(MODEL).backup.name
-        b.responses(b.command("U0ALICE", f"start {MODEL} {target} losing money --confirm").response_key)
-        inc = b.services.engine.list_incidents()[0]
-        b.responses(b.command("U0ALICE", f"loss {inc.ref} 500k").response_key)
+        inc = losing_half_a_million(b)
         b.run_worker()
         (trigger,) = pd.events("trigger")
         assert "estimated loss of 500,000 exceeds" in trigger["payload"]["summary"]
@@ -277,10 +283,7 @@ def test_two_processes_page_the_emergency_tier_once_and_a_restart_forgets_nothin
 def test_an_incident_closed_before_its_page_ran_starts_no_alert(settings, db, people, pd, clock, world, conn):
     standin = people
     with box(settings, db, standin, pd, clock, loss_escalation_threshold=100_000) as b:
-        target = b.services.registry.recommend(MODEL).backup.name
-        b.responses(b.command("U0ALICE", f"start {MODEL} {target} losing money --confirm").response_key)
-        inc = b.services.engine.list_incidents()[0]
-        b.responses(b.command("U0ALICE", f"loss {inc.ref} 500k").response_key)
+        inc = losing_half_a_million(b)
         b.services.engine.deny(incident_id=inc.id, user="U0CAROL", note="wrong model")
         b.run_worker()
         clock.at(minutes=30)

@@ -117,6 +117,20 @@ def failed_revert(services, world, *, lose: str = "metadata.json"):
         engine.fault = E.no_fault
 
 
+# The audit trail of a resume on mixed files: refused, an override asked by Bob, refused to Bob (the requester) and
+# to Dave (no approver), then Carol's second approval, and the resume itself.
+OVERRIDE_TRAIL = [
+    ("U0BOB", "resume", "refused"), ("U0BOB", "resume_override_request", "ok"),
+    ("U0BOB", "resume_override", "refused"), ("U0DAVE", "resume_override", "refused"),
+    ("U0CAROL", "resume_override", "ok"), ("U0CAROL", "resume", "ok")]
+
+
+def resume_audit(conn) -> list[dict]:
+    """The audit rows of resumes and their overrides, in order."""
+    return conn.execute("SELECT actor, action, outcome, detail FROM rollback_bot.audit_log WHERE action LIKE 'resume%%'"
+                        " ORDER BY id").fetchall()
+
+
 def test_resume_refuses_mixed_files_until_two_different_approvers_override(settings, db, world, conn):
     from tenacity import wait_none
 
@@ -146,12 +160,8 @@ def test_resume_refuses_mixed_files_until_two_different_approvers_override(setti
     assert used.state == "resolved" and used.approved_by == "U0CAROL" and used.requested_by == "U0BOB"
     closed = services.engine.get(done.id)
     assert closed.state == "failed" and "override" in closed.decision_note
-    audit = conn.execute("SELECT actor, action, outcome, detail FROM rollback_bot.audit_log WHERE action LIKE 'resume%%'"
-                         " ORDER BY id").fetchall()
-    assert [(a["actor"], a["action"], a["outcome"]) for a in audit] == [
-        ("U0BOB", "resume", "refused"), ("U0BOB", "resume_override_request", "ok"),
-        ("U0BOB", "resume_override", "refused"), ("U0DAVE", "resume_override", "refused"),
-        ("U0CAROL", "resume_override", "ok"), ("U0CAROL", "resume", "ok")]
+    audit = resume_audit(conn)
+    assert [(a["actor"], a["action"], a["outcome"]) for a in audit] == OVERRIDE_TRAIL
     assert audit[-1]["detail"]["approvers"] == ["U0BOB", "U0CAROL"]
 
 

@@ -27,7 +27,8 @@ from bot.compose import build_services
 from core.settings import Settings
 from tests.helpers import files_equal
 from tests.platforms import KEY_TYPES, PlatformWorld, with_login
-from tests.e2e.test_slack_flow import CHANNEL, card_message, click
+from tests.e2e.test_slack_diagnostics import press_quick_fix
+from tests.e2e.test_slack_flow import CHANNEL, approve_and_run, card_message, click
 
 MODEL = "growth_momentum_large"
 
@@ -87,9 +88,7 @@ def test_whole_rollback_through_slack_restores_each_clients_own_settings(box):
     sandbox.responses(reply.response_key)
     card = card_message(sandbox)
     assert "Pre-flight passed" in json.dumps(card.blocks)
-    click(sandbox, "U0BOB", "rollback_approve", card)
-    sandbox.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
-    sandbox.run_worker()
+    approve_and_run(sandbox, card)
 
     inc = sandbox.services.engine.list_incidents()[0]
     assert inc.state == "monitoring", inc.error
@@ -170,15 +169,9 @@ def test_status_backups_diagnostics_and_the_refresh_fix_as_the_least_privilege_r
     # the system-wide checks, as far as an ordinary role can read them
     assert "*System* (all models): database " in text and " connections, " in text, text
     assert "could not be checked" not in text and "return_1d IS NULL: 0 row(s)" in text, text
-    button = next(e for b in body["blocks"] if b["type"] == "actions" for e in b["elements"]
-                  if e["text"]["text"] == "Refresh feature view")
-    sandbox.sender.block_action(user_id="U0ALICE", action_id=button["action_id"], value=button["value"],
-                                channel_id="C0OPS", message_ts="1.2")
-    sandbox.standin.wait_for("response_url", lambda c: "posted in" in c.body.get("text", ""))
+    press_quick_fix(sandbox, body, "Refresh feature view")
     card = card_message(sandbox)
-    click(sandbox, "U0BOB", "rollback_approve", card)
-    sandbox.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
-    sandbox.run_worker()
+    approve_and_run(sandbox, card)
     sandbox.standin.wait_for("chat.postMessage", lambda c: "Fix done" in c.body.get("text", ""))
     with pw.connect() as check:
         assert check.execute("SELECT max(date) AS d FROM ml_training_features").fetchone()["d"] == stale_view

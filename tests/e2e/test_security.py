@@ -32,7 +32,7 @@ from bot.devtools.slack_signing import SenderResponse, SlackSender, sign
 from core.db import Database
 from bot.compose import build_services
 from core.services import Services
-from tests.helpers import assert_consistent, checks_ticked, shown_modal, trading_halted
+from tests.helpers import assert_consistent, checks_ticked, shown_modal, submit_shown_modal, trading_halted
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "growth_momentum_large"
@@ -336,14 +336,19 @@ def test_replayed_deny_click_opens_one_form(box, world, conn):
     assert len([c for c in box.standin.calls("views.update") if c.ok]) == 1
 
 
-def test_replayed_request_form_submission_posts_one_request(box, world, conn):
-    spy = ClaimSpy(box.services)
+def submit_request_form(box: Sandbox, *, reason: str, severity: str = "high", loss: str = "") -> SenderResponse:
+    """Alice submits the request form for MODEL and its recommended backup, every pre-rollback check ticked."""
     sel = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
     values = {"model_block": {"start_model_select": sel(MODEL)}, "backup_block": {"backup": sel(target(box))},
-              "reason_block": {"reason": "form reason"}, "severity_block": {"severity": sel("high")},
-              "loss_block": {"loss": ""}, **checks_ticked()}
-    r = box.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values=values,
-                                   private_metadata=json.dumps({"channel": "C0OPS"}))
+              "reason_block": {"reason": reason}, "severity_block": {"severity": sel(severity)},
+              "loss_block": {"loss": loss}, **checks_ticked()}
+    return box.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values=values,
+                                      private_metadata=json.dumps({"channel": "C0OPS"}))
+
+
+def test_replayed_request_form_submission_posts_one_request(box, world, conn):
+    spy = ClaimSpy(box.services)
+    r = submit_request_form(box, reason="form reason")
     assert r.status == 200
     answered_by_dm(box, "U0ALICE", "INC-1")
     r = box.sender.replay()
@@ -361,10 +366,8 @@ def test_replayed_request_form_submission_posts_one_request(box, world, conn):
 def test_replayed_deny_submission_denies_once(box, world, conn):
     message = request_rollback(box)
     click(box, "U0CAROL", "rollback_deny", message)
-    view = shown_modal(box.standin, "rollback_deny_modal")
-    r = box.sender.view_submission(user_id="U0CAROL", callback_id="rollback_deny_modal",
-                                   state_values={"deny_reason_block": {"reason": "not this backup"}},
-                                   private_metadata=view["private_metadata"])
+    r = submit_shown_modal(box, "U0CAROL", "rollback_deny_modal",
+                           {"deny_reason_block": {"reason": "not this backup"}})
     assert r.status == 200 and not r.body
     r = box.sender.replay()
     assert r.status == 200 and "already denied" in json.dumps(r.json())
@@ -701,12 +704,7 @@ def test_very_long_non_ascii_halt_reason_and_modal_fields(box, world, conn):
     r, key = command(box, "U0ALICE", "status")
     answer(box, key)
     # the request form with a reason far beyond the input's max_length (Slack enforces it; we must not crash)
-    sel = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
-    values = {"model_block": {"start_model_select": sel(MODEL)}, "backup_block": {"backup": sel(target(box))},
-              "reason_block": {"reason": LONG_REASON}, "severity_block": {"severity": sel("critical")},
-              "loss_block": {"loss": "1e308"}, **checks_ticked()}
-    r = box.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values=values,
-                                   private_metadata=json.dumps({"channel": "C0OPS"}))
+    r = submit_request_form(box, reason=LONG_REASON, severity="critical", loss="1e308")
     assert r.status == 200
     answered_by_dm(box, "U0ALICE", "INC-2")
     box.settle()
@@ -756,10 +754,8 @@ def test_sql_metacharacters_in_every_slack_free_text_field_are_stored_verbatim(b
     assert first.reason == SQL_NASTY
     # deny reason
     click(box, "U0CAROL", "rollback_deny", message)
-    view = shown_modal(box.standin, "rollback_deny_modal")
-    r = box.sender.view_submission(user_id="U0CAROL", callback_id="rollback_deny_modal",
-                                   state_values={"deny_reason_block": {"reason": SQL_NASTY + "\nsecond line"}},
-                                   private_metadata=view["private_metadata"])
+    r = submit_shown_modal(box, "U0CAROL", "rollback_deny_modal",
+                           {"deny_reason_block": {"reason": SQL_NASTY + "\nsecond line"}})
     assert r.status == 200 and not r.body, r.body
     assert box.services.engine.get(first.id).decision_note == SQL_NASTY + "\nsecond line"
     # root cause
@@ -777,12 +773,7 @@ def test_sql_metacharacters_in_every_slack_free_text_field_are_stored_verbatim(b
     r, key = command(box, "U0BOB", "resume")
     answer(box, key)
     # a request from the form, executed: the reason reaches model_deployment_log
-    sel = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
-    values = {"model_block": {"start_model_select": sel(MODEL)}, "backup_block": {"backup": sel(target(box))},
-              "reason_block": {"reason": SQL_NASTY}, "severity_block": {"severity": sel("high")},
-              "loss_block": {"loss": ""}, **checks_ticked()}
-    box.sender.view_submission(user_id="U0ALICE", callback_id="rollback_start_modal", state_values=values,
-                               private_metadata=json.dumps({"channel": "C0OPS"}))
+    submit_request_form(box, reason=SQL_NASTY)
     answered_by_dm(box, "U0ALICE", "posted in")
     box.settle()
     inc = next(i for i in box.services.engine.list_incidents() if i.kind == "rollback" and i.is_open)

@@ -11,22 +11,15 @@ from pydantic import SecretStr
 from bot.devtools.sandbox import Sandbox
 from core import incidents
 from bot.compose import build_services
-from tests.helpers import shown_modal, trading_halted
+from tests.helpers import submit_shown_modal, trading_halted
 from tests.core.test_notify import Inbox, smtp  # noqa: F401 - the real SMTP server fixture
-from tests.e2e.test_slack_flow import CHANNEL, MODEL, click, request
+from tests.e2e.test_slack_flow import CHANNEL, MODEL, approve_and_run, click, request
 
 
 def box_with(settings, db, standin, **extra):
     s = settings.model_copy(update={"slack_api_url": standin.base_url, "stakeholders": ["U0DAVE", "S0RISK"],
                                     "escalation_contacts": ["U0ERIN"], **extra})
     return Sandbox(build_services(s, db), standin=standin)
-
-
-def approve_and_run(box, card):
-    click(box, "U0BOB", "rollback_approve", card)
-    box.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
-    for _ in range(3):
-        box.run_worker()
 
 
 def test_stakeholders_report_monitoring_and_email(settings, db, standin, world, conn, smtp, tmp_path):  # noqa: F811
@@ -41,7 +34,7 @@ def test_stakeholders_report_monitoring_and_email(settings, db, standin, world, 
         assert any("<@U0DAVE> <!subteam^S0RISK>" in t and "opened" in t for t in thread())
         dms = [c for c in standin.calls("chat.postMessage") if str(c.body.get("channel", "")).startswith("D")]
         assert dms and "example.slack.com" in dms[0].body["text"]  # the DM carries a permalink
-        approve_and_run(box, card)
+        approve_and_run(box, card, runs=3)
         inc = box.services.engine.list_incidents()[0]
         assert inc.state == "monitoring"
         for needle in ("automated trading halted", "rolled back to", "trading resumed on"):
@@ -76,7 +69,7 @@ def test_failed_notifications_are_reported_and_never_stop_the_rollback(settings,
     with box_with(settings, db, standin) as box:
         card = request(box)
         standin.fail_next("conversations.open", error="user_not_found", times=50)
-        approve_and_run(box, card)
+        approve_and_run(box, card, runs=3)
         assert box.services.engine.list_incidents()[0].state == "monitoring"
         texts = [m.text for m in standin.thread(CHANNEL, card.ts)]
         assert any("Some stakeholder notifications failed" in t and "user_not_found" in t for t in texts)
@@ -121,7 +114,7 @@ def test_loss_over_threshold_pages_at_once_and_age_escalation_survives_a_restart
 
 def test_report_and_status_model_commands(sandbox, world, conn):
     card = request(sandbox)
-    approve_and_run(sandbox, card)
+    approve_and_run(sandbox, card, runs=3)
     sandbox.standin.clear()
     reply = sandbox.command("U0CAROL", "report INC-1")
     body = sandbox.responses(reply.response_key)[0]
@@ -141,13 +134,11 @@ def test_report_and_status_model_commands(sandbox, world, conn):
 
 def test_add_root_cause_updates_the_report(sandbox, world, conn, tmp_path):
     card = request(sandbox)
-    approve_and_run(sandbox, card)
+    approve_and_run(sandbox, card, runs=3)
     final = sandbox.standin.message(CHANNEL, card.ts)
     click(sandbox, "U0ALICE", "add_root_cause", final)
-    view = shown_modal(sandbox.standin, "root_cause_modal")
-    r = sandbox.sender.view_submission(user_id="U0ALICE", callback_id="root_cause_modal",
-                                       state_values={"root_cause_block": {"text": "Momentum reversal in late Oct."}},
-                                       private_metadata=view["private_metadata"])
+    r = submit_shown_modal(sandbox, "U0ALICE", "root_cause_modal",
+                           {"root_cause_block": {"text": "Momentum reversal in late Oct."}})
     assert r.status == 200 and not r.body
     sandbox.run_worker()
     report = next((tmp_path / "incidents").glob("INC-1-*.md")).read_text()

@@ -13,7 +13,7 @@ from bot.devtools.sandbox import Sandbox
 from core import aftercare, incidents
 from bot.compose import build_services
 from tests.helpers import Clock, assert_consistent, checks_ticked, shown_modal, trading_halted
-from tests.e2e.test_slack_flow import CHANNEL, MODEL, click, request
+from tests.e2e.test_slack_flow import CHANNEL, MODEL, approve_and_run, click, request
 
 
 @pytest.fixture
@@ -28,11 +28,7 @@ def box(settings, db, standin, clock, **extra) -> Sandbox:
 
 
 def rolled_back(b: Sandbox):
-    card = request(b)
-    click(b, "U0BOB", "rollback_approve", card)
-    b.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
-    for _ in range(3):
-        b.run_worker()
+    approve_and_run(b, request(b), runs=3)
     inc = b.services.engine.list_incidents()[0]
     assert inc.state == "monitoring"
     return inc

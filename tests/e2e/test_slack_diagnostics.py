@@ -8,9 +8,18 @@ from datetime import timedelta
 import pytest
 
 from tests.helpers import assert_consistent, trading_halted
-from tests.e2e.test_slack_flow import CHANNEL, MODEL, card_message, click, request
+from tests.e2e.test_slack_flow import CHANNEL, MODEL, approve_and_run, card_message, click, request
 
 ORDER_OF_CARDS = "ts"
+
+
+def press_quick_fix(sandbox, body: dict, label: str) -> None:
+    """Alice presses the quick-fix button ``label`` on a diagnose reply: the fix is requested in the channel."""
+    button = next(e for b in body["blocks"] if b["type"] == "actions" for e in b["elements"]
+                  if e["text"]["text"] == label)
+    sandbox.sender.block_action(user_id="U0ALICE", action_id=button["action_id"], value=button["value"],
+                                channel_id="C0OPS", message_ts="1.2")
+    sandbox.standin.wait_for("response_url", lambda c: "posted in" in c.body.get("text", ""))
 
 
 def cards(sandbox):
@@ -28,9 +37,7 @@ def test_diagnose_command(sandbox, world):
 
 def test_every_incident_gets_diagnostics_in_its_thread(sandbox, world, conn):
     card = request(sandbox)
-    click(sandbox, "U0BOB", "rollback_approve", card)
-    sandbox.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
-    sandbox.run_worker()
+    approve_and_run(sandbox, card)
     sandbox.run_worker()  # the diagnose job queued by the halt
     replies = [m.text for m in sandbox.standin.thread(CHANNEL, card.ts)]
     assert any(":stethoscope:" in t and "Likely cause" in t for t in replies), replies
@@ -52,11 +59,7 @@ def stale_view(conn, world):
 def test_refresh_feature_view_quick_fix_is_approved_like_a_rollback(sandbox, world, conn, stale_view):
     reply = sandbox.command("U0ALICE", f"diagnose {MODEL}")
     body = sandbox.responses(reply.response_key)[0]
-    button = next(e for b in body["blocks"] if b["type"] == "actions" for e in b["elements"]
-                  if e["text"]["text"] == "Refresh feature view")
-    sandbox.sender.block_action(user_id="U0ALICE", action_id=button["action_id"], value=button["value"],
-                                channel_id="C0OPS", message_ts="1.2")
-    sandbox.standin.wait_for("response_url", lambda c: "posted in" in c.body.get("text", ""))
+    press_quick_fix(sandbox, body, "Refresh feature view")
     card = cards(sandbox)[-1]
     assert "Quick fix" in json.dumps(card.blocks)
     confirm = next(e for b in card.blocks if b["type"] == "actions" for e in b["elements"]
@@ -66,9 +69,7 @@ def test_refresh_feature_view_quick_fix_is_approved_like_a_rollback(sandbox, wor
     click(sandbox, "U0ALICE", "rollback_approve", card)
     sandbox.standin.wait_for("response_url", lambda c: "own request" in c.body.get("text", ""))
     assert conn.execute("SELECT max(date) AS d FROM ml_training_features").fetchone()["d"] < stale_view
-    click(sandbox, "U0BOB", "rollback_approve", card)
-    sandbox.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
-    sandbox.run_worker()
+    approve_and_run(sandbox, card)
     assert conn.execute("SELECT max(date) AS d FROM ml_training_features").fetchone()["d"] == stale_view
     sandbox.standin.wait_for("chat.postMessage", lambda c: "Fix done" in c.body.get("text", ""))
     assert not trading_halted(conn)
@@ -79,15 +80,9 @@ def test_restore_corrupt_model_quick_fix(sandbox, world, conn):
     reply = sandbox.command("U0ALICE", f"diagnose {MODEL}")
     body = sandbox.responses(reply.response_key)[0]
     assert "does not load" in json.dumps(body["blocks"])
-    button = next(e for b in body["blocks"] if b["type"] == "actions" for e in b["elements"]
-                  if e["text"]["text"] == "Restore corrupt model file")
-    sandbox.sender.block_action(user_id="U0ALICE", action_id=button["action_id"], value=button["value"],
-                                channel_id="C0OPS", message_ts="1.2")
-    sandbox.standin.wait_for("response_url", lambda c: "posted in" in c.body.get("text", ""))
+    press_quick_fix(sandbox, body, "Restore corrupt model file")
     card = card_message(sandbox)
-    click(sandbox, "U0BOB", "rollback_approve", card)
-    sandbox.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
-    sandbox.run_worker()
+    approve_and_run(sandbox, card)
     inc = sandbox.services.engine.list_incidents()[0]
     assert inc.state == "monitoring", inc.error
     assert_consistent(conn, world.models_dir, MODEL)

@@ -36,6 +36,14 @@ def click(sandbox, user, action_id, card, **kw):
                                        message=card.as_slack(), **kw)
 
 
+def approve_and_run(sandbox, card, *, runs: int = 1) -> None:
+    """Bob approves the request on ``card``; the worker runs ``runs`` times."""
+    click(sandbox, "U0BOB", "rollback_approve", card)
+    sandbox.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
+    for _ in range(runs):
+        sandbox.run_worker()
+
+
 def ephemeral_texts(sandbox, user):
     return [e.text for e in sandbox.standin.ephemerals(user)]
 

@@ -15,7 +15,7 @@ from bot.devtools.sandbox import Sandbox
 from core import incidents
 from bot.compose import build_services
 from tests.helpers import Clock, corrupt_after_restore, shown_modal, whispered
-from tests.e2e.test_slack_flow import CHANNEL, MODEL, click, request
+from tests.e2e.test_slack_flow import CHANNEL, MODEL, approve_and_run, click, request
 
 HOUR = timedelta(hours=1)
 
@@ -37,10 +37,7 @@ def new_clock():
 
 def run_to_monitoring(box):
     card = request(box)
-    click(box, "U0BOB", "rollback_approve", card)
-    box.standin.wait_for("chat.postMessage", lambda c: "Approved by" in c.body.get("text", ""))
-    for _ in range(3):
-        box.run_worker()
+    approve_and_run(box, card, runs=3)
     inc = box.services.engine.list_incidents()[0]
     return card, inc
 
