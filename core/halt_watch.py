@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from core import repository as repo
@@ -160,6 +161,16 @@ def remember_trades_message(engine: Engine, incident_id: int, *, channel: str, t
 # ------------------------------------------------------------------------------------------ the two ways out
 
 
+def not_paused(inc: Incident, *, decided: Collection[str]) -> RollbackError | None:
+    """Why ``inc`` is not a rollback paused on a halt that is not effective (None: it is); in a state of
+    ``decided``, someone else decided first."""
+    if inc.kind == "rollback" and inc.state == HALT_NOT_EFFECTIVE:
+        return None
+    if inc.state in decided:
+        return already_decided(inc)
+    return InvalidTransition(f"{inc.ref} is {inc.state}, not paused on a halt that is not effective.")
+
+
 def proceed_anyway(engine: Engine, *, incident_id: int, approver: str, allowed: bool) -> Incident:
     """*Proceed anyway* on a halt that is not effective: an approver other than the requester, audited."""
     from core.engine import enqueue
@@ -168,9 +179,8 @@ def proceed_anyway(engine: Engine, *, incident_id: int, approver: str, allowed: 
     new: Incident | None = None
     with engine.db.transaction() as conn:
         inc = engine.get(incident_id, conn, lock=True)
-        if inc.kind != "rollback" or inc.state != HALT_NOT_EFFECTIVE:
-            refusal = already_decided(inc) if inc.state in (BACKING_UP, FAILED) else InvalidTransition(
-                f"{inc.ref} is {inc.state}, not paused on a halt that is not effective.")
+        if (refusal := not_paused(inc, decided={BACKING_UP, FAILED})) is not None:
+            pass
         elif approver == inc.requested_by:
             refusal = NotAuthorized("You requested this rollback: an approver other than the requester decides to"
                                     " proceed anyway.")
@@ -198,9 +208,8 @@ def abandon(engine: Engine, *, incident_id: int, user: str, allowed: bool) -> In
     new: Incident | None = None
     with engine.db.transaction() as conn:
         inc = engine.get(incident_id, conn, lock=True)
-        if inc.kind != "rollback" or inc.state != HALT_NOT_EFFECTIVE:
-            refusal = already_decided(inc) if inc.state in CLOSED | {BACKING_UP} else InvalidTransition(
-                f"{inc.ref} is {inc.state}, not paused on a halt that is not effective.")
+        if (refusal := not_paused(inc, decided=CLOSED | {BACKING_UP})) is not None:
+            pass
         elif not allowed:
             refusal = NotAuthorized("Only approvers or the requester may abandon the rollback.")
         else:
