@@ -9,9 +9,10 @@ schema-qualified), the platform's tables::
 a synthetic market, and real XGBoost models under ``MODELS_DIR/{strategy}_{marketcap}/`` with
 ``backup_YYYY-MM-DD/`` folders whose ``metadata.json`` carries their TRUE out-of-sample metrics.
 
-The world is built in four modules, all re-exported here: ``bot.devtools.demo_platform`` (the schema, the feature view and
+The world is built in five modules, all re-exported here: ``bot.devtools.demo_platform`` (the schema, the feature view and
 reading it), ``bot.devtools.demo_market`` (the synthetic market, described in its docstring), ``bot.devtools.demo_models``
-(training, model folders, and the dataclasses describing the world) and this one (``build_world``).
+(training, model folders, and the dataclasses describing the world), ``bot.devtools.demo_sizes`` (what each size holds:
+market, models and their training windows, clients) and this one (``build_world``).
 
 Models (``build_world``)
 ------------------------
@@ -54,7 +55,6 @@ from psycopg.rows import tuple_row
 from bot.devtools.demo_market import (
     Market,
     MarketStyle,
-    era_boundary_index,
     generate_market,
     release_day,
     trading_days_ending,
@@ -76,6 +76,9 @@ from bot.devtools.demo_platform import (
     create_platform_schema,
     isolated_schema,
     load_features,
+)
+from bot.devtools.demo_sizes import (
+    CLIENT_KINDS, CLIENT_NAMES, DEFECTIVE, MODEL_SPECS, OLD_NAME, SIZES, training_windows,
 )
 from core.metrics import evaluate
 
@@ -102,72 +105,6 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------------- world
-
-
-_SIZES = {
-    # tickers, days, regime_change_days, clients, the market's style, the models' windows and training
-    "test": dict(tickers=40, days=200, regime_change_days=30, clients=8, style=MarketStyle(),
-                 windows=dict(), min_child_weight=5),
-    "demo": dict(tickers=200, days=1040, regime_change_days=25, clients=25,
-                 style=MarketStyle(signal_strength=0.25, payoff_noise=1.5, payoff_stream=81, era_fraction=0.458,
-                                   regimes=((0.18, 0.10, 1.0), (-0.22, 0.10, 1.0), (0.60, 0.0, 2.0))),
-                 windows=dict(holdout_days=252, train_days=200, retrain_every=42),
-                 min_child_weight=1000),
-}
-
-# name, n_trees, max_depth, feature subset (None: all), which rolling windows (0 oldest .. 3 newest)
-_MODEL_SPECS = {
-    "test": [
-        ("growth_momentum_large", 40, 3, None, (0, 1, 2, 3)),
-        ("value_small", 30, 3, ["ret_5d", "ret_20d", "vol_20d", "volume_ratio_20d", "ma_gap_10d"], (0, 2, 3)),
-    ],
-    "demo": [
-        ("growth_momentum_large", 60, 3, None, (0, 1, 2, 3)),
-        ("value_small", 40, 2, ["ret_5d", "ret_20d", "vol_20d", "volume_ratio_20d", "ma_gap_10d"], (0, 2, 3)),
-        ("mean_reversion_mid", 50, 3, None, (0, 1, 2, 3)),
-    ],
-}
-_DEFECTIVE = {"demo": ("mean_reversion_mid", 2)}  # (model, window) trained under an old feature name
-_OLD_NAME = {"volume_ratio_20d": "vol_ratio_20d"}
-
-_CLIENT_NAMES = [
-    "Aurora Capital", "Birchwood Partners", "Cobalt Pension Fund", "Delta Family Office", "Evergreen Endowment",
-    "Fjord Asset Management", "Granite Insurance", "Harbor Trust", "Ibis Advisors", "Juniper Wealth",
-    "Kestrel Fund", "Lumen Foundation", "Meridian Retirement Plan", "Northwind Capital", "Orchid Holdings",
-    "Pinecrest Partners", "Quartz Investments", "Redwood Sovereign Fund", "Summit Private Bank", "Tidewater LLC",
-    "Umber Capital", "Vantage Pension", "Willow Endowment", "Xenon Asset Management", "Yarrow Family Trust",
-]
-# kinds: "auto" = active, auto_rebalance, no manual approval (what a halt must switch off);
-# "manual" = active, already requires manual approval; "inactive" = not an active client.
-_CLIENT_KINDS = ["auto", "auto", "manual", "auto", "inactive", "auto", "manual", "auto"]
-
-
-def _windows(n_days: int, regime_change_days: int, *, era_fraction: float = 0.4,
-             holdout_days: int | None = None, train_days: int | None = None,
-             retrain_every: int | None = None) -> list[tuple[int, int, int, int]]:
-    """Four rolling (train_start, train_end, holdout_start, holdout_end) feature-date indices.
-
-    Window 0 lies in the momentum era (its labels end before the era boundary); window 3 ends
-    two days before the regime change (its last label is the day before it); 1 and 2 are between,
-    evenly spaced, or ``retrain_every`` and twice that many days before window 3.  Holdouts and
-    training windows are 10% and 40% of the pre-change history unless given in days.
-    """
-    change = n_days - regime_change_days
-    era = era_boundary_index(n_days, regime_change_days, era_fraction)
-    pre_len = (change - 2) - WARMUP_ROWS + 1
-    hold = holdout_days or max(10, int(round(0.1 * pre_len)))
-    train = train_days or max(30, int(round(0.4 * pre_len)))
-    he0, he3 = era - 2, change - 3
-    if retrain_every:
-        ends = [he0, he3 - 2 * retrain_every, he3 - retrain_every, he3]
-    else:
-        ends = [he0, he0 + (he3 - he0) // 3, he0 + 2 * (he3 - he0) // 3, he3]
-    out = []
-    for he in ends:
-        hs = he - hold + 1
-        ts = max(WARMUP_ROWS, hs - train)
-        out.append((ts, hs - 1, hs, he))
-    return out
 
 
 def _utc(day: date, hh: int, mm: int = 0) -> datetime:
@@ -204,10 +141,10 @@ def build_world(
     are evaluated, so metadata stays consistent with the view).
     Replaces the world tables' rows and the folders of the models it writes.
     """
-    if size not in _SIZES:
-        raise ValueError(f"size must be one of {sorted(_SIZES)}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}")
     t0 = time.perf_counter()
-    spec = _SIZES[size]
+    spec = SIZES[size]
     models_dir = Path(models_dir)
     if end_date is None:
         end_date = datetime.now(timezone.utc).date()
@@ -241,11 +178,11 @@ def build_world(
 
     post_lo, post_hi = change, n_days - 2
     models: dict[str, ModelInfo] = {}
-    windows = _windows(n_days, spec["regime_change_days"], era_fraction=spec["style"].era_fraction,
-                       **spec["windows"])
-    defective = _DEFECTIVE.get(size)
+    windows = training_windows(n_days, spec["regime_change_days"], era_fraction=spec["style"].era_fraction,
+                               **spec["windows"])
+    defective = DEFECTIVE.get(size)
     log_rows = []
-    for m_i, (name, n_trees, depth, subset, which) in enumerate(_MODEL_SPECS[size]):
+    for m_i, (name, n_trees, depth, subset, which) in enumerate(MODEL_SPECS[size]):
         feats = list(subset) if subset else list(FEATURES)
         mdir = models_dir / name
         if mdir.exists():
@@ -259,7 +196,7 @@ def build_world(
             names = feats
             if defective == (name, k):
                 defect = "features_mismatch"
-                names = [_OLD_NAME.get(f, f) for f in feats]
+                names = [OLD_NAME.get(f, f) for f in feats]
             booster = train_model(Xtr, ytr, names, n_trees=n_trees, max_depth=depth, seed=model_seed,
                                   min_child_weight=spec["min_child_weight"])
             hd, Xh, yh = window(hs, he, feats)
@@ -319,10 +256,10 @@ def build_world(
     rng = np.random.default_rng([seed, 11])
     clients = []
     for i in range(spec["clients"]):
-        kind = _CLIENT_KINDS[i % len(_CLIENT_KINDS)]
+        kind = CLIENT_KINDS[i % len(CLIENT_KINDS)]
         clients.append(ClientInfo(
             client_id=f"C{i + 1:03d}",
-            name=_CLIENT_NAMES[i % len(_CLIENT_NAMES)],
+            name=CLIENT_NAMES[i % len(CLIENT_NAMES)],
             active=kind != "inactive",
             auto_rebalance=kind != "manual",
             require_manual_approval=kind == "manual",
@@ -411,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot.devtools.demo_world", description=main.__doc__)
     parser.add_argument("dsn", help="PostgreSQL URL; objects go to the first schema of its search_path")
     parser.add_argument("models_dir", type=Path)
-    parser.add_argument("--size", choices=sorted(_SIZES), default="demo")
+    parser.add_argument("--size", choices=sorted(SIZES), default="demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--end-date", type=date.fromisoformat, default=None)
     args = parser.parse_args(argv)
