@@ -17,8 +17,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bot.devtools import demo_world
-from bot.devtools.demo_stage import (CHANNEL, Check, followups_message, press_followup, quiet, report_says, shows,
-                            wait_until)
+from bot.devtools.demo_stage import (CHANNEL, Check, followups_message, press_followup, quiet, report_says,
+                            request_rollback, shows, wait_until)
 from bot.devtools.slack_standin import SlackStandIn
 from bot.devtools.transcript import render_message
 from core.modelio import sha256_file
@@ -71,15 +71,7 @@ def _play(env: Environment) -> list[Check]:
     n.show_new()
 
     reason = "Sharpe collapsed since the market turned; IC negative for days"
-    n.person("U0ALICE", f"/rollback start {MODEL} {target.name} {reason} --confirm")
-    r = box.command("U0ALICE", f"start {MODEL} {target.name} {reason} --confirm")
-    box.responses(r.response_key)
-    box.settle()
-    n.show_new()
-    inc = engine.list_incidents(limit=1)[0]
-    wait_until(lambda: "evidence" in (engine.get(inc.id).plan or {}), 60, "the evidence before approval")
-    box.settle()
-    n.card(inc.message_ts, f"{inc.ref} with the evidence for the approver")
+    inc = request_rollback(box, n, MODEL, target.name, reason)
 
     n.person("U0ALICE", "clicks [Approve] on her own request")
     card = box.standin.message(CHANNEL, inc.message_ts)

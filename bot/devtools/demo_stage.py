@@ -17,6 +17,7 @@ from bot.devtools.transcript import plain, render_blocks, render_message
 
 if TYPE_CHECKING:  # pragma: no cover
     from bot.devtools.sandbox import Sandbox
+    from core.incidents import Incident
     from core.services import Services
 
 CHANNEL = "C0INCIDENTS"
@@ -41,6 +42,7 @@ __all__ = [
     "press_followup",
     "quiet",
     "report_says",
+    "request_rollback",
     "shows",
     "wait_until",
 ]
@@ -209,3 +211,21 @@ def press_followup(box: Sandbox, user: str, action_id: str, incident_ts: str, fo
     """A person presses *Take it*, *Assign…* or *Done* on one item of the follow-ups message."""
     click(box, user, action_id, followups_message(box, incident_ts), value=str(followup_id),
           block_id=f"followup:{followup_id}")
+
+
+def request_rollback(box: Sandbox, n: Narrator, model: str, target: str, reason: str) -> Incident:
+    """Alice asks for the rollback of ``model`` to ``target`` from the command line; the new incident, once its card
+    shows the evidence for the approver."""
+    engine = box.services.engine
+    n.person("U0ALICE", f"/rollback start {model} {target} {reason} --confirm")
+    r = box.command("U0ALICE", f"start {model} {target} {reason} --confirm")
+    box.responses(r.response_key)
+    box.settle()
+    n.show_new()
+    inc = engine.list_incidents(limit=1)[0]
+    if inc.model_name != model:
+        raise RuntimeError(f"expected a new incident for {model}, found {inc.ref} ({inc.model_name})")
+    wait_until(lambda: "evidence" in (engine.get(inc.id).plan or {}), 60, "the evidence before approval")
+    box.settle()
+    n.card(inc.message_ts, f"{inc.ref} with the evidence for the approver")
+    return inc

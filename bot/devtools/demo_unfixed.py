@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bot.devtools.demo_scenarios import ShockDay, shock_day
-from bot.devtools.demo_stage import CHANNEL, Check, click, quiet, shows, wait_until
+from bot.devtools.demo_stage import CHANNEL, Check, click, quiet, request_rollback, shows, wait_until
 from core.services import Services
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,17 +54,7 @@ def _play(env: Environment) -> tuple[int, ShockDay]:
     if target is None:
         raise RuntimeError(f"the demo world has no candidate backup for {MODEL}")
     reason = "Live IC negative for two weeks; P&L down"
-    n.person("U0ALICE", f"/rollback start {MODEL} {target.name} {reason} --confirm")
-    r = box.command("U0ALICE", f"start {MODEL} {target.name} {reason} --confirm")
-    box.responses(r.response_key)
-    box.settle()
-    n.show_new()
-    inc = engine.list_incidents(limit=1)[0]
-    if inc.model_name != MODEL:
-        raise RuntimeError(f"expected a new incident for {MODEL}, found {inc.ref} ({inc.model_name})")
-    wait_until(lambda: "evidence" in (engine.get(inc.id).plan or {}), 60, "the evidence before approval")
-    box.settle()
-    n.card(inc.message_ts, f"{inc.ref} with the evidence for the approver")
+    inc = request_rollback(box, n, MODEL, target.name, reason)
 
     n.person("U0CAROL", "reads the evidence and clicks [Approve] (and confirms)")
     click(box, "U0CAROL", "rollback_approve", box.standin.message(CHANNEL, inc.message_ts))
