@@ -37,12 +37,17 @@ class _ChatMethods:
         ))
         return {"ok": True, "channel": channel, "ts": message.ts, "message": message.as_slack()}
 
-    def _chat_update(self, body: JSONDict) -> JSONDict:
+    def _message_in_channel(self, body: JSONDict, ts_key: str) -> StoredMessage | JSONDict:
+        """The message ``body`` names (channel and ``body[ts_key]``), or Slack's error when there is none."""
         if self._resolve_channel(body.get("channel")) is None:
             return _err("channel_not_found")
-        message = self._find_message(body.get("channel"), body.get("ts"))
-        if message is None:
-            return _err("message_not_found")
+        message = self._find_message(body.get("channel"), body.get(ts_key))
+        return _err("message_not_found") if message is None else message
+
+    def _chat_update(self, body: JSONDict) -> JSONDict:
+        message = self._message_in_channel(body, "ts")
+        if not isinstance(message, StoredMessage):
+            return message
         refused = self._refuse_blocks(body)
         if refused:
             return refused
@@ -76,11 +81,9 @@ class _ChatMethods:
         return {"ok": True, "message_ts": ephemeral.ts}
 
     def _chat_get_permalink(self, body: JSONDict) -> JSONDict:
-        if self._resolve_channel(body.get("channel")) is None:
-            return _err("channel_not_found")
-        message = self._find_message(body.get("channel"), body.get("message_ts"))
-        if message is None:
-            return _err("message_not_found")
+        message = self._message_in_channel(body, "message_ts")
+        if not isinstance(message, StoredMessage):
+            return message
         link = f"https://{self.team_domain}.slack.com/archives/{message.channel}/p{message.ts.replace('.', '')}"
         if message.is_reply:
             link += f"?thread_ts={message.thread_ts}&cid={message.channel}"
