@@ -21,6 +21,11 @@ from bot.devtools.localpg.processes import _is_our_postmaster, _read_pidfile
 from bot.devtools.localpg.server import _start, _stop
 
 
+def _under(name: str) -> property:
+    """A path of the cluster's layout: ``name`` under its ``base_dir``."""
+    return property(lambda self: self.base_dir / name, doc=f"``base_dir / {name!r}``")
+
+
 @dataclasses.dataclass
 class LocalCluster:
     """A private PostgreSQL cluster of one project root (see the module docstring)."""
@@ -35,21 +40,10 @@ class LocalCluster:
     bindir: Path | None = None
 
     # -- layout ------------------------------------------------------------
-    @property
-    def data_dir(self) -> Path:
-        return self.base_dir / "data"
-
-    @property
-    def socket_dir(self) -> Path:
-        return self.base_dir / "run"
-
-    @property
-    def log_file(self) -> Path:
-        return self.base_dir / "postgres.log"
-
-    @property
-    def port_file(self) -> Path:
-        return self.base_dir / "port"
+    data_dir = _under("data")
+    socket_dir = _under("run")
+    log_file = _under("postgres.log")
+    port_file = _under("port")
 
     def is_initialized(self) -> bool:
         return (self.data_dir / "PG_VERSION").is_file()
