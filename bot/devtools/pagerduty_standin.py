@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from bot.devtools.served import ServedInThread
+
 __all__ = ["PagerDutyStandIn", "Received"]
 
 SEVERITIES = ("critical", "error", "warning", "info")
@@ -41,7 +43,7 @@ class Received:
         return self.body.get("event_action") if isinstance(self.body, dict) else None
 
 
-class PagerDutyStandIn:
+class PagerDutyStandIn(ServedInThread):
     def __init__(self, *, routing_key: str | None = None) -> None:
         self.routing_key = routing_key  # when set, another key is refused (400), as PagerDuty does
         self._lock = threading.Condition()
@@ -68,18 +70,6 @@ class PagerDutyStandIn:
         self._thread = threading.Thread(target=self._server.serve_forever, name="pagerduty-standin", daemon=True)
         self._thread.start()
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> PagerDutyStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:

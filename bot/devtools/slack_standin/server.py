@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from bot.devtools import slack_scopes
+from bot.devtools.served import ServedInThread
 from bot.devtools.slack_standin.records import (
     Answer, JSONDict, RESPONSE_URL_METHOD, UPLOAD_METHOD, Call, Ephemeral, StoredMessage, Upload, _Fault,
     _ResponseTarget, _err, _flatten_qs, _parse_body, _redact_authorization, _redact_token, logger,
@@ -44,7 +45,7 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("slack stand-in: " + format, *args)
 
 
-class SlackStandIn(_Recorded, _Conversation, _ChatMethods, _ViewMethods, _FileMethods):
+class SlackStandIn(ServedInThread, _Recorded, _Conversation, _ChatMethods, _ViewMethods, _FileMethods):
     """A stand-in Slack Web API server for tests and demos.
 
     Args:
@@ -151,22 +152,6 @@ class SlackStandIn(_Recorded, _Conversation, _ChatMethods, _ViewMethods, _FileMe
         )
         self._thread.start()
         return self
-
-    def stop(self) -> None:
-        """Stop serving and release the port (idempotent)."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> SlackStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def origin(self) -> str:
