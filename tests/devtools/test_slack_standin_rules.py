@@ -135,7 +135,20 @@ def test_conversations_info_needs_the_scope_of_the_channel_type():
 
 
 def test_every_answered_method_has_a_scope_rule_and_the_manifest_grants_what_the_bot_uses(slack):
-    assert set(slack._methods) == set(slack_scopes.METHOD_SCOPES)
+    assert slack.methods == set(slack_scopes.METHOD_SCOPES)
+    # what the stand-in says it answers is what it answers, each method under its own scope rule
+    with SlackStandIn(scopes=()) as bare:
+        c = WebClient(token=TOKEN, base_url=bare.base_url)
+        for method in sorted(slack.methods):
+            try:
+                answer = c.api_call(method, json={"channel": OTHER}).data
+            except SlackApiError as err:
+                answer = err.response.data
+            if slack_scopes.needed_scopes(method, channel_kind="public"):
+                assert answer.get("error") == "missing_scope", (method, answer)
+            else:
+                assert answer.get("error") not in ("unknown_method", "missing_scope"), (method, answer)
+        assert error_of(c.api_call, "chat.scheduleMessage", json={"channel": OTHER}) == "unknown_method"
     granted = slack_scopes.manifest_scopes()
     bot_methods = set(slack_scopes.METHOD_SCOPES) - {"apps.connections.open"}
     for method in bot_methods:

@@ -165,6 +165,12 @@ class SlackStandIn(ServedInThread, _Recorded, _Conversation, _ChatMethods, _View
         """Web API base URL for ``WebClient(base_url=...)``, with the trailing slash."""
         return f"{self.origin}/api/"
 
+    @property
+    def methods(self) -> frozenset[str]:
+        """The Web API methods this stand-in answers; any other answers ``unknown_method``. Each has a scope rule
+        in ``bot.devtools.slack_scopes.METHOD_SCOPES``."""
+        return frozenset(self._methods)
+
     def add_user(self, user_id: str, *, name: str | None = None, real_name: str | None = None,
                  tz: str = "UTC", **extra: Any) -> None:
         """Make ``users.info`` know ``user_id``."""
@@ -230,7 +236,7 @@ class SlackStandIn(ServedInThread, _Recorded, _Conversation, _ChatMethods, _View
     def revoke_token(self, error: str = "token_revoked") -> None:
         """From now on Slack refuses the bot's token: every Web API method, ``auth.test`` included, answers
         ``{"ok": false, "error": error}`` (``token_revoked``, ``invalid_auth``, …), as after an uninstall."""
-        for method in self._methods:
+        for method in self.methods:
             self.fail_next(method, error=error, times=1 << 30)
 
     def _handle(self, request: _Handler) -> None:
