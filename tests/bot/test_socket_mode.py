@@ -75,8 +75,8 @@ class FakeSocketModeServer:
     def start(self) -> FakeSocketModeServer:
         app = web.Application()
         app.router.add_get("/link/", self._handle)
+        app.on_startup.append(self._remember_loop)  # the server's own loop, where the WebSocket lives
         self._server = BackgroundServer(app, self.host, self.port).start()  # the same runner the app's tests use
-        self._loop = self._server._loop
         self.port = self._server.port
         return self
 
@@ -89,6 +89,9 @@ class FakeSocketModeServer:
         self._server.stop()
 
     # -------------------------------------------------------------------------------- protocol
+
+    async def _remember_loop(self, _: web.Application) -> None:
+        self._loop = asyncio.get_running_loop()
 
     async def _handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=True)
