@@ -65,15 +65,17 @@ def build_services(
                         reports=reports, followups=followups, monitor=monitor, watch=watch, mailer=mailer)
     # While a halt is held, clients activated or added are saved and halted too (core.halt_watch).
     worker.periodic.append(lambda: halt_watch.sweep(engine))
-    # Runbook step 8: every rollback runs diagnostics right after the halt (a job, so any process may).
-    engine.subscribe(services.diagnose_after_halt)
+    # Runbook step 8: every rollback runs diagnostics right after the halt (a job queued with the halt's state,
+    # core.outbox.diagnose_job, so any process may run it).
     worker.on("diagnose", services.run_incident_diagnostics)
     # Evidence before approval (core.evidence): a job queued with every rollback request.
     EvidenceJob(engine, lambda model: services.diagnose(model=model)).register(worker)
     loss.register(worker)
-    if settings.pnl_query:
-        PnlPoller(engine, loss, query=settings.pnl_query, every_minutes=settings.pnl_poll_minutes,
-                  timeout_seconds=settings.pnl_query_timeout_seconds).register(worker)
+    if settings.pnl_query:  # polled from each state change of an open incident on (core.outbox)
+        poller = PnlPoller(engine, loss, query=settings.pnl_query, every_minutes=settings.pnl_poll_minutes,
+                           timeout_seconds=settings.pnl_query_timeout_seconds)
+        poller.register(worker)
+        engine.follow_ups.append(poller.follow_up)
     worker.on("report", services.write_report_job)
     return services
 

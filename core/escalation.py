@@ -229,27 +229,14 @@ class Escalator:
     def schedule(self, conn: psycopg.Connection, incident: Incident) -> None:
         schedule_for(conn, incident, escalate_after_minutes=self.minutes, loss_threshold=self.loss_threshold)
 
-    def on_event(self, event: Event) -> None:
-        """Engine listener: an incident that opens (or changes state) gets its timers; a failure escalates."""
-        if event.kind != "state":
-            return
-        inc = event.incident
-        if inc.is_open or _immediate(inc, self.loss_threshold):
-            with self.db.transaction() as conn:
-                self.schedule(conn, inc)
-
-    def register(self, worker: Any, on_page: PageCallback, on_breach: BreachCallback, *,
-                 subscribe: bool = True) -> None:
-        """Install the job handlers on ``worker`` and (by default) the listener on its engine. The timers of a
-        state change made by the engine are queued in its own transaction (core.outbox), so no sweep for timers
-        a dead process never queued is needed."""
+    def register(self, worker: Any, on_page: PageCallback, on_breach: BreachCallback) -> None:
+        """Install the job handlers on ``worker``. The timers of a state change are queued in its own
+        transaction (``core.outbox.escalation_jobs``), so neither a listener nor a sweep queues them."""
         self.on_page = on_page
         self.on_breach = on_breach
         worker.on(AGE_JOB, self._age_job)
         worker.on(NOW_JOB, self._now_job)
         worker.on(TARGET_JOB, self._target_job)
-        if subscribe:
-            self.engine.subscribe(self.on_event)
 
     # -- job handlers
 

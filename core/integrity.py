@@ -83,6 +83,19 @@ def originals_of(inc: Incident, emergency: Path | None) -> Sums | None:
     return None
 
 
+def original_label(inc: Incident, folder: Path, originals: Sums | None) -> str:
+    """How failure messages name the files that were in production before ``inc``: "original (v1)" only when they
+    are the bytes of the production row's version folder ``v1``; otherwise (e.g. files an override resumed on, or a
+    version kept in no folder) "original (as before INC-n; production row v1)", which claims no version."""
+    version = inc.from_version
+    if version and originals and "/" not in version and not version.startswith("."):
+        source = folder / version
+        if source.is_dir() and not source.is_symlink() and file_sums(source) == {
+                name: originals.get(name) for name in MODEL_FILES}:
+            return f"original ({version})"
+    return f"original (as before {inc.ref}" + (f"; production row {version})" if version else ")")
+
+
 def check_pins(folder: Path, pins: Sums, *, what: str) -> None:
     """Raise VerificationFailed naming each file of ``folder`` whose checksum is not the pinned one."""
     wrong = []
@@ -200,7 +213,7 @@ def production_mismatches(conn: psycopg.Connection, registry: Any) -> list[FileM
         actual = file_sums(folder)
         wrong = [n for n in MODEL_FILES if n in originals and actual[n] != originals[n]]
         if wrong or not originals:
-            known = [(f"original ({inc.from_version or 'before ' + inc.ref})", originals),
+            known = [(original_label(inc, folder, originals), originals),
                      (f"target {inc.target_backup}", pins_of(inc))]
             what = describe(folder, actual, known)
             out.append(FileMismatch(inc.model_name, f"the original files, as {inc.ref}'s revert failed",

@@ -40,7 +40,7 @@ from core.aftercare import raise_attention
 from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt
 from core.escalation import claim_once
-from core.incidents import Event, Incident, journal
+from core.incidents import Incident, journal
 from core.logfollow import LogLook, LogState, follow_logs, log_baseline, watched_logs
 from core.marketdata import LabelledRows, labelled_rows  # re-exported: the one realized-returns query
 from core.metrics import evaluate
@@ -170,22 +170,13 @@ class Monitor:
                     payload={"n": 1, "logs": base["logs"], "rows_seen": 0},
                     dedupe_key=f"monitor-check:{incident.id}:1")
 
-    def on_event(self, event: Event) -> None:
-        """Engine listener: start monitoring when trading resumes on a restored model."""
-        if event.resumed_on_restored:
-            with self.db.transaction() as conn:
-                self.schedule(conn, event.incident)
-
-    def register(self, worker: Any, on_trouble: TroubleCallback, on_summary: SummaryCallback, *,
-                 subscribe: bool = True) -> None:
-        """Install the check handler, take over the engine's ``monitor_end`` (summary, then resolve), and (by
-        default) listen to the engine's events."""
+    def register(self, worker: Any, on_trouble: TroubleCallback, on_summary: SummaryCallback) -> None:
+        """Install the check handler and take over the engine's ``monitor_end`` (summary, then resolve). The
+        monitoring starts in the resume's transaction (``core.outbox.aftercare_jobs`` calls ``schedule``)."""
         self.on_trouble = on_trouble
         self.on_summary = on_summary
         worker.on(CHECK_JOB, self._check_job)
         worker.on(END_JOB, self._end_job)
-        if subscribe:
-            self.engine.subscribe(self.on_event)
 
     # -- looking
 

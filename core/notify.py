@@ -32,7 +32,7 @@ from tenacity.wait import wait_base
 
 from core.engine import Engine, enqueue
 from core.errors import ConfigError, RollbackError
-from core.incidents import Event, Incident, journal
+from core.incidents import Incident, journal
 from core.milestones import END_MILESTONES, HEADLINES, MILESTONES, Notice, headline, milestone_of, notice
 from core.report import Reports, find_report
 
@@ -285,24 +285,16 @@ class Mailer:
         self.attachments = attachments or self._report_files
         self.on_failed: FailureCallback | None = None
 
-    def on_event(self, event: Event) -> None:
-        """Engine listener: queue the e-mail of a milestone (cheap; sending happens in the worker)."""
-        milestone = milestone_of(event)
-        if milestone is not None:
-            with self.engine.db.transaction() as conn:
-                self.queue(conn, incident_id=event.incident.id, milestone=milestone)
-
     @staticmethod
     def queue(conn: Any, *, incident_id: int, milestone: str) -> None:
         enqueue(conn, EMAIL_JOB, incident_id=incident_id, payload={"milestone": milestone},
                 dedupe_key=f"notify-email:{incident_id}:{milestone}")
 
-    def register(self, worker: Any, *, on_failed: FailureCallback | None = None, subscribe: bool = True) -> None:
-        """Install the job handler on ``worker`` and (by default) listen to its engine's events."""
+    def register(self, worker: Any, *, on_failed: FailureCallback | None = None) -> None:
+        """Install the job handler on ``worker``. The e-mails are queued with each state change, in its
+        transaction (``core.outbox.email_job``)."""
         self.on_failed = on_failed
         worker.on(EMAIL_JOB, self.handle)
-        if subscribe:
-            worker.engine.subscribe(self.on_event)
 
     def _report_files(self, incident: Incident, milestone: str) -> list[Attachment]:
         if milestone not in END_MILESTONES or self.incidents_dir is None:

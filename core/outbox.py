@@ -22,6 +22,10 @@ Follow-ups written here (``install`` adds the writers to the engine of every ``S
                                                         closes its page (``Paging.close_with_state``)
     evidence        evidence:{id}                         a new rollback request (not break-glass): the evidence the
                                                         card shows before approval (``EvidenceJob.queue``)
+    diagnose        diagnose:{id}                         a rollback that has halted trading: its root-cause
+                                                        diagnostics (``diagnose_job``)
+    loss_poll       loss-poll:{id}:{slot}                 an open rollback or halt, with PNL_QUERY set: a poll now
+                                                        (``PnlPoller.follow_up``, added by bot/compose.py)
 
 Outside state changes, what the report shows queues its rewrite the same way, in the transaction that records
 it (``repository.queue_report_refresh``): a page and an emergency page (``core.escalation``, ``core.paging``),
@@ -91,17 +95,25 @@ def aftercare_jobs(monitor: Any, watch: Any) -> FollowUps:
     return write
 
 
+def diagnose_job(conn: psycopg.Connection, inc: Incident) -> None:
+    """Runbook step 8: a rollback that has halted trading queues its root-cause diagnostics (the ``diagnose`` job,
+    ``Services.run_incident_diagnostics``), once."""
+    if inc.kind == "rollback" and inc.state == "halted":
+        enqueue(conn, "diagnose", incident_id=inc.id, dedupe_key=f"diagnose:{inc.id}")
+
+
 def install(engine, worker, settings: Settings, reports: Reports) -> Mailer | None:
     """Add the follow-up writers to ``engine`` and the e-mail job's handler to ``worker`` (when SMTP_URL and
     STAKEHOLDER_EMAILS are set); return the mailer, whose ``on_failed`` the Slack layer sets."""
     engine.follow_ups.append(report_job)
+    engine.follow_ups.append(diagnose_job)
     engine.follow_ups.append(escalation_jobs(escalate_after_minutes=settings.escalate_after_minutes,
                                              loss_threshold=settings.loss_escalation_threshold))
     if settings.smtp_url is None or not settings.stakeholder_emails:
         return None
     notifier = EmailNotifier(settings.smtp_url.get_secret_value(), settings.email_sender, settings.stakeholder_emails)
     mailer = Mailer(engine, notifier, attachments=fresh_report(reports))
-    mailer.register(worker, subscribe=False)  # queued by email_job with each state, not by a listener
+    mailer.register(worker)  # queued by email_job with each state, not by a listener
     engine.follow_ups.append(email_job)
     return mailer
 

@@ -98,15 +98,12 @@ class Paging:
         self.on_pagerduty_failed: Callable[[Incident, str, str], None] | None = None
 
     def register(self, worker: Any, *, on_emergency: Callable[[Incident, Page], None] | None = None,
-                 on_pagerduty_failed: Callable[[Incident, str, str], None] | None = None,
-                 subscribe: bool = True) -> None:
+                 on_pagerduty_failed: Callable[[Incident, str, str], None] | None = None) -> None:
         self.on_emergency = on_emergency
         self.on_pagerduty_failed = on_pagerduty_failed
         worker.on(EMERGENCY_JOB, self._emergency_job)
         worker.on(PAGERDUTY_JOB, self._pagerduty_job)
         worker.periodic.append(self.sweep)
-        if subscribe:
-            self.engine.subscribe(self.on_event)
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -206,10 +203,6 @@ class Paging:
         the transaction that closes it, whichever process closes it."""
         if inc.state in CLOSING:
             self.close_in(conn, inc.id)
-
-    def on_event(self, event: Event) -> None:
-        if event.kind == "state" and event.incident.state in CLOSING:
-            self.close(event.incident.id)
 
     def sweep(self) -> None:
         """Pages PagerDuty lags behind whose job gave up. (A page is closed with its incident, in the same

@@ -7,7 +7,9 @@ prepared statement (a second statement is refused by PostgreSQL), and is rolled 
 ``max(0, -P&L)`` (the P&L itself is kept in the entry's detail), only when it differs from the latest figure.
 
 Polls are jobs (``loss_poll``, dedupe key ``loss-poll:{id}:{n}``: the n-th slot of PNL_POLL_MINUTES after the
-incident opened), so two bot processes poll once; each poll queues the next while the incident is open. A
+incident opened), so two bot processes poll once. The first is queued in the transaction of the incident's state
+change (``follow_up``, an outbox writer: ``core.outbox``) and each poll queues the next, before its query runs,
+while the incident is open: a failing query or a dying process never ends the chain, and no sweep is needed. A
 failing query is reported once per incident (a ``pnl_query`` step, failed, and a warning) and polled again at
 the next slot.
 """
@@ -24,7 +26,7 @@ import psycopg
 
 from core.engine import Engine, enqueue
 from core.escalation import claim_once
-from core.incidents import CLOSED, Event, Incident, journal
+from core.incidents import Event, Incident, journal
 from core.loss import LossBook, LossUpdate
 
 __all__ = ["POLL_JOB", "PnlPoller", "PnlQueryFailed", "run_pnl_query"]
@@ -75,11 +77,11 @@ class PnlPoller:
         self.every = timedelta(minutes=every_minutes)
         self.timeout = timeout_seconds
 
-    def register(self, worker: Any, *, subscribe: bool = True) -> None:
+    def register(self, worker: Any) -> None:
+        """Install the poll job's handler. Polls start in the transaction of an incident's state change
+        (``follow_up``, added to the engine's outbox writers by bot/compose.py) and each poll queues the next one
+        before it runs the query, so neither a listener nor a sweep keeps them going."""
         worker.on(POLL_JOB, self._poll_job)
-        worker.periodic.append(self.sweep)
-        if subscribe:
-            self.engine.subscribe(self.on_event)
 
     # -- scheduling
 
@@ -90,25 +92,10 @@ class PnlPoller:
         enqueue(conn, POLL_JOB, incident_id=inc.id, payload={"slot": slot},
                 run_at=inc.created_at + slot * self.every, dedupe_key=f"loss-poll:{inc.id}:{slot}")
 
-    def on_event(self, event: Event) -> None:
-        inc = event.incident
-        if event.kind == "state" and inc.is_open and inc.kind in ("rollback", "halt"):
-            with self.db.transaction() as conn:
-                self.schedule(conn, inc, self._slot(inc, self.engine.clock()))
-
-    def sweep(self) -> None:
-        """Open incidents without a pending poll (their poll gave up, or the process died before queueing one)."""
-        now = self.engine.clock()
-        with self.db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT i.* FROM rollback_bot.incidents i WHERE i.state <> ALL(%s) AND i.kind IN ('rollback', 'halt')"
-                " AND NOT EXISTS (SELECT 1 FROM rollback_bot.jobs j WHERE j.kind = %s AND j.incident_id = i.id"
-                "   AND j.done_at IS NULL)",
-                (list(CLOSED), POLL_JOB),
-            ).fetchall()
-            for row in rows:
-                inc = Incident(**row)
-                self.schedule(conn, inc, self._slot(inc, now) + 1)
+    def follow_up(self, conn: psycopg.Connection, inc: Incident) -> None:
+        """Outbox writer (core.outbox): an open rollback or halt polls now, in its state change's transaction."""
+        if inc.is_open and inc.kind in ("rollback", "halt"):
+            self.schedule(conn, inc, self._slot(inc, self.engine.clock()))
 
     # -- polling
 
@@ -123,18 +110,16 @@ class PnlPoller:
                                 detail={"pnl": pnl}, only_if_changed=True)
 
     def _poll_job(self, job: dict) -> None:
-        inc = self.engine.get(job["incident_id"])
-        if not inc.is_open:
-            return
+        with self.db.transaction() as conn:  # the next poll first: a query or a process that fails keeps the chain
+            inc = self.engine.get(job["incident_id"], conn)
+            if not inc.is_open:
+                return
+            slot = max(int(job["payload"].get("slot", 0)), self._slot(inc, self.engine.clock()))
+            self.schedule(conn, inc, slot + 1)
         try:
             self.poll(inc)
         except PnlQueryFailed as exc:
             self._report_failure(inc, str(exc))
-        finally:
-            with self.db.transaction() as conn:
-                now = self.engine.clock()
-                if self.engine.get(inc.id, conn).is_open:
-                    self.schedule(conn, inc, max(int(job["payload"].get("slot", 0)), self._slot(inc, now)) + 1)
 
     def _report_failure(self, inc: Incident, error: str) -> None:
         log.warning("%s: %s", inc.ref, error)

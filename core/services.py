@@ -164,15 +164,9 @@ class Services:
                                    training_log=self.settings.training_log, api_log=self.settings.api_log,
                                    today=self.engine.clock().date())
 
-    def diagnose_after_halt(self, event: Event) -> None:
-        """Engine listener (bot.compose): queue the diagnostics job when a rollback has halted trading."""
-        inc = event.incident
-        if event.kind == "step" and event.step == "halt" and inc.kind == "rollback":
-            with self.db.transaction() as conn:
-                enqueue(conn, "diagnose", incident_id=inc.id, dedupe_key=f"diagnose:{inc.id}")
-
     def run_incident_diagnostics(self, job: dict) -> None:
-        """The `diagnose` job (bot.compose): the incident's diagnostics kept on its plan and journaled."""
+        """The `diagnose` job (queued when a rollback has halted: core.outbox.diagnose_job): the incident's
+        diagnostics kept on its plan and journaled."""
         inc = self.engine.get(job["incident_id"])
         # The version that failed (the job may run after the swap), and the restored model's figures apart.
         s = self.settings
@@ -303,13 +297,13 @@ class Services:
     ) -> None:
         """Escalation timers and paging, post-resume monitoring and e-mail, telling people through the callbacks."""
         s = self.settings
-        self.paging.register(self.worker, on_emergency=on_emergency, on_pagerduty_failed=on_pagerduty_failed,
-                             subscribe=False)  # a page closes with its incident (core.outbox, bot/compose.py)
+        # a page closes with its incident (Paging.close_with_state, an outbox follow-up added in bot/compose.py)
+        self.paging.register(self.worker, on_emergency=on_emergency, on_pagerduty_failed=on_pagerduty_failed)
         Escalator(self.engine, escalate_after_minutes=s.escalate_after_minutes,
                   loss_threshold=s.loss_escalation_threshold, paging=self.paging).register(
-            self.worker, on_page, on_breach, subscribe=False)  # the timers are queued with each state (core.outbox)
+            self.worker, on_page, on_breach)  # the timers are queued with each state (core.outbox)
         # started in the resume's transaction (core.outbox.aftercare_jobs), not by a listener
-        self.monitor.register(self.worker, on_trouble, on_summary, subscribe=False)
+        self.monitor.register(self.worker, on_trouble, on_summary)
         if self.mailer is not None:  # installed with the services (core.outbox); the Slack layer reports failures
             self.mailer.on_failed = on_email_failed
 
@@ -322,7 +316,7 @@ class Services:
                        on_end: Callable[[Incident, str], None]) -> EnhancedWatch:
         """The runbook's 24 hours of enhanced monitoring after the resume (core.watch)."""
         # started in the resume's transaction (core.outbox.aftercare_jobs), not by a listener
-        self.watch.register(self.worker, on_update, on_end, subscribe=False)
+        self.watch.register(self.worker, on_update, on_end)
         return self.watch
 
     def accept(self, *, incident_id: int, user: str, reason: str, allowed: bool) -> Incident:

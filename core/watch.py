@@ -1,7 +1,8 @@
 """The runbook's 24 hours of enhanced monitoring after the resume (its crontab "every 30 minutes").
 
 When a rollback resumes trading (state ``monitoring``) the watch records a baseline in ``plan.watch`` and
-queues its first check. Checks are due at fixed times counted from the incident's opening, like the runbook's
+queues its first check, in the resume's own transaction (``core.outbox.aftercare_jobs``): no listener or sweep
+starts it. Checks are due at fixed times counted from the incident's opening, like the runbook's
 other targets and like a crontab: slot k at ``created_at + k × ENHANCED_MONITOR_EVERY_MINUTES``, from the first
 slot after the resume to ``created_at + ENHANCED_MONITOR_HOURS`` (a resume so late that no slot is left starts
 a full window at the resume). So with the default settings the first check is the runbook's T+30 ("monitoring
@@ -30,8 +31,6 @@ stops early when the incident is superseded or another rollback of the model was
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -44,7 +43,7 @@ from core import trading, watch_followup
 from core.aftercare import handed_over_to, raise_attention
 from core.engine import Engine, enqueue
 from core.followups import CREATE_JOB as FOLLOWUPS_JOB
-from core.incidents import Event, Incident, journal
+from core.incidents import Incident, journal
 from core.monitoring import Monitor, log_baseline
 from core.timeline import TARGET_CHECK_DELAY
 from core.watchview import due_at, watch_summary
@@ -69,7 +68,7 @@ class EnhancedWatch:
     """See the module docstring."""
 
     def __init__(self, engine: Engine, *, log_paths: list[Path], hours: float = 24.0, every_minutes: float = 30.0,
-                 min_ic: float = 0.0, sweep_every_seconds: float = 60.0) -> None:
+                 min_ic: float = 0.0) -> None:
         self.engine = engine
         self.db = engine.db
         self.hours = hours
@@ -77,8 +76,6 @@ class EnhancedWatch:
         self.looker = Monitor(engine, log_paths=log_paths, min_ic=min_ic)  # only its looks; never registered
         self.on_update: UpdateCallback | None = None
         self.on_end: EndCallback | None = None
-        self._sweep_every = sweep_every_seconds
-        self._last_sweep = -math.inf
 
     # -- scheduling
 
@@ -103,36 +100,10 @@ class EnhancedWatch:
         enqueue(conn, WATCH_JOB, incident_id=inc.id, run_at=due_at(watch, first), payload={"n": first},
                 dedupe_key=f"watch:{inc.id}:{first}")
 
-    def on_event(self, event: Event) -> None:
-        """Engine listener: the watch starts when trading resumes on a restored model."""
-        if event.resumed_on_restored:
-            with self.db.transaction() as conn:
-                self.schedule(conn, event.incident)
-
-    def sweep(self) -> None:
-        """Periodic safety net: a resumed rollback whose resume event was lost (the process died between the
-        commit and the event) still gets its watch."""
-        if time.monotonic() - self._last_sweep < self._sweep_every:
-            return
-        self._last_sweep = time.monotonic()
-        since = self.engine.clock() - timedelta(hours=self.hours)
-        with self.db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT * FROM rollback_bot.incidents WHERE kind = 'rollback' AND resumed_at > %s"
-                " AND state = ANY(%s) AND NOT (plan ? 'watch') ORDER BY id",
-                (since, list(_WATCHED_STATES)),
-            ).fetchall()
-            for row in rows:
-                self.schedule(conn, Incident(**row))
-
-    def register(self, worker: Any, on_update: UpdateCallback, on_end: EndCallback, *,
-                 subscribe: bool = True) -> None:
+    def register(self, worker: Any, on_update: UpdateCallback, on_end: EndCallback) -> None:
         self.on_update = on_update
         self.on_end = on_end
         worker.on(WATCH_JOB, self._check_job)
-        worker.periodic.append(self.sweep)
-        if subscribe:
-            self.engine.subscribe(self.on_event)
 
     def set_message(self, incident_id: int, ts: str) -> None:
         """Remember the thread message that shows the watch (updated after each check)."""

@@ -34,9 +34,10 @@ def run(engine: Engine, inc: Incident, actor: str) -> Incident:
     engine.executor.fence(inc, "removing temporary files")
     clean_temporaries(folder)  # a copy interrupted by a crash in an earlier attempt
     # Each file back to the original (core.revert), retried with back-off; the outcome names what is in place.
+    before = originals(inc, folder)
     outcome = files.put_back(
-        folder, originals(inc, folder), folder / inc.emergency_backup if inc.emergency_backup else None,
-        original_label=f"original ({inc.from_version or 'before ' + inc.ref})",
+        folder, before, folder / inc.emergency_backup if inc.emergency_backup else None,
+        original_label=integrity.original_label(inc, folder, before),
         target=(f"target {inc.target_backup}", integrity.pins_of(inc)),
         fence=lambda what: engine.executor.fence(inc, what), fault=engine.fault, wait=engine.revert_wait)
     with engine.db.transaction() as conn:
@@ -83,7 +84,8 @@ def files_now(engine: Engine, inc: Incident) -> str:
     """Which version each production file of ``inc``'s model is now (for a failure message)."""
     try:
         folder = engine.registry.model_dir(inc.model_name)
-        known = [(f"original ({inc.from_version or 'before ' + inc.ref})", originals(inc, folder) or {}),
+        before = originals(inc, folder) or {}
+        known = [(integrity.original_label(inc, folder, before), before),
                  (f"target {inc.target_backup}", integrity.pins_of(inc))]
         now = integrity.describe(folder, integrity.file_sums(folder), known)
     except (OSError, RollbackError) as exc:

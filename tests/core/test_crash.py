@@ -168,7 +168,8 @@ def collect_boundaries(world_template, url: str, where: Path, *, corrupt: bool) 
         return original_copy(fsrc, fdst, length) if length else original_copy(fsrc, fdst)
 
     def hook(label: str) -> None:
-        labels.append(label)
+        if not label.startswith("publish:"):  # between a commit and its listeners: the files and rows are those of
+            labels.append(label)               # the commit's own boundary; tests/core/test_outbox.py kills there
         if corrupt and label == "after:restoring":
             path = run.models / MODEL / "model.json"
             path.write_bytes(path.read_bytes()[:-50])

@@ -46,7 +46,8 @@ class Pager:
 
 def bot(settings, db, clock, pager, *, minutes=120, threshold=None) -> Services:
     """One bot process: its own Services (engine, worker) and escalator, on the shared database."""
-    services = build_services(settings, db, clock=clock)
+    settings = settings.model_copy(update={"escalate_after_minutes": minutes, "loss_escalation_threshold": threshold})
+    services = build_services(settings, db, clock=clock)  # the timers are queued with each state (core.outbox)
     Escalator(services.engine, escalate_after_minutes=minutes, loss_threshold=threshold).register(
         services.worker, pager.page, pager.breach)
     return services

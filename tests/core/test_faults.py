@@ -339,6 +339,7 @@ def dead_port() -> int:
 
 def test_smtp_down_the_rollback_completes_and_each_failed_email_is_journaled(services, world, conn):
     from core.notify import EmailNotifier, Mailer
+    from core.outbox import email_job
 
     before = client_settings(conn)
     port = dead_port()
@@ -347,6 +348,7 @@ def test_smtp_down_the_rollback_completes_and_each_failed_email_is_journaled(ser
     failures: list[tuple[str, str]] = []
     Mailer(services.engine, notifier).register(services.worker,
                                                on_failed=lambda inc, milestone, exc: failures.append((milestone, str(exc))))
+    services.engine.follow_ups.append(email_job)  # as core.outbox.install does with SMTP_URL set
     inc = rollback(services.engine, world)
     while services.worker.run_due():
         pass

@@ -80,7 +80,7 @@ def monitored_rollback(settings, db, clock, log_path, *, started=True):
         services.engine.follow_ups.remove(next(w for w in services.engine.follow_ups
                                                if w.__qualname__.startswith("aftercare_jobs")))
     posts = Posts(services.engine)
-    monitor.register(services.worker, posts.on_trouble, posts.on_summary, subscribe=False)
+    monitor.register(services.worker, posts.on_trouble, posts.on_summary)
     target = services.registry.recommend(MODEL).backup.name
     inc, _ = services.engine.request_rollback(model=MODEL, backup=target, reason="r", requested_by="U0ALICE")
     services.engine.approve(incident_id=inc.id, approver="U0BOB")

@@ -22,6 +22,7 @@ from core.notify import (
     notice,
     parse_smtp_url,
 )
+from core.outbox import email_job
 from core.report import Reports
 
 MODEL = "growth_momentum_large"
@@ -169,6 +170,7 @@ def test_milestones_are_mailed_from_the_worker_and_the_report_goes_at_the_end(se
     mailer = Mailer(services.engine, notifier(server.port), attachments=fresh_report(reports))
     failures = []
     mailer.register(services.worker, on_failed=lambda *a: failures.append(a))
+    services.engine.follow_ups.append(email_job)  # as core.outbox.install does with SMTP_URL set
     inc = run_rollback(services)
     assert inc.state == "monitoring"
     assert inbox.messages == [], "nothing is sent from inside the rollback"
@@ -200,6 +202,7 @@ def test_a_failed_email_is_reported_and_never_fails_the_rollback(services, setti
     mailer = Mailer(services.engine, notifier(port), incidents_dir=settings.incidents_dir)
     failures = []
     mailer.register(services.worker, on_failed=lambda inc, milestone, exc: failures.append((milestone, str(exc))))
+    services.engine.follow_ups.append(email_job)  # as core.outbox.install does with SMTP_URL set
     inc = run_rollback(services)
     assert inc.state == "monitoring"
     services.worker.run_due()

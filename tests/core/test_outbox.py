@@ -103,7 +103,7 @@ def _restarted(settings, smtp_url: str) -> tuple[Services, Database, list]:
     return services, db, writes
 
 
-@pytest.mark.parametrize("label", ["after:halting", "after:resuming"])
+@pytest.mark.parametrize("label", ["after:halting", "publish:halt", "after:resuming"])
 def test_a_process_killed_right_after_a_state_commit_loses_no_follow_up(settings, world, conn, smtp, label):  # noqa: F811
     inbox = Inbox()
     smtp_url = f"smtp://127.0.0.1:{smtp(inbox).port}"
@@ -134,3 +134,8 @@ def test_a_process_killed_right_after_a_state_commit_loses_no_follow_up(settings
     jobs = conn.execute("SELECT dedupe_key, done_at FROM rollback_bot.jobs WHERE incident_id = %s AND kind = 'report'",
                         (inc["id"],)).fetchall()
     assert len(jobs) == 1 and jobs[0]["done_at"] is not None
+    # Runbook step 8: the diagnostics queued with the halt's state (core.outbox.diagnose_job) ran once, though the
+    # halting process died before any listener could hear of the halt.
+    diagnosed = conn.execute("SELECT count(*) AS n FROM rollback_bot.steps WHERE incident_id = %s"
+                             " AND step = 'diagnostics'", (inc["id"],)).fetchone()["n"]
+    assert diagnosed == 1 and "diagnostics" in inc["plan"]

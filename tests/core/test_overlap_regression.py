@@ -128,6 +128,8 @@ def test_overlapping_rollback_whose_revert_has_nothing_to_copy_back_is_safe(serv
     assert b_calls == [], "the model.json in place was already B's damaged bytes: nothing to copy back"
     revert = next(s for s in engine.steps(b_done.id) if s.step == "revert")
     assert revert.outcome == "ok" and MODEL_FILE not in revert.detail["restored_files"], revert.detail
+    # the files back are the damaged ones from before B, not production's version: the message claims no version
+    assert revert.detail["files"][MODEL_FILE] == f"the original (as before {b_done.ref}; production row {production})"
     # the files before B are back, byte for byte, and the deployment log names V's production version again
     assert got["before"] == damaged and got["after"] == damaged
     assert [r["version"] for r in production_rows(conn, B_MODEL)] == [production]

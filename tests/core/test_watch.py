@@ -39,7 +39,7 @@ def process(settings, db, clock, *, hours=2.0, logs=()):
     """One bot process with the watch (and only the watch) registered."""
     services = build_services(watch_settings(settings, hours=hours, logs=logs), db, clock=clock)
     posts = Posts()
-    services.watch.register(services.worker, posts.update, posts.end, subscribe=False)  # started by the outbox
+    services.watch.register(services.worker, posts.update, posts.end)  # started by the outbox
     return services, posts
 
 

@@ -30,8 +30,8 @@ def bot_process(settings, db, clock, *, logs=(), followups=True):
     """One bot process with the 2-hour watch and (unless told not to) the follow-up jobs registered."""
     services = build_services(watch_settings(settings, hours=2, logs=logs), db, clock=clock)
     summaries: list[str] = []
-    services.watch.register(services.worker, lambda inc, w: None, lambda inc, summary: summaries.append(summary),
-                            subscribe=False)  # started by the outbox
+    # started by the outbox
+    services.watch.register(services.worker, lambda inc, w: None, lambda inc, summary: summaries.append(summary))
     told = Told()
     if followups:
         services.followups.register(services.worker, on_board=told.board, on_reminder=told.remind)
