@@ -325,6 +325,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _argv(pid: int) -> list[str]:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
+    return []
+
+
 def replies_received(standin: subprocess.Popen, port_file: Path, timeout: float = 10.0) -> int:
     """How many replies the stand-in process has received so far (it answers SIGUSR1 with a file)."""
     count_file = port_file.with_suffix(".count")
@@ -380,8 +386,8 @@ def run_bench(requests: int, cap_seconds: float, rounds: int = 5, out=sys.stdout
         def all_pids() -> list[int]:
             return [p for proc in procs.values() for p in descendants(proc.pid)] + [standin.pid]
 
-        def work_process() -> int:
-            below = [p for p in descendants(serve.pid) if p != serve.pid]
+        def work_process() -> int:  # serve's other child, its loading process, runs on: it is on the ack path
+            below = [p for p in descendants(serve.pid) if p != serve.pid and _argv(p)[-1:] == ["work"]]
             if len(below) != 1:
                 raise RuntimeError(f"expected one work process under rollback-bot serve, found {below}")
             return below[0]

@@ -20,7 +20,7 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk.signature import SignatureVerifier
 
 from bot.health import Health, ops_routes
-from bot.loading_opener import LoadingOpener
+from bot.loading_proc import LoadingProcess
 from core.services import Services
 
 log = logging.getLogger("rollback_bot.server")
@@ -44,12 +44,12 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
     """With ``forward`` (``serve`` with its work process), a signed request that needs nothing but an empty ack
     (a command other than help, a button click, an event) is acked here at once and handed to the work process
     whole; everything else (modal submissions, help, Slack's checks) goes through the Bolt App here. A request
-    that opens a modal gets its loading view here, right after the ack and before the hand-over, so that the
-    3-second trigger never waits behind the work process (handlers/loading.py)."""
+    that opens a modal gets its loading view right after the ack and before the hand-over, so that the 3-second
+    trigger never waits behind the work process (handlers/loading.py); the view is opened by serve's loading
+    process (bot/loading_proc.py), so that the next request's ack never waits for a ``views.open`` either."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bolt")
     verifier = SignatureVerifier(signing_secret) if forward is not None and signing_secret else None
-    opener = LoadingOpener(token=app.client.token, base_url=app.client.base_url,
-                           metrics=getattr(app, "metrics", None)) if verifier is not None else None
+    opener = LoadingProcess() if verifier is not None else None
 
     async def slack_events(request: web.Request) -> web.Response:
         stamp = request.headers.get("X-Slack-Request-Timestamp", "")
@@ -69,26 +69,28 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
                 if modal is None or opener is None:
                     loop.call_soon(forward, body, headers)
                 else:
-                    loop.call_soon(loop.create_task, open_then_forward(body, headers, *modal))
+                    kind, trigger_id = modal
+                    loop.call_soon(opener.open, trigger_id, kind, lambda opened: forward(body, headers, opened))
                 return web.Response(status=200, body=b"")
         bolt_req = BoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
         loop = asyncio.get_running_loop()
         resp = await loop.run_in_executor(executor, app.dispatch, bolt_req)
         return _to_aiohttp(resp)
 
-    async def open_then_forward(body: str, headers: dict[str, str], kind: str, trigger_id: str) -> None:
-        assert forward is not None and opener is not None
-        forward(body, headers, await opener.open(trigger_id, kind))
+    async def on_startup(_: web.Application) -> None:
+        if opener is not None:
+            opener.start()
 
     async def on_cleanup(_: web.Application) -> None:
         executor.shutdown(wait=False, cancel_futures=True)
         if opener is not None:
-            await opener.close()
+            opener.stop()
 
     web_app = web.Application(client_max_size=MAX_BODY)
     web_app.router.add_post(EVENTS_PATH, slack_events)
     ops_routes(web_app, executor, health=health or Health(db_ping=services.db.ping, work_alive=work_alive),
                render=app.metrics.render if serve_metrics else None)  # type: ignore[attr-defined]
+    web_app.on_startup.append(on_startup)
     web_app.on_cleanup.append(on_cleanup)
     return web_app
 

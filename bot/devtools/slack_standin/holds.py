@@ -38,7 +38,7 @@ class Padding:
         self.remaining = times
         self.data = b"[" + b"0," * (items - 1) + b"0]"
         self.answered = threading.Event()
-        self.answered_at: float | None = None  # time.monotonic() once the answer is written
+        self.answered_at: float | None = None  # time.time() once the answer is written (as Call.at)
 
 
 class _Holds:
@@ -86,7 +86,7 @@ class _Holds:
 
     @staticmethod
     def _padded_sent(padding: Padding) -> None:
-        padding.answered_at = time.monotonic()
+        padding.answered_at = time.time()
         padding.answered.set()
 
 
