@@ -18,8 +18,9 @@ rollback-bot is measured twice:
 
 * ``rollback-bot`` (the ack path, judged against the target): the work process is paused (SIGSTOP) while a
   batch is sent and resumed after it, so its replies are computed after the batch instead of on the same two
-  cores during it. Nothing else changes: ``serve`` verifies, acks and hands over every request as always, and
-  the bench then checks that the Slack stand-in received a reply for every request of the batch.
+  cores during it. Nothing else changes: ``serve`` verifies, acks and hands over every request as always (its
+  loading process, which opens the click's loading view, runs on), and the bench then checks that the Slack
+  stand-in received a reply for every request of the batch.
 * ``rollback-bot+work``: the work process runs alongside, answering each request (database queries, Block Kit,
   a reply to the stand-in) while the next ones are acked. Printed for information: on a 2-core machine the
   replies, PostgreSQL, the stand-in and the load generator then share the cores, which no bare app has to do.

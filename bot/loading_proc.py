@@ -5,8 +5,8 @@ right after the ack, not the work process. But a ``views.open`` costs the proces
 request, the answer, slack_sdk's bookkeeping): made on the event loop that writes the acks, or from a thread
 holding the interpreter lock against it, the next request's ack waits for it. So the acking process only
 writes one short line into a pipe (``{"n", "trigger_id", "kind"}``) and goes on; this child
-(``rollback-bot loading``, at normal priority, unlike the work process) opens the view with slack_sdk's
-AsyncWebClient (bot/loading_opener.py: one kept-alive session, async retry handlers) and writes back
+(``rollback-bot loading``, at a priority below the acks and above the work process) opens the view with
+slack_sdk's AsyncWebClient (bot/loading_opener.py: one kept-alive session, async retry handlers) and writes back
 ``{"n", "loading"}``. ``serve`` then hands the request over to the work process with its loading view, which
 the work fills in with ``views.update``; ``{}`` (Slack refused, or this child is gone) means the work opens the
 form with the trigger itself, as before.
@@ -222,10 +222,24 @@ async def _main(token: str | None, base_url: str, metrics: Any) -> None:
     await _serve(LoadingOpener(token=token, base_url=base_url, metrics=metrics), reader, sys.stdout.buffer)
 
 
+LOADING_NICENESS = 5  # below the acks (serve, 0), above the work process (core/worker.py WORK_NICENESS, 10)
+
+
+def lower_priority(niceness: int = LOADING_NICENESS) -> None:
+    """Acks first: this process (and, with Linux's autogroup, its session's group) gives way to ``serve``'s event
+    loop when both want a CPU, and still comes before the work process."""
+    with contextlib.suppress(OSError):
+        os.nice(niceness)
+    with contextlib.suppress(OSError):
+        with open("/proc/self/autogroup", "w") as group:  # absent without autogroup
+            group.write(str(niceness))
+
+
 def cmd_loading(args: Any, settings: Any) -> int:
     """``rollback-bot loading``: the loading process ``serve`` starts for itself (no help, not in --help)."""
     from bot.observability import Metrics
 
+    lower_priority()
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     asyncio.run(_main(token, settings.slack_api_url, Metrics()))
     return 0

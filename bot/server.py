@@ -9,6 +9,7 @@ Prometheus metrics, unless they have an address of their own (METRICS_ADDR).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -106,12 +107,10 @@ def needs_only_an_ack(body: str, content_type: str) -> bool:
             return json.loads(body).get("type") == "event_callback"
         except ValueError:
             return False
-    form = parse_qs(body, keep_blank_values=True)
+    form = _form(body)
     if "payload" in form:
-        try:
-            return json.loads(form["payload"][0]).get("type") == "block_actions"
-        except ValueError:
-            return False
+        parsed = _fields(body)
+        return isinstance(parsed, dict) and parsed.get("type") == "block_actions"
     if form.get("command", [""])[0] and not form.get("ssl_check"):
         verb = (form.get("text", [""])[0].strip().split(" ", 1)[0] or "help").lower()
         return verb in WORK_VERBS
@@ -124,13 +123,25 @@ def modal_to_open(body: str, content_type: str) -> tuple[str, str] | None:
 
     if "json" in content_type:
         return None
-    form = parse_qs(body, keep_blank_values=True)
+    parsed = _fields(body)
+    kind = modal_for(parsed) if isinstance(parsed, dict) else None
+    return (kind, parsed["trigger_id"]) if kind else None  # type: ignore[index]
+
+
+@functools.lru_cache(maxsize=8)
+def _form(body: str) -> dict[str, list[str]]:
+    """A form-encoded request parsed once for both questions above (read only)."""
+    return parse_qs(body, keep_blank_values=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _fields(body: str) -> object:
+    """An interactivity payload decoded, or a command's fields; None when unreadable (read only)."""
+    form = _form(body)
     try:
-        parsed = json.loads(form["payload"][0]) if "payload" in form else {k: v[0] for k, v in form.items()}
+        return json.loads(form["payload"][0]) if "payload" in form else {k: v[0] for k, v in form.items()}
     except ValueError:
         return None
-    kind = modal_for(parsed) if isinstance(parsed, dict) else None
-    return (kind, parsed["trigger_id"]) if kind else None
 
 
 def serve_http(web_app: web.Application, *, host: str, port: int) -> None:
