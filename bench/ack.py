@@ -18,8 +18,9 @@ rollback-bot is measured twice:
 
 * ``rollback-bot`` (the ack path, judged against the target): the work process is paused (SIGSTOP) while a
   batch is sent and resumed after it, so its replies are computed after the batch instead of on the same two
-  cores during it. Nothing else changes: ``serve`` verifies, acks and hands over every request as always, and
-  the bench then checks that the Slack stand-in received a reply for every request of the batch.
+  cores during it. Nothing else changes: ``serve`` verifies, acks and hands over every request as always (its
+  loading process, which opens the click's loading view, runs on), and the bench then checks that the Slack
+  stand-in received a reply for every request of the batch.
 * ``rollback-bot+work``: the work process runs alongside, answering each request (database queries, Block Kit,
   a reply to the stand-in) while the next ones are acked. Printed for information: on a 2-core machine the
   replies, PostgreSQL, the stand-in and the load generator then share the cores, which no bare app has to do.
@@ -325,6 +326,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _argv(pid: int) -> list[str]:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
+    return []
+
+
 def replies_received(standin: subprocess.Popen, port_file: Path, timeout: float = 10.0) -> int:
     """How many replies the stand-in process has received so far (it answers SIGUSR1 with a file)."""
     count_file = port_file.with_suffix(".count")
@@ -380,8 +387,8 @@ def run_bench(requests: int, cap_seconds: float, rounds: int = 5, out=sys.stdout
         def all_pids() -> list[int]:
             return [p for proc in procs.values() for p in descendants(proc.pid)] + [standin.pid]
 
-        def work_process() -> int:
-            below = [p for p in descendants(serve.pid) if p != serve.pid]
+        def work_process() -> int:  # serve's other child, its loading process, runs on: it is on the ack path
+            below = [p for p in descendants(serve.pid) if p != serve.pid and _argv(p)[-1:] == ["work"]]
             if len(below) != 1:
                 raise RuntimeError(f"expected one work process under rollback-bot serve, found {below}")
             return below[0]

@@ -106,6 +106,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         app.progress.flush(5)
 
 
+def cmd_loading(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.loading_proc import cmd_loading as run
+
+    return run(args, settings)
+
+
 def cmd_work(args: argparse.Namespace, settings: Settings) -> int:
     """The work process of `serve` (bot/workproc.py): work items on standard input, plus the worker."""
     from bot.app import build_app
@@ -239,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("work")  # the work process `serve` starts for itself: no help, so not in --help
     p.set_defaults(func=cmd_work)
 
+    p = sub.add_parser("loading")  # the loading process `serve` starts for itself (bot/loading_proc.py)
+    p.set_defaults(func=cmd_loading)
+
     p = sub.add_parser("db", help="database administration")
     dbsub = p.add_subparsers(dest="db_command", required=True)
     m = dbsub.add_parser("migrate", help="apply the bot's schema migrations (idempotent)")
@@ -295,8 +304,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None)
         # JSON lines for the long-running server, readable text for commands a person runs.
-        configure_logging(settings, json_format=args.command in ("serve", "work") and settings.log_format == "json",
-                          verbose=args.verbose)
+        json_logs = args.command in ("serve", "work", "loading") and settings.log_format == "json"
+        configure_logging(settings, json_format=json_logs, verbose=args.verbose)
         return func(args, settings)
     except ConfigError as exc:
         print(f"rollback-bot: configuration error: {exc}", file=sys.stderr)

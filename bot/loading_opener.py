@@ -1,9 +1,8 @@
-"""``serve`` opens a form's loading view itself, right after the ack (handlers/loading.py), on its event loop.
+"""How a form's loading view is opened for ``serve`` (handlers/loading.py), in its loading process
+(bot/loading_proc.py), never on the event loop that writes the acks.
 
-The serving process's job is to acknowledge Slack at once. A Web API call made from a thread would hold the
-interpreter lock against the event loop that writes the acks (a thread keeps it up to 5 ms at a time), so
-the loading view goes out through slack_sdk's AsyncWebClient on the same loop instead, over one kept-alive
-aiohttp session, with slack_sdk's own async retry handlers (429 with Retry-After, 5xx, connection reset).
+slack_sdk's AsyncWebClient on the process's event loop, over one kept-alive aiohttp session, with slack_sdk's
+own async retry handlers (429 with Retry-After, 5xx, connection reset): many views open at once.
 """
 
 from __future__ import annotations
@@ -40,7 +39,11 @@ class LoadingOpener:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        # slack_sdk formats every request and answer for a debug line unless its logger's own level is set
+        sdk_log = logging.getLogger("rollback_bot.loading.slack_sdk")
+        sdk_log.setLevel(logging.getLogger().getEffectiveLevel())
         self._client = AsyncWebClient(token=self.token, base_url=self.base_url, session=self._session, timeout=10,
+                                      logger=sdk_log,
                                       retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=1),
                                                       AsyncRateLimitErrorRetryHandler(max_retry_count=1),
                                                       AsyncServerErrorRetryHandler(max_retry_count=1)])

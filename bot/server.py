@@ -9,6 +9,7 @@ Prometheus metrics, unless they have an address of their own (METRICS_ADDR).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk.signature import SignatureVerifier
 
 from bot.health import Health, ops_routes
-from bot.loading_opener import LoadingOpener
+from bot.loading_proc import LoadingProcess
 from core.services import Services
 
 log = logging.getLogger("rollback_bot.server")
@@ -44,12 +45,12 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
     """With ``forward`` (``serve`` with its work process), a signed request that needs nothing but an empty ack
     (a command other than help, a button click, an event) is acked here at once and handed to the work process
     whole; everything else (modal submissions, help, Slack's checks) goes through the Bolt App here. A request
-    that opens a modal gets its loading view here, right after the ack and before the hand-over, so that the
-    3-second trigger never waits behind the work process (handlers/loading.py)."""
+    that opens a modal gets its loading view right after the ack and before the hand-over, so that the 3-second
+    trigger never waits behind the work process (handlers/loading.py); the view is opened by serve's loading
+    process (bot/loading_proc.py), so that the next request's ack never waits for a ``views.open`` either."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bolt")
     verifier = SignatureVerifier(signing_secret) if forward is not None and signing_secret else None
-    opener = LoadingOpener(token=app.client.token, base_url=app.client.base_url,
-                           metrics=getattr(app, "metrics", None)) if verifier is not None else None
+    opener = LoadingProcess() if verifier is not None else None
 
     async def slack_events(request: web.Request) -> web.Response:
         stamp = request.headers.get("X-Slack-Request-Timestamp", "")
@@ -69,26 +70,28 @@ def build_web_app(app: App, services: Services, *, workers: int = 32, forward: F
                 if modal is None or opener is None:
                     loop.call_soon(forward, body, headers)
                 else:
-                    loop.call_soon(loop.create_task, open_then_forward(body, headers, *modal))
+                    kind, trigger_id = modal
+                    loop.call_soon(opener.open, trigger_id, kind, lambda opened: forward(body, headers, opened))
                 return web.Response(status=200, body=b"")
         bolt_req = BoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
         loop = asyncio.get_running_loop()
         resp = await loop.run_in_executor(executor, app.dispatch, bolt_req)
         return _to_aiohttp(resp)
 
-    async def open_then_forward(body: str, headers: dict[str, str], kind: str, trigger_id: str) -> None:
-        assert forward is not None and opener is not None
-        forward(body, headers, await opener.open(trigger_id, kind))
+    async def on_startup(_: web.Application) -> None:
+        if opener is not None:
+            opener.start()
 
     async def on_cleanup(_: web.Application) -> None:
         executor.shutdown(wait=False, cancel_futures=True)
         if opener is not None:
-            await opener.close()
+            opener.stop()
 
     web_app = web.Application(client_max_size=MAX_BODY)
     web_app.router.add_post(EVENTS_PATH, slack_events)
     ops_routes(web_app, executor, health=health or Health(db_ping=services.db.ping, work_alive=work_alive),
                render=app.metrics.render if serve_metrics else None)  # type: ignore[attr-defined]
+    web_app.on_startup.append(on_startup)
     web_app.on_cleanup.append(on_cleanup)
     return web_app
 
@@ -104,12 +107,10 @@ def needs_only_an_ack(body: str, content_type: str) -> bool:
             return json.loads(body).get("type") == "event_callback"
         except ValueError:
             return False
-    form = parse_qs(body, keep_blank_values=True)
+    form = _form(body)
     if "payload" in form:
-        try:
-            return json.loads(form["payload"][0]).get("type") == "block_actions"
-        except ValueError:
-            return False
+        parsed = _fields(body)
+        return isinstance(parsed, dict) and parsed.get("type") == "block_actions"
     if form.get("command", [""])[0] and not form.get("ssl_check"):
         verb = (form.get("text", [""])[0].strip().split(" ", 1)[0] or "help").lower()
         return verb in WORK_VERBS
@@ -122,13 +123,25 @@ def modal_to_open(body: str, content_type: str) -> tuple[str, str] | None:
 
     if "json" in content_type:
         return None
-    form = parse_qs(body, keep_blank_values=True)
+    parsed = _fields(body)
+    kind = modal_for(parsed) if isinstance(parsed, dict) else None
+    return (kind, parsed["trigger_id"]) if kind else None  # type: ignore[index]
+
+
+@functools.lru_cache(maxsize=8)
+def _form(body: str) -> dict[str, list[str]]:
+    """A form-encoded request parsed once for both questions above (read only)."""
+    return parse_qs(body, keep_blank_values=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _fields(body: str) -> object:
+    """An interactivity payload decoded, or a command's fields; None when unreadable (read only)."""
+    form = _form(body)
     try:
-        parsed = json.loads(form["payload"][0]) if "payload" in form else {k: v[0] for k, v in form.items()}
+        return json.loads(form["payload"][0]) if "payload" in form else {k: v[0] for k, v in form.items()}
     except ValueError:
         return None
-    kind = modal_for(parsed) if isinstance(parsed, dict) else None
-    return (kind, parsed["trigger_id"]) if kind else None
 
 
 def serve_http(web_app: web.Application, *, host: str, port: int) -> None:

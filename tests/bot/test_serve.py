@@ -156,15 +156,17 @@ def test_two_serve_processes_behave_as_one(serve, settings, standin, conn, world
     assert len(winners) == 1 and winners <= {"U0BOB", "U0CAROL"}, winners
 
 
-def children(pid: int) -> list[int]:
+def children(pid: int, command: str = "work") -> list[int]:
+    """The live child processes of ``pid`` running ``rollback-bot COMMAND`` (its work or its loading process)."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if int(fields[1]) == pid and fields[0] != "Z":
+            if int(fields[1]) == pid and fields[0] != "Z" and command.encode() in argv:
                 out.append(int(entry.name))
     return out
 

@@ -260,3 +260,36 @@ def test_the_bots_client_waits_out_a_429_and_retries(slack):
     assert opened["ok"] and 1.0 <= time.monotonic() - started < TRIGGER_TTL
     first, second = slack.calls("views.open")
     assert (first.status, second.status) == (429, 200)
+
+
+# ------------------------------------------------------------------------------------------- slow answers
+
+
+def test_a_held_call_waits_unanswered_until_released(slack, client):
+    import threading
+
+    held = slack.hold("views.open")
+    answers: list = []
+    caller = threading.Thread(target=lambda: answers.append(
+        client.views_open(trigger_id=slack.issue_trigger_id(), view=modal())))
+    caller.start()
+    assert held.wait(5)
+    time.sleep(0.2)
+    assert answers == [] and slack.calls("views.open") == []  # neither answered nor recorded yet
+    assert client.chat_postMessage(channel=JOINED, text="x")["ok"]  # other calls go on meanwhile
+    held.release()
+    caller.join(5)
+    assert answers and answers[0]["ok"] and len(slack.calls("views.open")) == 1
+    assert client.views_open(trigger_id=slack.issue_trigger_id(), view=modal())["ok"]  # only the next one was held
+
+
+def test_a_padded_answer_carries_many_zeros_for_its_reader(slack, client):
+    padding = slack.pad("views.open", items=1000)
+    opened = client.views_open(trigger_id=slack.issue_trigger_id(), view=modal())
+    assert opened["ok"] and opened["view"]["id"] and opened["padding"] == [0] * 1000
+    assert padding.answered.is_set() and padding.answered_at is not None
+    assert "padding" not in client.views_open(trigger_id=slack.issue_trigger_id(), view=modal()).data
+    slack.pad("views.open", items=10)
+    with pytest.raises(SlackApiError) as err:  # a refusal is not padded
+        client.views_open(trigger_id="unknown", view=modal())
+    assert "padding" not in err.value.response.data

@@ -22,6 +22,7 @@ from bot.devtools.slack_standin.records import (
 from bot.devtools.slack_standin.chat import _ChatMethods
 from bot.devtools.slack_standin.conversation import _Conversation
 from bot.devtools.slack_standin.files import _FileMethods
+from bot.devtools.slack_standin.holds import _Holds, Padding
 from bot.devtools.slack_standin.recorded import _Recorded
 from bot.devtools.slack_standin.views import _ViewMethods
 
@@ -45,7 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("slack stand-in: " + format, *args)
 
 
-class SlackStandIn(ServedInThread, _Recorded, _Conversation, _ChatMethods, _ViewMethods, _FileMethods):
+class SlackStandIn(ServedInThread, _Recorded, _Conversation, _ChatMethods, _ViewMethods, _FileMethods, _Holds):
     """A stand-in Slack Web API server for tests and demos.
 
     Args:
@@ -125,6 +126,9 @@ class SlackStandIn(ServedInThread, _Recorded, _Conversation, _ChatMethods, _View
         }
 
     def _reset_state(self) -> None:
+        self._release_holds()
+        self._holds = {}
+        self._paddings = {}
         self._calls: list[Call] = []
         self._faults: dict[str, deque[_Fault]] = {}
         self._messages: list[StoredMessage] = []
@@ -276,6 +280,7 @@ class SlackStandIn(ServedInThread, _Recorded, _Conversation, _ChatMethods, _View
             method, body = "unknown_path", {"path": path}
             answer = lambda: (404, "not_found", {})  # noqa: E731
 
+        self._wait_if_held(method)
         with self._cond:
             fault = self._take_fault(method)
             try:
@@ -285,14 +290,21 @@ class SlackStandIn(ServedInThread, _Recorded, _Conversation, _ChatMethods, _View
                 status, response, extra_headers = 500, _err("standin_internal_error", detail=repr(exc)), {}
             self._calls.append(Call(method, body, headers, time.time(), status, copy.deepcopy(response)))
             self._cond.notify_all()
-        self._write(request, status, response, extra_headers)
+        ok = status == 200 and isinstance(response, dict) and response.get("ok") is True
+        padding = self._take_padding(method) if ok else None
+        self._write(request, status, response, extra_headers, padding)
+        if padding is not None:
+            self._padded_sent(padding)
 
-    @staticmethod
-    def _write(request: _Handler, status: int, response: JSONDict | str, headers: dict[str, str]) -> None:
+    @classmethod
+    def _write(cls, request: _Handler, status: int, response: JSONDict | str, headers: dict[str, str],
+               padding: Padding | None = None) -> None:
         if isinstance(response, str):
             data, content_type = response.encode("utf-8"), "text/plain; charset=utf-8"
         else:
             data, content_type = json.dumps(response).encode("utf-8"), "application/json; charset=utf-8"
+            if padding is not None:
+                data = cls._padded(data, padding)
         request.send_response(status)
         request.send_header("Content-Type", content_type)
         request.send_header("Content-Length", str(len(data)))
