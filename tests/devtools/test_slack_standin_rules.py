@@ -287,7 +287,7 @@ def test_a_padded_answer_carries_many_zeros_for_its_reader(slack, client):
     padding = slack.pad("views.open", items=1000)
     opened = client.views_open(trigger_id=slack.issue_trigger_id(), view=modal())
     assert opened["ok"] and opened["view"]["id"] and opened["padding"] == [0] * 1000
-    assert padding.answered.is_set() and padding.answered_at is not None
+    assert padding.answered.wait(5) and padding.answered_at is not None
     assert "padding" not in client.views_open(trigger_id=slack.issue_trigger_id(), view=modal()).data
     slack.pad("views.open", items=10)
     with pytest.raises(SlackApiError) as err:  # a refusal is not padded
