@@ -132,7 +132,7 @@ class LossBook:
             ).fetchone():
                 self._insert(conn, inc.id, previous, "request", inc.requested_by, inc.created_at, {})
             entry = self._insert(conn, inc.id, amount, source, by, now, detail or {})
-            conn.execute("UPDATE rollback_bot.incidents SET estimated_loss = %s WHERE id = %s", (amount, inc.id))
+            repo.set_estimated_loss(conn, inc.id, amount)
             new = self.engine.get(inc.id, conn)
             shown = {"amount": amount, "previous": previous, "source": source, "by": by, "entry_id": entry.id}
             if source != "pnl_query":

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from psycopg.types.json import Jsonb
-
 from core import access, aftercare, fixes
+from core import repository as repo
 from core.charts import model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
@@ -180,10 +179,7 @@ class Services:
                                            days=s.diagnostics_days, training_log=s.training_log, api_log=s.api_log,
                                            today=self.engine.clock().date())
         with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s",
-                (Jsonb({"diagnostics": detail}), inc.id),
-            )
+            repo.merge_plan(conn, inc.id, {"diagnostics": detail})
             journal(conn, incident_id=inc.id, step="diagnostics", actor="rollback-bot", at=self.engine.clock(),
                     detail={"likely_cause": report.likely_cause, "version": detail["version"]})
         self.engine.publish(Event("step", self.engine.get(inc.id), "diagnostics", detail))
@@ -346,9 +342,5 @@ class Services:
     def notified(self, *, incident_id: int, channel: str, milestone: str) -> bool:
         """Whether this milestone's notification on ``channel`` was already journaled (sent, failed or skipped)."""
         with self.db.transaction() as conn:
-            return conn.execute(
-                "SELECT 1 FROM rollback_bot.steps WHERE incident_id = %s AND step = 'notify'"
-                " AND detail->>'channel' = %s AND detail->>'milestone' = %s",
-                (incident_id, channel, milestone),
-            ).fetchone() is not None
+            return repo.notify_journaled(conn, incident_id, channel=channel, milestone=milestone)
 

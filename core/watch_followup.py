@@ -22,7 +22,7 @@ import psycopg
 
 from core.followups import FollowUp, for_incident
 from core.incidents import Incident, journal
-from core.repository import audit
+from core.repository import audit, find
 from core.watchview import watch_summary
 
 __all__ = ["BOT", "KIND", "WatchOutcome", "settle", "watch_outcome"]
@@ -61,10 +61,9 @@ def watch_outcome(incident: Incident) -> WatchOutcome | None:
 def settle(conn: psycopg.Connection, incident_id: int, *, now: datetime) -> FollowUp | None:
     """In the caller's transaction: mark the incident's open ``monitoring`` follow-up done by the bot when its
     watch completed well. Returns the item so completed (None: nothing to do, or left open)."""
-    row = conn.execute("SELECT * FROM rollback_bot.incidents WHERE id = %s", (incident_id,)).fetchone()
-    if row is None:
+    inc = find(conn, incident_id)
+    if inc is None:
         return None
-    inc = Incident(**row)
     outcome = watch_outcome(inc)
     if outcome is None:
         return None
