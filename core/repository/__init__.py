@@ -49,6 +49,7 @@ from core.repository.incidents import (
     take_over,
 )
 from core.repository.jobs import JOBS_CHANNEL, enqueue, queue_report_refresh, report_written
+from core.repository.losses import has_loss_rows, insert_loss, loss_rows
 from core.repository.plans import locked_plan, merge_plan, merge_plan_touched, set_in_plan
 from core.repository.steplog import (
     attempt_counts,
@@ -74,14 +75,17 @@ __all__ = [
     "find",
     "finish_step",
     "get",
+    "has_loss_rows",
     "has_step",
     "incident_ids_in",
     "incidents_in",
+    "insert_loss",
     "insert_incident",
     "journal",
     "later_approved_rollback",
     "list_incidents",
     "locked_plan",
+    "loss_rows",
     "merge_plan",
     "merge_plan_touched",
     "move",

@@ -196,6 +196,7 @@ INCIDENT_SQL_ALLOWED = {
 # function) pairs still allowed to run SQL on it and why.
 REPOSITORY_TABLES: dict[str, set[tuple[str, str]]] = {
     "incidents": INCIDENT_SQL_ALLOWED,
+    "loss_estimates": set(),
 }
 
 
