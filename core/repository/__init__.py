@@ -50,6 +50,19 @@ from core.repository.incidents import (
 )
 from core.repository.jobs import JOBS_CHANNEL, enqueue, queue_report_refresh, report_written
 from core.repository.losses import has_loss_rows, insert_loss, loss_rows
+from core.repository.pages import (
+    acknowledge_page,
+    claim_emergency_page,
+    close_page,
+    insert_page,
+    log_page,
+    page_log_rows,
+    page_row,
+    pages_without_pending_job,
+    set_pagerduty_error,
+    set_pagerduty_sent,
+    unclaim_emergency_page,
+)
 from core.repository.plans import locked_plan, merge_plan, merge_plan_touched, set_in_plan
 from core.repository.steplog import (
     attempt_counts,
@@ -66,10 +79,13 @@ from core.repository.steplog import (
 __all__ = [
     "FollowUps",
     "JOBS_CHANNEL",
+    "acknowledge_page",
     "append_root_cause",
     "approved_not_started",
     "attempt_counts",
     "audit",
+    "claim_emergency_page",
+    "close_page",
     "enqueue",
     "expired_requests",
     "find",
@@ -79,12 +95,14 @@ __all__ = [
     "has_step",
     "incident_ids_in",
     "incidents_in",
-    "insert_loss",
     "insert_incident",
+    "insert_loss",
+    "insert_page",
     "journal",
     "later_approved_rollback",
     "list_incidents",
     "locked_plan",
+    "log_page",
     "loss_rows",
     "merge_plan",
     "merge_plan_touched",
@@ -97,6 +115,9 @@ __all__ = [
     "open_incident_rows",
     "open_incidents_among",
     "open_rollback_for",
+    "page_log_rows",
+    "page_row",
+    "pages_without_pending_job",
     "queue_report_refresh",
     "record_early_halt",
     "report_written",
@@ -104,9 +125,12 @@ __all__ = [
     "set_estimated_loss",
     "set_in_plan",
     "set_message",
+    "set_pagerduty_error",
+    "set_pagerduty_sent",
     "start_step",
     "step_succeeded",
     "steps",
     "take_over",
+    "unclaim_emergency_page",
     "verified_prediction_day",
 ]

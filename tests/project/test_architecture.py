@@ -197,6 +197,8 @@ INCIDENT_SQL_ALLOWED = {
 REPOSITORY_TABLES: dict[str, set[tuple[str, str]]] = {
     "incidents": INCIDENT_SQL_ALLOWED,
     "loss_estimates": set(),
+    "pages": set(),
+    "page_log": set(),
 }
 
 
