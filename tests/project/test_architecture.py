@@ -199,6 +199,9 @@ REPOSITORY_TABLES: dict[str, set[tuple[str, str]]] = {
     "loss_estimates": set(),
     "pages": set(),
     "page_log": set(),
+    "followups": set(),
+    "prevention_measures": set(),
+    "followup_boards": set(),
 }
 
 
