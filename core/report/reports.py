@@ -87,11 +87,7 @@ class Reports:
             write_chart(report_path=path, png=png)
         with self.engine.db.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.report:' || %s))", (str(incident_id),))
-            seen = conn.execute(
-                "SELECT 1 FROM rollback_bot.steps WHERE incident_id = %s AND step = 'report' AND outcome = 'ok'",
-                (incident_id,),
-            ).fetchone()
-            if not seen:
+            if not repo.report_written(conn, incident_id):
                 journal(conn, incident_id=incident_id, step="report", actor=actor, at=self.engine.clock(),
                         detail={"file": path.name})
         return path

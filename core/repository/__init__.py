@@ -21,7 +21,7 @@ function through this package.
 
 from __future__ import annotations
 
-from core.repository.auditlog import audit
+from core.repository.auditlog import audit, audit_returning_id, mark_audit_failed, recent_audit_of_model
 from core.repository.followups import (
     FOLLOWUP_COLUMNS,
     assign_followup,
@@ -107,6 +107,7 @@ __all__ = [
     "assign_followup",
     "attempt_counts",
     "audit",
+    "audit_returning_id",
     "claim_emergency_page",
     "claim_followup_board",
     "close_page",
@@ -136,6 +137,7 @@ __all__ = [
     "locked_reminded_at",
     "log_page",
     "loss_rows",
+    "mark_audit_failed",
     "mark_reminded",
     "merge_plan",
     "merge_plan_touched",
@@ -156,6 +158,7 @@ __all__ = [
     "pages_without_pending_job",
     "prevention_rows",
     "queue_report_refresh",
+    "recent_audit_of_model",
     "record_early_halt",
     "release_followup_board",
     "report_written",

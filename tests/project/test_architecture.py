@@ -202,6 +202,8 @@ REPOSITORY_TABLES: dict[str, set[tuple[str, str]]] = {
     "followups": set(),
     "prevention_measures": set(),
     "followup_boards": set(),
+    "steps": set(),
+    "audit_log": set(),
 }
 
 
