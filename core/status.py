@@ -67,7 +67,7 @@ def status_report(db: Database, registry: ModelRegistry) -> StatusReport:
             OpenIncident(**r)
             for r in repo.open_incident_rows(conn)
         ]
-        halt = conn.execute("SELECT halted, since, reason FROM rollback_bot.trading_state").fetchone()
+        halt = repo.trading_state(conn)
         doctor = latest_run(conn)
     by_model: dict[str, list[DeploymentRow]] = {}
     for row in rows:

@@ -204,6 +204,13 @@ REPOSITORY_TABLES: dict[str, set[tuple[str, str]]] = {
     "followup_boards": set(),
     "steps": set(),
     "audit_log": set(),
+    "trading_halts": set(),
+    "halt_holders": set(),
+    "trading_state": set(),
+    # The halt saves, halts and restores the platform's client_settings in single statements joined to the saved
+    # copy (nothing may change in between): those stay with the halt's rules in core/trading.py.
+    "saved_client_settings": {("core/trading.py", "halt"), ("core/trading.py", "_remember_versions"),
+                              ("core/trading.py", "release"), ("core/trading.py", "sweep")},
 }
 
 
