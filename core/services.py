@@ -123,9 +123,7 @@ class Services:
     def claim_delivery(self, key: str) -> bool:
         """True the first time ``key`` is seen (across every bot process), False for a retry/duplicate."""
         with self.db.transaction() as conn:
-            return conn.execute(
-                "INSERT INTO rollback_bot.deliveries (key) VALUES (%s) ON CONFLICT DO NOTHING", (key[:500],)
-            ).rowcount == 1
+            return repo.claim_delivery_key(conn, key[:500])
 
     def set_root_cause(self, *, incident_id: int, text: str, user: str, is_approver: bool) -> None:
         """A person's account of the root cause (the incident's people and approvers); kept on the incident and
@@ -138,20 +136,11 @@ class Services:
 
     def home_opened(self, *, user_id: str) -> None:
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO rollback_bot.home_viewers (user_id) VALUES (%s)"
-                " ON CONFLICT (user_id) DO UPDATE SET opened_at = clock_timestamp()",
-                (user_id,),
-            )
+            repo.record_home_viewer(conn, user_id)
 
     def recent_home_viewers(self, *, hours: float = 24, limit: int = 50) -> list[str]:
         with self.db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT user_id FROM rollback_bot.home_viewers WHERE opened_at > now() - make_interval(secs => %s)"
-                " ORDER BY opened_at DESC LIMIT %s",
-                (hours * 3600, limit),
-            ).fetchall()
-        return [r["user_id"] for r in rows]
+            return repo.home_viewers_within(conn, hours=hours, limit=limit)
 
     # ------------------------------------------------------------------------------ diagnostics & fixes
 

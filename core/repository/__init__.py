@@ -22,6 +22,9 @@ function through this package.
 from __future__ import annotations
 
 from core.repository.auditlog import audit, audit_returning_id, mark_audit_failed, recent_audit_of_model
+from core.repository.deliveries import claim_delivery_key, home_viewers_within, record_home_viewer
+from core.repository.doctor import insert_doctor_run, latest_doctor_run
+from core.repository.fences import fence_state, take_fence_token
 from core.repository.followups import (
     FOLLOWUP_COLUMNS,
     assign_followup,
@@ -69,7 +72,14 @@ from core.repository.incidents import (
     set_message,
     take_over,
 )
-from core.repository.jobs import JOBS_CHANNEL, enqueue, queue_report_refresh, report_written
+from core.repository.jobs import (
+    JOBS_CHANNEL,
+    claim_marker,
+    enqueue,
+    queue_report_refresh,
+    release_marker,
+    report_written,
+)
 from core.repository.losses import has_loss_rows, insert_loss, loss_rows
 from core.repository.pages import (
     acknowledge_page,
@@ -85,6 +95,7 @@ from core.repository.pages import (
     unclaim_emergency_page,
 )
 from core.repository.plans import locked_plan, merge_plan, merge_plan_touched, set_in_plan
+from core.repository.ratelimit import command_uses_since, record_command_use
 from core.repository.steplog import (
     attempt_counts,
     finish_step,
@@ -122,14 +133,18 @@ __all__ = [
     "attempt_counts",
     "audit",
     "audit_returning_id",
+    "claim_delivery_key",
     "claim_emergency_page",
     "claim_followup_board",
+    "claim_marker",
     "close_page",
+    "command_uses_since",
     "complete_followup",
     "complete_open_followup_of_kind",
     "end_trading_halt",
     "enqueue",
     "expired_requests",
+    "fence_state",
     "find",
     "finish_step",
     "followup_board",
@@ -139,8 +154,10 @@ __all__ = [
     "halt_holders",
     "has_loss_rows",
     "has_step",
+    "home_viewers_within",
     "incident_ids_in",
     "incidents_in",
+    "insert_doctor_run",
     "insert_followup",
     "insert_incident",
     "insert_loss",
@@ -149,6 +166,7 @@ __all__ = [
     "insert_trading_halt",
     "journal",
     "later_approved_rollback",
+    "latest_doctor_run",
     "list_incidents",
     "locked_plan",
     "locked_reminded_at",
@@ -177,8 +195,11 @@ __all__ = [
     "prevention_rows",
     "queue_report_refresh",
     "recent_audit_of_model",
+    "record_command_use",
     "record_early_halt",
+    "record_home_viewer",
     "release_followup_board",
+    "release_marker",
     "remove_halt_holder",
     "remove_halt_holders_except",
     "report_written",
@@ -193,6 +214,7 @@ __all__ = [
     "start_step",
     "step_succeeded",
     "steps",
+    "take_fence_token",
     "take_over",
     "trading_state",
     "unclaim_emergency_page",

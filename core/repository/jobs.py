@@ -38,3 +38,19 @@ def queue_report_refresh(conn: psycopg.Connection, incident_id: int, *, why: str
     enqueue(conn, "report", incident_id=incident_id, payload={"upload": False},
             dedupe_key=f"report:{incident_id}:{why}")
     return True
+
+
+def claim_marker(conn: psycopg.Connection, key: str, *, kind: str, incident_id: int | None, at: datetime,
+                 detail: dict | None = None) -> bool:
+    """A done job row of ``kind`` with dedupe key ``key`` (never claimed by a worker): True for the first caller
+    ever to write it."""
+    return conn.execute(
+        "INSERT INTO rollback_bot.jobs (kind, incident_id, payload, run_at, dedupe_key, done_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        (kind, incident_id, Jsonb(detail or {}), at, key, at),
+    ).fetchone() is not None
+
+
+def release_marker(conn: psycopg.Connection, key: str, *, kind: str) -> None:
+    """Delete the marker ``key`` of ``kind`` (it may be claimed again)."""
+    conn.execute("DELETE FROM rollback_bot.jobs WHERE dedupe_key = %s AND kind = %s", (key, kind))
