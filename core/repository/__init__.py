@@ -5,10 +5,19 @@ calls these functions instead of writing SQL on them (tests/project/test_archite
     plans       the incident's ``plan`` JSON (evidence, diagnostics, early halt, monitoring, the watch)
     steplog     the journal, ``steps``
     auditlog    the audit log, ``audit_log``
-    jobs        queueing work in ``jobs`` (core.worker claims it; core.outbox writes a state's follow-ups)
+    jobs        queueing work in ``jobs``, once-markers (core.worker claims jobs; core.outbox writes a state's
+                follow-ups)
     losses      ``loss_estimates``, every figure of an incident's estimated loss
     pages       ``pages`` and ``page_log``
     followups   ``followups``, ``prevention_measures`` and ``followup_boards``
+    trading     the halt's records: ``trading_halts``, ``halt_holders``, ``trading_state``, the saved settings' count
+    ratelimit   ``command_uses`` (heavy commands per person and minute)
+    doctor      ``doctor_results``
+    fences      ``executor_fences`` (each rollback's fencing token)
+    deliveries  ``deliveries`` (each Slack request once) and ``home_viewers``
+
+The few statements still outside (the worker's job claims, the outbox, two periodic sweeps, the halt's
+``client_settings`` statements joined to its saved copy) are named, with why, in that test.
 
 Every function works in the caller's transaction (``conn``): a state change, its journal row, its audit row
 and the jobs it implies commit together or not at all; the caller keeps its transaction boundaries. Nothing here
