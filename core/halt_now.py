@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-
 from core import repository as repo
 from core import trading
 from core.errors import Conflict, InvalidTransition, NotAuthorized, RollbackError
