@@ -71,6 +71,8 @@ def halt_before_approval(engine: Engine, *, incident_id: int, user: str,
         record = {"by": user, "at": result.halted_at.isoformat(), "halt_id": result.halt_id,
                   "joined": result.joined, "clients": result.clients}
         new = repo.record_early_halt(conn, inc, halted_at=result.halted_at, record=record, at=now)
+        if new is None:  # it is locked above: cannot happen; never publish a halt that was not recorded
+            raise Conflict(f"{inc.ref} changed while trading was halted for it; another process is handling it.")
         detail = {"halt_id": result.halt_id, "clients": result.clients, "joined": result.joined,
                   "before_approval": True}
         journal(conn, incident_id=inc.id, step="halt", actor=user, at=engine.clock(), started=now, detail=detail)
