@@ -35,15 +35,11 @@ def take_heavy_slot(engine: Engine, *, user: str, command: str, per_minute: int)
     now = engine.clock()
     with engine.db.transaction() as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.rate:' || %s))", (user,))
-        conn.execute("DELETE FROM rollback_bot.command_uses WHERE user_id = %s AND at <= %s",
-                     (user, now - HEAVY_WINDOW))
-        rows = conn.execute("SELECT at FROM rollback_bot.command_uses WHERE user_id = %s ORDER BY at",
-                            (user,)).fetchall()
-        if len(rows) < per_minute:
-            conn.execute("INSERT INTO rollback_bot.command_uses (user_id, command, at) VALUES (%s, %s, %s)",
-                         (user, command, now))
+        uses = repo.command_uses_since(conn, user, after=now - HEAVY_WINDOW)
+        if len(uses) < per_minute:
+            repo.record_command_use(conn, user, command, at=now)
             return
-        wait = max(1, int((rows[0]["at"] + HEAVY_WINDOW - now).total_seconds() + 0.999))
+        wait = max(1, int((uses[0] + HEAVY_WINDOW - now).total_seconds() + 0.999))
     engine.audit(None, actor=user, action=command, outcome="refused", reason="rate limited")
     raise RateLimited(f"You ran {per_minute} heavy commands (`diagnose`, `backups`, `status MODEL`) in the last"
                       f" minute; try again in {wait} s.")

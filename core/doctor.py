@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg
-from psycopg.types.json import Jsonb
 
+from core import repository as repo
 from core.errors import DatabaseUnavailable, PreflightFailed
 
 __all__ = [
@@ -162,21 +162,13 @@ def refuse_if_not_ready(conn: psycopg.Connection, settings, *, models_dir: Path,
 
 def store_run(conn: psycopg.Connection, run: DoctorRun) -> DoctorRun:
     """Keep the run (in the caller's transaction) so `/rollback status` shows it from any process."""
-    conn.execute(
-        "INSERT INTO rollback_bot.doctor_results (run_at, source, ok, checks) VALUES (%s, %s, %s, %s)",
-        (run.at, run.source[:200], run.ok, Jsonb([asdict(c) for c in run.checks])),
-    )
-    conn.execute(
-        "DELETE FROM rollback_bot.doctor_results WHERE id <= (SELECT id FROM rollback_bot.doctor_results"
-        " ORDER BY id DESC OFFSET %s LIMIT 1)", (KEEP_RUNS,),
-    )
+    repo.insert_doctor_run(conn, at=run.at, source=run.source[:200], ok=run.ok,
+                           checks=[asdict(c) for c in run.checks], keep=KEEP_RUNS)
     return DoctorRun(run.checks, run.at, run.source, stored=True)
 
 
 def latest_run(conn: psycopg.Connection) -> DoctorRun | None:
-    row = conn.execute(
-        "SELECT run_at, source, checks FROM rollback_bot.doctor_results ORDER BY id DESC LIMIT 1"
-    ).fetchone()
+    row = repo.latest_doctor_run(conn)
     if row is None:
         return None
     known = set(Check.__dataclass_fields__)

@@ -40,7 +40,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from core import repository as repo
 from core.aftercare import first_reported_at
@@ -196,16 +195,11 @@ def schedule_for(conn: psycopg.Connection, incident: Incident, *, escalate_after
 def claim_once(conn: psycopg.Connection, key: str, *, incident_id: int | None, at: datetime,
                detail: dict | None = None) -> bool:
     """True for the first caller ever to claim ``key`` (a done marker row in ``rollback_bot.jobs``)."""
-    row = conn.execute(
-        "INSERT INTO rollback_bot.jobs (kind, incident_id, payload, run_at, dedupe_key, done_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-        (_MARKER_KIND, incident_id, Jsonb(detail or {}), at, key, at),
-    ).fetchone()
-    return row is not None
+    return repo.claim_marker(conn, key, kind=_MARKER_KIND, incident_id=incident_id, at=at, detail=detail)
 
 
 def release_once(conn: psycopg.Connection, key: str) -> None:
-    conn.execute("DELETE FROM rollback_bot.jobs WHERE dedupe_key = %s AND kind = %s", (key, _MARKER_KIND))
+    repo.release_marker(conn, key, kind=_MARKER_KIND)
 
 
 # ------------------------------------------------------------------------------------------- the escalator

@@ -36,8 +36,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
+from core import repository as repo
 from core.engine import enqueue
 from core.errors import DatabaseUnavailable, RollbackError
 from core.incidents import REQUESTED, Event, Incident, journal
@@ -199,15 +199,12 @@ class EvidenceJob:
                 conn.rollback()
                 self._skip(inc.id, f"computed after the request was {cur.state}: not what the approver saw")
                 return
-            row = conn.execute(
-                "UPDATE rollback_bot.incidents SET plan = plan || %s, updated_at = %s WHERE id = %s RETURNING *",
-                (Jsonb({"evidence": evidence}), self.engine.clock(), inc.id),
-            ).fetchone()
+            new = repo.merge_plan_touched(conn, inc.id, {"evidence": evidence}, at=self.engine.clock())
             detail = {"verdict": evidence.get("verdict"), "state": evidence["state"]}
             journal(conn, incident_id=inc.id, step=JOB, actor="rollback-bot", at=self.engine.clock(),
                     outcome="ok" if evidence["state"] == "ready" else "failed", detail=detail,
                     error=evidence.get("error"))
-        self.engine.publish(Event("step", Incident(**row), JOB, detail))
+        self.engine.publish(Event("step", new, JOB, detail))
 
     def _skip(self, incident_id: int, note: str) -> None:
         with self.engine.db.transaction() as conn:

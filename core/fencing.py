@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import psycopg
 
+from core import repository as repo
 from core.errors import DatabaseUnavailable
 
 __all__ = ["Fence", "LostLock"]
@@ -37,33 +38,18 @@ class Fence:
     @classmethod
     def take(cls, conn: psycopg.Connection, *, key: int, incident_id: int, owner: str) -> Fence:
         """Right after ``pg_try_advisory_lock(key)`` succeeded on ``conn`` (autocommit): a new, higher token."""
-        row = conn.execute(
-            "INSERT INTO rollback_bot.executor_fences (incident_id, token, owner) VALUES (%s, 1, %s)"
-            " ON CONFLICT (incident_id) DO UPDATE SET token = rollback_bot.executor_fences.token + 1,"
-            " owner = excluded.owner, taken_at = clock_timestamp() RETURNING token",
-            (incident_id, owner[:200]),
-        ).fetchone()
-        return cls(conn, key=key, incident_id=incident_id, token=int(_first(row)))
+        token = repo.take_fence_token(conn, incident_id, owner[:200])
+        return cls(conn, key=key, incident_id=incident_id, token=token)
 
     def check(self, what: str) -> None:
         """Raise LostLock unless this session still holds the lock and the token is still ours."""
         try:
-            row = self.conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-                " AND granted AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = %s) AS held,"
-                " (SELECT token FROM rollback_bot.executor_fences WHERE incident_id = %s) AS token",
-                (self.key, self.incident_id),
-            ).fetchone()
+            held, token = repo.fence_state(self.conn, key=self.key, incident_id=self.incident_id)
         except psycopg.Error:
             raise LostLock(f"INC-{self.incident_id}: the connection holding this rollback's lock is gone; stopping"
                            f" before {what} without touching any file (recovery or the process holding the lock"
                            " now takes over)") from None
-        held, token = (row["held"], row["token"]) if isinstance(row, dict) else row
         if not held or token != self.token:
             who = "another process took the rollback over" if token != self.token else "the lock was released"
             raise LostLock(f"INC-{self.incident_id}: this process no longer holds the rollback's lock ({who});"
                            f" stopping before {what} without touching any file")
-
-
-def _first(row: object) -> object:
-    return next(iter(row.values())) if isinstance(row, dict) else row[0]  # type: ignore[index,union-attr]

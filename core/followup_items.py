@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from core import repository as repo
 from core.engine import enqueue
 from core.errors import RollbackError
 from core.incidents import Incident
@@ -57,8 +58,7 @@ KINDS: tuple[tuple[str, str, timedelta, bool], ...] = (
 )
 NOT_ALLOWED = ("Only the incident's people (who requested or approved it, the owners of its follow-ups), operators "
                "and approvers may act on its follow-ups.")
-COLUMNS = ("id, incident_id, kind, title, owner, assigned_by, assigned_at, due_at, state, completed_by, completed_at,"
-           " reminded_at, reminders, created_at")
+COLUMNS = repo.FOLLOWUP_COLUMNS
 
 
 class UnknownFollowUp(RollbackError):
@@ -123,21 +123,16 @@ def plan_for(incident: Incident, due: dict[str, timedelta] | None = None) -> lis
 
 
 def for_incident(conn: psycopg.Connection, incident_id: int) -> list[FollowUp]:
-    rows = conn.execute(f"SELECT {COLUMNS} FROM rollback_bot.followups WHERE incident_id = %s ORDER BY due_at, id",
-                        (incident_id,)).fetchall()
-    return [FollowUp(**r) for r in rows]
+    return [FollowUp(**r) for r in repo.followup_rows(conn, incident_id)]
 
 
 def prevention_measures(conn: psycopg.Connection, incident_id: int) -> list[PreventionMeasure]:
-    rows = conn.execute("SELECT id, incident_id, text, added_by, added_at FROM rollback_bot.prevention_measures"
-                        " WHERE incident_id = %s ORDER BY id", (incident_id,)).fetchall()
-    return [PreventionMeasure(**r) for r in rows]
+    return [PreventionMeasure(**r) for r in repo.prevention_rows(conn, incident_id)]
 
 
 def locked(conn: psycopg.Connection, followup_id: int) -> FollowUp:
     """The follow-up, locked FOR UPDATE until the transaction ends; UnknownFollowUp if none."""
-    row = conn.execute(f"SELECT {COLUMNS} FROM rollback_bot.followups WHERE id = %s FOR UPDATE",
-                       (followup_id,)).fetchone()
+    row = repo.followup_row(conn, followup_id, lock=True)
     if row is None:
         raise UnknownFollowUp(f"There is no follow-up #{followup_id}.")
     return FollowUp(**row)
@@ -146,8 +141,7 @@ def locked(conn: psycopg.Connection, followup_id: int) -> FollowUp:
 
 def owns(conn: psycopg.Connection, incident_id: int, user: str) -> bool:
     """Whether ``user`` owns one of the incident's follow-ups."""
-    return bool(user) and conn.execute("SELECT 1 FROM rollback_bot.followups WHERE incident_id = %s AND owner = %s",
-                                       (incident_id, user)).fetchone() is not None
+    return bool(user) and repo.owns_followup(conn, incident_id, user)
 
 
 def queue_creation(conn: psycopg.Connection, inc: Incident) -> None:

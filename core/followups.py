@@ -47,7 +47,6 @@ from core.access import may_annotate
 from core.engine import Engine, enqueue
 from core.errors import Conflict, InvalidTransition, NotAuthorized, RollbackError, clean_text
 from core.followup_items import (
-    COLUMNS as _COLUMNS,
     CREATE_JOB,
     DUE_JOB,
     KINDS,
@@ -132,11 +131,7 @@ class FollowUps:
             inc = repo.get(conn, incident_id)
             created = []
             for kind, title, due in plan_for(inc, due_after(self.engine.settings)):
-                row = conn.execute(
-                    f"INSERT INTO rollback_bot.followups (incident_id, kind, title, due_at, created_at)"
-                    f" VALUES (%s, %s, %s, %s, %s) ON CONFLICT (incident_id, kind) DO NOTHING RETURNING {_COLUMNS}",
-                    (inc.id, kind, title[:500], due, now),
-                ).fetchone()
+                row = repo.insert_followup(conn, incident_id=inc.id, kind=kind, title=title[:500], due_at=due, at=now)
                 if row is not None:
                     item = FollowUp(**row)
                     created.append(item)
@@ -171,18 +166,15 @@ class FollowUps:
             if incident_id is not None:
                 repo.get(conn, incident_id)  # UnknownIncident for a wrong id
                 return for_incident(conn, incident_id)
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM rollback_bot.followups WHERE state = 'open'"
-                                " ORDER BY due_at, id LIMIT %s", (limit,)).fetchall()
+            rows = repo.open_followup_rows(conn, limit=limit)
         return [FollowUp(**r) for r in rows]
 
     def open_for(self, user: str, *, limit: int = 15) -> tuple[list[FollowUp], list[FollowUp]]:
         """App Home: the open follow-ups ``user`` owns and the open ones nobody owns, each the soonest due first
         (so the overdue ones first), at most ``limit`` of each."""
-        query = (f"SELECT {_COLUMNS} FROM rollback_bot.followups WHERE state = 'open' AND owner {{}}"
-                 " ORDER BY due_at, id LIMIT %s")
         with self.db.transaction() as conn:
-            mine = conn.execute(query.format("= %s"), (user, limit)).fetchall()
-            nobody = conn.execute(query.format("IS NULL"), (limit,)).fetchall()
+            mine = repo.open_followup_rows_owned_by(conn, user, limit=limit)
+            nobody = repo.open_followup_rows_owned_by(conn, None, limit=limit)
         return [FollowUp(**r) for r in mine], [FollowUp(**r) for r in nobody]
 
     def get(self, followup_id: int) -> FollowUp:
@@ -237,10 +229,7 @@ class FollowUps:
             refusal = self._item_refusal(conn, inc, item, by, operator) or (
                 Conflict(f"“{item.title}” is already owned by {owner}.") if item.owner == owner else None)
             self._refuse(conn, inc, by, "followup_assign", refusal, followup=item.id, owner=owner)
-            row = conn.execute(
-                f"UPDATE rollback_bot.followups SET owner = %s, assigned_by = %s, assigned_at = %s WHERE id = %s"
-                f" RETURNING {_COLUMNS}", (owner, by, now, item.id),
-            ).fetchone()
+            row = repo.assign_followup(conn, item.id, owner=owner, by=by, at=now)
             journal(conn, incident_id=inc.id, step="followup", actor=by, at=now,
                     detail={"kind": item.kind, "action": "assigned", "owner": owner, "followup": item.id})
             self.engine.audit(conn, actor=by, action="followup_assign", outcome="ok", incident_id=inc.id,
@@ -256,11 +245,7 @@ class FollowUps:
             inc = repo.get(conn, item.incident_id)
             refusal = self._item_refusal(conn, inc, item, by, operator) or _unfinished(conn, inc, item)
             self._refuse(conn, inc, by, "followup_done", refusal, followup=item.id)
-            row = conn.execute(
-                f"UPDATE rollback_bot.followups SET state = 'done', completed_by = %s, completed_at = %s,"
-                f" owner = coalesce(owner, %s) WHERE id = %s AND state = 'open' RETURNING {_COLUMNS}",
-                (by, now, by, item.id),
-            ).fetchone()
+            row = repo.complete_followup(conn, item.id, by=by, at=now)
             journal(conn, incident_id=inc.id, step="followup", actor=by, at=now,
                     detail={"kind": item.kind, "action": "done", "followup": item.id})
             self.engine.audit(conn, actor=by, action="followup_done", outcome="ok", incident_id=inc.id,
@@ -280,11 +265,7 @@ class FollowUps:
             elif not self._may_act(conn, inc, by, operator):
                 refusal = NotAuthorized(NOT_ALLOWED.replace("act on its follow-ups", "add prevention measures"))
             self._refuse(conn, inc, by, "prevention", refusal)
-            row = conn.execute(
-                "INSERT INTO rollback_bot.prevention_measures (incident_id, text, added_by, added_at)"
-                " VALUES (%s, %s, %s, %s) RETURNING id, incident_id, text, added_by, added_at",
-                (inc.id, text, by, now),
-            ).fetchone()
+            row = repo.insert_prevention(conn, incident_id=inc.id, text=text, by=by, at=now)
             journal(conn, incident_id=inc.id, step="prevention", actor=by, at=now, detail={"chars": len(text)})
             self.engine.audit(conn, actor=by, action="prevention", outcome="ok", incident_id=inc.id, chars=len(text))
             self._refresh_report(conn, inc.id, now)
@@ -300,14 +281,8 @@ class FollowUps:
         followup_id = int(job["payload"]["followup"])
         now = self.engine.clock()
         with self.db.transaction() as conn:
-            before = conn.execute("SELECT reminded_at FROM rollback_bot.followups WHERE id = %s FOR UPDATE",
-                                  (followup_id,)).fetchone()
-            row = conn.execute(
-                f"UPDATE rollback_bot.followups SET reminded_at = %s, reminders = reminders + 1 WHERE id = %s"
-                f" AND state = 'open' AND due_at <= %s AND (reminded_at IS NULL OR reminded_at <= %s)"
-                f" RETURNING {_COLUMNS}",
-                (now, followup_id, now, now - REMIND_EVERY),
-            ).fetchone()
+            before = repo.locked_reminded_at(conn, followup_id)
+            row = repo.mark_reminded(conn, followup_id, at=now, every=REMIND_EVERY)
         if row is None:
             return  # done, not due, or reminded already (by another process)
         item = FollowUp(**row)
@@ -317,8 +292,7 @@ class FollowUps:
                 self.on_reminder(inc, item)
         except Exception:
             with self.db.transaction() as conn:  # not delivered: the job's retry reminds again
-                conn.execute("UPDATE rollback_bot.followups SET reminded_at = %s, reminders = reminders - 1"
-                             " WHERE id = %s", (before["reminded_at"] if before else None, item.id))
+                repo.unmark_reminded(conn, item.id, reminded_at=before)
             raise
         with self.db.transaction() as conn:
             journal(conn, incident_id=inc.id, step="followup", actor="rollback-bot", at=now,
@@ -331,27 +305,19 @@ class FollowUps:
     def board(self, incident_id: int) -> tuple[str, str] | None:
         """(channel, ts) of the incident's follow-ups message, once posted."""
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT channel, message_ts FROM rollback_bot.followup_boards WHERE incident_id = %s",
-                               (incident_id,)).fetchone()
+            row = repo.followup_board(conn, incident_id)
         return (row["channel"], row["message_ts"]) if row and row["message_ts"] else None
 
     def claim_board(self, incident_id: int) -> bool:
         """True for the one process that is to post the message (a claim left by a dead process expires)."""
         now = self.engine.clock()
         with self.db.transaction() as conn:
-            return conn.execute(
-                "INSERT INTO rollback_bot.followup_boards AS b (incident_id, claimed_at) VALUES (%s, %s)"
-                " ON CONFLICT (incident_id) DO UPDATE SET claimed_at = excluded.claimed_at"
-                " WHERE b.message_ts IS NULL AND b.claimed_at < %s RETURNING incident_id",
-                (incident_id, now, now - _BOARD_CLAIM),
-            ).fetchone() is not None
+            return repo.claim_followup_board(conn, incident_id, at=now, expired_before=now - _BOARD_CLAIM)
 
     def set_board(self, incident_id: int, *, channel: str, message_ts: str) -> None:
         with self.db.transaction() as conn:
-            conn.execute("UPDATE rollback_bot.followup_boards SET channel = %s, message_ts = %s WHERE incident_id = %s",
-                         (channel, message_ts, incident_id))
+            repo.set_followup_board(conn, incident_id, channel=channel, message_ts=message_ts)
 
     def release_board(self, incident_id: int) -> None:
         with self.db.transaction() as conn:
-            conn.execute("DELETE FROM rollback_bot.followup_boards WHERE incident_id = %s AND message_ts IS NULL",
-                         (incident_id,))
+            repo.release_followup_board(conn, incident_id)

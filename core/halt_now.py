@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from psycopg.types.json import Jsonb
-
+from core import repository as repo
 from core import trading
 from core.errors import Conflict, InvalidTransition, NotAuthorized, RollbackError
 from core.incidents import REQUESTED, Event, Incident, already_decided, journal
@@ -71,17 +70,14 @@ def halt_before_approval(engine: Engine, *, incident_id: int, user: str,
                                      f" {inc.reason}"[:500])
         record = {"by": user, "at": result.halted_at.isoformat(), "halt_id": result.halt_id,
                   "joined": result.joined, "clients": result.clients}
-        row = conn.execute(
-            "UPDATE rollback_bot.incidents SET halted_at = %s, plan = plan || %s, updated_at = %s"
-            " WHERE id = %s AND state = %s RETURNING *",
-            (result.halted_at, Jsonb({"early_halt": record}), now, inc.id, REQUESTED),
-        ).fetchone()
+        new = repo.record_early_halt(conn, inc, halted_at=result.halted_at, record=record, at=now)
+        if new is None:  # it is locked above: cannot happen; never publish a halt that was not recorded
+            raise Conflict(f"{inc.ref} changed while trading was halted for it; another process is handling it.")
         detail = {"halt_id": result.halt_id, "clients": result.clients, "joined": result.joined,
                   "before_approval": True}
         journal(conn, incident_id=inc.id, step="halt", actor=user, at=engine.clock(), started=now, detail=detail)
         engine.audit(conn, actor=user, action="halt_now", outcome="ok", incident_id=inc.id, halt_id=result.halt_id,
                      joined=result.joined)
-        new = Incident(**row)
     engine.publish(Event("step", new, STEP_EVENT, {**detail, "by": user}))
     return new, result
 

@@ -25,7 +25,6 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from core import repository as repo
 from core.engine import Engine, enqueue
@@ -85,10 +84,7 @@ class LossEntry:
 
 def loss_history(conn: psycopg.Connection, incident_id: int) -> list[LossEntry]:
     """Every figure of an incident's estimated loss, oldest first."""
-    rows = conn.execute(
-        "SELECT * FROM rollback_bot.loss_estimates WHERE incident_id = %s ORDER BY id", (incident_id,)
-    ).fetchall()
-    return [LossEntry(**r) for r in rows]
+    return [LossEntry(**r) for r in repo.loss_rows(conn, incident_id)]
 
 
 @dataclass(frozen=True)
@@ -127,12 +123,10 @@ class LossBook:
             previous = inc.estimated_loss
             if only_if_changed and previous is not None and previous == amount:
                 return None
-            if previous is not None and not conn.execute(
-                "SELECT 1 FROM rollback_bot.loss_estimates WHERE incident_id = %s LIMIT 1", (inc.id,)
-            ).fetchone():
+            if previous is not None and not repo.has_loss_rows(conn, inc.id):
                 self._insert(conn, inc.id, previous, "request", inc.requested_by, inc.created_at, {})
             entry = self._insert(conn, inc.id, amount, source, by, now, detail or {})
-            conn.execute("UPDATE rollback_bot.incidents SET estimated_loss = %s WHERE id = %s", (amount, inc.id))
+            repo.set_estimated_loss(conn, inc.id, amount)
             new = self.engine.get(inc.id, conn)
             shown = {"amount": amount, "previous": previous, "source": source, "by": by, "entry_id": entry.id}
             if source != "pnl_query":
@@ -153,12 +147,8 @@ class LossBook:
     @staticmethod
     def _insert(conn: psycopg.Connection, incident_id: int, amount: float, source: str, by: str, at: datetime,
                 detail: dict) -> LossEntry:
-        row = conn.execute(
-            "INSERT INTO rollback_bot.loss_estimates (incident_id, amount, source, recorded_by, recorded_at, detail)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",
-            (incident_id, amount, source, by, at, Jsonb(detail)),
-        ).fetchone()
-        return LossEntry(**row)
+        return LossEntry(**repo.insert_loss(conn, incident_id=incident_id, amount=amount, source=source, by=by,
+                                            at=at, detail=detail))
 
     # -- showing it
 

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.types.json import Jsonb
 
+from core import repository as repo
 from core.aftercare import raise_attention
 from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt
@@ -138,12 +138,7 @@ class Monitor:
 
     def baseline_day(self, conn: psycopg.Connection, incident: Incident) -> str | None:
         """The newest feature date the restored model was verified on (new data is what comes after it)."""
-        row = conn.execute(
-            "SELECT detail->>'prediction_day' AS day FROM rollback_bot.steps WHERE incident_id = %s"
-            " AND step = 'verify' AND outcome = 'ok' ORDER BY id DESC LIMIT 1",
-            (incident.id,),
-        ).fetchone()
-        day = row["day"] if row and row["day"] else None
+        day = repo.verified_prediction_day(conn, incident.id)
         if day is None:
             latest = latest_feature_date(conn)
             day = latest.isoformat() if latest else None
@@ -157,13 +152,11 @@ class Monitor:
         """Record the baseline (once) and queue the first check, in the caller's transaction."""
         every = every_minutes or self.every
         total = self.total if total_minutes is None else total_minutes
-        row = conn.execute("SELECT plan FROM rollback_bot.incidents WHERE id = %s FOR UPDATE",
-                           (incident.id,)).fetchone()
-        if row is None or "monitor" in (row["plan"] or {}):
+        locked = repo.locked_plan(conn, incident.id)
+        if locked is None or "monitor" in locked[0]:
             return
         base = {**self._baseline(conn, incident), "every_minutes": every, "total_minutes": total}
-        conn.execute("UPDATE rollback_bot.incidents SET plan = plan || jsonb_build_object('monitor', %s::jsonb)"
-                     " WHERE id = %s", (Jsonb(base), incident.id))
+        repo.merge_plan(conn, incident.id, {"monitor": base})
         start = incident.resumed_at or self.engine.clock()
         if every < total:
             enqueue(conn, CHECK_JOB, incident_id=incident.id, run_at=start + timedelta(minutes=every),
@@ -321,8 +314,7 @@ class Monitor:
         if not self._plan(inc):  # the resume's event was missed: record a baseline now
             with self.db.transaction() as conn:
                 self.schedule(conn, inc, every_minutes=self.total, total_minutes=0)
-                conn.execute("UPDATE rollback_bot.incidents SET plan = jsonb_set(plan, '{monitor,late}', 'true')"
-                             " WHERE id = %s", (inc.id,))
+                repo.set_in_plan(conn, inc.id, ["monitor", "late"], True)
             inc = self.engine.get(inc.id)
         computed = self.summarize(inc, now)
         with self.db.transaction() as conn:

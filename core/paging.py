@@ -111,13 +111,12 @@ class Paging:
         if conn is None:
             with self.db.transaction() as c:
                 return self.get(incident_id, c)
-        row = conn.execute("SELECT * FROM rollback_bot.pages WHERE incident_id = %s", (incident_id,)).fetchone()
+        row = repo.page_row(conn, incident_id)
         return Page(**row) if row else None
 
     def log(self, incident_id: int) -> list[dict]:
         with self.db.transaction() as conn:
-            return conn.execute("SELECT * FROM rollback_bot.page_log WHERE incident_id = %s ORDER BY id",
-                                (incident_id,)).fetchall()
+            return repo.page_log_rows(conn, incident_id)
 
     # ------------------------------------------------------------------------------------------- changes
 
@@ -126,11 +125,8 @@ class Paging:
         now = self.engine.clock()
         with self.db.transaction() as conn:
             closed = self.engine.get(incident.id, conn).state in CLOSING  # e.g. denied before the page's job ran
-            row = conn.execute(
-                "INSERT INTO rollback_bot.pages (incident_id, dedup_key, reason, paged_at, emergency_due_at, closed_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (incident_id) DO NOTHING RETURNING *",
-                (incident.id, dedup_key(incident), reason[:2000], now, now + self.ack, now if closed else None),
-            ).fetchone()
+            row = repo.insert_page(conn, incident_id=incident.id, dedup_key=dedup_key(incident), reason=reason[:2000],
+                                   paged_at=now, emergency_due_at=now + self.ack, closed_at=now if closed else None)
             if row is None or closed:
                 return Page(**row) if row else self.get(incident.id, conn)
             enqueue(conn, EMERGENCY_JOB, incident_id=incident.id, run_at=now + self.ack,
@@ -157,11 +153,7 @@ class Paging:
             raise NotAuthorized("Only the escalation contacts, operators and approvers may acknowledge a page.")
         now = self.engine.clock()
         with self.db.transaction() as conn:
-            row = conn.execute(
-                "UPDATE rollback_bot.pages SET acknowledged_at = %s, acknowledged_by = %s"
-                " WHERE incident_id = %s AND acknowledged_at IS NULL AND closed_at IS NULL RETURNING *",
-                (now, user, incident_id),
-            ).fetchone()
+            row = repo.acknowledge_page(conn, incident_id, by=user, at=now)
             if row is None:
                 page = self.get(incident_id, conn)
                 if page is None:
@@ -189,10 +181,7 @@ class Paging:
 
     def close_in(self, conn: psycopg.Connection, incident_id: int) -> Page | None:
         now = self.engine.clock()
-        row = conn.execute(
-            "UPDATE rollback_bot.pages SET closed_at = %s WHERE incident_id = %s AND closed_at IS NULL RETURNING *",
-            (now, incident_id),
-        ).fetchone()
+        row = repo.close_page(conn, incident_id, at=now)
         if row is not None and self.pagerduty is not None:
             enqueue(conn, PAGERDUTY_JOB, incident_id=incident_id, run_at=now,
                     dedupe_key=f"pagerduty:{incident_id}:resolve")
@@ -211,10 +200,7 @@ class Paging:
         if self.pagerduty is None:
             return
         with self.db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT p.* FROM rollback_bot.pages p WHERE NOT EXISTS (SELECT 1 FROM rollback_bot.jobs j"
-                " WHERE j.kind = %s AND j.incident_id = p.incident_id AND j.done_at IS NULL)"
-                " AND p.pagerduty_sent <> 'resolve'", (PAGERDUTY_JOB,)).fetchall()
+            rows = repo.pages_without_pending_job(conn, PAGERDUTY_JOB)
             for row in rows:
                 if Page(**row).pagerduty_due:
                     enqueue(conn, PAGERDUTY_JOB, incident_id=row["incident_id"], run_at=now,
@@ -226,12 +212,7 @@ class Paging:
         incident_id = job["incident_id"]
         now = self.engine.clock()
         with self.db.transaction() as conn:
-            row = conn.execute(
-                "UPDATE rollback_bot.pages SET emergency_paged_at = %s WHERE incident_id = %s"
-                " AND acknowledged_at IS NULL AND closed_at IS NULL AND emergency_paged_at IS NULL"
-                " AND emergency_due_at <= %s RETURNING *",
-                (now, incident_id, now),
-            ).fetchone()
+            row = repo.claim_emergency_page(conn, incident_id, at=now)
         if row is None:
             return  # acknowledged, closed, or told already
         page = Page(**row)
@@ -243,8 +224,7 @@ class Paging:
                 self.on_emergency(inc, page)
         except Exception as exc:
             with self.db.transaction() as conn:
-                conn.execute("UPDATE rollback_bot.pages SET emergency_paged_at = NULL WHERE incident_id = %s"
-                             " AND emergency_paged_at = %s", (incident_id, now))
+                repo.unclaim_emergency_page(conn, incident_id, claimed_at=now)
                 self.engine.audit(conn, actor="rollback-bot", action="escalate", outcome="failed",
                                   incident_id=incident_id, tier="emergency", error=str(exc)[:500])
             raise
@@ -284,8 +264,7 @@ class Paging:
             error = str(exc)
             now = self.engine.clock()
             with self.db.transaction() as conn:
-                conn.execute("UPDATE rollback_bot.pages SET pagerduty_error = %s WHERE incident_id = %s",
-                             (error[:1000], inc.id))
+                repo.set_pagerduty_error(conn, inc.id, error[:1000])
                 self._log(conn, inc.id, self._tier(page), "pagerduty", action, False, error)
                 self.engine.audit(conn, actor="rollback-bot", action="pagerduty", outcome="failed",
                                   incident_id=inc.id, event=action, error=error[:500])
@@ -297,8 +276,7 @@ class Paging:
                     log.exception("%s: could not report a PagerDuty failure", inc.ref)
             raise
         with self.db.transaction() as conn:
-            conn.execute("UPDATE rollback_bot.pages SET pagerduty_sent = %s, pagerduty_error = NULL"
-                         " WHERE incident_id = %s AND pagerduty_sent = %s", (action, inc.id, page.pagerduty_sent))
+            repo.set_pagerduty_sent(conn, inc.id, action=action, previous=page.pagerduty_sent)
             self._log(conn, inc.id, self._tier(page), "pagerduty", action, True)
             self.engine.audit(conn, actor="rollback-bot", action="pagerduty", outcome="ok", incident_id=inc.id,
                               event=action)
@@ -309,8 +287,5 @@ class Paging:
 
     def _log(self, conn: psycopg.Connection, incident_id: int, tier: str, channel: str, recipient: str, ok: bool,
              error: str | None = None) -> None:
-        conn.execute(
-            "INSERT INTO rollback_bot.page_log (incident_id, tier, channel, recipient, at, ok, error)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (incident_id, tier, channel, recipient, self.engine.clock(), ok, error[:1000] if error else None),
-        )
+        repo.log_page(conn, incident_id=incident_id, tier=tier, channel=channel, recipient=recipient,
+                      at=self.engine.clock(), ok=ok, error=error[:1000] if error else None)

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from psycopg.types.json import Jsonb
-
 from core import access, aftercare, fixes
+from core import repository as repo
 from core.charts import model_chart
 from core.db import Database
 from core.diagnostics import DiagnosticsReport, run_diagnostics
@@ -124,9 +123,7 @@ class Services:
     def claim_delivery(self, key: str) -> bool:
         """True the first time ``key`` is seen (across every bot process), False for a retry/duplicate."""
         with self.db.transaction() as conn:
-            return conn.execute(
-                "INSERT INTO rollback_bot.deliveries (key) VALUES (%s) ON CONFLICT DO NOTHING", (key[:500],)
-            ).rowcount == 1
+            return repo.claim_delivery_key(conn, key[:500])
 
     def set_root_cause(self, *, incident_id: int, text: str, user: str, is_approver: bool) -> None:
         """A person's account of the root cause (the incident's people and approvers); kept on the incident and
@@ -139,20 +136,11 @@ class Services:
 
     def home_opened(self, *, user_id: str) -> None:
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO rollback_bot.home_viewers (user_id) VALUES (%s)"
-                " ON CONFLICT (user_id) DO UPDATE SET opened_at = clock_timestamp()",
-                (user_id,),
-            )
+            repo.record_home_viewer(conn, user_id)
 
     def recent_home_viewers(self, *, hours: float = 24, limit: int = 50) -> list[str]:
         with self.db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT user_id FROM rollback_bot.home_viewers WHERE opened_at > now() - make_interval(secs => %s)"
-                " ORDER BY opened_at DESC LIMIT %s",
-                (hours * 3600, limit),
-            ).fetchall()
-        return [r["user_id"] for r in rows]
+            return repo.home_viewers_within(conn, hours=hours, limit=limit)
 
     # ------------------------------------------------------------------------------ diagnostics & fixes
 
@@ -174,10 +162,7 @@ class Services:
                                            days=s.diagnostics_days, training_log=s.training_log, api_log=s.api_log,
                                            today=self.engine.clock().date())
         with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s",
-                (Jsonb({"diagnostics": detail}), inc.id),
-            )
+            repo.merge_plan(conn, inc.id, {"diagnostics": detail})
             journal(conn, incident_id=inc.id, step="diagnostics", actor="rollback-bot", at=self.engine.clock(),
                     detail={"likely_cause": report.likely_cause, "version": detail["version"]})
         self.engine.publish(Event("step", self.engine.get(inc.id), "diagnostics", detail))
@@ -340,9 +325,5 @@ class Services:
     def notified(self, *, incident_id: int, channel: str, milestone: str) -> bool:
         """Whether this milestone's notification on ``channel`` was already journaled (sent, failed or skipped)."""
         with self.db.transaction() as conn:
-            return conn.execute(
-                "SELECT 1 FROM rollback_bot.steps WHERE incident_id = %s AND step = 'notify'"
-                " AND detail->>'channel' = %s AND detail->>'milestone' = %s",
-                (incident_id, channel, milestone),
-            ).fetchone() is not None
+            return repo.notify_journaled(conn, incident_id, channel=channel, milestone=milestone)
 

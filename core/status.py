@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from core import repository as repo
 from core.db import Database
 from core.doctor import DoctorRun, latest_run
 from core.errors import UnknownModel
@@ -64,13 +65,9 @@ def status_report(db: Database, registry: ModelRegistry) -> StatusReport:
         rows = production_rows(conn)
         incidents = [
             OpenIncident(**r)
-            for r in conn.execute(
-                "SELECT id, kind, model_name, state, requested_by, created_at FROM rollback_bot.incidents "
-                "WHERE state <> ALL(%s) ORDER BY id",
-                (list(CLOSED_STATES),),
-            )
+            for r in repo.open_incident_rows(conn)
         ]
-        halt = conn.execute("SELECT halted, since, reason FROM rollback_bot.trading_state").fetchone()
+        halt = repo.trading_state(conn)
         doctor = latest_run(conn)
     by_model: dict[str, list[DeploymentRow]] = {}
     for row in rows:

@@ -37,6 +37,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from core import repository as repo
 from core.errors import RollbackError
 from core.process import SAFE_PATH, kill_group, run_command, scrubbed_env
 
@@ -59,15 +60,11 @@ class ResumeResult:
 
 
 def active_halt(conn: psycopg.Connection) -> dict[str, Any] | None:
-    return conn.execute(
-        "SELECT id, halted_at, halted_by, reason FROM rollback_bot.trading_halts WHERE resumed_at IS NULL"
-    ).fetchone()
+    return repo.active_halt(conn)
 
 
 def holders(conn: psycopg.Connection, halt_id: int) -> list[str]:
-    return [r["holder"] for r in conn.execute(
-        "SELECT holder FROM rollback_bot.halt_holders WHERE halt_id = %s ORDER BY since", (halt_id,)
-    )]
+    return repo.halt_holders(conn, halt_id)
 
 
 def halt(conn: psycopg.Connection, *, holder: str, actor: str, reason: str) -> HaltResult:
@@ -76,20 +73,12 @@ def halt(conn: psycopg.Connection, *, holder: str, actor: str, reason: str) -> H
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.trading'))")
     current = active_halt(conn)
     if current is not None:
-        conn.execute(
-            "INSERT INTO rollback_bot.halt_holders (halt_id, holder) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            (current["id"], holder),
-        )
-        n = conn.execute(
-            "SELECT count(*) AS n FROM rollback_bot.saved_client_settings WHERE halt_id = %s", (current["id"],)
-        ).fetchone()["n"]
+        repo.add_halt_holder(conn, current["id"], holder)
+        n = repo.saved_settings_count(conn, current["id"])
         return HaltResult(current["id"], current["halted_at"], True, n)
-    row = conn.execute(
-        "INSERT INTO rollback_bot.trading_halts (halted_by, reason) VALUES (%s, %s) RETURNING id, halted_at",
-        (actor, reason),
-    ).fetchone()
+    row = repo.insert_trading_halt(conn, by=actor, reason=reason)
     halt_id = row["id"]
-    conn.execute("INSERT INTO rollback_bot.halt_holders (halt_id, holder) VALUES (%s, %s)", (halt_id, holder))
+    repo.add_halt_holder(conn, halt_id, holder)
     # Lock the active clients' settings rows, remember them, then halt them.
     saved = conn.execute(
         "INSERT INTO rollback_bot.saved_client_settings (halt_id, client_id, auto_rebalance, require_manual_approval) "
@@ -135,10 +124,9 @@ def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = 
         return ResumeResult(False, None)
     halt_id = current["id"]
     if force:
-        conn.execute("DELETE FROM rollback_bot.halt_holders WHERE halt_id = %s AND holder <> ALL(%s)",
-                     (halt_id, list(keep)))
+        repo.remove_halt_holders_except(conn, halt_id, keep)
     else:
-        conn.execute("DELETE FROM rollback_bot.halt_holders WHERE halt_id = %s AND holder = %s", (halt_id, holder))
+        repo.remove_halt_holder(conn, halt_id, holder)
     remaining = holders(conn, halt_id)
     if remaining:
         return ResumeResult(False, halt_id, remaining_holders=remaining)
@@ -164,11 +152,8 @@ def release(conn: psycopg.Connection, *, holder: str, actor: str, force: bool = 
         f"AND NOT ({changed})",
         (halt_id,),
     ).rowcount
-    conn.execute("UPDATE rollback_bot.saved_client_settings SET restored = true WHERE halt_id = %s", (halt_id,))
-    conn.execute(
-        "UPDATE rollback_bot.trading_halts SET resumed_at = clock_timestamp(), resumed_by = %s WHERE id = %s",
-        (actor, halt_id),
-    )
+    repo.mark_saved_settings_restored(conn, halt_id)
+    repo.end_trading_halt(conn, halt_id, by=actor)
     return ResumeResult(True, halt_id, restored=restored, left_alone=left)
 
 
@@ -215,7 +200,7 @@ def sweep(conn: psycopg.Connection) -> SweepResult:
 
 
 def is_halted(conn: psycopg.Connection) -> bool:
-    return bool(conn.execute("SELECT halted FROM rollback_bot.trading_state").fetchone()["halted"])
+    return bool(repo.trading_state(conn)["halted"])
 
 
 # The stop command runs as core.process runs every configured command (the names are kept for callers).

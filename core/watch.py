@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
+from core import repository as repo
 from core import trading, watch_followup
 from core.aftercare import handed_over_to, raise_attention
 from core.engine import Engine, enqueue
@@ -81,10 +81,9 @@ class EnhancedWatch:
 
     def schedule(self, conn: psycopg.Connection, incident: Incident) -> None:
         """Record the baseline (once) and queue the first check, in the caller's transaction."""
-        row = conn.execute("SELECT * FROM rollback_bot.incidents WHERE id = %s FOR UPDATE", (incident.id,)).fetchone()
-        if row is None or "watch" in (row["plan"] or {}) or row["resumed_at"] is None:
+        inc = repo.find(conn, incident.id, lock=True)
+        if inc is None or "watch" in (inc.plan or {}) or inc.resumed_at is None:
             return
-        inc = Incident(**row)
         every = timedelta(minutes=self.every)
         slots = max(1, int(self.hours * 60 // self.every))
         anchor = inc.created_at
@@ -95,8 +94,7 @@ class EnhancedWatch:
                  "baseline_day": self.looker.baseline_day(conn, inc), "logs": log_baseline(self.looker.log_paths),
                  "rows_seen": 0, "last_at": _iso(inc.resumed_at), "checks": [], "missed": [], "message_ts": None,
                  "ended": None, "stopped": None}
-        conn.execute("UPDATE rollback_bot.incidents SET plan = plan || jsonb_build_object('watch', %s::jsonb)"
-                     " WHERE id = %s", (Jsonb(watch), inc.id))
+        repo.merge_plan(conn, inc.id, {"watch": watch})
         enqueue(conn, WATCH_JOB, incident_id=inc.id, run_at=due_at(watch, first), payload={"n": first},
                 dedupe_key=f"watch:{inc.id}:{first}")
 
@@ -108,8 +106,7 @@ class EnhancedWatch:
     def set_message(self, incident_id: int, ts: str) -> None:
         """Remember the thread message that shows the watch (updated after each check)."""
         with self.db.transaction() as conn:
-            conn.execute("UPDATE rollback_bot.incidents SET plan = jsonb_set(plan, '{watch,message_ts}', %s)"
-                         " WHERE id = %s AND plan ? 'watch'", (Jsonb(ts), incident_id))
+            repo.set_in_plan(conn, incident_id, ["watch", "message_ts"], ts)
 
     # -- one check
 
@@ -165,9 +162,8 @@ class EnhancedWatch:
         final = latest >= slots
 
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT plan, state FROM rollback_bot.incidents WHERE id = %s FOR UPDATE",
-                               (inc.id,)).fetchone()
-            w = dict((row["plan"] or {}).get("watch") or {})
+            plan, state = repo.locked_plan(conn, inc.id)
+            w = dict(plan.get("watch") or {})
             if (w.get("checks") and w["checks"][-1]["n"] >= latest) or w.get("ended") or w.get("stopped"):
                 return  # this slot was looked at already (the job ran again after a crash)
             w["checks"] = [*(w.get("checks") or []), check]
@@ -178,9 +174,8 @@ class EnhancedWatch:
                         outcome="warning", detail={"n": m["n"], "due": m["due"], "on_time": False,
                                                    "summary": f"check #{m['n']} due {m['due'][11:16]} UTC was "
                                                               "missed: no bot process ran within one interval"})
-            stable = conn.execute("SELECT 1 FROM rollback_bot.steps WHERE incident_id = %s AND step = 'stable'",
-                                  (inc.id,)).fetchone()
-            if not trouble and not stable and row["state"] != "needs_attention":
+            stable = repo.has_step(conn, inc.id, "stable")
+            if not trouble and not stable and state != "needs_attention":
                 journal(conn, incident_id=inc.id, step="stable", actor="rollback-bot", at=now,
                         detail={"due": _iso(due) if on_time else None, "check": latest,
                                 "summary": f"check #{latest} found no trouble"})
@@ -196,8 +191,7 @@ class EnhancedWatch:
                 nxt = latest + 1
                 enqueue(conn, WATCH_JOB, incident_id=inc.id, run_at=due_at(w, nxt), payload={"n": nxt},
                         dedupe_key=f"watch:{inc.id}:{nxt}")
-            conn.execute("UPDATE rollback_bot.incidents SET plan = jsonb_set(plan, '{watch}', %s) WHERE id = %s",
-                         (Jsonb(w), inc.id))
+            repo.merge_plan(conn, inc.id, {"watch": w})
             if final:  # its follow-up: done by the bot when it ended well, else left open; the message shows which
                 watch_followup.settle(conn, inc.id, now=now)
                 enqueue(conn, FOLLOWUPS_JOB, incident_id=inc.id, dedupe_key=f"followups:{inc.id}:watch_end")
@@ -215,14 +209,12 @@ class EnhancedWatch:
 
     def _stop(self, inc: Incident, reason: str) -> None:
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT plan FROM rollback_bot.incidents WHERE id = %s FOR UPDATE",
-                               (inc.id,)).fetchone()
-            w = dict((row["plan"] or {}).get("watch") or {})
+            plan, _state = repo.locked_plan(conn, inc.id)
+            w = dict(plan.get("watch") or {})
             if not w or w.get("stopped") or w.get("ended"):
                 return
             w["stopped"] = reason
-            conn.execute("UPDATE rollback_bot.incidents SET plan = jsonb_set(plan, '{watch}', %s) WHERE id = %s",
-                         (Jsonb(w), inc.id))
+            repo.merge_plan(conn, inc.id, {"watch": w})
             journal(conn, incident_id=inc.id, step="watch_end", actor="rollback-bot", at=self.engine.clock(),
                     outcome="skipped", detail={"summary": f"stopped: {reason}", "stopped": reason})
         self._tell(inc, w)

@@ -22,7 +22,7 @@ import psycopg
 
 from core.followups import FollowUp, for_incident
 from core.incidents import Incident, journal
-from core.repository import audit
+from core.repository import audit, complete_open_followup_of_kind, find
 from core.watchview import watch_summary
 
 __all__ = ["BOT", "KIND", "WatchOutcome", "settle", "watch_outcome"]
@@ -61,24 +61,19 @@ def watch_outcome(incident: Incident) -> WatchOutcome | None:
 def settle(conn: psycopg.Connection, incident_id: int, *, now: datetime) -> FollowUp | None:
     """In the caller's transaction: mark the incident's open ``monitoring`` follow-up done by the bot when its
     watch completed well. Returns the item so completed (None: nothing to do, or left open)."""
-    row = conn.execute("SELECT * FROM rollback_bot.incidents WHERE id = %s", (incident_id,)).fetchone()
-    if row is None:
+    inc = find(conn, incident_id)
+    if inc is None:
         return None
-    inc = Incident(**row)
     outcome = watch_outcome(inc)
     if outcome is None:
         return None
     if not outcome.ok:
         log.info("%s: the 24-hour watch ended badly (%s): its follow-up is left open", inc.ref, outcome.why_open)
         return None
-    done = conn.execute(
-        "UPDATE rollback_bot.followups SET state = 'done', completed_by = %s, completed_at = %s"
-        " WHERE incident_id = %s AND kind = %s AND state = 'open' RETURNING id",
-        (BOT, now, inc.id, KIND),
-    ).fetchone()
+    done = complete_open_followup_of_kind(conn, inc.id, KIND, by=BOT, at=now)
     if done is None:
         return None  # not created yet (``FollowUps.create`` settles it then), or done already
-    item = next(i for i in for_incident(conn, inc.id) if i.id == done["id"])
+    item = next(i for i in for_incident(conn, inc.id) if i.id == done)
     journal(conn, incident_id=inc.id, step="followup", actor=BOT, at=now,
             detail={"kind": KIND, "action": "done", "followup": item.id, "note": outcome.summary})
     audit(conn, actor=BOT, action="followup_done", outcome="ok", at=now, incident_id=inc.id, followup=item.id,

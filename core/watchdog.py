@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.types.json import Jsonb
 
 from core import repository as repo
 from core import metrics
@@ -256,10 +255,7 @@ class Watchdog:
             except Exception as exc:  # noqa: BLE001 - a failed post is retried on the next run
                 log.exception("watchdog proposal for %s could not be delivered", p.model)
                 with self.engine.db.transaction() as conn:
-                    conn.execute(
-                        "UPDATE rollback_bot.audit_log SET outcome = 'failed', detail = detail || %s WHERE id = %s",
-                        (Jsonb({"error": str(exc)[:500]}), audit_id),
-                    )
+                    repo.mark_audit_failed(conn, audit_id, error=str(exc)[:500])
                 continue
             sent.append(p)
         return sent
@@ -271,25 +267,17 @@ class Watchdog:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.watchdog:' || %s))", (p.model,))
             if repo.open_incident_ids(conn, model=p.model):
                 return None
-            recent = conn.execute(
-                "SELECT id FROM rollback_bot.audit_log WHERE action = %s AND outcome = 'proposed'"
-                " AND detail->>'model' = %s AND at > %s LIMIT 1",
-                (ACTION, p.model, now - self.cooldown),
-            ).fetchone()
-            if recent:
+            if repo.recent_audit_of_model(conn, action=ACTION, outcome="proposed", model=p.model,
+                                          since=now - self.cooldown) is not None:
                 return None
             m = p.metrics
-            row = conn.execute(
-                "INSERT INTO rollback_bot.audit_log (at, actor, action, outcome, detail) VALUES (%s, %s, %s,"
-                " 'proposed', %s) RETURNING id",
-                (now, ACTOR, ACTION, Jsonb({
-                    "model": p.model, "reasons": p.reasons, "recommended": p.recommended,
-                    "production_version": p.production_version,
-                    "spearman_ic": _json_float(m.spearman_ic) if m else None,
-                    "sharpe_ratio": _json_float(m.sharpe_ratio) if m else None,
-                })),
-            ).fetchone()
-        return row["id"]
+            return repo.audit_returning_id(
+                conn, at=now, actor=ACTOR, action=ACTION, outcome="proposed",
+                model=p.model, reasons=p.reasons, recommended=p.recommended,
+                production_version=p.production_version,
+                spearman_ic=_json_float(m.spearman_ic) if m else None,
+                sharpe_ratio=_json_float(m.sharpe_ratio) if m else None,
+            )
 
     # ------------------------------------------------------------------------------------ schedule
 

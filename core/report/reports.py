@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from core import repository as repo
 from core.engine import Engine
 from core.errors import UnknownIncident
 from core.followups import for_incident as followups_of, prevention_measures
@@ -24,12 +25,7 @@ def add_root_cause(conn: psycopg.Connection, *, incident_id: int, text: str, by:
     text = (text or "").strip()
     if not text:
         raise ReportError("The root cause text is empty.")
-    row = conn.execute(
-        "UPDATE rollback_bot.incidents SET root_cause = CASE WHEN coalesce(root_cause, '') = '' THEN %s"
-        " ELSE root_cause || E'\\n\\n' || %s END, updated_at = %s WHERE id = %s RETURNING id",
-        (text[:8000], text[:8000], at, incident_id),
-    ).fetchone()
-    if row is None:
+    if not repo.append_root_cause(conn, incident_id, text[:8000], at=at):
         raise UnknownIncident(f"There is no incident INC-{incident_id}.")
     journal(conn, incident_id=incident_id, step="root_cause", actor=by, at=at, detail={"chars": len(text)})
     audit(conn, at=at, actor=by, action="root_cause", outcome="ok", incident_id=incident_id, chars=len(text))
@@ -91,11 +87,7 @@ class Reports:
             write_chart(report_path=path, png=png)
         with self.engine.db.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollback_bot.report:' || %s))", (str(incident_id),))
-            seen = conn.execute(
-                "SELECT 1 FROM rollback_bot.steps WHERE incident_id = %s AND step = 'report' AND outcome = 'ok'",
-                (incident_id,),
-            ).fetchone()
-            if not seen:
+            if not repo.report_written(conn, incident_id):
                 journal(conn, incident_id=incident_id, step="report", actor=actor, at=self.engine.clock(),
                         detail={"file": path.name})
         return path

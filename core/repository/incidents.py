@@ -1,10 +1,5 @@
-"""The SQL on the bot's own incidents, journal (``rollback_bot.steps``), audit log and job queue: the engine's,
-the runbook steps', and that of the modules around them (approval, resume, aftercare, access, integrity, the
-watchdog, the halt watch, the quick fixes; tests/project/test_architecture.py keeps it so).
-
-Every function works in the caller's transaction (``conn``): a state change, its journal row, its audit row
-and the jobs it implies commit together or not at all. Nothing here decides anything; the rules (who may
-approve, which move is allowed) are in ``core.approval``, ``core.incidents`` and ``core.runbook``.
+"""Rows of ``rollback_bot.incidents``: reads, the state change (``move``) and the columns other than ``plan``
+(core.repository.plans has the plan's JSON).
 
 ``move`` is THE state change, the only one: ``check_transition`` first, then ``UPDATE … WHERE id = %s AND
 state = %s``, so two processes (or two clicks) can never both make the same move; then the follow-up jobs
@@ -22,47 +17,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from core.errors import Conflict, UnknownIncident
-from core.incidents import CLOSED, NEEDS_ATTENTION, Incident, Step, check_transition
+from core.incidents import CLOSED, NEEDS_ATTENTION, Incident, check_transition
 
 FollowUps = Callable[[psycopg.Connection, Incident], None]
-
-__all__ = [
-    "FollowUps",
-    "JOBS_CHANNEL",
-    "approved_not_started",
-    "attempt_counts",
-    "audit",
-    "enqueue",
-    "expired_requests",
-    "finish_step",
-    "get",
-    "incident_ids_in",
-    "incidents_in",
-    "insert_incident",
-    "journal",
-    "later_approved_rollback",
-    "list_incidents",
-    "merge_plan",
-    "move",
-    "needing_attention",
-    "no_follow_ups",
-    "open_fix",
-    "open_incident_ids",
-    "open_incidents_among",
-    "open_rollback_for",
-    "queue_report_refresh",
-    "report_written",
-    "rollbacks_that_swapped",
-    "set_message",
-    "start_step",
-    "step_succeeded",
-    "steps",
-    "take_over",
-]
-
-JOBS_CHANNEL = "rollback_bot_jobs"
-
-# ------------------------------------------------------------------------------------------------ incidents
 
 
 def get(conn: psycopg.Connection, incident_id: int, *, lock: bool = False) -> Incident:
@@ -251,96 +208,46 @@ def set_message(conn: psycopg.Connection, incident_id: int, *, channel: str, mes
     )
 
 
-def merge_plan(conn: psycopg.Connection, incident_id: int, values: dict) -> None:
-    """Merge ``values`` into the incident's plan (no state change)."""
-    conn.execute("UPDATE rollback_bot.incidents SET plan = plan || %s WHERE id = %s", (Jsonb(values), incident_id))
+def find(conn: psycopg.Connection, incident_id: int, *, lock: bool = False) -> Incident | None:
+    """The incident, or None if there is none (``lock``: FOR UPDATE, held until the caller's transaction ends)."""
+    row = conn.execute(
+        "SELECT * FROM rollback_bot.incidents WHERE id = %s" + (" FOR UPDATE" if lock else ""), (incident_id,)
+    ).fetchone()
+    return Incident(**row) if row else None
 
 
-# ------------------------------------------------------------------------------------------------ the journal
-
-
-def steps(conn: psycopg.Connection, incident_id: int) -> list[Step]:
-    rows = conn.execute("SELECT * FROM rollback_bot.steps WHERE incident_id = %s ORDER BY id", (incident_id,))
-    return [Step(**r) for r in rows.fetchall()]
-
-
-def start_step(conn: psycopg.Connection, incident_id: int, step: str, actor: str, *, at: datetime) -> int:
-    """A journal row for a step that starts now; its id, for ``finish_step``."""
+def open_incident_rows(conn: psycopg.Connection) -> list[dict]:
+    """Id, kind, model, state, requester and creation time of every incident that is not closed, oldest first
+    (``/rollback status``)."""
     return conn.execute(
-        "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at) VALUES (%s, %s, %s, %s) RETURNING id",
-        (incident_id, step, actor, at),
-    ).fetchone()["id"]
+        "SELECT id, kind, model_name, state, requested_by, created_at FROM rollback_bot.incidents "
+        "WHERE state <> ALL(%s) ORDER BY id",
+        (sorted(CLOSED),),
+    ).fetchall()
 
 
-def finish_step(conn: psycopg.Connection, step_id: int, outcome: str, detail: dict | None = None,
-                error: str | None = None, *, at: datetime) -> None:
-    conn.execute(
-        "UPDATE rollback_bot.steps SET finished_at = %s, outcome = %s, detail = detail || %s, error = %s WHERE id = %s",
-        (at, outcome, Jsonb(detail or {}), error, step_id),
-    )
+def set_estimated_loss(conn: psycopg.Connection, incident_id: int, amount: float) -> None:
+    """The incident's latest estimated loss (core.loss keeps every figure in ``rollback_bot.loss_estimates``)."""
+    conn.execute("UPDATE rollback_bot.incidents SET estimated_loss = %s WHERE id = %s", (amount, incident_id))
 
 
-def journal(conn: psycopg.Connection, *, incident_id: int, step: str, actor: str, at: datetime,
-            started: datetime | None = None, outcome: str = "ok", detail: dict | None = None,
-            error: str | None = None) -> None:
-    """Add a finished step to an incident's journal, in the caller's transaction."""
-    conn.execute(
-        "INSERT INTO rollback_bot.steps (incident_id, step, actor, started_at, finished_at, outcome, detail, error)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (incident_id, step, actor, started or at, at, outcome, Jsonb(detail or {}), error[:2000] if error else None),
-    )
-
-
-def attempt_counts(conn: psycopg.Connection, incident_id: int) -> dict[str, int]:
-    """How many times each journal step of the incident was started."""
-    return {r["step"]: r["n"] for r in conn.execute(
-        "SELECT step, count(*) AS n FROM rollback_bot.steps WHERE incident_id = %s GROUP BY step", (incident_id,),
-    )}
-
-
-def step_succeeded(conn: psycopg.Connection, incident_id: int, step: str) -> bool:
-    """The journal holds a run of ``step`` that ended ``ok``."""
+def append_root_cause(conn: psycopg.Connection, incident_id: int, text: str, *, at: datetime) -> bool:
+    """Append a person's text to the incident's root cause (a blank line between accounts); False if there is no
+    such incident."""
     return conn.execute(
-        "SELECT 1 FROM rollback_bot.steps WHERE incident_id = %s AND step = %s AND outcome = 'ok'",
-        (incident_id, step),
+        "UPDATE rollback_bot.incidents SET root_cause = CASE WHEN coalesce(root_cause, '') = '' THEN %s"
+        " ELSE root_cause || E'\\n\\n' || %s END, updated_at = %s WHERE id = %s RETURNING id",
+        (text, text, at, incident_id),
     ).fetchone() is not None
 
 
-# ------------------------------------------------------------------------------------------------ audit, jobs
-
-
-def audit(conn: psycopg.Connection, *, actor: str, action: str, outcome: str, at: datetime | None = None,
-          incident_id: int | None = None, **detail: Any) -> None:
-    """One row of the audit log, in the caller's transaction; ``at`` defaults to the database's clock."""
-    conn.execute(
-        "INSERT INTO rollback_bot.audit_log (at, actor, action, outcome, incident_id, detail)"
-        " VALUES (coalesce(%s, clock_timestamp()), %s, %s, %s, %s, %s)",
-        (at, actor, action, outcome, incident_id, Jsonb(detail)),
-    )
-
-
-def enqueue(conn: psycopg.Connection, kind: str, *, incident_id: int | None = None, payload: dict | None = None,
-            run_at: datetime | None = None, dedupe_key: str | None = None) -> None:
-    """Queue background work for whichever bot process claims it first (in the caller's transaction)."""
-    conn.execute(
-        "INSERT INTO rollback_bot.jobs (kind, incident_id, payload, run_at, dedupe_key)"
-        " VALUES (%s, %s, %s, coalesce(%s, clock_timestamp()), %s) ON CONFLICT (dedupe_key) DO NOTHING",
-        (kind, incident_id, Jsonb(payload or {}), run_at, dedupe_key),
-    )
-    conn.execute(f"NOTIFY {JOBS_CHANNEL}")
-
-
-def report_written(conn: psycopg.Connection, incident_id: int) -> bool:
-    """The incident's report has been written at least once (its journal holds a ``report`` step that ended ok)."""
-    return step_succeeded(conn, incident_id, "report")
-
-
-def queue_report_refresh(conn: psycopg.Connection, incident_id: int, *, why: str) -> bool:
-    """Something the report shows happened (a page, an acknowledgement, a loss figure): queue the report's
-    rewrite (not uploaded again) in the caller's transaction, once per ``why``, if the report exists already
-    (the report is first written when the rollback finishes, core.outbox). True when queued."""
-    if not report_written(conn, incident_id):
-        return False
-    enqueue(conn, "report", incident_id=incident_id, payload={"upload": False},
-            dedupe_key=f"report:{incident_id}:{why}")
-    return True
+def record_early_halt(conn: psycopg.Connection, inc: Incident, *, halted_at: datetime, record: dict,
+                      at: datetime) -> Incident | None:
+    """*Halt now* halted trading before the request was approved: ``halted_at`` and ``plan.early_halt``, no state
+    change, only while the incident is still in the state it had (``inc.state``); None if it moved."""
+    row = conn.execute(
+        "UPDATE rollback_bot.incidents SET halted_at = %s, plan = plan || %s, updated_at = %s"
+        " WHERE id = %s AND state = %s RETURNING *",
+        (halted_at, Jsonb({"early_halt": record}), at, inc.id, inc.state),
+    ).fetchone()
+    return Incident(**row) if row else None
