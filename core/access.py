@@ -79,6 +79,9 @@ def take_over(engine: Engine, *, incident_id: int, user: str, allowed: bool) -> 
                                  expires_at=now + timedelta(minutes=engine.settings.approval_timeout_minutes))
             journal(conn, incident_id=inc.id, step="taken_over", actor=user, at=now, detail=claim)
             engine.audit(conn, actor=user, action="take_over", outcome="ok", incident_id=inc.id)
+            from core.slack_outbox import queue_card  # here: core.slack_outbox imports core.access indirectly
+
+            queue_card(engine, conn, new)  # the card names the new requester
     if refusal is not None:
         engine.audit(None, actor=user, action="take_over", outcome="refused", incident_id=incident_id,
                      reason=str(refusal))

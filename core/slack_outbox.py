@@ -9,6 +9,10 @@ Every state change (``core.repository.move``, ``insert_incident``) queues, in it
     state       the thread reply of the new state (if it has one) and the card updated in place
     milestone   the stakeholders' Slack message of a milestone (core.milestones), when the state marks one
 
+and, for a change that shows on the card without a state change (a watchdog proposal taken over, core.access):
+
+    card        the card updated in place (``queue_card``)
+
 Each job carries the incident as it was in that transaction (``snapshot``), so a reply delivered later still
 says what happened then; the card always shows the incident as it is now. The jobs are delivered by whichever
 process has a Slack client (``serve``/``work``: the Slack lane, handlers/slack_delivery.py); a process without
@@ -39,7 +43,7 @@ from core.incidents import Event, Incident
 from core.milestones import milestone_of
 from core.repository import enqueue
 
-__all__ = ["KIND", "incident_of", "install", "last_error", "queue_state", "queue_step", "snapshot", "undelivered",
+__all__ = ["KIND", "incident_of", "install", "last_error", "queue_card", "queue_state", "queue_step", "snapshot", "undelivered",
            "wait_delivered"]
 
 KIND = "slack"
@@ -70,6 +74,13 @@ def queue_state(conn: psycopg.Connection, inc: Incident) -> None:
     if milestone is not None:
         enqueue(conn, KIND, incident_id=inc.id,
                 payload={"what": "milestone", "milestone": milestone, "incident": snapshot(inc)})
+
+
+def queue_card(engine: Any, conn: psycopg.Connection, inc: Incident) -> None:
+    """A change that is not a state change but shows on the card (a watchdog proposal taken over): the card
+    updated in place, in order with the incident's other updates (when this engine queues Slack updates)."""
+    if queue_state in engine.follow_ups:
+        enqueue(conn, KIND, incident_id=inc.id, payload={"what": "card", "incident": snapshot(inc)})
 
 
 def install(engine: Any, *, incident_channel: str | None) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from slack_sdk import WebClient
 
 from core import slack_outbox
+from core.errors import DatabaseUnavailable
 from core.incidents import Event, Incident
 from core.worker import Worker, lower_thread_priority
 from handlers import incident_views as iv
@@ -67,7 +68,10 @@ class SlackProgress:
             with self._idle:
                 if not self._idle.wait_for(lambda: self._pending == 0, max(0.0, deadline - time.monotonic())):
                     return False
-            if not slack_outbox.wait_delivered(self.deps.engine.db, max(0.0, deadline - time.monotonic())):
+            try:
+                if not slack_outbox.wait_delivered(self.deps.engine.db, max(0.0, deadline - time.monotonic())):
+                    return False
+            except DatabaseUnavailable:  # nobody can tell (nor deliver) now
                 return False
             with self._idle:
                 if self._pending == 0:  # nothing new came while the database was polled

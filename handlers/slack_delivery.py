@@ -11,7 +11,7 @@ One delivery: the incident's card is posted in INCIDENT_CHANNEL first if it has 
 rollback, or a request whose card is being posted: ``SlackProgress.post_card`` delivers the first update in its
 own thread), then the card is updated in place (before the reply, so a retried job never doubles a reply), then
 the reply: the step's (``step``), the state's (``state``; the App Home hooks run too), or the stakeholders'
-message of a milestone (``milestone``, ``SlackNotifier.milestone``).
+message of a milestone (``milestone``, ``SlackNotifier.milestone``); ``card`` only updates the card.
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ class SlackDelivery:
                 text = iv.state_reply(then)
                 if text:
                     self.progress.reply(inc, text)
+                self.progress.changed(then)
+            elif what == "card":
+                self.progress.update_card(inc)
                 self.progress.changed(then)
             elif what == "milestone":
                 self.milestone(then, payload["milestone"])
