@@ -22,6 +22,7 @@ from handlers import (actions, attention, commands, errors, evidence, followups,
                       paging, pickers, retrain, views)
 from handlers.deps import Deps, RemoteSubmit, work_pool
 from handlers.progress import SlackProgress
+from handlers.slack_delivery import SlackDelivery, lane
 
 log = logging.getLogger("rollback_bot")
 
@@ -76,7 +77,11 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     app.progress = progress  # type: ignore[attr-defined] - tests and the demo flush it
     app.metrics = metrics  # type: ignore[attr-defined] - served at GET /metrics
     app.deps = deps  # type: ignore[attr-defined] - the work process runs deps.works
-    notifications.register(client, deps, progress)
+    notifier = notifications.register(client, deps, progress)
+    # The Slack lane: delivers the Slack updates queued with each state change (core.slack_outbox), in order,
+    # on a thread of its own (never behind a running rollback); stopped by ``progress.close()``.
+    progress.lane = lane(services.engine)
+    progress.lane.on("slack", SlackDelivery(progress, notifier.milestone))
     halt_trades.register(deps, progress)
     followups.register(app, client, deps, progress)
     services.register_fix_runner()
@@ -91,6 +96,7 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     pickers.register(app, deps)
     home.register(app, deps, progress)
     paging.register(app, deps, progress)
+    progress.lane.start()
     return app
 
 

@@ -87,6 +87,11 @@ class BreakGlassAlert:
         if self.client is None or (reply and self.ts is None):
             return
         try:
+            if not reply and self.ts is None:  # a `serve` already posted the incident's card: the alert goes in its thread
+                current = self.services.engine.get(incident.id)
+                if current.message_ts:
+                    self.ts = current.thread_ts or current.message_ts
+                    reply = True
             resp = self.client.chat_postMessage(channel=self.channel, text=text,
                                                 thread_ts=self.ts if reply else None)
             if not reply:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from core import halt_watch, outbox
+from core import halt_watch, outbox, slack_outbox
 from core.charts import chart_maker
 from core.db import Database
 from core.engine import Engine, no_fault
@@ -59,6 +59,9 @@ def build_services(
                           every_minutes=settings.enhanced_monitor_every_minutes, min_ic=settings.monitor_min_ic)
     engine.follow_ups.append(outbox.aftercare_jobs(monitor, watch))
     engine.follow_ups.append(paging.close_with_state)  # an incident that closes resolves its page
+    # The Slack updates of each state change (its reply, the card, the step journaled with it, the stakeholders'
+    # message), queued in its transaction and delivered by the Slack lane of whichever process has a Slack client.
+    slack_outbox.install(engine, incident_channel=settings.incident_channel)
     # The runbook's next steps as follow-ups with owners and due dates (their jobs: FollowUps.register).
     followups = FollowUps(engine)
     services = Services(settings, db, registry, engine=engine, worker=worker, loss=loss, paging=paging,

@@ -21,6 +21,7 @@ from core import repository as repo
 from core.decision import settle
 from core.errors import Conflict, InvalidTransition, NotAuthorized, RateLimited, RollbackError
 from core.incidents import REQUESTED, Incident, already_decided, journal
+from core.slack_outbox import queue_card
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -77,4 +78,5 @@ def take_over(engine: Engine, *, incident_id: int, user: str, allowed: bool) -> 
                                  expires_at=now + timedelta(minutes=engine.settings.approval_timeout_minutes))
             journal(conn, incident_id=inc.id, step="taken_over", actor=user, at=now, detail=claim)
             engine.audit(conn, actor=user, action="take_over", outcome="ok", incident_id=inc.id)
+            queue_card(engine, conn, new)  # the card names the new requester
     return settle(engine, refusal, new, actor=user, action="take_over", incident_id=incident_id)

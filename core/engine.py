@@ -79,6 +79,9 @@ class Engine:
         # Transactional outbox (core.outbox): writers of the follow-up jobs a state change implies, called in the
         # state change's own transaction.
         self.follow_ups: list[Callable[[psycopg.Connection, Incident], None]] = []
+        # Writers of what a step announces, queued before the state's follow-ups when a move carries the step
+        # (``move(..., step=(name, detail, error))``; core.slack_outbox).
+        self.step_follow_ups: list[Callable[[psycopg.Connection, Incident, str, dict, str | None], None]] = []
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.executor = Executor(self)
         self.revert_wait = revert.DEFAULT_WAIT  # back-off between attempts to put the original files back
@@ -130,14 +133,24 @@ class Engine:
         else:
             repo.audit(conn, actor=actor, action=action, outcome=outcome, incident_id=incident_id, **detail)
 
-    def move(self, conn: psycopg.Connection, inc: Incident, new: str, **columns: Any) -> Incident:
-        """Checked, conditional state change inside the caller's transaction, with its follow-up jobs."""
-        return repo.move(conn, inc, new, at=self.clock(), follow_ups=self.write_follow_ups, **columns)
+    def move(self, conn: psycopg.Connection, inc: Incident, new: str, *,
+             step: tuple[str, dict, str | None] | None = None, **columns: Any) -> Incident:
+        """Checked, conditional state change inside the caller's transaction, with its follow-up jobs. ``step``:
+        the runbook step (name, detail, error) journaled in the same transaction, announced with the state."""
+        def follow_ups(c: psycopg.Connection, moved: Incident) -> None:
+            self.write_follow_ups(c, moved, step=step)
+
+        return repo.move(conn, inc, new, at=self.clock(), follow_ups=follow_ups, **columns)
 
     _move = move  # the name before core/runbook; use ``move``
 
-    def write_follow_ups(self, conn: psycopg.Connection, inc: Incident) -> None:
-        """Queue the follow-up jobs of ``inc``'s new state in the caller's transaction (core.outbox)."""
+    def write_follow_ups(self, conn: psycopg.Connection, inc: Incident,
+                         step: tuple[str, dict, str | None] | None = None) -> None:
+        """Queue the follow-up jobs of ``inc``'s new state in the caller's transaction (core.outbox); those of the
+        step that led to it first (``step``)."""
+        if step is not None:
+            for announce in self.step_follow_ups:
+                announce(conn, inc, *step)
         for write in self.follow_ups:
             write(conn, inc)
 

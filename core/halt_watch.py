@@ -143,11 +143,11 @@ def not_effective(engine: Engine, inc: Incident, step_id: int, detail: dict) -> 
              f" after {detail.get('timeout_seconds'):g} s. Nothing was swapped; trading stays halted.")
     with engine.db.transaction() as conn:
         cur = engine.get(inc.id, conn, lock=True)
-        new = engine.move(conn, cur, HALT_NOT_EFFECTIVE, error=error)
+        new = engine.move(conn, cur, HALT_NOT_EFFECTIVE, step=("verify_halt", detail, error), error=error)
         finish_in(engine, conn, step_id, "failed", detail, error=error)
         engine.audit(conn, actor="rollback-bot", action="halt_not_effective", outcome="paused", incident_id=inc.id,
                      trades=detail.get("trades_after_halt"))
-    engine.publish(Event("step", new, "verify_halt", detail, error))
+    engine.publish(Event("step", new, "verify_halt", detail, error, queued=True))
     engine.publish(Event("state", new, error=error))
     return new
 

@@ -120,6 +120,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(at: datetime) -> datetime:
+    """The same instant in UTC (a connection's TimeZone setting must never change a report or a file name)."""
+    return at.astimezone(timezone.utc) if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
 @dataclass(frozen=True)
 class Incident:
     id: int
@@ -195,12 +200,15 @@ class Event:
     """What the engine tells the outside world (Slack progress, notifications). Plain values only."""
 
     def __init__(self, kind: str, incident: Incident, step: str | None = None, detail: dict | None = None,
-                 error: str | None = None) -> None:
+                 error: str | None = None, *, queued: bool = False) -> None:
         self.kind = kind  # "state" | "step" | "warning"
         self.incident = incident
         self.step = step
         self.detail = detail or {}
         self.error = error
+        # A step event whose announcement was queued with its state change (``Engine.move(..., step=...)``,
+        # core.slack_outbox): listeners that show it in Slack leave it to that job.
+        self.queued = queued
 
     @property
     def resumed_on_restored(self) -> bool:

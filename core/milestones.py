@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.incidents import Event, Incident
-from core.report.text import as_utc
+from core.incidents import as_utc
 
 __all__ = ["END_MILESTONES", "HEADLINES", "MILESTONES", "Notice", "headline", "milestone_of", "notice"]
 

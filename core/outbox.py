@@ -26,12 +26,19 @@ Follow-ups written here (``install`` adds the writers to the engine of every ``S
                                                         diagnostics (``diagnose_job``)
     loss_poll       loss-poll:{id}:{slot}                 an open rollback or halt, with PNL_QUERY set: a poll now
                                                         (``PnlPoller.follow_up``, added by bot/compose.py)
+    slack           (none; ordered per incident)          step reply, state reply and card, milestone message
+                                                        (``core.slack_outbox``, when INCIDENT_CHANNEL is set)
 
 Outside state changes, what the report shows queues its rewrite the same way, in the transaction that records
 it (``repository.queue_report_refresh``): a page and an emergency page (``core.escalation``, ``core.paging``),
 an acknowledgement (``core.paging``), a loss figure (``core.loss``).
 
-The Slack-only deliveries (thread posts, card updates) stay on the in-process listeners.
+The Slack updates of a state change (the reply of the runbook step the move carries, the state's thread reply
+and card update, the stakeholders' Slack message of a milestone) are queued the same way, as ``slack`` jobs
+delivered in order per incident by the Slack lane of a process with a Slack client (``core.slack_outbox``,
+handlers/slack_delivery.py; installed by bot/compose.py). What changes no state (diagnostics, the report upload,
+pages, loss figures) and live displays (the halt watch's trade counts, a retrain's output) stay on in-process
+listeners.
 
 ``deliver`` runs the queued follow-ups of one incident in the calling process (the CLI does before it exits);
 ``pending`` lists what is still queued for ``serve``/``work``.

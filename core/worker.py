@@ -13,6 +13,12 @@ diagnostics run, a long retrain, an upload under Slack's rate limits) is not cla
 while the job of a worker that died (no heartbeat) is taken over once its lease runs out. A job's completion or
 release only counts while its claim still holds the lease: a worker that lost it (its heartbeat could not reach
 the database for a whole lease, and another worker took the job over) logs so and leaves the other claim alone.
+
+A *lane* is a second worker in the same process for some kinds only (``standard=False``: no ``execute``, no
+expiry, no recovery), so that those jobs never wait behind a running rollback: the Slack app starts one for the
+Slack updates (handlers/slack_delivery.py). Kinds in ``ordered`` are claimed in order per incident: only an
+incident's oldest undone job of that kind is claimable, even while an earlier one is held by another process,
+so they run one at a time and in the order they were queued (core.slack_outbox).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import psycopg
@@ -37,7 +43,10 @@ JobHandler = Callable[[dict], None]
 
 class Worker:
     def __init__(self, engine: Engine, *, poll_seconds: float = 1.0, lease_seconds: float = 300.0,
-                 recover_every_seconds: float = 30.0, heartbeat_seconds: float | None = None) -> None:
+                 recover_every_seconds: float = 30.0, heartbeat_seconds: float | None = None,
+                 standard: bool = True, ordered: Iterable[str] = (), clock: Callable[[], datetime] | None = None,
+                 max_attempts: int = 5, max_backoff_seconds: float | None = None, name: str = "rollback-worker",
+                 ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
         self.engine = engine
@@ -45,12 +54,17 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.lease = timedelta(seconds=lease_seconds)
         self.heartbeat_seconds = heartbeat_seconds if heartbeat_seconds is not None else lease_seconds / 3
-        self.recover_every = recover_every_seconds
+        self.recover_every = recover_every_seconds if standard else None
+        self.ordered = list(ordered)
+        self._clock = clock  # None: the engine's clock (a lane of real-time deliveries passes its own)
+        self.max_attempts = max_attempts
+        self.max_backoff = max_backoff_seconds
+        self.name = name
         self.handlers: dict[str, JobHandler] = {
             "execute": lambda job: self.engine.execute(job["incident_id"]),
             "monitor_end": self._monitor_end,
-        }
-        self.periodic: list[Callable[[], None]] = [self.engine.expire_requests]
+        } if standard else {}
+        self.periodic: list[Callable[[], None]] = [self.engine.expire_requests] if standard else []
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,16 +73,23 @@ class Worker:
     def on(self, kind: str, handler: JobHandler) -> None:
         self.handlers[kind] = handler
 
+    def now(self) -> datetime:
+        return self._clock() if self._clock is not None else self.engine.clock()
+
     # ----------------------------------------------------------------------------------- one pass
 
-    def claim(self) -> dict | None:
-        now = self.engine.clock()
+    def claim(self, *, incident_id: int | None = None) -> dict | None:
+        """Lease the next due job of this worker's kinds (of one incident, if given), or None."""
+        now = self.now()
         with self.db.transaction() as conn:
             job = conn.execute(
-                "SELECT * FROM rollback_bot.jobs WHERE done_at IS NULL AND run_at <= %s"
+                "SELECT * FROM rollback_bot.jobs j WHERE done_at IS NULL AND run_at <= %s"
                 " AND (locked_until IS NULL OR locked_until < %s) AND kind = ANY(%s)"
+                " AND (%s::bigint IS NULL OR incident_id = %s)"
+                " AND (kind <> ALL(%s) OR NOT EXISTS (SELECT 1 FROM rollback_bot.jobs e WHERE e.incident_id ="
+                " j.incident_id AND e.kind = j.kind AND e.done_at IS NULL AND e.id < j.id))"
                 " ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                (now, now, list(self.handlers)),
+                (now, now, list(self.handlers), incident_id, incident_id, self.ordered),
             ).fetchone()
             if job is None:
                 return None
@@ -90,7 +111,7 @@ class Worker:
         with self.db.transaction() as conn:
             return conn.execute(
                 "UPDATE rollback_bot.jobs SET locked_until = %s WHERE id = %s AND locked_by = %s AND done_at IS NULL"
-                " RETURNING id", (self.engine.clock() + self.lease, job["id"], job["locked_by"]),
+                " RETURNING id", (self.now() + self.lease, job["id"], job["locked_by"]),
             ).fetchone() is not None
 
     def _keep_alive(self, job: dict, done: threading.Event) -> None:
@@ -117,10 +138,11 @@ class Worker:
             self._finish(job)
         elif isinstance(failure, (DatabaseUnavailable, psycopg.OperationalError)):
             self._release(job, str(failure), delay=2.0)
-        elif job["attempts"] + 1 >= 5:
+        elif job["attempts"] + 1 >= self.max_attempts:
             self._finish(job, error=f"gave up: {failure}")
         else:
-            self._release(job, str(failure), delay=2.0 ** (job["attempts"] + 1))
+            delay = 2.0 ** (job["attempts"] + 1)
+            self._release(job, str(failure), delay=min(delay, self.max_backoff) if self.max_backoff else delay)
 
     def _call(self, job: dict) -> Exception | None:
         try:
@@ -138,7 +160,7 @@ class Worker:
             held = conn.execute(
                 "UPDATE rollback_bot.jobs SET done_at = %s, locked_until = NULL, last_error = %s"
                 " WHERE id = %s AND locked_by = %s AND done_at IS NULL RETURNING id",
-                (self.engine.clock(), error, job["id"], job["locked_by"]),
+                (self.now(), error, job["id"], job["locked_by"]),
             ).fetchone()
         if held is None:
             self._lost(job, "finished")
@@ -149,7 +171,7 @@ class Worker:
                 held = conn.execute(
                     "UPDATE rollback_bot.jobs SET locked_until = NULL, last_error = %s, run_at = %s"
                     " WHERE id = %s AND locked_by = %s AND done_at IS NULL RETURNING id",
-                    (error[:2000], self.engine.clock() + timedelta(seconds=delay), job["id"], job["locked_by"]),
+                    (error[:2000], self.now() + timedelta(seconds=delay), job["id"], job["locked_by"]),
                 ).fetchone()
         except DatabaseUnavailable:
             return  # the lease runs out by itself
@@ -187,8 +209,8 @@ class Worker:
             self.engine.resolve(incident_id=inc.id, note="monitoring window ended")
 
     def start(self) -> Worker:
-        self._thread = threading.Thread(target=self._loop, name="rollback-worker", daemon=True)
-        self._listener = threading.Thread(target=self._listen, name="rollback-listen", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._listener = threading.Thread(target=self._listen, name=f"{self.name}-listen", daemon=True)
         self._thread.start()
         self._listener.start()
         return self
@@ -204,7 +226,7 @@ class Worker:
         last_recover = 0.0
         while not self._stop.is_set():
             try:
-                if time.monotonic() - last_recover >= self.recover_every:
+                if self.recover_every is not None and time.monotonic() - last_recover >= self.recover_every:
                     self.engine.recover()
                     last_recover = time.monotonic()
                 self.tick()

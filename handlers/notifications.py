@@ -18,7 +18,7 @@ from slack_sdk import WebClient
 from core.auth import is_group
 from core.escalation import Breach
 from core.incidents import Event, Incident
-from core.milestones import headline, milestone_of
+from core.milestones import headline
 from core.monitoring import MonitorCheck, MonitorSummary
 from core.paging import Page
 from handlers.blocks import esc
@@ -61,14 +61,12 @@ class SlackNotifier:
 
     # ------------------------------------------------------------------------------- stakeholders
 
-    def on_state(self, incident: Incident) -> None:
-        """An after-change hook of SlackProgress (already on the reporting thread)."""
-        milestone = milestone_of(Event("state", incident))
-        if milestone is None:
-            return
+    def milestone(self, incident: Incident, milestone: str) -> None:
+        """The stakeholders' Slack message of a milestone, delivered by the Slack lane (handlers/slack_delivery.py:
+        queued with the state change, the incident as it was then; its card exists). Once per milestone."""
         inc = self.deps.engine.get(incident.id)
         if not inc.channel or not inc.message_ts:
-            return  # the card is being posted; post_card announces the incident again once it has a thread
+            raise RuntimeError(f"{inc.ref} has no card to announce {milestone} in")
         if self.deps.services.notified(incident_id=inc.id, channel="slack", milestone=milestone):
             return
         stakeholders = self.settings.stakeholders
@@ -98,8 +96,8 @@ class SlackNotifier:
             error="; ".join(errors)[:1000] or None,
         )
         if errors:
-            self._say(inc, ":warning: Some stakeholder notifications failed (the rollback goes on): "
-                           + esc("; ".join(errors)[:1500]))
+            self.progress.reply(inc, ":warning: Some stakeholder notifications failed (the rollback goes on): "
+                                + esc("; ".join(errors)[:1500]))
 
     # ------------------------------------------------------------------------------- escalation
 
@@ -232,7 +230,6 @@ class PeopleNames:
 def register(client: WebClient, deps: Deps, progress: SlackProgress) -> SlackNotifier:
     n = SlackNotifier(client, deps, progress)
     deps.reports.people = PeopleNames(client)
-    progress.after_change.append(n.on_state)
     progress.on_step["report"] = n.report
     deps.services.register_aftercare(on_page=n.page, on_breach=n.breach, on_trouble=n.trouble,
                                      on_summary=n.summary, on_email_failed=n.email_failed,

@@ -1,8 +1,14 @@
 """The engine's events, shown in Slack: the status card updated in place and one thread reply per step.
 
-Subscribed to the engine in every bot process, so whichever process runs a rollback reports it. Events are
-queued and sent in order by one background thread, so Slack's latency never slows a rollback down and a
-Slack failure (after slack_sdk's own retries) is logged, never raised into the engine.
+The Slack updates of a state change (its reply, the card, a runbook step journaled with it, the stakeholders'
+message of a milestone) are not sent from here: they are queued in the state change's transaction
+(core.slack_outbox) and delivered by the Slack lane (handlers/slack_delivery.py), in order and once, by
+whichever process has a Slack client. This listener shows the rest, events that change no state: step events
+such as diagnostics, evidence, the report upload, pages and loss figures (``on_step``), warnings, and the live
+displays that only make sense in the process doing the work (the halt watch's running trade counts, the
+retrain's live output). Those are queued and sent in order by one background thread, so Slack's latency never
+slows a rollback down and a Slack failure (after slack_sdk's own retries) is logged, never raised into the
+engine.
 """
 
 from __future__ import annotations
@@ -10,12 +16,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from slack_sdk import WebClient
 
+from core import slack_outbox
+from core.errors import DatabaseUnavailable
 from core.incidents import Event, Incident
-from core.worker import lower_thread_priority
+from core.worker import Worker, lower_thread_priority
 from handlers import incident_views as iv
 from handlers.deps import Deps
 
@@ -26,7 +35,7 @@ class SlackProgress:
     def __init__(self, client: WebClient, deps: Deps) -> None:
         self.client = client
         self.deps = deps
-        self.after_change: list[Callable[[Incident], None]] = []
+        self.after_change: list[Callable[[Incident], None]] = []  # run by the Slack lane's state deliveries
         self.after_followups: list[Callable[[int], None]] = []  # an incident's follow-ups changed (App Home)
         self._queue: queue.Queue[Event | tuple[str, Callable[[], None]] | None] = queue.Queue()
         self.on_step: dict[str, Callable[[Incident, Event], None]] = {}
@@ -34,10 +43,13 @@ class SlackProgress:
         self._pending = 0
         self._thread = threading.Thread(target=self._drain, name="slack-progress", daemon=True)
         self._thread.start()
+        self.lane: Worker | None = None  # the Slack lane (handlers/slack_delivery.py), set by bot/app.py
 
     # ------------------------------------------------------------------------------ engine side
 
     def __call__(self, event: Event) -> None:
+        if event.kind == "state" or event.queued:
+            return  # queued with the state change (core.slack_outbox), delivered by the Slack lane
         with self._idle:
             self._pending += 1
         self._queue.put(event)
@@ -49,11 +61,25 @@ class SlackProgress:
         self._queue.put((ref, work))
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued event has been shown (tests, demo)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+        """Wait until every event queued here has been shown and every Slack update queued in the database
+        (core.slack_outbox) has been delivered, by this process or another (tests, demo)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._idle:
+                if not self._idle.wait_for(lambda: self._pending == 0, max(0.0, deadline - time.monotonic())):
+                    return False
+            try:
+                if not slack_outbox.wait_delivered(self.deps.engine.db, max(0.0, deadline - time.monotonic())):
+                    return False
+            except DatabaseUnavailable:  # nobody can tell (nor deliver) now
+                return False
+            with self._idle:
+                if self._pending == 0:  # nothing new came while the database was polled
+                    return True
 
     def close(self) -> None:
+        if self.lane is not None:
+            self.lane.stop()
         self._queue.put(None)
 
     def _drain(self) -> None:
@@ -87,17 +113,15 @@ class SlackProgress:
                 self.reply(inc, iv.step_reply(inc, event.step, event.detail, event.error))
             elif event.kind == "warning":
                 self.reply(inc, f":warning: {event.error}")
-            elif event.kind == "state":
-                text = iv.state_reply(event.incident)
-                if text:
-                    self.reply(inc, text)
             self.update_card(inc)
-        if event.kind == "state":
-            for hook in self.after_change:
-                try:
-                    hook(event.incident)
-                except Exception:  # noqa: BLE001
-                    log.exception("after-change hook failed for %s", inc.ref)
+
+    def changed(self, incident: Incident) -> None:
+        """An incident's state changed (the Slack lane delivered it): the after-change hooks (App Home)."""
+        for hook in self.after_change:
+            try:
+                hook(incident)
+            except Exception:  # noqa: BLE001
+                log.exception("after-change hook failed for %s", incident.ref)
 
     def update_card(self, inc: Incident) -> None:
         steps = self.deps.engine.steps(inc.id)
@@ -109,13 +133,35 @@ class SlackProgress:
     def reply(self, inc: Incident, text: str) -> None:
         self.client.chat_postMessage(channel=inc.channel, thread_ts=inc.thread_ts or inc.message_ts, text=text)
 
-    def post_card(self, inc: Incident) -> Incident:
-        """Post a new incident's card to INCIDENT_CHANNEL and remember where it is."""
+    def post_card(self, inc: Incident, timeout: float = 10.0) -> Incident:
+        """A new incident's card in INCIDENT_CHANNEL, as it is once posted. The card is posted by the incident's
+        first Slack update (handlers/slack_delivery.py): this delivers it now, in this thread, or waits while
+        the Slack lane of this or another process does. Raises when it could not be posted (it is retried)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            fresh = self.deps.engine.get(inc.id)
+            if fresh.message_ts:
+                return fresh
+            job = self.lane.claim(incident_id=inc.id) if self.lane is not None else None
+            if job is not None:
+                self.lane.run_job(job)
+                fresh = self.deps.engine.get(inc.id)
+                if fresh.message_ts:
+                    return fresh
+                raise RuntimeError(f"{inc.ref}'s card could not be posted in Slack"
+                                   f" ({slack_outbox.last_error(self.deps.engine.db, job['id'])});"
+                                   " it is retried")
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{inc.ref}'s card was not posted in Slack within {timeout:g} s; it is retried")
+            time.sleep(0.02)
+
+    def post_card_now(self, inc: Incident) -> Incident:
+        """Post the incident's card to INCIDENT_CHANNEL and remember where it is (the first Slack update of an
+        incident that has none does, handlers/slack_delivery.py)."""
         steps = self.deps.engine.steps(inc.id)
         resp = self.client.chat_postMessage(
             channel=self.deps.channel, text=f"{iv.incident_title(inc)}: {inc.state}", blocks=iv.incident_card(inc, steps)
         )
         self.deps.engine.set_message(inc.id, channel=resp["channel"], message_ts=resp["ts"])
-        inc = self.deps.engine.get(inc.id)
-        self(Event("state", inc))  # now that it has a thread: the opening notifications
-        return inc
+        return self.deps.engine.get(inc.id)
+

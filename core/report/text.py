@@ -4,10 +4,10 @@ report's Actions table (``STEP_LABELS``, ``describe``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
-from core.incidents import Step
+from core.incidents import Step, as_utc
 
 __all__ = [
     "FOLLOWUP_KINDS",
@@ -24,11 +24,6 @@ __all__ = [
     "money",
     "one_line",
 ]
-
-
-def as_utc(at: datetime) -> datetime:
-    """The same instant in UTC (a connection's TimeZone setting must never change a report or a file name)."""
-    return at.astimezone(timezone.utc) if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
 def as_datetime(value: Any) -> datetime | None:

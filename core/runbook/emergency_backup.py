@@ -58,9 +58,10 @@ def run(engine: Engine, inc: Incident, actor: str) -> Incident:
               "missing": [f for f in MODEL_FILES if sums[f] is None]}
     with engine.db.transaction() as conn:
         cur = engine.get(inc.id, conn, lock=True)
-        new = engine.move(conn, cur, RESTORING, plan={**cur.plan, "original_sha256": sums[MODEL_FILE],
-                                                       "original_metadata_sha256": sums[METADATA_FILE]})
+        new = engine.move(conn, cur, RESTORING, step=(NAME, detail, None),
+                          plan={**cur.plan, "original_sha256": sums[MODEL_FILE],
+                                "original_metadata_sha256": sums[METADATA_FILE]})
         finish_in(engine, conn, sid, "ok", detail)
-    engine.publish(Event("step", new, NAME, detail))
+    engine.publish(Event("step", new, NAME, detail, queued=True))
     engine.publish(Event("state", new))
     return new

@@ -39,9 +39,10 @@ def run(engine: Engine, inc: Incident, actor: str) -> Incident:
         result = trading.halt(conn, holder=f"incident:{inc.id}", actor=inc.approved_by or actor,
                               reason=f"{inc.ref} rollback of {inc.model_name}: {inc.reason}"[:500])
         detail = {"halt_id": result.halt_id, "clients": result.clients, "joined": result.joined}
-        new = engine.move(conn, cur, HALTED, halted_at=result.halted_at, plan={**cur.plan, "halt_id": result.halt_id})
+        new = engine.move(conn, cur, HALTED, step=(NAME, detail, None), halted_at=result.halted_at,
+                          plan={**cur.plan, "halt_id": result.halt_id})
         finish_in(engine, conn, sid, "ok", detail)
-    engine.publish(Event("step", new, NAME, detail))
+    engine.publish(Event("step", new, NAME, detail, queued=True))
     engine.publish(Event("state", new))
     return new
 
@@ -64,10 +65,11 @@ def verify_halt(engine: Engine, inc: Incident, actor: str) -> Incident:
         finish(engine, sid, "warning", detail, error=f"{n} trade(s) executed after the halt")
     else:
         finish(engine, sid, "ok", detail)
-    engine.publish(Event("step", inc, VERIFY_NAME, detail))
     name = inc.emergency_backup or name_for(engine, inc)
-    with engine.db.transaction() as conn:
-        new = engine.move(conn, engine.get(inc.id, conn, lock=True), BACKING_UP, emergency_backup=name)
+    with engine.db.transaction() as conn:  # the step's reply is announced with the state it leads to
+        new = engine.move(conn, engine.get(inc.id, conn, lock=True), BACKING_UP, step=(VERIFY_NAME, detail, None),
+                          emergency_backup=name)
+    engine.publish(Event("step", inc, VERIFY_NAME, detail, queued=True))
     engine.publish(Event("state", new))
     return new
 

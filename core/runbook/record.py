@@ -52,8 +52,9 @@ def run(engine: Engine, inc: Incident, actor: str) -> Incident:
              meta.performance.spearman_ic, meta.performance.sharpe_ratio),
         )
         prev = [{"version": r["version"], "deployed_at": r["deployed_at"].isoformat()} for r in previous]
-        new = engine.move(conn, cur, VERIFYING, deployed_at=deployed_at, previous_rows=prev)
+        new = engine.move(conn, cur, VERIFYING, step=(NAME, {"version": inc.target_backup}, None),
+                          deployed_at=deployed_at, previous_rows=prev)
         finish_in(engine, conn, sid, "ok", {"version": inc.target_backup, "previous": prev})
-    engine.publish(Event("step", new, NAME, {"version": inc.target_backup}))
+    engine.publish(Event("step", new, NAME, {"version": inc.target_backup}, queued=True))
     engine.publish(Event("state", new))
     return new

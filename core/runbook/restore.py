@@ -43,8 +43,8 @@ def run(engine: Engine, inc: Incident, actor: str) -> Incident:
             engine.fault(f"restored:{name}")
     detail = {"from": inc.target_backup, "sha256": inc.target_sha256}
     with engine.db.transaction() as conn:
-        new = engine.move(conn, engine.get(inc.id, conn, lock=True), RECORDING)
+        new = engine.move(conn, engine.get(inc.id, conn, lock=True), RECORDING, step=(NAME, detail, None))
         finish_in(engine, conn, sid, "ok", detail)
-    engine.publish(Event("step", new, NAME, detail))
+    engine.publish(Event("step", new, NAME, detail, queued=True))
     engine.publish(Event("state", new))
     return new

@@ -41,15 +41,15 @@ def run(engine: Engine, inc: Incident, actor: str) -> Incident:
                                       log_path=s.trading_log) if cur.halted_at else 0
         result = trading.release(conn, holder=f"incident:{inc.id}", actor=actor)
         now = engine.clock()
-        new = engine.move(conn, cur, MONITORING, resumed_at=now)
         detail = {"resumed": result.resumed, "restored_clients": result.restored,
                   "left_alone": result.left_alone, "still_held_by": result.remaining_holders,
                   "trades_during_halt": trades}
+        new = engine.move(conn, cur, MONITORING, step=(NAME, detail, None), resumed_at=now)
         finish_in(engine, conn, sid, "warning" if trades else "ok", detail,
                   error=f"{trades} trade(s) executed during the halt" if trades else None)
         repo.enqueue(conn, "monitor_end", incident_id=inc.id, dedupe_key=f"monitor_end:{inc.id}",
                      run_at=now + timedelta(minutes=s.monitor_minutes))
-    engine.publish(Event("step", new, NAME, detail))
+    engine.publish(Event("step", new, NAME, detail, queued=True))
     engine.publish(Event("state", new))
     return new
 

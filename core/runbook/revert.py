@@ -63,14 +63,14 @@ def run(engine: Engine, inc: Incident, actor: str) -> Incident:
                   "deployment_log_reverted": reverted_log, "trading": "stays halted"}
         plan = {**cur.plan, "revert": {"ok": outcome.ok, "message": outcome.message, "files": outcome.files}}
         if outcome.ok:
-            new = engine.move(conn, cur, FAILED, plan=plan)
+            new = engine.move(conn, cur, FAILED, step=(NAME, detail, None), plan=plan)
         else:  # the files are mixed: open, trading halted, escalated; resume refuses until they are fixed
-            new = engine.move(conn, cur, REVERT_FAILED, plan=plan, error=(
+            new = engine.move(conn, cur, REVERT_FAILED, step=(NAME, detail, None), plan=plan, error=(
                 (cur.error + "; " if cur.error else "") + outcome.message[0].upper() + outcome.message[1:]
                 + ". Trading stays halted.")[:2000])
         finish_in(engine, conn, sid, "ok" if outcome.ok else "failed", detail,
                   error=None if outcome.ok else outcome.message[:2000])
-    engine.publish(Event("step", new, NAME, detail))
+    engine.publish(Event("step", new, NAME, detail, queued=True))
     engine.publish(Event("state", new, error=new.error))
     return new
 

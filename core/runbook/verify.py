@@ -88,10 +88,10 @@ def run(engine: Engine, inc: Incident, actor: str) -> Incident:
         raise VerificationFailed(f"Verification failed: {exc}") from None
     with engine.db.transaction() as conn:
         cur = engine.get(inc.id, conn, lock=True)
-        new = engine.move(conn, cur, VERIFIED if cur.keep_halted else RESUMING,
+        new = engine.move(conn, cur, VERIFIED if cur.keep_halted else RESUMING, step=(NAME, detail, None),
                           plan={**cur.plan, "verified_sha256": detail["sha256"]})
         finish_in(engine, conn, sid, "ok", detail)
-    engine.publish(Event("step", new, NAME, detail))
+    engine.publish(Event("step", new, NAME, detail, queued=True))
     engine.publish(Event("state", new))
     return new
 

@@ -218,6 +218,7 @@ def socket_app(settings, db, standin, world) -> Iterator[SocketApp]:
     finally:
         handler.close()
         app.progress.flush(10)
+        app.progress.close()  # stops its Slack lane
         server.stop()
 
 

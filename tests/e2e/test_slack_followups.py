@@ -303,9 +303,10 @@ def test_a_failed_rollback_gets_followups_and_a_break_glass_one_posts_in_the_cha
         target = box.services.registry.recommend("value_small").backup.name
         done = box.services.engine.break_glass(model="value_small", backup=target, reason="slack down", by="ops")
         assert done.state == "monitoring"
+        assert box.app.progress.flush(20)  # its first Slack update posted its card (core.slack_outbox)
         box.run_worker()
         top = [m for m in standin.messages(CHANNEL) if m.text.startswith(f"Follow-ups of {done.ref}")]
-        assert len(top) == 1 and top[0].thread_ts is None  # no card, so no thread: the channel itself
+        assert len(top) == 1 and top[0].thread_ts == box.services.engine.get(done.id).message_ts  # in its thread
 
 
 def home_of(box, user, needle=""):
