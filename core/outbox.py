@@ -53,6 +53,7 @@ from typing import Any
 
 import psycopg
 
+from core import repository as repo
 from core.db import Database
 from core.engine import enqueue
 from core.escalation import schedule_for
@@ -135,11 +136,7 @@ class Queued:
 def pending(db: Database, incident_id: int) -> list[Queued]:
     """The incident's follow-up jobs not done yet (excluding the done markers of core.escalation)."""
     with db.transaction() as conn:
-        rows = conn.execute(
-            "SELECT kind, run_at, dedupe_key FROM rollback_bot.jobs WHERE incident_id = %s AND done_at IS NULL"
-            " ORDER BY run_at, id",
-            (incident_id,),
-        ).fetchall()
+        rows = repo.undone_jobs(conn, incident_id)
     return [Queued(r["kind"], r["run_at"], r["dedupe_key"]) for r in rows]
 
 
@@ -151,12 +148,8 @@ def deliver(worker, incident_id: int, kinds: Iterable[str]) -> int:
     while kinds:
         now = worker.engine.clock()
         with worker.db.transaction() as conn:
-            job = conn.execute(
-                "SELECT * FROM rollback_bot.jobs WHERE incident_id = %s AND done_at IS NULL AND run_at <= %s"
-                " AND (locked_until IS NULL OR locked_until < %s) AND kind = ANY(%s) AND attempts = 0"
-                " ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                (incident_id, now, now, kinds),
-            ).fetchone()
+            job = repo.next_due_job(conn, now=now, kinds=kinds, ordered=worker.ordered, incident_id=incident_id,
+                                    first_attempt_only=True)
             if job is None:
                 break
             job = worker.take(conn, job, now)

@@ -41,6 +41,7 @@ import psycopg
 from core.db import Database
 from core.incidents import Event, Incident
 from core.milestones import milestone_of
+from core import repository as repo
 from core.repository import enqueue
 
 __all__ = ["KIND", "incident_of", "install", "last_error", "queue_card", "queue_state", "queue_step", "snapshot", "undelivered",
@@ -94,17 +95,14 @@ def install(engine: Any, *, incident_channel: str | None) -> None:
 def undelivered(db: Database, incident_id: int | None = None) -> int:
     """How many Slack updates (of one incident, or of all) are not delivered yet."""
     with db.transaction() as conn:
-        return conn.execute(
-            "SELECT count(*) AS n FROM rollback_bot.jobs WHERE kind = %s AND done_at IS NULL"
-            " AND (%s::bigint IS NULL OR incident_id = %s)", (KIND, incident_id, incident_id),
-        ).fetchone()["n"]
+        return repo.count_undone(conn, KIND, incident_id)
 
 
 def last_error(db: Database, job_id: int) -> str:
     """Why a job failed last (for a person waiting on it)."""
     with db.transaction() as conn:
-        row = conn.execute("SELECT last_error FROM rollback_bot.jobs WHERE id = %s", (job_id,)).fetchone()
-    return ((row and row["last_error"]) or "no answer")[:300]
+        error = repo.job_error(conn, job_id)
+    return (error or "no answer")[:300]
 
 
 def wait_delivered(db: Database, timeout: float, incident_id: int | None = None, *, every: float = 0.02) -> bool:

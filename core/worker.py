@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 
 import psycopg
 
+from core import repository as repo
 from core.engine import JOBS_CHANNEL, Engine
 from core.errors import DatabaseUnavailable
 
@@ -78,19 +79,13 @@ class Worker:
 
     # ----------------------------------------------------------------------------------- one pass
 
-    def claim(self, *, incident_id: int | None = None) -> dict | None:
-        """Lease the next due job of this worker's kinds (of one incident, if given), or None."""
+    def claim(self, *, incident_id: int | None = None, first_attempt_only: bool = False) -> dict | None:
+        """Lease the next due job of this worker's kinds (of one incident, if given; never tried yet, if
+        ``first_attempt_only``), or None."""
         now = self.now()
         with self.db.transaction() as conn:
-            job = conn.execute(
-                "SELECT * FROM rollback_bot.jobs j WHERE done_at IS NULL AND run_at <= %s"
-                " AND (locked_until IS NULL OR locked_until < %s) AND kind = ANY(%s)"
-                " AND (%s::bigint IS NULL OR incident_id = %s)"
-                " AND (kind <> ALL(%s) OR NOT EXISTS (SELECT 1 FROM rollback_bot.jobs e WHERE e.incident_id ="
-                " j.incident_id AND e.kind = j.kind AND e.done_at IS NULL AND e.id < j.id))"
-                " ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                (now, now, list(self.handlers), incident_id, incident_id, self.ordered),
-            ).fetchone()
+            job = repo.next_due_job(conn, now=now, kinds=list(self.handlers), ordered=self.ordered,
+                                    incident_id=incident_id, first_attempt_only=first_attempt_only)
             if job is None:
                 return None
             return self.take(conn, job, now)
@@ -99,20 +94,14 @@ class Worker:
         """Lease a job selected ``FOR UPDATE`` in ``conn``'s transaction to a new claim of this worker: the job
         as it was selected, with ``locked_by`` the claim's token (what ``run_job`` fences on)."""
         token = f"{self.engine.owner}/{uuid.uuid4().hex[:12]}"
-        conn.execute(
-            "UPDATE rollback_bot.jobs SET locked_by = %s, locked_until = %s, attempts = attempts + 1 WHERE id = %s",
-            (token, now + self.lease, job["id"]),
-        )
+        repo.lease_job(conn, job["id"], token=token, until=now + self.lease)
         return {**job, "locked_by": token}
 
     def heartbeat(self, job: dict) -> bool:
         """Extend the lease of a claimed job, only while this claim still holds it. False: it does not (done, or
         taken over by another claim after the lease ran out)."""
         with self.db.transaction() as conn:
-            return conn.execute(
-                "UPDATE rollback_bot.jobs SET locked_until = %s WHERE id = %s AND locked_by = %s AND done_at IS NULL"
-                " RETURNING id", (self.now() + self.lease, job["id"], job["locked_by"]),
-            ).fetchone() is not None
+            return repo.extend_lease(conn, job["id"], token=job["locked_by"], until=self.now() + self.lease)
 
     def _keep_alive(self, job: dict, done: threading.Event) -> None:
         while not done.wait(self.heartbeat_seconds):
@@ -157,25 +146,18 @@ class Worker:
 
     def _finish(self, job: dict, error: str | None = None) -> None:
         with self.db.transaction() as conn:
-            held = conn.execute(
-                "UPDATE rollback_bot.jobs SET done_at = %s, locked_until = NULL, last_error = %s"
-                " WHERE id = %s AND locked_by = %s AND done_at IS NULL RETURNING id",
-                (self.now(), error, job["id"], job["locked_by"]),
-            ).fetchone()
-        if held is None:
+            held = repo.finish_job(conn, job["id"], token=job["locked_by"], at=self.now(), error=error)
+        if not held:
             self._lost(job, "finished")
 
     def _release(self, job: dict, error: str, delay: float) -> None:
         try:
             with self.db.transaction() as conn:
-                held = conn.execute(
-                    "UPDATE rollback_bot.jobs SET locked_until = NULL, last_error = %s, run_at = %s"
-                    " WHERE id = %s AND locked_by = %s AND done_at IS NULL RETURNING id",
-                    (error[:2000], self.now() + timedelta(seconds=delay), job["id"], job["locked_by"]),
-                ).fetchone()
+                held = repo.release_job(conn, job["id"], token=job["locked_by"], error=error,
+                                        run_at=self.now() + timedelta(seconds=delay))
         except DatabaseUnavailable:
             return  # the lease runs out by itself
-        if held is None:
+        if not held:
             self._lost(job, "failed")
 
     def _lost(self, job: dict, what: str) -> None:

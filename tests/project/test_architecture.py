@@ -192,11 +192,6 @@ def sql_outside_the_repository() -> list[str]:
 # The SQL on the bot's tables (schema rollback_bot) is in core/repository/ (issue 15, item 3); these (module,
 # function) pairs still run some of their own, each with why ("*": the whole module). Any other table: none.
 ALLOWED: dict[str, set[tuple[str, str]]] = {
-    # The periodic sweeps are being deleted (the outbox replaces them).
-    "incidents": {("core/watch.py", "sweep"), ("core/pnl.py", "sweep")},
-    # Jobs are claimed and run by core/worker.py and their follow-ups written by core/outbox.py: both are being
-    # reworked apart from this change (issue 15's outbox and worker items). The P&L sweep is being deleted.
-    "jobs": {("core/worker.py", "*"), ("core/outbox.py", "*"), ("core/pnl.py", "sweep")},
     # The halt saves, halts and restores the platform's client_settings in single statements joined to the saved
     # copy (nothing may change in between): those stay with the halt's rules in core/trading.py.
     "saved_client_settings": {("core/trading.py", "halt"), ("core/trading.py", "_remember_versions"),
