@@ -21,8 +21,9 @@ Its life, driven by jobs (``rollback_bot.jobs``, each with a dedupe key, so each
                  keeps its page: trading stays halted until a person has looked (and resolves it in PagerDuty)
     pagerduty    job ``pagerduty``: brings PagerDuty up to the page (trigger → acknowledge → resolve), one process
                  at a time per incident (advisory lock), recording what PagerDuty accepted (``pagerduty_sent``);
-                 a failure is told once per event (``on_pagerduty_failed``) and retried; the periodic sweep
-                 re-queues a page PagerDuty lags behind, and closes pages whose close event was missed.
+                 a failure is told once per event (``on_pagerduty_failed``) and retried by the next job the
+                 failed one queues (back-off doubling up to 5 minutes, for as long as PagerDuty refuses); while
+                 another process holds the lock, the job looks again 5 s later. No sweep.
 
 PagerDuty's dedup key is per incident: ``rollback-bot/INC-{id}/{opened, UTC}``.
 """
@@ -53,6 +54,8 @@ PAGERDUTY_JOB = "pagerduty"
 ACK_STEP = "acknowledge"
 CLOSING = frozenset({RESOLVED, DENIED, CANCELLED})
 _ORDER = ("none", "trigger", "acknowledge", "resolve")
+BUSY_SECONDS = 5.0  # another process holds the incident's PagerDuty lock: look again after this
+MAX_RETRY_SECONDS = 300.0  # the longest wait between two tries while PagerDuty refuses
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,6 @@ class Paging:
         self.on_pagerduty_failed = on_pagerduty_failed
         worker.on(EMERGENCY_JOB, self._emergency_job)
         worker.on(PAGERDUTY_JOB, self._pagerduty_job)
-        worker.periodic.append(self.sweep)
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -193,19 +195,6 @@ class Paging:
         if inc.state in CLOSING:
             self.close_in(conn, inc.id)
 
-    def sweep(self) -> None:
-        """Pages PagerDuty lags behind whose job gave up. (A page is closed with its incident, in the same
-        transaction: ``close_with_state``.)"""
-        now = self.engine.clock()
-        if self.pagerduty is None:
-            return
-        with self.db.transaction() as conn:
-            rows = repo.pages_without_pending_job(conn, PAGERDUTY_JOB)
-            for row in rows:
-                if Page(**row).pagerduty_due:
-                    enqueue(conn, PAGERDUTY_JOB, incident_id=row["incident_id"], run_at=now,
-                            dedupe_key=f"pagerduty:{row['incident_id']}:sweep:{int(now.timestamp() // 300)}")
-
     # ------------------------------------------------------------------------------------------- jobs
 
     def _emergency_job(self, job: dict) -> None:
@@ -245,15 +234,29 @@ class Paging:
         with self.db.transaction() as lock:
             held = lock.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s)) AS ok",
                                 (f"rollback_bot.pagerduty:{incident_id}",)).fetchone()["ok"]
-            if not held:
-                return  # another process is sending this incident's events; the sweep catches a late change
+            if not held:  # another process is sending this incident's events: look again shortly
+                self._again(job, seconds=BUSY_SECONDS)
+                return
             for _ in range(len(_ORDER)):
                 page = self.get(incident_id)
                 if page is None or not page.pagerduty_due:
                     return
-                self._send(self.engine.get(incident_id), page, page.pagerduty_due[0])
+                if not self._send(self.engine.get(incident_id), page, page.pagerduty_due[0]):
+                    retry = int((job.get("payload") or {}).get("retry") or 0)
+                    self._again(job, seconds=min(2.0 ** (retry + 1), MAX_RETRY_SECONDS), retry=retry + 1)
+                    return
 
-    def _send(self, inc: Incident, page: Page, action: str) -> None:
+    def _again(self, job: dict, *, seconds: float, retry: int = 0) -> None:
+        """The next ``pagerduty`` job of the incident, ``seconds`` from now, queued by this one (once per job): a
+        page PagerDuty lags behind is retried for as long as it does (back-off up to MAX_RETRY_SECONDS), with no
+        give-up and no sweep."""
+        with self.db.transaction() as conn:
+            enqueue(conn, PAGERDUTY_JOB, incident_id=job["incident_id"], payload={"retry": retry},
+                    run_at=self.engine.clock() + timedelta(seconds=seconds),
+                    dedupe_key=f"pagerduty:{job['incident_id']}:after:{job['id']}")
+
+    def _send(self, inc: Incident, page: Page, action: str) -> bool:
+        """Send one event; True when PagerDuty accepted it. A refusal is recorded and told once per event."""
         details = {"incident": inc.ref, "model": inc.model_name, "state": inc.state, "severity": inc.severity,
                    "estimated_loss": inc.estimated_loss, "opened": inc.created_at.isoformat(), "reason": page.reason}
         try:
@@ -274,12 +277,13 @@ class Paging:
                     self.on_pagerduty_failed(inc, action, error)
                 except Exception:  # noqa: BLE001 - telling about it must not stop the retries
                     log.exception("%s: could not report a PagerDuty failure", inc.ref)
-            raise
+            return False
         with self.db.transaction() as conn:
             repo.set_pagerduty_sent(conn, inc.id, action=action, previous=page.pagerduty_sent)
             self._log(conn, inc.id, self._tier(page), "pagerduty", action, True)
             self.engine.audit(conn, actor="rollback-bot", action="pagerduty", outcome="ok", incident_id=inc.id,
                               event=action)
+        return True
 
     @staticmethod
     def _tier(page: Page) -> str:

@@ -45,14 +45,6 @@ def close_page(conn: psycopg.Connection, incident_id: int, *, at: datetime) -> d
     ).fetchone()
 
 
-def pages_without_pending_job(conn: psycopg.Connection, job_kind: str) -> list[dict]:
-    """Pages whose PagerDuty incident is not resolved and that have no pending ``job_kind`` job."""
-    return conn.execute(
-        "SELECT p.* FROM rollback_bot.pages p WHERE NOT EXISTS (SELECT 1 FROM rollback_bot.jobs j"
-        " WHERE j.kind = %s AND j.incident_id = p.incident_id AND j.done_at IS NULL)"
-        " AND p.pagerduty_sent <> 'resolve'", (job_kind,)).fetchall()
-
-
 def claim_emergency_page(conn: psycopg.Connection, incident_id: int, *, at: datetime) -> dict | None:
     """Mark the emergency tier paged at ``at`` if it is due and nobody acknowledged, closed or paged it yet; the
     page, or None."""

@@ -229,6 +229,30 @@ def test_pagerduty_down_is_retried_and_never_holds_up_slack(settings, db, people
         assert len([m for m in standin.thread(CHANNEL, inc.message_ts) if "PagerDuty did not accept" in m.text]) == 1
 
 
+def test_pagerduty_down_for_an_hour_is_still_retried_and_the_trigger_lands_once_it_is_back(settings, db, people, pd,
+                                                                                          clock, world, conn):
+    """No give-up and no sweep: each refused try queues the next one (back-off doubling up to 5 minutes)."""
+    with box(settings, db, people, pd, clock) as b:
+        inc = halt(b)
+        pd.fail_next(500, times=10_000)
+        for minute in range(30, 91):  # an hour of refusals, the worker running every minute
+            clock.at(minutes=minute)
+            b.run_worker()
+        refused = conn.execute("SELECT ok FROM rollback_bot.page_log WHERE incident_id = %s AND channel = 'pagerduty'",
+                               (inc.id,)).fetchall()
+        assert len(refused) > 10 and not any(r["ok"] for r in refused), refused  # far more than a job's 5 attempts
+        assert page_row(conn, inc.id)["pagerduty_sent"] == "none"
+        pd.heal()
+        clock.at(minutes=96)  # the longest wait between two tries is 5 minutes
+        b.run_worker()
+        assert [e["event_action"] for e in pd.events()] == ["trigger"]
+        assert page_row(conn, inc.id)["pagerduty_sent"] == "trigger"
+        with db.transaction() as c:  # the retries are done, none is left waiting
+            left = c.execute("SELECT count(*) AS n FROM rollback_bot.jobs WHERE kind = 'pagerduty' AND done_at IS NULL"
+                             " AND incident_id = %s", (inc.id,)).fetchone()["n"]
+        assert left == 0
+
+
 def test_slack_down_does_not_keep_the_page_from_pagerduty(settings, db, people, pd, clock, world, conn):
     standin = people
     with box(settings, db, standin, pd, clock) as b:
