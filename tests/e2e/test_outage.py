@@ -20,7 +20,7 @@ from bot.devtools.sandbox import Sandbox
 from bot.devtools.slack_signing import SlackSender
 from core.db import Database
 from bot.compose import build_services
-from tests.bot.test_serve import free_port, serve  # noqa: F401 - the fixture
+from tests.bot.test_serve import children, free_port, serve  # noqa: F401 - the fixture
 
 MODEL = "growth_momentum_large"
 SINCE = "since 20"  # "since 2026-11-30 10:00:00 UTC (…)"
@@ -30,18 +30,6 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]  # nothing listens once it is closed
-
-
-def children(pid: int) -> list[int]:
-    """Child processes of ``pid``, whichever of its threads started them."""
-    out = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                out += [int(p) for p in fh.read().split()]
-        except OSError:
-            pass
-    return sorted(out)
 
 
 def answer_text(body: dict) -> str:
@@ -175,7 +163,7 @@ def test_serve_answers_within_seconds_when_the_database_goes_away_and_again_when
             assert elapsed < 8, f"{command}: answered after {elapsed:.1f} s"
             assert_outage_answer(text, target)
         # the work process dies while the database is down: the one started in its place answers all the same
-        work = children(proc.pid)
+        work = children(proc.pid)  # serve's work process (not its loading process)
         assert len(work) == 1
         os.kill(work[0], signal.SIGKILL)
         deadline = time.monotonic() + 20
