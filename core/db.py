@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from importlib import resources
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -41,6 +42,14 @@ def step_limits(lock_timeout_seconds: float, statement_timeout_seconds: float) -
         yield
     finally:
         _LIMITS.reset(token)
+
+
+def first_value(conn: psycopg.Connection, query: str, params: tuple | dict, column: str) -> Any:
+    """``column`` of the first row ``query`` returns, or None when it returns none (dict or tuple rows)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        return None
+    return row[column] if isinstance(row, dict) else row[0]
 
 
 def apply_limits(conn: psycopg.Connection) -> None:

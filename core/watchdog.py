@@ -33,6 +33,7 @@ import psycopg
 
 from core import repository as repo
 from core import metrics
+from core.db import first_value
 from core.engine import Engine, enqueue
 from core.errors import BackupCorrupt, RollbackError
 from core.fixes import propose_model_restore
@@ -309,14 +310,8 @@ class Watchdog:
 
 
 def _production_version(conn: psycopg.Connection, model: str) -> str | None:
-    row = conn.execute(
-        "SELECT version FROM model_deployment_log WHERE model_name = %s AND is_production"
-        " ORDER BY deployed_at DESC LIMIT 1",
-        (model,),
-    ).fetchone()
-    if row is None:
-        return None
-    return row["version"] if isinstance(row, dict) else row[0]
+    return first_value(conn, "SELECT version FROM model_deployment_log WHERE model_name = %s AND is_production"
+                             " ORDER BY deployed_at DESC LIMIT 1", (model,), "version")
 
 
 def _as_date(value: Any) -> date:

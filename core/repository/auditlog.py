@@ -8,6 +8,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from core.db import first_value
+
 
 def audit(conn: psycopg.Connection, *, actor: str, action: str, outcome: str, at: datetime | None = None,
           incident_id: int | None = None, **detail: Any) -> None:
@@ -40,9 +42,5 @@ def mark_audit_failed(conn: psycopg.Connection, audit_id: int, *, error: str) ->
 def recent_audit_of_model(conn: psycopg.Connection, *, action: str, outcome: str, model: str,
                           since: datetime) -> int | None:
     """The id of an audit row of ``action`` with ``outcome`` about ``model`` (``detail.model``) after ``since``."""
-    row = conn.execute(
-        "SELECT id FROM rollback_bot.audit_log WHERE action = %s AND outcome = %s"
-        " AND detail->>'model' = %s AND at > %s LIMIT 1",
-        (action, outcome, model, since),
-    ).fetchone()
-    return row["id"] if row else None
+    return first_value(conn, "SELECT id FROM rollback_bot.audit_log WHERE action = %s AND outcome = %s"
+                             " AND detail->>'model' = %s AND at > %s LIMIT 1", (action, outcome, model, since), "id")

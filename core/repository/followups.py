@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 
 import psycopg
 
+from core.db import first_value
+
 FOLLOWUP_COLUMNS = ("id, incident_id, kind, title, owner, assigned_by, assigned_at, due_at, state, completed_by,"
                     " completed_at, reminded_at, reminders, created_at")
 _PREVENTION_COLUMNS = "id, incident_id, text, added_by, added_at"
@@ -78,12 +80,9 @@ def complete_followup(conn: psycopg.Connection, followup_id: int, *, by: str, at
 def complete_open_followup_of_kind(conn: psycopg.Connection, incident_id: int, kind: str, *, by: str,
                                    at: datetime) -> int | None:
     """The incident's open follow-up of ``kind`` done by ``by``; its id, or None if there is no open one."""
-    row = conn.execute(
-        "UPDATE rollback_bot.followups SET state = 'done', completed_by = %s, completed_at = %s"
-        " WHERE incident_id = %s AND kind = %s AND state = 'open' RETURNING id",
-        (by, at, incident_id, kind),
-    ).fetchone()
-    return row["id"] if row else None
+    return first_value(conn, "UPDATE rollback_bot.followups SET state = 'done', completed_by = %s, completed_at = %s"
+                             " WHERE incident_id = %s AND kind = %s AND state = 'open' RETURNING id",
+                       (by, at, incident_id, kind), "id")
 
 
 def locked_reminded_at(conn: psycopg.Connection, followup_id: int) -> datetime | None:

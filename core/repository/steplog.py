@@ -8,6 +8,7 @@ from datetime import datetime
 import psycopg
 from psycopg.types.json import Jsonb
 
+from core.db import first_value
 from core.incidents import Step
 
 
@@ -67,12 +68,9 @@ def has_step(conn: psycopg.Connection, incident_id: int, step: str) -> bool:
 
 def verified_prediction_day(conn: psycopg.Connection, incident_id: int) -> str | None:
     """The feature date of the incident's latest successful ``verify`` step (``detail.prediction_day``), if any."""
-    row = conn.execute(
-        "SELECT detail->>'prediction_day' AS day FROM rollback_bot.steps WHERE incident_id = %s"
-        " AND step = 'verify' AND outcome = 'ok' ORDER BY id DESC LIMIT 1",
-        (incident_id,),
-    ).fetchone()
-    return row["day"] if row and row["day"] else None
+    return first_value(conn, "SELECT detail->>'prediction_day' AS day FROM rollback_bot.steps WHERE incident_id = %s"
+                             " AND step = 'verify' AND outcome = 'ok' ORDER BY id DESC LIMIT 1", (incident_id,),
+                       "day") or None
 
 
 def notify_journaled(conn: psycopg.Connection, incident_id: int, *, channel: str, milestone: str) -> bool:

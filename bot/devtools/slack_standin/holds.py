@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import Any
 
 
 class Hold:
@@ -69,14 +70,14 @@ class _Holds:
 
     def _wait_if_held(self, method: str) -> None:
         with self._lock:
-            held = _take(self._holds.get(method))
+            held = take_next(self._holds.get(method))
         if held is not None:
             held.reached.set()
             held._released.wait(60)
 
     def _take_padding(self, method: str) -> Padding | None:
         with self._lock:
-            return _take(self._paddings.get(method))
+            return take_next(self._paddings.get(method))
 
     @staticmethod
     def _padded(data: bytes, padding: Padding) -> bytes:
@@ -90,11 +91,13 @@ class _Holds:
         padding.answered.set()
 
 
-def _take(queue: deque | None) -> Hold | Padding | None:
+def take_next(queue: deque | None) -> Any:
+    """The first of a queue of knobs that each apply ``remaining`` more times (faults, holds, paddings), used
+    once; None when the queue is empty."""
     if not queue:
         return None
     item = queue[0]
     item.remaining -= 1
     if item.remaining <= 0:
         queue.popleft()
-    return item  # type: ignore[no-any-return]
+    return item

@@ -22,7 +22,7 @@ from bot.devtools.slack_standin.records import (
 from bot.devtools.slack_standin.chat import _ChatMethods
 from bot.devtools.slack_standin.conversation import _Conversation
 from bot.devtools.slack_standin.files import _FileMethods
-from bot.devtools.slack_standin.holds import _Holds, Padding
+from bot.devtools.slack_standin.holds import _Holds, Padding, take_next
 from bot.devtools.slack_standin.recorded import _Recorded
 from bot.devtools.slack_standin.views import _ViewMethods
 
@@ -314,14 +314,7 @@ class SlackStandIn(ServedInThread, _Recorded, _Conversation, _ChatMethods, _View
         request.wfile.write(data)
 
     def _take_fault(self, method: str) -> _Fault | None:
-        queue = self._faults.get(method)
-        if not queue:
-            return None
-        fault = queue[0]
-        fault.remaining -= 1
-        if fault.remaining <= 0:
-            queue.popleft()
-        return fault
+        return take_next(self._faults.get(method))
 
     @staticmethod
     def _fault_answer(fault: _Fault) -> Answer:
