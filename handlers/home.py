@@ -72,12 +72,23 @@ class HomePublisher:
         self.publish = publish
         self.quiet, self.max_wait, self.idle = quiet, max_wait, idle
         self._cond = threading.Condition()
-        self._dirty = self._busy = False
+        self._dirty = self._busy = self._closed = False
         self._first = self._last = 0.0
         self._thread: threading.Thread | None = None
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop: what is waiting is dropped (the process is stopping) and a publish under way ends first."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def changed(self, *_: object) -> None:
         with self._cond:
+            if self._closed:
+                return
             now = time.monotonic()
             if not self._dirty:
                 self._first = now
@@ -96,11 +107,15 @@ class HomePublisher:
         lower_thread_priority()
         while True:
             with self._cond:
-                if not self._cond.wait_for(lambda: self._dirty, self.idle):
+                if not self._cond.wait_for(lambda: self._dirty or self._closed, self.idle) or self._closed:
                     self._thread = None
                     return
-                while (wait := min(self._last + self.quiet, self._first + self.max_wait) - time.monotonic()) > 0:
+                while not self._closed and (
+                        wait := min(self._last + self.quiet, self._first + self.max_wait) - time.monotonic()) > 0:
                     self._cond.wait(wait)
+                if self._closed:
+                    self._thread = None
+                    return
                 self._dirty, self._busy = False, True
             try:
                 self.publish()
@@ -144,5 +159,6 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
     publisher = HomePublisher(refresh_viewers)
     progress.after_change.append(publisher.changed)
     progress.after_followups.append(publisher.changed)
+    progress.on_close.append(publisher.close)
     app.home_publisher = publisher  # type: ignore[attr-defined] - tests wait on it
     app.event(Event.APP_HOME_OPENED.value)(on_event)

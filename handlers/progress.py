@@ -44,6 +44,7 @@ class SlackProgress:
         self._thread = threading.Thread(target=self._drain, name="slack-progress", daemon=True)
         self._thread.start()
         self.lane: Worker | None = None  # the Slack lane (handlers/slack_delivery.py), set by bot/app.py
+        self.on_close: list[Callable[[], None]] = []  # other Slack threads to stop with it (the App Home's)
 
     # ------------------------------------------------------------------------------ engine side
 
@@ -78,8 +79,11 @@ class SlackProgress:
                     return True
 
     def close(self) -> None:
+        """Stop the Slack lane, the reporting thread and the threads registered in ``on_close``."""
         if self.lane is not None:
             self.lane.stop()
+        for stop in self.on_close:
+            stop()
         self._queue.put(None)
 
     def _drain(self) -> None:

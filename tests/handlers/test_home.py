@@ -38,3 +38,28 @@ def test_a_slow_app_home_never_delays_a_running_rollbacks_progress(sandbox, worl
         home = json.dumps(sandbox.standin.home_view(user))
         assert "INC-1" in home and "monitoring" in home
     assert sandbox.standin.message(CHANNEL, card.ts) is not None
+
+
+def test_the_home_publisher_stops_with_the_slack_layer_and_publishes_nothing_after():
+    """Closed (progress.close, when the Slack app stops), a change waiting for its quiet period is dropped and the
+    publisher's thread ends: nothing of a stopped app touches Slack or a closed database pool later."""
+    import threading
+    import time
+
+    from handlers.home import HomePublisher
+
+    before = set(threading.enumerate())  # (other tests' publishers are none of this one's business)
+    published: list[float] = []
+    started = threading.Event()
+    publisher = HomePublisher(lambda: (started.set(), published.append(time.monotonic())), quiet=0.2, max_wait=1.0)
+    publisher.changed()
+    assert publisher.flush(5) and published, "a change is published after its quiet period"
+    publisher.changed()  # waits for its quiet period ...
+    closed_at = time.monotonic()
+    publisher.close()    # ... and is dropped
+    assert time.monotonic() - closed_at < 1.0, "close waits for no quiet period"
+    publisher.changed()  # after close: ignored
+    time.sleep(0.5)
+    assert len(published) == 1
+    assert not [t for t in set(threading.enumerate()) - before if t.name == "home-publisher"], \
+        "the publisher's thread still runs"
