@@ -10,9 +10,15 @@ process with signed requests (asyncio + aiohttp client, keep-alive):
   the signature and acks, and hands the request to the work process, which answers it and runs the background
   worker), on the generated world of ``bench.common`` (a database of its own, never ``DATABASE_URL``);
 * ``bare-sync``: a bare synchronous Bolt ``App`` (``process_before_response=True``) whose ``/rollback`` command
-  and button only ``ack()``, served by the same ``bot.server`` code;
+  only ``ack()``s, served by the same ``bot.server`` code;
 * ``fastest``: the fastest bare configuration measured (../shared/design/measured.md): ``AsyncApp`` with
-  ``process_before_response=True`` on Bolt's own aiohttp adapter, with the same no-op listeners.
+  ``process_before_response=True`` on Bolt's own aiohttp adapter, its command a no-op ``ack()`` too.
+
+The click opens a form, so every server does what a form's click must: ack, then open the form's loading view
+within Slack's 3 seconds. The bare apps open the same loading view (``handlers.loading.loading_view``) the way
+Bolt offers for work after the ack, a lazy listener (a thread for ``App``, an asyncio task for ``AsyncApp``);
+rollback-bot opens it from its loading process (bot/loading_proc.py). (Before, the bare apps' click only acked:
+they were then measured doing less than a form's click needs.)
 
 rollback-bot is measured twice:
 
@@ -275,28 +281,40 @@ def run_standin(port_file: Path) -> int:
 
 
 def run_bare_sync(port: int, api_url: str) -> int:
-    """A bare synchronous Bolt App with no-op listeners, served by bot.server like rollback-bot."""
+    """A bare synchronous Bolt App, served by bot.server like rollback-bot: the command only acks; the click acks,
+    then opens the same loading view as rollback-bot, as a Bolt lazy listener (after the ack)."""
     from types import SimpleNamespace
 
     from slack_bolt import App
     from slack_sdk import WebClient
+    from slack_sdk.errors import SlackApiError
 
     from bot.server import build_web_app, serve_http
+    from handlers.loading import loading_view, modal_for
 
     app = App(signing_secret=SECRET, client=WebClient(token=TOKEN, base_url=api_url),
               token_verification_enabled=False, process_before_response=True)
+
+    def open_form(body, client) -> None:  # noqa: ANN001 - Bolt's argument injection
+        with contextlib.suppress(SlackApiError):  # refused like rollback-bot's (the bench's trigger ids)
+            client.views_open(trigger_id=body["trigger_id"], view=loading_view(modal_for(body) or ""))
+
     app.command("/rollback")(lambda ack: ack())
-    app.action("add_root_cause")(lambda ack: ack())
+    app.action("add_root_cause")(ack=lambda ack: ack(), lazy=[open_form])
     no_db = SimpleNamespace(db=SimpleNamespace(ping=lambda: True))  # /healthz only
     serve_http(build_web_app(app, no_db, serve_metrics=False), host="127.0.0.1", port=port)  # type: ignore[arg-type]
     return 0
 
 
 def run_fastest(port: int, api_url: str) -> int:
-    """AsyncApp(process_before_response=True) on Bolt's aiohttp adapter, no-op listeners."""
+    """AsyncApp(process_before_response=True) on Bolt's aiohttp adapter: the command only acks; the click acks,
+    then opens the same loading view as rollback-bot, as a Bolt lazy listener (an asyncio task after the ack)."""
     from aiohttp import web
     from slack_bolt.async_app import AsyncApp
+    from slack_sdk.errors import SlackApiError
     from slack_sdk.web.async_client import AsyncWebClient
+
+    from handlers.loading import loading_view, modal_for
 
     app = AsyncApp(signing_secret=SECRET, client=AsyncWebClient(token=TOKEN, base_url=api_url),
                    process_before_response=True)
@@ -304,8 +322,12 @@ def run_fastest(port: int, api_url: str) -> int:
     async def noop(ack) -> None:  # noqa: ANN001 - Bolt's argument injection
         await ack()
 
+    async def open_form(body, client) -> None:  # noqa: ANN001 - Bolt's argument injection
+        with contextlib.suppress(SlackApiError):  # refused like rollback-bot's (the bench's trigger ids)
+            await client.views_open(trigger_id=body["trigger_id"], view=loading_view(modal_for(body) or ""))
+
     app.command("/rollback")(noop)
-    app.action("add_root_cause")(noop)
+    app.action("add_root_cause")(ack=noop, lazy=[open_form])
     web.run_app(app.web_app(path="/slack/events", port=port), host="127.0.0.1", port=port, access_log=None,
                 print=None)
     return 0
