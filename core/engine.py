@@ -142,8 +142,6 @@ class Engine:
 
         return repo.move(conn, inc, new, at=self.clock(), follow_ups=follow_ups, **columns)
 
-    _move = move  # the name before core/runbook; use ``move``
-
     def write_follow_ups(self, conn: psycopg.Connection, inc: Incident,
                          step: tuple[str, dict, str | None] | None = None) -> None:
         """Queue the follow-up jobs of ``inc``'s new state in the caller's transaction (core.outbox); those of the
