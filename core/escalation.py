@@ -41,7 +41,7 @@ from typing import Any
 
 import psycopg
 
-from core import repository as repo
+from core import repository as repo, slack_outbox
 from core.aftercare import first_reported_at
 from core.engine import Engine, enqueue
 from core.incidents import Event, Incident, Step, journal
@@ -286,5 +286,7 @@ class Escalator:
             repo.queue_report_refresh(conn, inc.id, why=marker)  # the report shows the page or the breach
             self.engine.audit(conn, actor="rollback-bot", action="escalate", outcome="ok", incident_id=inc.id,
                               reason=reason, **extra)
+            queued = slack_outbox.queue_event(self.engine, conn, self.engine.get(inc.id, conn), step,
+                                              {"reason": reason, **extra})
         log.info("%s: %s", inc.ref, reason)
-        self.engine.publish(Event("step", self.engine.get(inc.id), step, {"reason": reason, **extra}))
+        self.engine.publish(Event("step", self.engine.get(inc.id), step, {"reason": reason, **extra}, queued=queued))

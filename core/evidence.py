@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from core import repository as repo
+from core import repository as repo, slack_outbox
 from core.engine import enqueue
 from core.errors import DatabaseUnavailable, RollbackError
 from core.incidents import REQUESTED, Event, Incident, journal
@@ -204,7 +204,8 @@ class EvidenceJob:
             journal(conn, incident_id=inc.id, step=JOB, actor="rollback-bot", at=self.engine.clock(),
                     outcome="ok" if evidence["state"] == "ready" else "failed", detail=detail,
                     error=evidence.get("error"))
-        self.engine.publish(Event("step", new, JOB, detail))
+            queued = slack_outbox.queue_event(self.engine, conn, new, JOB, detail)
+        self.engine.publish(Event("step", new, JOB, detail, queued=queued))
 
     def _skip(self, incident_id: int, note: str) -> None:
         with self.engine.db.transaction() as conn:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from core import repository as repo
-from core import trading
+from core import slack_outbox, trading
 from core.errors import Conflict, InvalidTransition, NotAuthorized, RollbackError
 from core.incidents import REQUESTED, Event, Incident, already_decided, journal
 
@@ -78,7 +78,8 @@ def halt_before_approval(engine: Engine, *, incident_id: int, user: str,
         journal(conn, incident_id=inc.id, step="halt", actor=user, at=engine.clock(), started=now, detail=detail)
         engine.audit(conn, actor=user, action="halt_now", outcome="ok", incident_id=inc.id, halt_id=result.halt_id,
                      joined=result.joined)
-    engine.publish(Event("step", new, STEP_EVENT, {**detail, "by": user}))
+        queued = slack_outbox.queue_event(engine, conn, new, STEP_EVENT, {**detail, "by": user})
+    engine.publish(Event("step", new, STEP_EVENT, {**detail, "by": user}, queued=queued))
     return new, result
 
 

@@ -26,7 +26,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from core import repository as repo
-from core import trading
+from core import slack_outbox, trading
 from core.decision import settle
 from core.errors import InvalidTransition, NotAuthorized, PreflightFailed, RollbackError
 from core.incidents import (
@@ -233,7 +233,7 @@ def sweep(engine: Engine) -> trading.SweepResult:
             return result
         ids = [int(h.split(":", 1)[1]) for h in trading.holders(conn, result.halt_id)
                if h.startswith("incident:") and h.split(":", 1)[1].isdigit()]
-        told: list[tuple[Incident, dict]] = []
+        told: list[tuple[Incident, dict, bool]] = []
         for inc in repo.open_incidents_among(conn, ids, lock=True):
             known = (inc.plan or {}).get(SWEEP_STEP) or {}
             added = sorted(set(known.get("added", [])) | set(result.added))
@@ -248,8 +248,8 @@ def sweep(engine: Engine) -> trading.SweepResult:
                      " them") if new_reenabled else None
             journal(conn, incident_id=inc.id, step=SWEEP_STEP, actor="rollback-bot", at=engine.clock(),
                     outcome="warning" if new_reenabled else "ok", detail=detail, error=error)
-            told.append((inc, detail))
-    for inc, detail in told:
+            told.append((inc, detail, slack_outbox.queue_event(engine, conn, inc, SWEEP_STEP, detail)))
+    for inc, detail, queued in told:
         log.warning("%s: halt sweep %s", inc.ref, detail)
-        engine.publish(Event("step", engine.get(inc.id), SWEEP_STEP, detail))
+        engine.publish(Event("step", engine.get(inc.id), SWEEP_STEP, detail, queued=queued))
     return result

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from core import repository as repo
+from core import repository as repo, slack_outbox
 from core.engine import Engine, enqueue
 from core.errors import InvalidInput, clean_text
 from core.escalation import NOW_JOB
@@ -139,8 +139,9 @@ class LossBook:
                 # must not use up a later crossing. The page itself is claimed once per incident.
                 enqueue(conn, NOW_JOB, incident_id=inc.id, payload={"key": "loss"}, run_at=now,
                         dedupe_key=f"escalate-now:{inc.id}:loss:{entry.id}")
-            enqueue(conn, SHOW_JOB, incident_id=inc.id, payload={**shown, "escalating": escalating}, run_at=now,
-                    dedupe_key=f"loss-shown:{entry.id}")
+            queued = slack_outbox.queue_event(self.engine, conn, new, LOSS_STEP, {**shown, "escalating": escalating})
+            enqueue(conn, SHOW_JOB, incident_id=inc.id, payload={**shown, "escalating": escalating, "queued": queued},
+                    run_at=now, dedupe_key=f"loss-shown:{entry.id}")
             repo.queue_report_refresh(conn, inc.id, why=f"loss:{entry.id}")  # the report shows the figure
         return LossUpdate(new, entry, previous, escalating)
 
@@ -156,6 +157,9 @@ class LossBook:
         worker.on(SHOW_JOB, self._show)
 
     def _show(self, job: dict) -> None:
-        """Tell the listeners (the Slack layer: a thread reply and the card) about a recorded figure."""
-        self.engine.publish(Event("step", self.engine.get(job["incident_id"]), LOSS_STEP, dict(job["payload"])))
+        """Tell the listeners about a recorded figure (its Slack reply and card update were queued with it, when
+        the recording engine queues Slack updates: core.slack_outbox)."""
+        detail = dict(job["payload"])
+        queued = bool(detail.pop("queued", False))
+        self.engine.publish(Event("step", self.engine.get(job["incident_id"]), LOSS_STEP, detail, queued=queued))
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import psycopg
 
-from core import repository as repo
+from core import repository as repo, slack_outbox
 from core.engine import Engine, enqueue
 from core.errors import Conflict, InvalidTransition, NotAuthorized
 from core.escalation import claim_once
@@ -173,7 +173,8 @@ class Paging:
             if self.pagerduty is not None:
                 enqueue(conn, PAGERDUTY_JOB, incident_id=incident_id, run_at=now,
                         dedupe_key=f"pagerduty:{incident_id}:acknowledge")
-        self.engine.publish(Event("step", self.engine.get(incident_id), ACK_STEP, detail))
+            queued = slack_outbox.queue_event(self.engine, conn, self.engine.get(incident_id, conn), ACK_STEP, detail)
+        self.engine.publish(Event("step", self.engine.get(incident_id), ACK_STEP, detail, queued=queued))
         return page
 
     def close(self, incident_id: int) -> Page | None:
@@ -223,9 +224,11 @@ class Paging:
             repo.queue_report_refresh(conn, incident_id, why="page-emergency")  # the report shows the page
             self.engine.audit(conn, actor="rollback-bot", action="escalate", outcome="ok", incident_id=incident_id,
                               tier="emergency", reason=reason)
+            queued = slack_outbox.queue_event(self.engine, conn, self.engine.get(incident_id, conn), "escalate",
+                                              {"reason": reason, "tier": "emergency"})
         log.info("%s", reason)
         self.engine.publish(Event("step", self.engine.get(incident_id), "escalate",
-                                  {"reason": reason, "tier": "emergency"}))
+                                  {"reason": reason, "tier": "emergency"}, queued=queued))
 
     def _pagerduty_job(self, job: dict) -> None:
         if self.pagerduty is None:

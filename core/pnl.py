@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from core import slack_outbox
 from core.engine import Engine, enqueue
 from core.escalation import claim_once
 from core.incidents import Event, Incident, journal
@@ -131,5 +132,7 @@ class PnlPoller:
                     error=error)
             self.engine.audit(conn, actor="rollback-bot", action="pnl_query", outcome="failed", incident_id=inc.id,
                               error=error[:500])
-        self.engine.publish(Event("warning", self.engine.get(inc.id), error=f"{error}. The estimated loss is not "
-                                  "updated from the P&L until it works; `/rollback loss` still updates it."))
+            warning = (f"{error}. The estimated loss is not updated from the P&L until it works; `/rollback loss`"
+                       " still updates it.")
+            queued = slack_outbox.queue_event(self.engine, conn, self.engine.get(inc.id, conn), None, error=warning)
+        self.engine.publish(Event("warning", self.engine.get(inc.id), error=warning, queued=queued))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from core import access, aftercare, fixes
+from core import access, aftercare, fixes, slack_outbox
 from core import repository as repo
 from core.charts import model_chart
 from core.db import Database
@@ -165,7 +165,8 @@ class Services:
             repo.merge_plan(conn, inc.id, {"diagnostics": detail})
             journal(conn, incident_id=inc.id, step="diagnostics", actor="rollback-bot", at=self.engine.clock(),
                     detail={"likely_cause": report.likely_cause, "version": detail["version"]})
-        self.engine.publish(Event("step", self.engine.get(inc.id), "diagnostics", detail))
+            queued = slack_outbox.queue_event(self.engine, conn, self.engine.get(inc.id, conn), "diagnostics", detail)
+        self.engine.publish(Event("step", self.engine.get(inc.id), "diagnostics", detail, queued=queued))
 
     def request_fix(self, *, fix: str, requested_by: str, model: str | None = None, channel: str | None = None,
                     start_date: date | None = None, reason: str = ""):

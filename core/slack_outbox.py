@@ -44,8 +44,8 @@ from core.milestones import milestone_of
 from core import repository as repo
 from core.repository import enqueue
 
-__all__ = ["KIND", "incident_of", "install", "last_error", "queue_card", "queue_state", "queue_step", "snapshot", "undelivered",
-           "wait_delivered"]
+__all__ = ["KIND", "incident_of", "install", "last_error", "queue_card", "queue_event", "queue_state", "queue_step",
+           "snapshot", "undelivered", "wait_delivered"]
 
 KIND = "slack"
 _DATETIMES = [f.name for f in fields(Incident) if "datetime" in str(f.type)]
@@ -65,6 +65,21 @@ def queue_step(conn: psycopg.Connection, inc: Incident, step: str, detail: dict,
     """The reply of a runbook step journaled with this state change (an ``Engine.step_follow_ups`` writer)."""
     enqueue(conn, KIND, incident_id=inc.id, payload={
         "what": "step", "step": step, "detail": detail or {}, "error": error, "incident": snapshot(inc)})
+
+
+def queue_event(engine: Any, conn: psycopg.Connection, inc: Incident, step: str | None, detail: dict | None = None,
+                error: str | None = None) -> bool:
+    """The Slack update of something journaled without a state change (diagnostics, evidence, a page, an
+    acknowledgement, a loss figure, the early halt, the halt sweep; ``step=None``: a warning), queued in the
+    transaction that journals it, when this engine queues Slack updates. True when queued: the caller then
+    publishes its event with ``queued=True`` so that the in-process listener leaves it to the Slack lane."""
+    if queue_step not in engine.step_follow_ups:
+        return False
+    if step is None:
+        enqueue(conn, KIND, incident_id=inc.id, payload={"what": "warning", "error": error, "incident": snapshot(inc)})
+    else:
+        queue_step(conn, inc, step, detail or {}, error)
+    return True
 
 
 def queue_state(conn: psycopg.Connection, inc: Incident) -> None:

@@ -156,10 +156,10 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         if inc.channel and inc.message_ts:
             progress.update_card(inc)
 
-    def show_halt_now(inc: Incident, event: Event) -> None:
+    def show_halt_now(inc: Incident, event: Event) -> None:  # the card first: a retried delivery posts no 2nd reply
         if inc.channel and inc.message_ts:
-            progress.reply(inc, halt_now_reply(inc, event.detail))
             progress.update_card(inc)
+            progress.reply(inc, halt_now_reply(inc, event.detail))
 
     progress.on_step["evidence"] = show_evidence
     progress.on_step[STEP_EVENT] = show_halt_now

@@ -73,13 +73,14 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
 
     # ------------------------------------------------------------------------------------ showing
 
+    # The card is updated before the reply: a retried delivery (handlers/slack_delivery.py) never doubles a reply.
     def show_loss(inc: Incident, event: Event) -> None:
         if not (inc.channel and inc.message_ts):
             return
         d = event.detail
+        progress.update_card(inc)
         if d.get("source") != "pnl_query" or d.get("escalating"):
             progress.reply(inc, loss_reply(d))
-        progress.update_card(inc)
 
     def show_acknowledged(inc: Incident, event: Event) -> None:
         if not (inc.channel and inc.message_ts):
@@ -87,8 +88,8 @@ def register(app: App, deps: Deps, progress: SlackProgress) -> None:
         d = event.detail
         then = ("the emergency contacts had been paged already" if d.get("emergency_paged")
                 else "the emergency contacts will not be paged")
-        progress.reply(inc, f":white_check_mark: <@{d.get('by')}> acknowledged the page; {then}.")
         progress.update_card(inc)
+        progress.reply(inc, f":white_check_mark: <@{d.get('by')}> acknowledged the page; {then}.")
 
     def show_card(inc: Incident, event: Event) -> None:
         if inc.channel and inc.message_ts:

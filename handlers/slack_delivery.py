@@ -10,8 +10,10 @@ updates of that incident wait for it.
 One delivery: the incident's card is posted in INCIDENT_CHANNEL first if it has none yet (a break-glass
 rollback, or a request whose card is being posted: ``SlackProgress.post_card`` delivers the first update in its
 own thread), then the card is updated in place (before the reply, so a retried job never doubles a reply), then
-the reply: the step's (``step``), the state's (``state``; the App Home hooks run too), or the stakeholders'
-message of a milestone (``milestone``, ``SlackNotifier.milestone``); ``card`` only updates the card.
+the reply: the step's (``step``; a step with a ``SlackProgress.on_step`` handler, such as diagnostics, evidence,
+pages, acknowledgements, loss figures and the early halt, is shown by that handler, which also updates the card
+before it replies), a warning (``warning``), the state's (``state``; the App Home hooks run too), or the
+stakeholders' message of a milestone (``milestone``, ``SlackNotifier.milestone``); ``card`` only updates the card.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from core import slack_outbox
-from core.incidents import Incident, utcnow
+from core.incidents import Event, Incident, utcnow
 from core.worker import Worker
 from handlers import incident_views as iv
 
@@ -57,9 +59,16 @@ class SlackDelivery:
                 inc = self.progress.post_card_now(inc)
             what = payload["what"]
             if what == "step":
+                step, detail, error = payload["step"], payload.get("detail") or {}, payload.get("error")
+                show = self.progress.on_step.get(step)
+                if show is not None:  # diagnostics, evidence, pages, loss figures…: its own reply, card first
+                    show(inc, Event("step", then, step, detail, error))
+                else:
+                    self.progress.update_card(inc)
+                    self.progress.reply(inc, iv.step_reply(then, step, detail, error))
+            elif what == "warning":
                 self.progress.update_card(inc)
-                self.progress.reply(inc, iv.step_reply(then, payload["step"], payload.get("detail") or {},
-                                                       payload.get("error")))
+                self.progress.reply(inc, f":warning: {payload.get('error')}")
             elif what == "state":
                 self.progress.update_card(inc)
                 text = iv.state_reply(then)

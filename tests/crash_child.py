@@ -7,7 +7,8 @@ Run by tests/core/test_crash.py as a real subprocess, from the project root::
 
 ``--mode run`` requests, approves (a second person) and executes a rollback; ``--mode recover`` does what a
 restarted bot does, ``engine.recover()``; ``--mode deny`` requests and denies, ``--mode expire`` requests and lets
-the approval window pass (the worker's expiry). ``--kill-at`` is a label the engine passes to its fault hook
+the approval window pass (the worker's expiry), ``--mode jobs`` runs the jobs that are due (a bare worker: an
+approved rollback's ``execute``, then its diagnostics…) until none is left. ``--kill-at`` is a label the engine passes to its fault hook
 (``before:halting``, ``restored:model.json``, ...) or ``copy:N``: the N-th file copy (1-based) writes half its
 bytes, then the process is killed, leaving a partly written temporary file behind. Exit status 0 means the
 label was never reached; a kill shows as -SIGKILL.
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--backup", required=True)
     parser.add_argument("--kill-at", required=True)
-    parser.add_argument("--mode", choices=("run", "recover", "deny", "expire"), default="run",
+    parser.add_argument("--mode", choices=("run", "recover", "deny", "expire", "jobs"), default="run",
                         help="deny: request, then an approver denies; expire: request, then the approval window"
                              " passes and the worker's expiry runs")
     parser.add_argument("--corrupt-after-restore", action="store_true",
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 engine.clock = lambda: utcnow() + timedelta(hours=1)  # past the approval window
                 engine.expire_requests()
+        elif args.mode == "jobs":
+            while services.worker.run_due():
+                pass
         else:
             engine.recover()
     finally:

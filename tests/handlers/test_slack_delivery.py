@@ -176,3 +176,33 @@ def test_an_incidents_slack_updates_are_claimed_one_at_a_time_in_order(settings,
     first.run_job(held)
     nxt = second.claim(incident_id=inc_a.id)
     assert nxt["id"] == ids[1]
+
+
+def test_a_process_killed_right_after_the_diagnostics_commit_still_gets_its_reply_once(
+        settings, world, conn, db, standin):
+    """Diagnostics change no state: their reply is queued in the transaction that journals them, not left to the
+    in-process listener of the process that ran them."""
+    s = app_settings(settings, standin)
+    with Sandbox(build_services(s, db), standin=standin) as box:
+        reply = box.command("U0ALICE", f"start {MODEL} {target(world)} Sharpe collapsed --confirm")
+        assert "posted in" in box.responses(reply.response_key, timeout=20)[0]["text"]
+        inc = box.services.engine.list_incidents()[0]
+        box.services.engine.approve(incident_id=inc.id, approver="U0BOB")  # queued `execute`; nobody runs it here
+        assert box.app.progress.flush(20)
+    card_ts = box.services.engine.get(inc.id).message_ts
+
+    # A bare worker (no Slack client) runs the rollback, then its diagnostics, and is killed right after the
+    # diagnostics' commit, before any listener heard of them.
+    _crash_child(settings, world, "publish:diagnostics", "jobs")
+    assert conn.execute("SELECT count(*) AS n FROM rollback_bot.steps WHERE incident_id = %s AND step = 'diagnostics'",
+                        (inc.id,)).fetchone()["n"] == 1
+    assert not any(":stethoscope:" in m.text for m in standin.thread(CHANNEL, card_ts))
+
+    with Sandbox(build_services(s, db), standin=standin) as box:
+        assert box.app.progress.flush(30)
+        time.sleep(0.3)  # a second delivery, if there were one, would show now
+        texts = [m.text for m in standin.thread(CHANNEL, card_ts)]
+        diagnosed = positions(texts, [":stethoscope:"])[0]
+        assert diagnosed > positions(texts, ["Automated trading halted"])[0]  # in the order of the commits
+        assert all(j["done_at"] is not None for j in slack_jobs(conn, inc.id))
+        assert len([m for m in standin.messages(CHANNEL) if not m.is_reply]) == 1
