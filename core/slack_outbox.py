@@ -13,6 +13,14 @@ and, for a change that shows on the card without a state change (a watchdog prop
 
     card        the card updated in place (``queue_card``)
 
+and, for a step journaled in a transaction of its own without a state change (``queue_event``, in that
+transaction; the caller publishes its event with ``queued=True``):
+
+    step        the diagnostics, the evidence, an escalation page or missed target, an acknowledgement, a loss
+                figure, the early halt (``halt_now``), the halt sweep; shown by the step's
+                ``SlackProgress.on_step`` handler when it has one, else as a plain step reply
+    warning     the P&L query's warning
+
 Each job carries the incident as it was in that transaction (``snapshot``), so a reply delivered later still
 says what happened then; the card always shows the incident as it is now. The jobs are delivered by whichever
 process has a Slack client (``serve``/``work``: the Slack lane, handlers/slack_delivery.py); a process without
@@ -23,8 +31,8 @@ incident appear in the order their transactions committed (a move locks the inci
 rollback that has no card yet (break-glass) gets it posted by its first delivery.
 
 What stays on in-process listeners (handlers/progress.py): live displays that only make sense in the process
-doing the work (the halt watch's running trade counts, the retrain's live output), and the replies of things
-that are not state changes (diagnostics, evidence, the report upload, pages, loss figures, warnings).
+doing the work (the halt watch's running trade counts, the retrain's live output), and the report upload (a file
+upload, which a retried job would repeat).
 
 Queued only when INCIDENT_CHANNEL is set: without it no process could post them.
 """

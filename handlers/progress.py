@@ -3,12 +3,14 @@
 The Slack updates of a state change (its reply, the card, a runbook step journaled with it, the stakeholders'
 message of a milestone) are not sent from here: they are queued in the state change's transaction
 (core.slack_outbox) and delivered by the Slack lane (handlers/slack_delivery.py), in order and once, by
-whichever process has a Slack client. This listener shows the rest, events that change no state: step events
-such as diagnostics, evidence, the report upload, pages and loss figures (``on_step``), warnings, and the live
-displays that only make sense in the process doing the work (the halt watch's running trade counts, the
-retrain's live output). Those are queued and sent in order by one background thread, so Slack's latency never
-slows a rollback down and a Slack failure (after slack_sdk's own retries) is logged, never raised into the
-engine.
+whichever process has a Slack client; so are those of steps journaled without a state change (diagnostics,
+evidence, pages, acknowledgements, loss figures, the early halt, the halt sweep, warnings: ``queued`` events),
+which the lane shows through ``on_step`` when a handler is registered there. This listener shows the rest: the
+report upload (``on_step["report"]``) and the live displays that only make sense in the process doing the work
+(the halt watch's running trade counts, the retrain's live output), and any event published unqueued (an engine
+without an incident channel). Those are queued and sent in order by one background thread, so Slack's latency
+never slows a rollback down and a Slack failure (after slack_sdk's own retries) is logged, never raised into the
+engine. An ``on_step`` handler may run again on a retried Slack-lane job: it updates the card before it replies.
 """
 
 from __future__ import annotations
