@@ -206,3 +206,24 @@ def test_a_process_killed_right_after_the_diagnostics_commit_still_gets_its_repl
         assert diagnosed > positions(texts, ["Automated trading halted"])[0]  # in the order of the commits
         assert all(j["done_at"] is not None for j in slack_jobs(conn, inc.id))
         assert len([m for m in standin.messages(CHANNEL) if not m.is_reply]) == 1
+
+
+def test_an_acknowledgement_in_a_process_without_slack_is_replied_once_by_a_lane(settings, world, conn, db, standin):
+    """An acknowledgement changes no state: its reply and card update are queued with it (core.paging), so the
+    Slack lane of another process shows them (handlers/paging.py's handler, card first), once."""
+    s = app_settings(settings, standin)
+    with Sandbox(build_services(s, db), standin=standin) as box:
+        reply = box.command("U0ALICE", f"start {MODEL} {target(world)} Sharpe collapsed --confirm")
+        assert "posted in" in box.responses(reply.response_key, timeout=20)[0]["text"]
+        inc = box.services.engine.list_incidents()[0]
+        assert box.app.progress.flush(20)
+        card_ts = box.services.engine.get(inc.id).message_ts
+        edited = len(standin.message(CHANNEL, card_ts).versions)
+        bare = build_services(s, db)  # e.g. the CLI: no Slack client, no listener
+        bare.paging.start(bare.engine.get(inc.id), "nobody approved yet")
+        bare.paging.acknowledge(incident_id=inc.id, user="U0GRACE", allowed=True)
+        assert box.app.progress.flush(20)
+        time.sleep(0.3)  # a second delivery, if there were one, would show now
+        texts = [m.text for m in standin.thread(CHANNEL, card_ts)]
+        positions(texts, ["<@U0GRACE> acknowledged the page; the emergency contacts will not be paged"])
+        assert len(standin.message(CHANNEL, card_ts).versions) > edited  # the card updated too
