@@ -17,7 +17,8 @@ from pathlib import Path
 
 from bot.compose import build_services
 from bot.devtools.sandbox import Sandbox
-from core import slack_outbox
+from core import halt_watch, slack_outbox
+from core.repository import enqueue
 from core.registry import ModelRegistry
 from handlers.slack_delivery import lane
 
@@ -227,3 +228,49 @@ def test_an_acknowledgement_in_a_process_without_slack_is_replied_once_by_a_lane
         texts = [m.text for m in standin.thread(CHANNEL, card_ts)]
         positions(texts, ["<@U0GRACE> acknowledged the page; the emergency contacts will not be paged"])
         assert len(standin.message(CHANNEL, card_ts).versions) > edited  # the card updated too
+
+
+def test_a_pnl_query_failure_in_a_process_without_slack_is_warned_once_in_the_thread(settings, world, conn, db,
+                                                                                       standin):
+    """A warning changes no state: it is queued with the failure's journal entry (core.pnl), so the Slack lane of
+    another process posts it in the incident's thread, once, though the poll failing again is not told again."""
+    s = app_settings(settings, standin)
+    with Sandbox(build_services(s, db), standin=standin) as box:
+        reply = box.command("U0ALICE", f"start {MODEL} {target(world)} Sharpe collapsed --confirm")
+        assert "posted in" in box.responses(reply.response_key, timeout=20)[0]["text"]
+        inc = box.services.engine.list_incidents()[0]
+        assert box.app.progress.flush(20)
+        card_ts = box.services.engine.get(inc.id).message_ts
+        bare = build_services(s.model_copy(update={"pnl_query": "SELECT 'not a number'"}), db)  # no Slack client
+        for slot in range(3):  # polls of the open incident (as its state changes queue them), failing each time
+            with bare.db.transaction() as c:
+                enqueue(c, "loss_poll", incident_id=inc.id, payload={"slot": slot}, dedupe_key=f"test-poll:{slot}")
+            bare.worker.run_due()
+        assert box.app.progress.flush(20)
+        time.sleep(0.3)  # a second delivery, if there were one, would show now
+        texts = [m.text for m in standin.thread(CHANNEL, card_ts)]
+        positions(texts, [":warning: PNL_QUERY must return a number"])
+        assert all(j["done_at"] is not None and j["last_error"] is None for j in slack_jobs(conn, inc.id))
+
+
+def test_a_client_halted_by_a_sweep_in_a_process_without_slack_is_said_once_in_the_thread(settings, world, conn,
+                                                                                            db, standin):
+    """The halt sweep changes no state: its reply is queued with its journal entry (core.halt_watch), so the
+    Slack lane of another process says which client was halted during the halt, once."""
+    s = app_settings(settings, standin)
+    with Sandbox(build_services(s, db), standin=standin) as box:
+        box.responses(box.command("U0ALICE", "halt suspicious fills").response_key, timeout=20)
+        assert box.app.progress.flush(20)
+        inc = next(i for i in box.services.engine.list_incidents() if i.kind == "halt")
+        card_ts = box.services.engine.get(inc.id).message_ts
+        assert card_ts, "the manual halt has a card"
+        inactive = conn.execute("SELECT client_id FROM clients WHERE NOT active ORDER BY client_id"
+                                ).fetchone()["client_id"]
+        conn.execute("UPDATE clients SET active = true WHERE client_id = %s", (inactive,))
+        bare = build_services(s, db)  # no Slack client, no listener
+        halt_watch.sweep(bare.engine)
+        halt_watch.sweep(bare.engine)  # nothing new the second time
+        assert box.app.progress.flush(20)
+        time.sleep(0.3)  # a second delivery, if there were one, would show now
+        texts = [m.text for m in standin.thread(CHANNEL, card_ts)]
+        positions(texts, [f"Client(s) {inactive} became active during the halt"])
