@@ -57,6 +57,31 @@ def slack_jobs(conn, incident_id: int) -> list[dict]:
                         " WHERE kind = 'slack' AND incident_id = %s ORDER BY id", (incident_id,)).fetchall()
 
 
+def requested(box: Sandbox, world):
+    """Alice asks for a rollback of MODEL in Slack: the incident, its card posted."""
+    reply = box.command("U0ALICE", f"start {MODEL} {target(world)} Sharpe collapsed --confirm")
+    assert "posted in" in box.responses(reply.response_key, timeout=20)[0]["text"]
+    return box.services.engine.list_incidents()[0]
+
+
+def approved_in_slack(s, db, standin, world) -> tuple[object, str]:
+    """A Slack app in which the rollback is requested and approved (its `execute` queued, run by nobody there),
+    then stopped: the incident and its card's ts."""
+    with Sandbox(build_services(s, db), standin=standin) as box:
+        inc = requested(box, world)
+        box.services.engine.approve(incident_id=inc.id, approver="U0BOB")
+        assert box.app.progress.flush(20)
+        return inc, box.services.engine.get(inc.id).message_ts
+
+
+def thread_after_a_restart(s, db, standin, card_ts: str, timeout: float = 30) -> list[str]:
+    """A Slack app started afterwards delivers what is queued: the card's thread once it has."""
+    with Sandbox(build_services(s, db), standin=standin) as box:
+        assert box.app.progress.flush(timeout)
+        time.sleep(0.3)  # a second delivery, if there were one, would show now
+        return [m.text for m in standin.thread(CHANNEL, card_ts)]
+
+
 def test_a_break_glass_cli_rollback_shows_up_in_slack_once_serve_runs(settings, world, conn, db, standin, tmp_path):
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     env.update(PYTHONPATH=str(ROOT), DATABASE_URL=settings.database_dsn(), MODELS_DIR=str(world.models_dir),
@@ -106,13 +131,7 @@ def _crash_child(settings, world, label: str, mode: str) -> None:
 def test_a_process_killed_right_after_a_state_commit_still_gets_its_reply_and_card_update(
         settings, world, conn, db, standin):
     s = app_settings(settings, standin)
-    with Sandbox(build_services(s, db), standin=standin) as box:
-        reply = box.command("U0ALICE", f"start {MODEL} {target(world)} Sharpe collapsed --confirm")
-        assert "posted in" in box.responses(reply.response_key, timeout=20)[0]["text"]
-        inc = box.services.engine.list_incidents()[0]
-        box.services.engine.approve(incident_id=inc.id, approver="U0BOB")  # queued `execute`; nobody runs it here
-        assert box.app.progress.flush(20)
-    card_ts = inc.message_ts or box.services.engine.get(inc.id).message_ts
+    inc, card_ts = approved_in_slack(s, db, standin, world)
     before = [m.text for m in standin.thread(CHANNEL, card_ts)]
     assert any("Approved by" in t for t in before) and not any("Automated trading halted" in t for t in before)
 
@@ -123,25 +142,20 @@ def test_a_process_killed_right_after_a_state_commit_still_gets_its_reply_and_ca
     assert not any("Automated trading halted" in m.text for m in standin.thread(CHANNEL, card_ts))
 
     # A `serve` that starts afterwards delivers them, once, into the card's thread, and updates the card.
-    with Sandbox(build_services(s, db), standin=standin) as box:
-        assert box.app.progress.flush(20)
-        time.sleep(0.3)  # a second delivery, if there were one, would show now
-        texts = [m.text for m in standin.thread(CHANNEL, card_ts)]
-        halted = positions(texts, ["Automated trading halted"])[0]
-        assert halted > max(i for i, t in enumerate(texts) if "Approved by" in t)
-        assert len([t for t in stakeholder_mentions(texts) if "halted for the rollback" in t]) == 1
-        card = standin.message(CHANNEL, card_ts)
-        assert card.edited and "*State: halted*" in str(card.blocks)
-        assert len([m for m in standin.messages(CHANNEL) if not m.is_reply]) == 1  # no second card
+    texts = thread_after_a_restart(s, db, standin, card_ts, timeout=20)
+    halted = positions(texts, ["Automated trading halted"])[0]
+    assert halted > max(i for i, t in enumerate(texts) if "Approved by" in t)
+    assert len([t for t in stakeholder_mentions(texts) if "halted for the rollback" in t]) == 1
+    card = standin.message(CHANNEL, card_ts)
+    assert card.edited and "*State: halted*" in str(card.blocks)
+    assert len([m for m in standin.messages(CHANNEL) if not m.is_reply]) == 1  # no second card
 
 
 def test_two_lanes_on_one_database_post_each_reply_once_and_in_order(settings, world, conn, db, standin):
     s = app_settings(settings, standin)
     with Sandbox(build_services(s, db), standin=standin) as one, \
             Sandbox(build_services(s, db), standin=standin) as two:
-        reply = one.command("U0ALICE", f"start {MODEL} {target(world)} Sharpe collapsed --confirm")
-        assert "posted in" in one.responses(reply.response_key, timeout=20)[0]["text"]
-        inc = one.services.engine.list_incidents()[0]
+        inc = requested(one, world)
         # The rollback runs in a third process without Slack (a bare worker): both lanes deliver its updates.
         bare = build_services(s, db)
         bare.engine.approve(incident_id=inc.id, approver="U0BOB")
@@ -184,13 +198,7 @@ def test_a_process_killed_right_after_the_diagnostics_commit_still_gets_its_repl
     """Diagnostics change no state: their reply is queued in the transaction that journals them, not left to the
     in-process listener of the process that ran them."""
     s = app_settings(settings, standin)
-    with Sandbox(build_services(s, db), standin=standin) as box:
-        reply = box.command("U0ALICE", f"start {MODEL} {target(world)} Sharpe collapsed --confirm")
-        assert "posted in" in box.responses(reply.response_key, timeout=20)[0]["text"]
-        inc = box.services.engine.list_incidents()[0]
-        box.services.engine.approve(incident_id=inc.id, approver="U0BOB")  # queued `execute`; nobody runs it here
-        assert box.app.progress.flush(20)
-    card_ts = box.services.engine.get(inc.id).message_ts
+    inc, card_ts = approved_in_slack(s, db, standin, world)
 
     # A bare worker (no Slack client) runs the rollback, then its diagnostics, and is killed right after the
     # diagnostics' commit, before any listener heard of them.
@@ -199,14 +207,11 @@ def test_a_process_killed_right_after_the_diagnostics_commit_still_gets_its_repl
                         (inc.id,)).fetchone()["n"] == 1
     assert not any(":stethoscope:" in m.text for m in standin.thread(CHANNEL, card_ts))
 
-    with Sandbox(build_services(s, db), standin=standin) as box:
-        assert box.app.progress.flush(30)
-        time.sleep(0.3)  # a second delivery, if there were one, would show now
-        texts = [m.text for m in standin.thread(CHANNEL, card_ts)]
-        diagnosed = positions(texts, [":stethoscope:"])[0]
-        assert diagnosed > positions(texts, ["Automated trading halted"])[0]  # in the order of the commits
-        assert all(j["done_at"] is not None for j in slack_jobs(conn, inc.id))
-        assert len([m for m in standin.messages(CHANNEL) if not m.is_reply]) == 1
+    texts = thread_after_a_restart(s, db, standin, card_ts)
+    diagnosed = positions(texts, [":stethoscope:"])[0]
+    assert diagnosed > positions(texts, ["Automated trading halted"])[0]  # in the order of the commits
+    assert all(j["done_at"] is not None for j in slack_jobs(conn, inc.id))
+    assert len([m for m in standin.messages(CHANNEL) if not m.is_reply]) == 1
 
 
 def test_an_acknowledgement_in_a_process_without_slack_is_replied_once_by_a_lane(settings, world, conn, db, standin):
@@ -214,9 +219,7 @@ def test_an_acknowledgement_in_a_process_without_slack_is_replied_once_by_a_lane
     Slack lane of another process shows them (handlers/paging.py's handler, card first), once."""
     s = app_settings(settings, standin)
     with Sandbox(build_services(s, db), standin=standin) as box:
-        reply = box.command("U0ALICE", f"start {MODEL} {target(world)} Sharpe collapsed --confirm")
-        assert "posted in" in box.responses(reply.response_key, timeout=20)[0]["text"]
-        inc = box.services.engine.list_incidents()[0]
+        inc = requested(box, world)
         assert box.app.progress.flush(20)
         card_ts = box.services.engine.get(inc.id).message_ts
         edited = len(standin.message(CHANNEL, card_ts).versions)
@@ -236,9 +239,7 @@ def test_a_pnl_query_failure_in_a_process_without_slack_is_warned_once_in_the_th
     another process posts it in the incident's thread, once, though the poll failing again is not told again."""
     s = app_settings(settings, standin)
     with Sandbox(build_services(s, db), standin=standin) as box:
-        reply = box.command("U0ALICE", f"start {MODEL} {target(world)} Sharpe collapsed --confirm")
-        assert "posted in" in box.responses(reply.response_key, timeout=20)[0]["text"]
-        inc = box.services.engine.list_incidents()[0]
+        inc = requested(box, world)
         assert box.app.progress.flush(20)
         card_ts = box.services.engine.get(inc.id).message_ts
         bare = build_services(s.model_copy(update={"pnl_query": "SELECT 'not a number'"}), db)  # no Slack client
