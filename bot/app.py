@@ -79,7 +79,8 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     app.deps = deps  # type: ignore[attr-defined] - the work process runs deps.works
     notifier = notifications.register(client, deps, progress)
     # The Slack lane: delivers the Slack updates queued with each state change (core.slack_outbox), in order,
-    # on a thread of its own (never behind a running rollback); stopped by ``progress.close()``.
+    # on a thread of its own (never behind a running rollback); stopped by ``progress.close()``. Under `serve`
+    # (``remote``: the work is done by the work process) it runs in the work process, never in the acking one.
     progress.lane = lane(services.engine)
     progress.lane.on("slack", SlackDelivery(progress, notifier.milestone))
     halt_trades.register(deps, progress)
@@ -96,7 +97,8 @@ def build_app(settings: Settings, services: Services, *, client: WebClient | Non
     pickers.register(app, deps)
     home.register(app, deps, progress)
     paging.register(app, deps, progress)
-    progress.lane.start()
+    if remote is None:
+        progress.lane.start()
     return app
 
 

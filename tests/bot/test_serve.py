@@ -189,6 +189,26 @@ def test_a_dead_work_process_is_started_again(serve, settings, standin):
     standin.wait_for("response_url", lambda c: c.body.get("key") == "after", timeout=20)
 
 
+def test_the_acking_process_delivers_no_slack_update_its_work_process_does(serve, settings, standin, conn):
+    """Slack updates (cards, thread replies) cost CPU: under `serve` the Slack lane runs in the work process only,
+    so the process that acks Slack never posts them."""
+    url, proc = serve.with_process()
+    [work] = children(proc.pid)
+    sender = SlackSender(url + "/slack/events", settings.slack_signing_secret.get_secret_value())
+    r = sender.slash_command(text="halt suspicious fills", user_id="U0ALICE", channel_id="C1",
+                             response_url=standin.response_url("halt", channel="C1", user="U0ALICE"))
+    assert r.status == 200
+    standin.wait_for("chat.postMessage", lambda c: "halted" in json.dumps(c.body).lower(), timeout=30)
+    deadline = time.monotonic() + 30
+    while conn.execute("SELECT count(*) AS n FROM rollback_bot.jobs WHERE kind = 'slack' AND done_at IS NULL"
+                       ).fetchone()["n"]:
+        assert time.monotonic() < deadline, "the Slack updates were not delivered"
+        time.sleep(0.1)
+    claimed_by = {int(r["locked_by"].split("/")[0].rsplit(":", 1)[1]) for r in conn.execute(
+        "SELECT locked_by FROM rollback_bot.jobs WHERE kind = 'slack' AND locked_by IS NOT NULL")}
+    assert claimed_by == {work}, (claimed_by, proc.pid, work)
+
+
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     """Every sample at ``url`` (Prometheus text), by (name, sorted labels)."""
     from prometheus_client.parser import text_string_to_metric_families
