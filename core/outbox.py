@@ -145,14 +145,7 @@ def deliver(worker, incident_id: int, kinds: Iterable[str]) -> int:
     a job another process holds or has done is left alone). Returns how many ran."""
     kinds = [k for k in kinds if k in worker.handlers]
     n = 0
-    while kinds:
-        now = worker.engine.clock()
-        with worker.db.transaction() as conn:
-            job = repo.next_due_job(conn, now=now, kinds=kinds, ordered=worker.ordered, incident_id=incident_id,
-                                    first_attempt_only=True)
-            if job is None:
-                break
-            job = worker.take(conn, job, now)
+    while kinds and (job := worker.claim(incident_id=incident_id, kinds=kinds, first_attempt_only=True)):
         worker.run_job(job)
         n += 1
     return n

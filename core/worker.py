@@ -79,13 +79,15 @@ class Worker:
 
     # ----------------------------------------------------------------------------------- one pass
 
-    def claim(self, *, incident_id: int | None = None, first_attempt_only: bool = False) -> dict | None:
-        """Lease the next due job of this worker's kinds (of one incident, if given; never tried yet, if
-        ``first_attempt_only``), or None."""
+    def claim(self, *, incident_id: int | None = None, kinds: list[str] | None = None,
+              first_attempt_only: bool = False) -> dict | None:
+        """Lease the next due job of this worker's kinds (or of ``kinds``, some of them; of one incident, if given;
+        never tried yet, if ``first_attempt_only``), or None."""
         now = self.now()
         with self.db.transaction() as conn:
-            job = repo.next_due_job(conn, now=now, kinds=list(self.handlers), ordered=self.ordered,
-                                    incident_id=incident_id, first_attempt_only=first_attempt_only)
+            job = repo.next_due_job(conn, now=now, kinds=list(self.handlers) if kinds is None else kinds,
+                                    ordered=self.ordered, incident_id=incident_id,
+                                    first_attempt_only=first_attempt_only)
             if job is None:
                 return None
             return self.take(conn, job, now)
