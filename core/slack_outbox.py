@@ -81,7 +81,7 @@ def queue_event(engine: Any, conn: psycopg.Connection, inc: Incident, step: str 
     acknowledgement, a loss figure, the early halt, the halt sweep; ``step=None``: a warning), queued in the
     transaction that journals it, when this engine queues Slack updates. True when queued: the caller then
     publishes its event with ``queued=True`` so that the in-process listener leaves it to the Slack lane."""
-    if queue_step not in engine.step_follow_ups:
+    if not queues_slack(engine):
         return False
     if step is None:
         enqueue(conn, KIND, incident_id=inc.id, payload={"what": "warning", "error": error, "incident": snapshot(inc)})
@@ -103,8 +103,13 @@ def queue_state(conn: psycopg.Connection, inc: Incident) -> None:
 def queue_card(engine: Any, conn: psycopg.Connection, inc: Incident) -> None:
     """A change that is not a state change but shows on the card (a watchdog proposal taken over): the card
     updated in place, in order with the incident's other updates (when this engine queues Slack updates)."""
-    if queue_state in engine.follow_ups:
+    if queues_slack(engine):
         enqueue(conn, KIND, incident_id=inc.id, payload={"what": "card", "incident": snapshot(inc)})
+
+
+def queues_slack(engine: Any) -> bool:
+    """This engine queues Slack updates (``install`` added the writers: there is an incident channel)."""
+    return queue_state in engine.follow_ups
 
 
 def install(engine: Any, *, incident_channel: str | None) -> None:
