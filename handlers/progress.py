@@ -109,17 +109,20 @@ class SlackProgress:
 
     # ------------------------------------------------------------------------------ Slack side
 
-    def show(self, event: Event) -> None:
-        inc = self.deps.engine.get(event.incident.id)  # freshest row (message ts, state)
+    def show(self, event: Event, inc: Incident | None = None) -> None:
+        """A step's or a warning's reply in the thread of ``inc`` (default: the freshest row of the event's
+        incident), through the step's ``on_step`` handler when it has one. The card is updated before the reply,
+        so a retried delivery (handlers/slack_delivery.py) never doubles a reply."""
+        inc = inc or self.deps.engine.get(event.incident.id)
         if event.kind == "step" and event.step in self.on_step:
             self.on_step[event.step](inc, event)
             return
         if inc.channel and inc.message_ts:
+            self.update_card(inc)
             if event.kind == "step" and event.step:
-                self.reply(inc, iv.step_reply(inc, event.step, event.detail, event.error))
+                self.reply(inc, iv.step_reply(event.incident, event.step, event.detail, event.error))
             elif event.kind == "warning":
                 self.reply(inc, f":warning: {event.error}")
-            self.update_card(inc)
 
     def changed(self, incident: Incident) -> None:
         """An incident's state changed (the Slack lane delivered it): the after-change hooks (App Home)."""

@@ -58,17 +58,11 @@ class SlackDelivery:
             if not inc.channel or not inc.message_ts:
                 inc = self.progress.post_card_now(inc)
             what = payload["what"]
-            if what == "step":
-                step, detail, error = payload["step"], payload.get("detail") or {}, payload.get("error")
-                show = self.progress.on_step.get(step)
-                if show is not None:  # diagnostics, evidence, pages, loss figures…: its own reply, card first
-                    show(inc, Event("step", then, step, detail, error))
-                else:
-                    self.progress.update_card(inc)
-                    self.progress.reply(inc, iv.step_reply(then, step, detail, error))
+            if what == "step":  # through its on_step handler if it has one (diagnostics, pages, loss figures…)
+                self.progress.show(Event("step", then, payload["step"], payload.get("detail") or {},
+                                         payload.get("error")), inc)
             elif what == "warning":
-                self.progress.update_card(inc)
-                self.progress.reply(inc, f":warning: {payload.get('error')}")
+                self.progress.show(Event("warning", then, error=payload.get("error")), inc)
             elif what == "state":
                 self.progress.update_card(inc)
                 text = iv.state_reply(then)
